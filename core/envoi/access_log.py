@@ -1,0 +1,368 @@
+"""Access logs: Envoy's format strings and JSON formats, written to a file, stdout or stderr.
+
+A format is compiled once, at config time, into a list of literal strings and operator callables;
+logging a connection or request is then one pass over that list. Envoy writes through a buffer
+flushed every ``--file-flush-interval-msec`` (10 s); envoi flushes within a second, so tests and
+operators see lines promptly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from envoi import hookimpl
+from envoi.config import ConfigError, ConfigIssue
+from envoi.extensions import AccessLoggerFactory, FactoryContext, strip_type_url
+
+if TYPE_CHECKING:
+    from envoi.network.connection import StreamInfo
+
+DEFAULT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
+)
+
+
+class LogContext(Protocol):
+    """What a formatter reads. TCP fills ``stream_info`` only; HTTP adds headers and status."""
+
+    stream_info: StreamInfo
+
+    def request_header(self, name: str) -> str | None: ...
+    def response_header(self, name: str) -> str | None: ...
+    def response_trailer(self, name: str) -> str | None: ...
+    @property
+    def protocol(self) -> str | None: ...
+    @property
+    def response_code(self) -> int: ...
+
+
+class TcpLogContext:
+    """The log context of a TCP connection: no headers, response code 0."""
+
+    __slots__ = ("stream_info",)
+
+    def __init__(self, stream_info: StreamInfo) -> None:
+        self.stream_info = stream_info
+
+    def request_header(self, name: str) -> str | None:
+        return None
+
+    response_header = request_header
+    response_trailer = request_header
+
+    @property
+    def protocol(self) -> str | None:
+        return None
+
+    @property
+    def response_code(self) -> int:
+        return 0
+
+
+Operator = Callable[[LogContext], str | int | None]
+_OP_RE = re.compile(r"%([A-Z_0-9]+)(?:\(([^)]*)\))?(?::(\d+))?%")
+
+
+def _start_time(fmt: str | None) -> Operator:
+    if not fmt:
+
+        def default(ctx: LogContext) -> str:
+            t = ctx.stream_info.start_time
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (
+                int(t * 1000) % 1000
+            )
+
+        return default
+
+    def custom(ctx: LogContext) -> str:
+        t = ctx.stream_info.start_time
+        frac = t - int(t)
+
+        def sub(m: re.Match[str]) -> str:
+            digits = int(m.group(1) or 9)
+            return f"{frac:.{digits}f}"[2:]
+
+        out = re.sub(r"%(\d)?f", sub, fmt)
+        out = out.replace("%s", str(int(t)))
+        return time.strftime(out, time.gmtime(t))
+
+    return custom
+
+
+def _header_op(getter: str, arg: str) -> Operator:
+    main, _, alt = arg.partition("?")
+    main, alt = main.lower(), alt.lower()
+
+    def op(ctx: LogContext) -> str | None:
+        fn = getattr(ctx, getter)
+        v = fn(main)
+        if v is None and alt:
+            v = fn(alt)
+        return v
+
+    return op
+
+
+def _si(attr: str) -> Operator:
+    def op(ctx: LogContext) -> Any:
+        return getattr(ctx.stream_info, attr)
+
+    return op
+
+
+def _flags(ctx: LogContext) -> str:
+    flags = ctx.stream_info.response_flags
+    return ",".join(flags) if flags else "-"
+
+
+def _host_only(attr: str) -> Operator:
+    def op(ctx: LogContext) -> str | None:
+        v = getattr(ctx.stream_info, attr)
+        if not v:
+            return None
+        return str(v).rsplit(":", 1)[0].strip("[]")
+
+    return op
+
+
+SIMPLE_OPERATORS: dict[str, Operator] = {
+    "BYTES_RECEIVED": _si("bytes_received"),
+    "BYTES_SENT": _si("bytes_sent"),
+    "DURATION": lambda ctx: ctx.stream_info.duration_ms,
+    "RESPONSE_CODE": lambda ctx: ctx.response_code,
+    "RESPONSE_FLAGS": _flags,
+    "PROTOCOL": lambda ctx: ctx.protocol,
+    "UPSTREAM_HOST": _si("upstream_host"),
+    "UPSTREAM_CLUSTER": _si("upstream_cluster"),
+    "UPSTREAM_LOCAL_ADDRESS": _si("upstream_local_address"),
+    "DOWNSTREAM_REMOTE_ADDRESS": _si("downstream_remote_address"),
+    "DOWNSTREAM_LOCAL_ADDRESS": _si("downstream_local_address"),
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _host_only("downstream_remote_address"),
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _host_only("downstream_local_address"),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _si("downstream_remote_address"),
+    "UPSTREAM_REMOTE_ADDRESS": _si("upstream_host"),
+}
+
+#: Plugins (the HTTP one) may add operators here at import time, e.g. ``%RESPONSE_CODE_DETAILS%``.
+EXTRA_OPERATORS: dict[str, Callable[[str | None], Operator]] = {}
+
+
+def compile_format(fmt: str, path: str = "") -> Callable[[LogContext], str]:
+    parts: list[str | tuple[Operator, int | None, bool]] = []
+    pos = 0
+    for m in _OP_RE.finditer(fmt):
+        if m.start() > pos:
+            parts.append(fmt[pos : m.start()])
+        name, arg, maxlen = m.group(1), m.group(2), m.group(3)
+        op: Operator
+        if name == "START_TIME":
+            op = _start_time(arg)
+        elif name in ("REQ", "RESP", "TRAILER"):
+            getter = {"REQ": "request_header", "RESP": "response_header"}.get(
+                name, "response_trailer"
+            )
+            op = _header_op(getter, arg or "")
+        elif name in SIMPLE_OPERATORS:
+            op = SIMPLE_OPERATORS[name]
+        elif name in EXTRA_OPERATORS:
+            op = EXTRA_OPERATORS[name](arg)
+        else:
+            raise ConfigError([ConfigIssue(path, f"Not supported field in StreamInfo: {name}")])
+        parts.append((op, int(maxlen) if maxlen else None, False))
+        pos = m.end()
+    if pos < len(fmt):
+        parts.append(fmt[pos:])
+    frozen = tuple(parts)
+
+    def render(ctx: LogContext) -> str:
+        out: list[str] = []
+        for p in frozen:
+            if isinstance(p, str):
+                out.append(p)
+                continue
+            v = p[0](ctx)
+            s = "-" if v is None or v == "" else str(v)
+            if p[1] is not None:
+                s = s[: p[1]]
+            out.append(s)
+        return "".join(out)
+
+    return render
+
+
+def compile_json_format(struct: Any, path: str) -> Callable[[LogContext], str]:
+    """``json_format``: every string value may hold operators; a value that is exactly one
+    numeric operator stays a number, as Envoy writes it."""
+
+    def build(node: Any) -> Callable[[LogContext], Any]:
+        if isinstance(node, dict):
+            items = [(k, build(v)) for k, v in node.items()]
+            return lambda ctx: {k: f(ctx) for k, f in items}
+        if isinstance(node, str):
+            m = _OP_RE.fullmatch(node)
+            render = compile_format(node, path)
+            if m is not None:
+                single = compile_format(node, path)
+
+                def typed(ctx: LogContext) -> Any:
+                    s = single(ctx)
+                    if s == "-":
+                        return None
+                    return int(s) if s.isdigit() else s
+
+                return typed
+            return render
+        return lambda ctx: node
+
+    top = build(struct)
+    return lambda ctx: json.dumps(top(ctx), separators=(",", ":")) + "\n"
+
+
+class _Sink:
+    """A line sink that batches writes and flushes within a second."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def write(self, line: str) -> None:
+        self._pending.append(line)
+        if not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_later(0.2, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._pending:
+            self.stream.write("".join(self._pending))
+            self._pending.clear()
+            self.stream.flush()
+
+
+_file_sinks: dict[str, _Sink] = {}
+
+
+def flush_all() -> None:
+    for sink in _file_sinks.values():
+        sink.flush()
+
+
+def _sink_for(path: str) -> _Sink:
+    if path == "/dev/stdout":
+        return _file_sinks.setdefault(path, _Sink(sys.stdout))
+    if path == "/dev/stderr":
+        return _file_sinks.setdefault(path, _Sink(sys.stderr))
+    sink = _file_sinks.get(path)
+    if sink is None:
+        sink = _Sink(open(path, "a", encoding="utf-8"))  # noqa: SIM115 - lives for the process
+        _file_sinks[path] = sink
+    return sink
+
+
+class AccessLogger:
+    __slots__ = ("render", "sink")
+
+    def __init__(self, render: Callable[[LogContext], str], sink: _Sink) -> None:
+        self.render = render
+        self.sink = sink
+
+    def log(self, ctx: LogContext) -> None:
+        self.sink.write(self.render(ctx))
+
+
+def _formatter(config: Any, path: str, legacy_format: str = "") -> Callable[[LogContext], str]:
+    """From a ``log_format`` (SubstitutionFormatString) or the legacy file fields."""
+    from google.protobuf import json_format
+
+    if config is not None and config.ListFields():
+        if config.HasField("json_format"):
+            return compile_json_format(json_format.MessageToDict(config.json_format), path)
+        if config.HasField("text_format_source"):
+            return compile_format(config.text_format_source.inline_string, path)
+        if config.text_format:
+            return compile_format(config.text_format, path)
+    if legacy_format:
+        return compile_format(legacy_format, path)
+    return compile_format(DEFAULT_FORMAT, path)
+
+
+class FileAccessLoggerFactory(AccessLoggerFactory):
+    name = "envoy.access_loggers.file"
+    type_urls = ("envoy.extensions.access_loggers.file.v3.FileAccessLog",)
+
+    def create_logger(self, config: Any, context: FactoryContext, path: str) -> AccessLogger:
+        if not config.path:
+            raise ConfigError([ConfigIssue(path + ".path", "value length must be at least 1")])
+        if config.HasField("json_format"):
+            from google.protobuf import json_format
+
+            render = compile_json_format(json_format.MessageToDict(config.json_format), path)
+        else:
+            render = _formatter(config.log_format, path, config.format)
+        try:
+            sink = _sink_for(config.path)
+        except OSError as exc:
+            raise ConfigError([ConfigIssue(path + ".path", f"cannot open: {exc}")]) from exc
+        return AccessLogger(render, sink)
+
+
+class StdoutAccessLoggerFactory(AccessLoggerFactory):
+    name = "envoy.access_loggers.stdout"
+    type_urls = ("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",)
+    stream = "/dev/stdout"
+
+    def create_logger(self, config: Any, context: FactoryContext, path: str) -> AccessLogger:
+        return AccessLogger(_formatter(config.log_format, path), _sink_for(self.stream))
+
+
+class StderrAccessLoggerFactory(StdoutAccessLoggerFactory):
+    name = "envoy.access_loggers.stderr"
+    type_urls = ("envoy.extensions.access_loggers.stream.v3.StderrAccessLog",)
+    stream = "/dev/stderr"
+
+
+def build_access_loggers(
+    context: FactoryContext, entries: Sequence[Any], path: str
+) -> list[AccessLogger]:
+    """Build an ``access_log`` list (``envoy.config.accesslog.v3.AccessLog`` messages)."""
+    from envoi.config import unpack_typed_config
+
+    loggers: list[AccessLogger] = []
+    plugins = context.server.plugins
+    for i, entry in enumerate(entries):
+        p = f"{path}[{i}]"
+        if entry.HasField("filter"):
+            raise ConfigError(
+                [ConfigIssue(p + ".filter", "access log filters are not supported by envoi yet")]
+            )
+        url = entry.typed_config.type_url if entry.HasField("typed_config") else None
+        inner = strip_type_url(url) if url else None
+        factory = plugins.lookup(AccessLoggerFactory, entry.name, url, p)
+        config = unpack_typed_config(entry.typed_config, p + ".typed_config") if inner else None
+        if config is None:
+            # Named without typed_config: an empty config of the factory's first type.
+            from google.protobuf import symbol_database
+
+            config = symbol_database.Default().GetSymbol(factory.type_urls[0])()
+        loggers.append(factory.create_logger(config, context, p + ".typed_config"))
+    return loggers
+
+
+@hookimpl
+def envoi_access_loggers() -> Sequence[AccessLoggerFactory]:
+    return [FileAccessLoggerFactory(), StdoutAccessLoggerFactory(), StderrAccessLoggerFactory()]

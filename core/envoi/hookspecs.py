@@ -1,0 +1,128 @@
+"""The plugin contract: every hook a plugin may implement, on one page.
+
+A plugin is a module (or any object) registered under the entry-point group ``envoi``::
+
+    [project.entry-points.envoi]
+    acme = "acme_envoi.plugin"
+
+whose functions are marked with :data:`envoi.hookimpl` and named like the specs below. The core's
+own built-ins (tcp_proxy, the STATIC cluster, ROUND_ROBIN, the file and stdout access loggers)
+register through these same hooks.
+
+Hooks run at load, config and lifecycle time only. Per-connection and per-request work goes to the
+filter objects that the factories returned here build; nothing dispatches a hook per byte.
+
+An implementation may accept a subset of a spec's arguments (pluggy's rule), so specs can grow
+without breaking plugins. ``check_pending()`` runs at start: an implementation whose name matches
+no spec (a typo) is an error that names the plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from envoi.extensions import (
+        AccessLoggerFactory,
+        ClusterTypeFactory,
+        ConfigSchema,
+        HealthCheckerFactory,
+        HttpFilterFactory,
+        ListenerFilterFactory,
+        LoadBalancerFactory,
+        NetworkFilterFactory,
+        StatsSinkFactory,
+    )
+    from envoi.server import Server
+
+hookspec = pluggy.HookspecMarker("envoi")
+
+# --------------------------------------------------------------------------------------------
+# Registration hooks: called once when the plugin manager is set up. Each returns the factories
+# the plugin provides (an empty sequence or None when it provides none of that kind).
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def envoi_network_filters() -> Sequence[NetworkFilterFactory]:
+    """Network (L4) filter factories, e.g. ``envoy.filters.network.mongo_proxy``.
+
+    A factory's ``create_filter_factory(config, context)`` runs once per filter chain at config
+    time and returns a callback that adds fresh filter objects to every new connection.
+    """
+
+
+@hookspec
+def envoi_http_filters() -> Sequence[HttpFilterFactory]:
+    """HTTP filter factories, e.g. ``envoy.filters.http.router``. The filter types (header map,
+    statuses, callbacks) are in :mod:`envoi.http.filter`, so plugins need not import each other."""
+
+
+@hookspec
+def envoi_listener_filters() -> Sequence[ListenerFilterFactory]:
+    """Listener filter factories (``envoy.filters.listener.*``), run on an accepted socket before
+    the filter chain is chosen (e.g. TLS inspection)."""
+
+
+@hookspec
+def envoi_cluster_types() -> Sequence[ClusterTypeFactory]:
+    """Cluster discovery types: ``STATIC``, ``STRICT_DNS``, ``EDS``, or an extension
+    ``cluster_type``."""
+
+
+@hookspec
+def envoi_load_balancers() -> Sequence[LoadBalancerFactory]:
+    """Load-balancing policies: ``ROUND_ROBIN``, ``LEAST_REQUEST``, ... by ``lb_policy`` name."""
+
+
+@hookspec
+def envoi_health_checkers() -> Sequence[HealthCheckerFactory]:
+    """Active health checkers (HTTP, TCP, gRPC, custom)."""
+
+
+@hookspec
+def envoi_access_loggers() -> Sequence[AccessLoggerFactory]:
+    """Access loggers: ``envoy.access_loggers.file``, ``...stdout``, ``...stderr``, ..."""
+
+
+@hookspec
+def envoi_stats_sinks() -> Sequence[StatsSinkFactory]:
+    """Stats sinks that receive the stats at every flush."""
+
+
+@hookspec
+def envoi_config_schemas() -> Sequence[ConfigSchema]:
+    """Schemas for ``typed_config`` types that ``xds-protos`` does not have.
+
+    With a schema registered, a config may name the type directly (``"@type":
+    type.googleapis.com/acme.filters.network.upcase.v1.Upcase``) or wrap it in Envoy's
+    ``xds.type.v3.TypedStruct``/``udpa.type.v1.TypedStruct``. Its ``parse`` gets plain data.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Lifecycle hooks: called in this order, each once per process.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def envoi_configured(server: Server) -> None:
+    """The config was loaded and every listener and cluster was built; nothing is bound yet."""
+
+
+@hookspec
+def envoi_server_started(server: Server) -> None:
+    """Listeners are bound and serving; ``/ready`` answers ``LIVE`` from now on."""
+
+
+@hookspec
+def envoi_draining(server: Server) -> None:
+    """Shutdown began: listeners stopped accepting; open connections get ``--drain-time-s``."""
+
+
+@hookspec
+def envoi_stopped(server: Server) -> None:
+    """The server stopped; the event loop is still running. Last chance to flush."""

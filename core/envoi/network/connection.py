@@ -1,0 +1,365 @@
+"""A downstream connection: the asyncio protocol, its network filter manager and its stream info.
+
+Bytes from the peer go through the read filters first to last; bytes to the peer go through the
+write filters last to first and then to the transport. The transport's write-buffer limits are
+the connection's high/low watermarks (``per_connection_buffer_limit_bytes`` and half of it):
+crossing them calls the watermark callbacks, which is how a filter pauses the *other* side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from envoi.network.filter import (
+    ConnectionCallback,
+    ConnectionCloseType,
+    ConnectionEvent,
+    Filter,
+    FilterStatus,
+    ReadFilter,
+    WriteFilter,
+)
+
+if TYPE_CHECKING:
+    from envoi.network.listener import ActiveListener, FilterChain
+
+CONTINUE = FilterStatus.CONTINUE
+_ids = itertools.count(1)
+
+
+class StreamInfo:
+    """What an access log needs to know about one connection (Envoy's StreamInfo, L4 part)."""
+
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "downstream_local_address",
+        "downstream_remote_address",
+        "end_time",
+        "extra",
+        "response_flags",
+        "start_monotonic",
+        "start_time",
+        "upstream_cluster",
+        "upstream_host",
+        "upstream_local_address",
+    )
+
+    def __init__(self, remote: str, local: str) -> None:
+        self.start_time = time.time()
+        self.start_monotonic = time.monotonic()
+        self.end_time: float | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.downstream_remote_address = remote
+        self.downstream_local_address = local
+        self.upstream_host: str | None = None
+        self.upstream_cluster: str | None = None
+        self.upstream_local_address: str | None = None
+        self.response_flags: list[str] = []
+        self.extra: dict[str, Any] = {}
+
+    @property
+    def duration_ms(self) -> int:
+        end = self.end_time if self.end_time is not None else time.monotonic()
+        return int((end - self.start_monotonic) * 1000)
+
+
+def _format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
+class _ReadCallbacks:
+    """The callbacks object a read filter gets; one per filter so it knows its position."""
+
+    __slots__ = ("_conn", "_index")
+
+    def __init__(self, conn: Connection, index: int) -> None:
+        self._conn = conn
+        self._index = index
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    def continue_reading(self) -> None:
+        self._conn._continue_reading(self._index)
+
+    def discard_held_data(self) -> bytes:
+        return self._conn._discard_held(self._index)
+
+    def inject_read_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
+        self._conn._iterate_read(self._index + 1, data, end_stream)
+
+    @property
+    def upstream_host(self) -> str | None:
+        return self._conn.stream_info.upstream_host
+
+    @upstream_host.setter
+    def upstream_host(self, host: str | None) -> None:
+        self._conn.stream_info.upstream_host = host
+
+
+class _WriteCallbacks:
+    __slots__ = ("_conn", "_index")
+
+    def __init__(self, conn: Connection, index: int) -> None:
+        self._conn = conn
+        self._index = index
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    def inject_write_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
+        self._conn._iterate_write(self._index - 1, data, end_stream)
+
+
+class Connection(asyncio.Protocol):
+    """One accepted TCP connection and its network filter chain."""
+
+    def __init__(self, listener: ActiveListener) -> None:
+        self.id = next(_ids)
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.stream_info = StreamInfo("", "")
+        self.filter_state: dict[str, Any] = {}
+        self.read_filters: list[ReadFilter] = []
+        self.write_filters: list[WriteFilter] = []
+        self._callbacks: list[ConnectionCallback] = []
+        self._watermark_cbs: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        self._new_conn_done = 0  # read filters whose on_new_connection ran
+        self._stopped_at = -1  # the read filter holding data, -1 when none
+        self._held: list[bytes] = []
+        self._held_end = False
+        self._read_disable = 0
+        self.read_closed = False
+        self.write_closed = False
+        self.closed = False
+        self._local_close = False
+        self.above_high_watermark = False
+        self.filter_chain: FilterChain | None = None
+        # Fast path: with a single read filter that never stops, data goes straight to it.
+        self._single_on_data: Callable[[bytes, bool], FilterStatus] | None = None
+
+    # -- FilterChainBuilder --------------------------------------------------------------------
+
+    @property
+    def connection(self) -> Connection:
+        return self
+
+    def add_read_filter(self, f: ReadFilter) -> None:
+        f.initialize_read_filter_callbacks(_ReadCallbacks(self, len(self.read_filters)))
+        self.read_filters.append(f)
+
+    def add_write_filter(self, f: WriteFilter) -> None:
+        f.initialize_write_filter_callbacks(_WriteCallbacks(self, len(self.write_filters)))
+        self.write_filters.append(f)
+
+    def add_filter(self, f: Filter) -> None:
+        self.add_read_filter(f)
+        self.add_write_filter(f)
+
+    # -- public API for filters ----------------------------------------------------------------
+
+    @property
+    def remote_address(self) -> str:
+        return self.stream_info.downstream_remote_address
+
+    @property
+    def local_address(self) -> str:
+        return self.stream_info.downstream_local_address
+
+    def add_connection_callbacks(self, cb: ConnectionCallback) -> None:
+        self._callbacks.append(cb)
+
+    def add_watermark_callbacks(
+        self, on_high: Callable[[], None], on_low: Callable[[], None]
+    ) -> None:
+        """``on_high`` runs when this connection's write buffer goes above the high watermark,
+        ``on_low`` when it drains below the low one."""
+        self._watermark_cbs.append((on_high, on_low))
+
+    def read_disable(self, disable: bool) -> None:
+        """Nested like Envoy's readDisable: reading resumes after as many enables as disables."""
+        t = self.transport
+        if disable:
+            self._read_disable += 1
+            if self._read_disable == 1 and t is not None and not self.closed:
+                t.pause_reading()
+        elif self._read_disable > 0:
+            self._read_disable -= 1
+            if self._read_disable == 0 and t is not None and not self.closed:
+                t.resume_reading()
+
+    def write(self, data: bytes, end_stream: bool = False) -> None:
+        """Send bytes to the peer through the write filters."""
+        if self.write_filters:
+            self._iterate_write(len(self.write_filters) - 1, data, end_stream)
+        else:
+            self._raw_write(data, end_stream)
+
+    def close(self, close_type: ConnectionCloseType = ConnectionCloseType.FLUSH_WRITE) -> None:
+        if self.closed or self.transport is None:
+            return
+        self._local_close = True
+        if close_type is ConnectionCloseType.NO_FLUSH:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        info = self.stream_info
+        info.downstream_remote_address = _format_peer(transport.get_extra_info("peername"))
+        info.downstream_local_address = _format_peer(transport.get_extra_info("sockname"))
+        self.listener.on_connection_made(self, transport)
+
+    def start_filters(self) -> None:
+        """Called by the listener once the filter chain is built."""
+        if len(self.read_filters) == 1:
+            self._single_on_data = self.read_filters[0].on_data
+        self._run_new_connection(0)
+
+    def _run_new_connection(self, start: int) -> None:
+        filters = self.read_filters
+        for i in range(start, len(filters)):
+            self._new_conn_done = i + 1
+            if filters[i].on_new_connection() is not CONTINUE:
+                self._single_on_data = None
+                self._stopped_at = i
+                return
+            if self.closed:
+                return
+
+    def data_received(self, data: bytes) -> None:
+        self.stream_info.bytes_received += len(data)
+        on_data = self._single_on_data
+        if on_data is not None and self._stopped_at < 0:
+            on_data(data, False)
+            return
+        self._iterate_read(0, data, False)
+
+    def eof_received(self) -> bool:
+        self.read_closed = True
+        self._iterate_read(0, b"", True)
+        if self.write_closed:
+            return False  # both directions done: let the transport close
+        return True  # keep the write side open (half-close)
+
+    def pause_writing(self) -> None:
+        self.above_high_watermark = True
+        for on_high, _ in self._watermark_cbs:
+            on_high()
+
+    def resume_writing(self) -> None:
+        self.above_high_watermark = False
+        for _, on_low in self._watermark_cbs:
+            on_low()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.stream_info.end_time = time.monotonic()
+        event = ConnectionEvent.LOCAL_CLOSE if self._local_close else ConnectionEvent.REMOTE_CLOSE
+        for cb in self._callbacks:
+            cb(event)
+        self.listener.on_connection_closed(self)
+
+    # -- the filter manager ------------------------------------------------------------------
+
+    def _iterate_read(self, start: int, data: bytes, end_stream: bool) -> None:
+        filters = self.read_filters
+        n = len(filters)
+        i = start
+        while i < n:
+            if i >= self._new_conn_done:
+                self._new_conn_done = i + 1
+                if filters[i].on_new_connection() is not CONTINUE:
+                    self._hold(i, data, end_stream)
+                    return
+            if self._stopped_at == i:
+                # The filter already holds data: it sees the new bytes, and on CONTINUE
+                # everything held goes on together.
+                status = filters[i].on_data(data, end_stream)
+                self._held.append(data)
+                self._held_end = self._held_end or end_stream
+                if status is not CONTINUE:
+                    return
+                data, end_stream = self._take_held()
+                i += 1
+                continue
+            if self._stopped_at >= 0 and i > self._stopped_at:
+                return
+            if filters[i].on_data(data, end_stream) is not CONTINUE:
+                self._hold(i, data, end_stream)
+                return
+            i += 1
+
+    def _hold(self, i: int, data: bytes, end_stream: bool) -> None:
+        self._single_on_data = None
+        self._stopped_at = i
+        if data or end_stream:
+            self._held.append(data)
+        self._held_end = self._held_end or end_stream
+
+    def _take_held(self) -> tuple[bytes, bool]:
+        data = b"".join(self._held)
+        end = self._held_end
+        self._held = []
+        self._held_end = False
+        self._stopped_at = -1
+        return data, end
+
+    def _discard_held(self, index: int) -> bytes:
+        if self._stopped_at != index:
+            return b""
+        data = b"".join(self._held)
+        self._held = []
+        return data
+
+    def _continue_reading(self, index: int) -> None:
+        if self._stopped_at != index:
+            return
+        data, end_stream = self._take_held()
+        if index + 1 < len(self.read_filters):
+            if data or end_stream:
+                self._iterate_read(index + 1, data, end_stream)
+            elif self._new_conn_done <= index + 1:
+                self._run_new_connection(index + 1)
+        if self._stopped_at < 0 and len(self.read_filters) == 1:
+            self._single_on_data = self.read_filters[0].on_data
+
+    def _iterate_write(self, index: int, data: bytes, end_stream: bool) -> None:
+        filters = self.write_filters
+        while index >= 0:
+            if filters[index].on_write(data, end_stream) is not CONTINUE:
+                return
+            index -= 1
+        self._raw_write(data, end_stream)
+
+    def _raw_write(self, data: bytes, end_stream: bool) -> None:
+        t = self.transport
+        if t is None or self.closed:
+            return
+        if data:
+            self.stream_info.bytes_sent += len(data)
+            t.write(data)
+        if end_stream and not self.write_closed:
+            self.write_closed = True
+            if self.read_closed:
+                t.close()
+            elif t.can_write_eof():
+                t.write_eof()
+            else:
+                t.close()

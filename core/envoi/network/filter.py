@@ -1,0 +1,103 @@
+"""The network (L4) filter contract, Envoy's ``envoy/network/filter.h`` in Python names.
+
+A connection runs its *read filters* first to last on bytes from the peer and its *write filters*
+last to first on bytes going to the peer. Each call returns a :class:`FilterStatus`:
+
+* ``CONTINUE`` - pass the bytes on to the next filter.
+* ``STOP_ITERATION`` - stop here. The connection holds the bytes at this filter's position and
+  passes them on when the filter calls ``callbacks.continue_reading()``; a filter that wants to
+  replace them calls ``callbacks.discard_held_data()`` and then
+  ``callbacks.inject_read_data_to_filter_chain(new, end_stream)``.
+
+A filter factory (see :class:`envoi.extensions.NetworkFilterFactory`) turns config into a
+callback run once per new connection, which adds fresh filter objects to that connection. Filters
+are plain objects: no hook dispatch happens per byte.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from envoi.network.connection import Connection
+
+
+class FilterStatus(enum.IntEnum):
+    CONTINUE = 0
+    STOP_ITERATION = 1
+
+
+class ConnectionCloseType(enum.Enum):
+    FLUSH_WRITE = "flush_write"  # write out what is buffered, then close
+    NO_FLUSH = "no_flush"  # close at once, discarding buffered output (a reset)
+
+
+class ReadFilterCallbacks(Protocol):
+    @property
+    def connection(self) -> Connection: ...
+    def continue_reading(self) -> None: ...
+    def discard_held_data(self) -> bytes: ...
+    def inject_read_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None: ...
+    @property
+    def upstream_host(self) -> str | None: ...
+    @upstream_host.setter
+    def upstream_host(self, host: str | None) -> None: ...
+
+
+class WriteFilterCallbacks(Protocol):
+    @property
+    def connection(self) -> Connection: ...
+    def inject_write_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None: ...
+
+
+class ReadFilter:
+    """Base class for read filters; every method has a pass-through default."""
+
+    read_callbacks: ReadFilterCallbacks
+
+    def initialize_read_filter_callbacks(self, callbacks: ReadFilterCallbacks) -> None:
+        self.read_callbacks = callbacks
+
+    def on_new_connection(self) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+
+class WriteFilter:
+    """Base class for write filters."""
+
+    write_callbacks: WriteFilterCallbacks
+
+    def initialize_write_filter_callbacks(self, callbacks: WriteFilterCallbacks) -> None:
+        self.write_callbacks = callbacks
+
+    def on_write(self, data: bytes, end_stream: bool) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+
+class Filter(ReadFilter, WriteFilter):
+    """A filter on both paths (Envoy's ``Network::Filter``)."""
+
+
+class ConnectionEvent(enum.Enum):
+    REMOTE_CLOSE = "remote_close"
+    LOCAL_CLOSE = "local_close"
+    CONNECTED = "connected"
+
+
+class FilterChainBuilder(Protocol):
+    """What a network filter factory callback gets: the new connection's filter manager."""
+
+    @property
+    def connection(self) -> Connection: ...
+    def add_read_filter(self, f: ReadFilter) -> None: ...
+    def add_write_filter(self, f: WriteFilter) -> None: ...
+    def add_filter(self, f: Filter) -> None: ...
+
+
+NetworkFilterFactoryCb = Callable[[FilterChainBuilder], None]
+ConnectionCallback = Callable[[ConnectionEvent], Any]

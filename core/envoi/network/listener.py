@@ -1,0 +1,289 @@
+"""Listeners: bound sockets, filter-chain selection, and per-listener connection accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from envoi.network.connection import Connection
+from envoi.network.filter import NetworkFilterFactoryCb
+from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup
+
+if TYPE_CHECKING:
+    from envoi.server import Server
+
+DEFAULT_BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default
+
+
+class ListenerStats(StatsGroup):
+    downstream_cx_total: Counter
+    downstream_cx_destroy: Counter
+    downstream_cx_overflow: Counter
+    downstream_cx_overload_reject: Counter
+    downstream_global_cx_overflow: Counter
+    downstream_cx_transport_socket_connect_timeout: Counter
+    downstream_pre_cx_timeout: Counter
+    downstream_listener_filter_error: Counter
+    downstream_listener_filter_remote_close: Counter
+    no_filter_chain_match: Counter
+    extension_config_missing: Counter
+    network_extension_config_missing: Counter
+    downstream_cx_active: Gauge
+    downstream_pre_cx_active: Gauge
+    downstream_cx_length_ms: Histogram
+    connections_accepted_per_socket_event: Histogram
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope)
+        # Single worker: envoi runs one event loop per process, reported as worker_0.
+        self.worker_cx_total = scope.counter("worker_0.downstream_cx_total")
+        self.worker_cx_active = scope.gauge("worker_0.downstream_cx_active")
+
+
+@dataclass
+class ChainMatch:
+    """A filter chain's ``filter_chain_match``, pre-parsed for fast selection."""
+
+    destination_port: int | None = None
+    prefix_ranges: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list
+    )
+    server_names: list[str] = field(default_factory=list)
+    transport_protocol: str = ""
+    application_protocols: list[str] = field(default_factory=list)
+    direct_source_prefix_ranges: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list
+    )
+    source_type: str = "ANY"
+    source_prefix_ranges: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list
+    )
+    source_ports: list[int] = field(default_factory=list)
+
+
+@dataclass
+class FilterChain:
+    name: str
+    match: ChainMatch
+    factories: list[NetworkFilterFactoryCb]
+
+
+@dataclass
+class ConnectionMeta:
+    """What filter-chain selection looks at for one connection."""
+
+    dst_ip: Any
+    dst_port: int
+    src_ip: Any
+    src_port: int
+    server_name: str = ""
+    transport_protocol: str = "raw_buffer"
+    application_protocols: Sequence[str] = ()
+
+
+def _cidr_score(ranges: Sequence[Any], ip: Any) -> int:
+    """-1 no match, 0 unset, else 1 + prefix length of the longest matching range."""
+    if not ranges:
+        return 0
+    best = -1
+    for net in ranges:
+        if ip is not None and ip.version == net.version and ip in net:
+            best = max(best, 1 + net.prefixlen)
+    return best
+
+
+def _score(level: int, m: ChainMatch, c: ConnectionMeta) -> int:
+    if level == 0:
+        if m.destination_port is None:
+            return 0
+        return 1 if m.destination_port == c.dst_port else -1
+    if level == 1:
+        return _cidr_score(m.prefix_ranges, c.dst_ip)
+    if level == 2:
+        if not m.server_names:
+            return 0
+        best = -1
+        name = c.server_name.lower()
+        for sn in m.server_names:
+            if sn == name:
+                best = max(best, 1000)
+            elif sn.startswith("*.") and name.endswith(sn[1:]):
+                best = max(best, len(sn))
+        return best
+    if level == 3:
+        if not m.transport_protocol:
+            return 0
+        return 1 if m.transport_protocol == c.transport_protocol else -1
+    if level == 4:
+        if not m.application_protocols:
+            return 0
+        return 1 if set(m.application_protocols) & set(c.application_protocols) else -1
+    if level == 5:
+        return _cidr_score(m.direct_source_prefix_ranges, c.src_ip)
+    if level == 6:
+        if m.source_type == "ANY":
+            return 0
+        local = c.src_ip is not None and (c.src_ip.is_loopback or c.src_ip == c.dst_ip)
+        want_local = m.source_type == "SAME_IP_OR_LOOPBACK"
+        return 1 if local == want_local else -1
+    if level == 7:
+        return _cidr_score(m.source_prefix_ranges, c.src_ip)
+    if not m.source_ports:
+        return 0
+    return 1 if c.src_port in m.source_ports else -1
+
+
+def select_filter_chain(
+    chains: Sequence[FilterChain], default: FilterChain | None, meta: ConnectionMeta
+) -> FilterChain | None:
+    """Envoy's order of precedence: at each criterion the most specific matching value wins;
+    chains that set a value that does not match drop out."""
+    candidates = list(chains)
+    for level in range(9):
+        scored = [(_score(level, ch.match, meta), ch) for ch in candidates]
+        best = max((s for s, _ in scored), default=-1)
+        if best < 0:
+            return default
+        candidates = [ch for s, ch in scored if s == best]
+    return candidates[0] if candidates else default
+
+
+def _ip(text: str) -> Any:
+    try:
+        return ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def listener_stat_name(host: str, port: int) -> str:
+    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return addr.replace(":", "_")
+
+
+class ActiveListener:
+    """One bound listener and the connections it accepted."""
+
+    def __init__(
+        self,
+        server: Server,
+        name: str,
+        host: str,
+        port: int,
+        chains: list[FilterChain],
+        default_chain: FilterChain | None,
+        scope: Scope,
+        *,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+        backlog: int = 1024,
+        reuse_port: bool = False,
+        traffic_direction: str = "UNSPECIFIED",
+        stat_name: str = "",
+    ) -> None:
+        self.server = server
+        self.name = name
+        self.host = host
+        self.port = port
+        self.chains = chains
+        self.default_chain = default_chain
+        self.buffer_limit = buffer_limit
+        self.backlog = backlog
+        self.reuse_port = reuse_port
+        self.traffic_direction = traffic_direction
+        self.stat_name = stat_name
+        self.scope = scope
+        self.stats: ListenerStats | None = None
+        self.connections: set[Connection] = set()
+        self._aserver: asyncio.base_events.Server | None = None
+        self.sock: socket.socket | None = None
+        self.accepting = False
+        self._single_chain = chains[0] if len(chains) == 1 and default_chain is None else None
+        if self._single_chain is not None and self._single_chain.match != ChainMatch():
+            self._single_chain = None
+
+    def bind(self) -> None:
+        """Bind the socket now, so a port in use is reported before anything serves."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and self.host in ("::", "[::]"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((self.host, self.port))
+            sock.listen(self.backlog)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self.sock = sock
+        if not self.stat_name:
+            self.stat_name = listener_stat_name(self.host, self.port)
+        self.stats = ListenerStats(self.scope.scope(f"listener.{self.stat_name}"))
+
+    async def start(self) -> None:
+        assert self.sock is not None
+        loop = asyncio.get_running_loop()
+        self._aserver = await loop.create_server(
+            lambda: Connection(self), sock=self.sock, backlog=self.backlog
+        )
+        self.accepting = True
+
+    def stop_accepting(self) -> None:
+        if self._aserver is not None:
+            self._aserver.close()
+            self._aserver = None
+        self.accepting = False
+
+    # -- called by Connection ------------------------------------------------------------
+
+    def on_connection_made(self, conn: Connection, transport: asyncio.Transport) -> None:
+        stats = self.stats
+        assert stats is not None
+        stats.downstream_cx_total.value += 1
+        stats.worker_cx_total.value += 1
+        chain = self._single_chain
+        if chain is None:
+            chain = self._select(transport)
+        if chain is None:
+            stats.no_filter_chain_match.value += 1
+            stats.downstream_cx_destroy.value += 1
+            conn.closed = True
+            transport.abort()
+            return
+        stats.downstream_cx_active.inc()
+        stats.worker_cx_active.inc()
+        self.server.total_connections.inc()
+        self.connections.add(conn)
+        transport.set_write_buffer_limits(high=self.buffer_limit, low=self.buffer_limit // 2)
+        conn.filter_chain = chain
+        for factory in chain.factories:
+            factory(conn)
+        conn.start_filters()
+
+    def _select(self, transport: asyncio.Transport) -> FilterChain | None:
+        sock = transport.get_extra_info("sockname") or ("", 0)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        meta = ConnectionMeta(_ip(sock[0]), sock[1], _ip(peer[0]), peer[1])
+        return select_filter_chain(self.chains, self.default_chain, meta)
+
+    def on_connection_closed(self, conn: Connection) -> None:
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        stats = self.stats
+        assert stats is not None
+        stats.downstream_cx_destroy.value += 1
+        stats.downstream_cx_active.dec()
+        stats.worker_cx_active.dec()
+        self.server.total_connections.dec()
+        stats.downstream_cx_length_ms.record(
+            (time.monotonic() - conn.stream_info.start_monotonic) * 1000
+        )
+        self.server.on_connection_closed(self)

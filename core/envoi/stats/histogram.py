@@ -1,0 +1,118 @@
+"""Histograms with Envoy's quantiles and buckets, bounded in memory.
+
+Envoy keeps a log-linear histogram (circllhist) and shows quantiles of the current interval and of
+all time. We keep the same two views with values rounded to two significant digits, which bounds
+the number of distinct keys (about 90 a decade) whatever the traffic, and is the precision
+circllhist has.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+SUPPORTED_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
+DEFAULT_BUCKETS = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+    600000, 1800000, 3600000,
+)
+
+
+def _round2(v: float) -> float:
+    if v <= 0:
+        return 0.0
+    exp = math.floor(math.log10(v)) - 1
+    step = 10.0**exp
+    return math.floor(v / step) * step
+
+
+class _Samples:
+    __slots__ = ("count", "sum", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[float, int] = {}
+        self.count = 0
+        self.sum = 0.0
+
+    def add(self, key: float, raw: float) -> None:
+        self.values[key] = self.values.get(key, 0) + 1
+        self.count += 1
+        self.sum += raw
+
+    def merge(self, other: _Samples) -> None:
+        for k, n in other.values.items():
+            self.values[k] = self.values.get(k, 0) + n
+        self.count += other.count
+        self.sum += other.sum
+
+    def quantiles(self) -> list[float | None]:
+        if not self.count:
+            return [None] * len(SUPPORTED_QUANTILES)
+        keys = sorted(self.values)
+        out: list[float | None] = []
+        for q in SUPPORTED_QUANTILES:
+            target = q * self.count
+            seen = 0
+            chosen = keys[-1]
+            for k in keys:
+                seen += self.values[k]
+                if seen >= target and (q > 0 or seen > 0):
+                    chosen = k
+                    break
+            out.append(chosen)
+        return out
+
+    def cumulative_buckets(self) -> list[int]:
+        counts = []
+        for b in DEFAULT_BUCKETS:
+            counts.append(sum(n for k, n in self.values.items() if k <= b))
+        return counts
+
+
+class Histogram:
+    __slots__ = ("_cumulative", "_interval", "_last_interval", "name", "unit")
+    kind: ClassVar[str] = "histogram"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.unit = ""
+        self._interval = _Samples()
+        self._cumulative = _Samples()
+        self._last_interval = _Samples()
+
+    def record(self, value: float) -> None:
+        key = _round2(value)
+        self._interval.add(key, value)
+
+    def flush(self) -> None:
+        """Close the current interval (Envoy does this every ``stats_flush_interval``)."""
+        self._cumulative.merge(self._interval)
+        self._last_interval = self._interval
+        self._interval = _Samples()
+
+    @property
+    def used(self) -> bool:
+        return bool(self._interval.count or self._cumulative.count)
+
+    def _all(self) -> _Samples:
+        merged = _Samples()
+        merged.merge(self._cumulative)
+        merged.merge(self._interval)
+        return merged
+
+    def interval_quantiles(self) -> list[float | None]:
+        return self._last_interval.quantiles()
+
+    def cumulative_quantiles(self) -> list[float | None]:
+        return self._all().quantiles()
+
+    def cumulative_buckets(self) -> list[int]:
+        return self._all().cumulative_buckets()
+
+    @property
+    def sample_count(self) -> int:
+        return self._cumulative.count + self._interval.count
+
+    @property
+    def sample_sum(self) -> float:
+        return self._cumulative.sum + self._interval.sum
