@@ -1,0 +1,361 @@
+"""The ``envoy.filters.network.mongo_proxy`` filter: a sniffer on both directions of a connection.
+
+Bytes always pass unchanged; the only time the filter holds them is the configured fault delay.
+Client -> server bytes arrive in ``on_data``, server -> client bytes in ``on_write``; each
+direction has its own :class:`~envoi_mongo.codec.Decoder`. Requests that expect a reply are kept
+by request id until the reply whose ``responseTo`` names them arrives; the reply then charges
+the ``reply_*`` histograms. An exhaust reply (OP_MSG with moreToCome) keeps its request open,
+now keyed by the reply's own id, which is what the server's next reply answers.
+
+Any decoding error counts ``decoding_error`` and turns sniffing off for the connection, in both
+directions, as in Envoy; the traffic keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+from envoi.network.filter import ConnectionCloseType, ConnectionEvent, Filter, FilterStatus
+
+from envoi_mongo import messages as m
+from envoi_mongo.access_log import AccessLog
+from envoi_mongo.classify import (
+    MULTI_GET,
+    SCATTER_GET,
+    classify_msg,
+    classify_query,
+    reply_doc_count,
+)
+from envoi_mongo.codec import Decoder
+from envoi_mongo.config import MongoProxyConfig
+from envoi_mongo.stats import CommandStats, DynamicStats, ExtensionStats, MongoStats, QueryStats
+
+log = logging.getLogger("envoi.mongo")
+
+CONTINUE = FilterStatus.CONTINUE
+STOP = FilterStatus.STOP_ITERATION
+METADATA_NAMESPACE = "envoy.filters.network.mongo_proxy"
+
+
+class MongoProxyShared:
+    """Everything one filter config shares across its connections: config, stats, access log."""
+
+    def __init__(self, config: MongoProxyConfig, scope: Any, server: Any = None,
+                 access_log: AccessLog | None = None) -> None:
+        self.config = config
+        mongo_scope = scope.scope(f"mongo.{config.stat_prefix}")
+        self.stats = MongoStats(mongo_scope)
+        self.ext = ExtensionStats(mongo_scope)
+        self.dynamic = DynamicStats(mongo_scope, config.commands)
+        self.access_log = access_log
+        self.server = server
+
+    @property
+    def draining(self) -> bool:
+        return bool(getattr(self.server, "draining", False))
+
+
+class _Active:
+    """A request waiting for its reply."""
+
+    __slots__ = ("awaitable", "callsite", "cmd", "coll", "start")
+
+    def __init__(self, cmd: CommandStats | None, coll: QueryStats | None,
+                 callsite: QueryStats | None, awaitable: bool) -> None:
+        self.cmd = cmd
+        self.coll = coll
+        self.callsite = callsite
+        self.awaitable = awaitable
+        self.start = time.monotonic()
+
+
+class MongoProxyFilter(Filter):
+    def __init__(self, shared: MongoProxyShared) -> None:
+        self._shared = shared
+        self._stats = shared.stats
+        max_size = shared.config.max_message_size
+        self._down = Decoder(max_size)  # client -> server
+        self._up = Decoder(max_size)  # server -> client
+        self._sniffing = True
+        self._active: dict[int, _Active] = {}
+        self._delay: asyncio.TimerHandle | None = None
+        self._drain_close: asyncio.Handle | None = None
+
+    # -- Filter ----------------------------------------------------------------------------
+
+    def on_new_connection(self) -> FilterStatus:
+        add_cb = getattr(self.read_callbacks.connection, "add_connection_callbacks", None)
+        if add_cb is not None:
+            add_cb(self._on_event)
+        return CONTINUE
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        if self._sniffing and data:
+            if self._shared.config.emit_dynamic_metadata:
+                self._metadata().clear()
+            self._decode(self._down, data, True)
+        return STOP if self._delay is not None else CONTINUE
+
+    def on_write(self, data: bytes, end_stream: bool) -> FilterStatus:
+        if self._sniffing and data:
+            self._decode(self._up, data, False)
+        return CONTINUE
+
+    # -- decoding --------------------------------------------------------------------------
+
+    def _decode(self, decoder: Decoder, data: bytes, from_client: bool) -> None:
+        msgs = decoder.feed(data)
+        try:
+            handle = self._on_request if from_client else self._on_reply
+            for msg in msgs:
+                handle(msg)
+        except Exception as e:  # a sniffer must never break the traffic
+            self._decoding_error(str(e) or type(e).__name__)
+            return
+        if decoder.error is not None:
+            self._decoding_error(str(decoder.error))
+
+    def _decoding_error(self, why: str) -> None:
+        log.info("mongo decoding error: %s", why)
+        self._stats.decoding_error.value += 1
+        self._sniffing = False
+        # Free the buffers now: this connection is never decoded again.
+        self._down = self._up = Decoder(0)
+
+    def _log(self, msg: m.Message) -> None:
+        al = self._shared.access_log
+        if al is not None:
+            al.log(msg, self.read_callbacks.upstream_host)
+
+    def _on_request(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Compressed):
+            self._shared.ext.inc("op_compressed")
+            if msg.inner is None:
+                self._shared.ext.inc("op_compressed_not_decompressed")
+                self._try_inject_delay()
+                self._log(msg)
+                return
+            self._log(msg)
+            self._request(msg.inner, logged=True)
+            return
+        self._request(msg, logged=False)
+
+    def _request(self, msg: m.Message, logged: bool) -> None:
+        stats = self._stats
+        self._try_inject_delay()
+        if not logged:
+            self._log(msg)
+        if isinstance(msg, m.Msg):
+            self._request_msg(msg)
+        elif isinstance(msg, m.Query):
+            self._request_query(msg)
+        elif isinstance(msg, m.GetMore):
+            stats.op_get_more.value += 1
+        elif isinstance(msg, m.Insert):
+            stats.op_insert.value += 1
+            self._add_metadata("insert", msg.collection)
+        elif isinstance(msg, m.KillCursors):
+            stats.op_kill_cursors.value += 1
+        elif isinstance(msg, m.Command):
+            stats.op_command.value += 1
+        elif isinstance(msg, m.Update):
+            self._shared.ext.inc("op_update")
+        elif isinstance(msg, m.Delete):
+            self._shared.ext.inc("op_delete")
+        else:
+            # A reply opcode from the client: not a request we can pair.
+            self._on_reply(msg)
+
+    def _request_query(self, q: m.Query) -> None:
+        stats = self._stats
+        stats.op_query.value += 1
+        self._add_metadata("query", q.collection)
+        flags = q.flags
+        if flags & m.QUERY_TAILABLE_CURSOR:
+            stats.op_query_tailable_cursor.value += 1
+        if flags & m.QUERY_NO_CURSOR_TIMEOUT:
+            stats.op_query_no_cursor_timeout.value += 1
+        if flags & m.QUERY_AWAIT_DATA:
+            stats.op_query_await_data.value += 1
+        if flags & m.QUERY_EXHAUST:
+            stats.op_query_exhaust.value += 1
+        info = classify_query(q)
+        dyn = self._shared.dynamic
+        if info.command:
+            cmd = dyn.command(info.command)
+            cmd.total.value += 1
+            self._track(q.request_id, _Active(cmd, None, None, False))
+            return
+        coll, site = self._charge_query(info.collection, info.callsite, info.type)
+        if info.max_time < 1:
+            stats.op_query_no_max_time.value += 1
+        if info.type == SCATTER_GET:
+            stats.op_query_scatter_get.value += 1
+        elif info.type == MULTI_GET:
+            stats.op_query_multi_get.value += 1
+        self._track(q.request_id, _Active(None, coll, site, False))
+
+    def _charge_query(self, collection: str, callsite: str,
+                      qtype: int) -> tuple[QueryStats, QueryStats | None]:
+        dyn = self._shared.dynamic
+        coll = dyn.collection(collection)
+        site = dyn.callsite(collection, callsite) if callsite else None
+        for st in (coll, site):
+            if st is None:
+                continue
+            st.total.value += 1
+            if qtype == SCATTER_GET:
+                st.scatter_get()
+            elif qtype == MULTI_GET:
+                st.multi_get()
+        return coll, site
+
+    def _request_msg(self, msg: m.Msg) -> None:
+        ext = self._shared.ext
+        ext.inc("op_msg")
+        if msg.more_to_come:
+            ext.inc("op_msg_more_to_come")
+        if msg.exhaust_allowed:
+            ext.inc("op_msg_exhaust_allowed")
+        assert msg.body is not None
+        info = classify_msg(msg.body)
+        cmd = self._shared.dynamic.command(info.command)
+        cmd.total.value += 1
+        coll = site = None
+        if info.query is not None:
+            q = info.query
+            coll, site = self._charge_query(q.collection, q.callsite, q.type)
+        if not msg.more_to_come:  # moreToCome from a client: fire-and-forget, no reply comes
+            self._track(msg.request_id, _Active(cmd, coll, site, info.awaitable))
+
+    def _track(self, request_id: int, active: _Active) -> None:
+        old = self._active.pop(request_id, None)
+        if old is not None and not old.awaitable:
+            self._stats.op_query_active.dec()  # a reused id: the old request is abandoned
+        if not active.awaitable:
+            self._stats.op_query_active.inc()
+        self._active[request_id] = active
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _on_reply(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Compressed):
+            self._shared.ext.inc("op_compressed")
+            self._log(msg)
+            if msg.inner is None:
+                self._shared.ext.inc("op_compressed_not_decompressed")
+                return
+            self._reply(msg.inner)
+            return
+        self._log(msg)
+        self._reply(msg)
+
+    def _reply(self, msg: m.Message) -> None:
+        stats = self._stats
+        if isinstance(msg, m.Reply):
+            stats.op_reply.value += 1
+            if msg.cursor_id != 0:
+                stats.op_reply_valid_cursor.value += 1
+            if msg.flags & m.REPLY_CURSOR_NOT_FOUND:
+                stats.op_reply_cursor_not_found.value += 1
+            if msg.flags & m.REPLY_QUERY_FAILURE:
+                stats.op_reply_query_failure.value += 1
+            self._complete(msg.response_to, len(msg.doc_sizes), sum(msg.doc_sizes), None)
+        elif isinstance(msg, m.Msg):
+            ext = self._shared.ext
+            ext.inc("op_msg_reply")
+            more = msg.more_to_come
+            if more:
+                ext.inc("op_msg_more_to_come")
+            assert msg.body is not None
+            self._complete(msg.response_to, reply_doc_count(msg.body), msg.documents_size,
+                           msg.request_id if more else None)
+        elif isinstance(msg, m.CommandReply):
+            stats.op_command_reply.value += 1
+        else:
+            # A request opcode coming from the server: count it like a request would be, but
+            # it pairs with nothing.
+            self._request(msg, logged=True)
+            return
+        if not self._active and self._shared.draining:
+            self._start_drain_close()
+
+    def _complete(self, response_to: int, num_docs: int, size: int,
+                  next_id: int | None) -> None:
+        active = self._active.pop(response_to, None)
+        if active is None:
+            return
+        # A streaming hello's wait is a long poll, not latency: its time is not recorded.
+        elapsed = None if active.awaitable else int((time.monotonic() - active.start) * 1000)
+        for st in (active.cmd, active.coll, active.callsite):
+            if st is not None:
+                st.record(num_docs, size, elapsed)
+        if next_id is not None:
+            # Exhaust: the server's next reply answers this reply's id; the request stays open.
+            active.start = time.monotonic()
+            self._active[next_id] = active
+        elif not active.awaitable:
+            self._stats.op_query_active.dec()
+
+    # -- fault delay, drain, close ---------------------------------------------------------
+
+    def _try_inject_delay(self) -> None:
+        delay = self._shared.config.delay
+        if delay is None or self._delay is not None or delay.duration_s <= 0:
+            return
+        if random.randrange(delay.denominator) >= delay.numerator:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a unit test driving the filter directly): nothing to wait on
+        self._delay = loop.call_later(delay.duration_s, self._delay_done)
+        self._stats.delays_injected.value += 1
+
+    def _delay_done(self) -> None:
+        self._delay = None
+        self.read_callbacks.continue_reading()
+
+    def _start_drain_close(self) -> None:
+        if self._drain_close is not None:
+            return
+        self._stats.cx_drain_close.value += 1
+        # We are on the write path: close on the next loop turn, after this reply is written.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._drain_close = loop.call_soon(
+            self.read_callbacks.connection.close, ConnectionCloseType.FLUSH_WRITE)
+
+    def _on_event(self, event: ConnectionEvent) -> None:
+        if event is ConnectionEvent.CONNECTED:
+            return
+        for h in (self._delay, self._drain_close):
+            if h is not None:
+                h.cancel()
+        self._delay = self._drain_close = None
+        # Only requests a client is really waiting on count; a parked streaming hello is normal.
+        waiting = sum(1 for a in self._active.values() if not a.awaitable)
+        if waiting:
+            if event is ConnectionEvent.REMOTE_CLOSE:
+                self._stats.cx_destroy_remote_with_active_rq.value += 1
+            else:
+                self._stats.cx_destroy_local_with_active_rq.value += 1
+            self._stats.op_query_active.dec(waiting)
+        self._active.clear()
+
+    # -- dynamic metadata ------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, list[str]]:
+        info = self.read_callbacks.connection.stream_info
+        fm: dict[str, dict[str, list[str]]] = info.extra.setdefault("filter_metadata", {})
+        return fm.setdefault(METADATA_NAMESPACE, {})
+
+    def _add_metadata(self, operation: str, resource: str) -> None:
+        if self._shared.config.emit_dynamic_metadata:
+            self._metadata().setdefault(resource, []).append(operation)
