@@ -1,0 +1,409 @@
+"""HTTP/1.1 codec on httptools (llhttp): the fast path.
+
+llhttp parses; this module only collects what its callbacks hand over and serialises with
+``framing``. Per message the Python work is: one callback per header (lower-case the name, append
+the tuple), one ``HeadInfo`` pass at headers-complete, one event per head and per body piece. The
+head event is built once it is known whether a body follows (``end_stream``), and the last body
+piece once it is known to be the last, so a small message costs one or two events, not three.
+
+llhttp facts this wrapper works around (httptools exposes no way to change them):
+- it has no header size limit: the wrapper counts bytes fed while a head is open and gives up at
+  ``max_request_headers_kb`` plus ``_HEAD_SLACK`` (the exact Envoy-style check, names + values,
+  runs at headers-complete);
+- a response to HEAD would wait for its Content-Length body: the wrapper cuts the head at its
+  blank line itself and starts a fresh parser for the next response;
+- it cannot be told about EOF: read-until-close bodies are ended by the wrapper;
+- an h2c Upgrade pauses the parser like a real upgrade: the wrapper resumes on a fresh parser.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import httptools
+
+from . import events as ev
+from . import framing as fr
+from .base import CodecLimits, HeadInfo, Http1Codec, Role, authority_and_scheme, check_request
+from .base import upgrade_token as _upgrade_token
+from .events import Body, Event, Headers, RequestHeaders, ResponseHeaders
+
+_HEAD_SLACK = 1 << 20
+_ERRORS: tuple[tuple[str, int, str], ...] = (
+    ("Transfer-Encoding can't", 400, ev.CL_AND_CHUNKED),
+    ("Content-Length", 400, ev.INVALID_CONTENT_LENGTH),
+    ("Transfer-Encoding", 501, ev.INVALID_TRANSFER_ENCODING),
+    ("chunk", 400, ev.INVALID_CHUNK_SIZE),
+    ("Chunk", 400, ev.INVALID_CHUNK_SIZE),
+    ("header token", 400, ev.INVALID_CHARACTERS),
+    ("header value char", 400, ev.INVALID_CHARACTERS),
+    ("method", 400, ev.INVALID_METHOD),
+)
+
+
+def _classify(exc: Exception) -> tuple[int, str]:
+    text = str(exc)
+    for needle, hint, details in _ERRORS:
+        if needle in text:
+            return hint, details
+    return 400, ev.CODEC_ERROR
+
+
+class HttptoolsCodec(Http1Codec):
+    backend = "httptools"
+
+    def __init__(self, role: Role, limits: CodecLimits) -> None:
+        super().__init__(role, limits)
+        self._server = role == "server"
+        self._parser = self._new_parser()
+        self._max_head = limits.max_request_headers_kb * 1024
+        self._out: list[Event] = []
+        self._held: deque[Event] = deque()
+        self._sink: list[Event] | deque[Event] = self._out
+        self._sid = 0  # stream id of the message being parsed
+        self._in_msg = self._in_head = self._tunnel = self._dead = False
+        self._head_fed = 0
+        self._url = b""
+        self._reason = b""
+        self._headers: Headers = []
+        self._head_args: tuple[object, ...] = ()
+        self._pending_flags: tuple[bool, bool, bytes] = (True, False, b"")
+        self._body: bytes | None = None  # last body piece, not yet known to be the last
+        self._trailers: Headers | None = None
+        self._until_close = self._interim = False
+        # server: (stream id, HEAD?, HTTP/1.0?, keep-alive?, upgrade) per parsed request
+        self._requests: deque[tuple[int, bool, bool, bool, bytes]] = deque()
+        self._current = 1  # the request being answered
+        self._done_sid = 0  # the last request whose end has been parsed
+        # client: (stream id, method) per request sent and not yet answered
+        self._sent: deque[tuple[int, bytes]] = deque()
+        self._next_sid = 1
+        self._mode = fr.NONE  # framing of the message we are sending
+        self._head_buf = b""  # client: bytes of a HEAD response head not yet complete
+
+    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
+        if self._server:
+            return httptools.HttpRequestParser(self)
+        return httptools.HttpResponseParser(self)
+
+    # ---- llhttp callbacks (hot path) ------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_msg = self._in_head = True
+        self._head_fed = 0
+        self._url = self._reason = b""
+        self._headers = []
+        self._trailers = None
+        self._body = None
+        if self._server:
+            self._sid += 1
+            # a pipelined request is held back until the current response is complete
+            self._sink = self._out if self._sid == self._current else self._held
+        elif self._sent:
+            self._sid = self._sent[0][0]
+        else:
+            raise _Refused(ev.ProtocolError(
+                self._sid + 1, 503, ev.UNEXPECTED_RESPONSE, "response without a request"))
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp strips leading whitespace only; Envoy and h11 strip both sides.
+        self._headers.append((name.lower(), value.rstrip()))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        headers = self._headers
+        info = HeadInfo(headers)
+        p = self._parser
+        version = p.get_http_version().encode()
+        if self._server:
+            self._request_head(info, headers, version)
+        else:
+            self._response_head(info, headers, version)
+        self._trailers = self._headers = []  # trailer fields, if any, arrive via on_header
+
+    def _request_head(self, info: HeadInfo, headers: Headers, version: bytes) -> None:
+        p = self._parser
+        method: bytes = p.get_method()
+        url = self._url
+        err = check_request(info, headers, method, url, version, self.limits, self._sid)
+        if err is not None:
+            raise _Refused(err)
+        keep = p.should_keep_alive() and version == b"1.1"
+        upgrade = _upgrade_token(info, method)
+        authority, scheme = authority_and_scheme(url, info.authority)
+        self._requests.append((self._sid, method == b"HEAD", version == b"1.0", keep, upgrade))
+        self._head_args = (self._sid, method, url, authority, scheme, headers, version)
+        self._pending_flags = (keep, info.expect, upgrade)
+
+    def _response_head(self, info: HeadInfo, headers: Headers, version: bytes) -> None:
+        status = self._parser.get_status_code()
+        if status < 200 and status != 101:
+            self._interim = True
+            self._sink.append(ev.Informational(self._sid, status, headers, self._reason))
+            return
+        self._interim = False
+        method = self._sent[0][1]
+        self._until_close = (
+            info.content_length is None and info.te is None and method != b"HEAD"
+            and status not in (101, 204, 304)
+        )
+        keep = not info.close and version == b"1.1" and not self._until_close
+        self._head_args = (self._sid, status, headers, self._reason, version, keep)
+        self._pending_flags = (keep, False, info.upgrade)
+
+    def _flush_head(self, end_stream: bool) -> None:
+        a = self._head_args
+        if self._server:
+            keep, expect, upgrade = self._pending_flags
+            self._sink.append(RequestHeaders(
+                a[0], a[1], a[2], a[3], a[4], a[5], a[6], end_stream,  # type: ignore[arg-type]
+                keep, expect, upgrade))
+        else:
+            self._sink.append(ResponseHeaders(
+                a[0], a[1], a[2], a[3], end_stream, a[4], a[5]))  # type: ignore[arg-type]
+        self._head_args = ()
+
+    def on_body(self, body: bytes) -> None:
+        if self._head_args:
+            self._flush_head(False)
+        if self._body is not None:
+            self._sink.append(Body(self._sid, self._body, False))
+        self._body = body
+
+    def on_message_complete(self) -> None:
+        self._in_msg = False
+        if self._interim:
+            self._interim = False
+            return
+        if self._parser.should_upgrade() and (
+            not self._server or self._requests[-1][4] != b"h2c"
+        ):
+            if self._head_args:
+                self._flush_head(False)  # the tunnel follows; UpgradeRequested comes next
+            return
+        self._end_message()
+
+    def _end_message(self) -> None:
+        sink, sid = self._sink, self._sid
+        trailers = self._trailers if self.limits.enable_trailers else None
+        if trailers:
+            if self._head_args:
+                self._flush_head(False)
+            if self._body is not None:
+                sink.append(Body(sid, self._body, False))
+            sink.append(ev.Trailers(sid, trailers))
+        elif self._head_args:
+            self._flush_head(True)
+        else:
+            sink.append(Body(sid, self._body if self._body is not None else b"", True))
+        self._body = None
+        if self._server:
+            self._done_sid = sid
+        else:
+            self._sent.popleft()
+            if not self._pending_flags[0]:
+                self.keep_alive = False
+
+    # ---- receiving -------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self._dead:
+            return []
+        if self._tunnel:
+            if data:
+                return [Body(self._sid, data, False)]
+            self._dead = True
+            return [Body(self._sid, b"", True), ev.ConnectionClosed(self._sid)]
+        if not data:
+            return self._eof()
+        if not self._server and self._sent and self._sent[0][1] == b"HEAD":
+            self._receive_head_response(data)
+        else:
+            self._feed(data)
+        return self._drain()
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if not isinstance(refused, _Refused):
+                raise
+            self._error(refused.event)
+        except httptools.HttpParserError as exc:
+            self._fail(*_classify(exc), str(exc))
+        if self._in_head and not self._dead:
+            self._head_fed += len(data)
+            if self._head_fed > self._max_head + _HEAD_SLACK:
+                self._fail(431, ev.HEADERS_TOO_LARGE, "headers size exceeds limit")
+
+    def _drain(self) -> list[Event]:
+        if self._head_args and self._in_msg:
+            self._flush_head(False)  # the body has not started yet: deliver the head now
+        if self._body is not None:
+            self._sink.append(Body(self._sid, self._body, False))
+            self._body = None
+        out = self._out
+        if not out:
+            return out
+        self._out = []
+        if self._sink is out:
+            self._sink = self._out
+        return out
+
+    def _receive_head_response(self, data: bytes) -> None:
+        """llhttp cannot be told a response answers HEAD: feed it the head alone, then end the
+        message ourselves and give the rest of the bytes to a fresh parser."""
+        buf = self._head_buf + data
+        while self._sent and self._sent[0][1] == b"HEAD" and not self._dead:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self._max_head + _HEAD_SLACK:
+                    self._fail(503, ev.HEADERS_TOO_LARGE, "response headers too large")
+                self._head_buf = buf
+                return
+            head, buf = buf[: end + 4], buf[end + 4 :]
+            self._feed(head)
+            if self._head_args:  # a final response head: it has no body
+                self._in_msg = False
+                self._end_message()
+                self._parser = self._new_parser()
+        self._head_buf = b""
+        if buf and not self._dead:
+            self._feed(buf)
+
+    def _upgraded(self, rest: bytes) -> None:
+        if self._server:
+            upgrade = self._requests[-1][4]
+            if upgrade == b"h2c":  # served as HTTP/1.1, as Envoy does: resume parsing
+                self._parser = self._new_parser()
+                if rest:
+                    self._feed(rest)
+                return
+        else:
+            upgrade = self._pending_flags[2]
+            self._sent.popleft()
+        self._tunnel = self._in_msg = True
+        self.keep_alive = False
+        self._sink.append(ev.UpgradeRequested(self._sid, upgrade, rest))
+
+    def _eof(self) -> list[Event]:
+        self.keep_alive = False
+        sink = self._sink
+        if self._in_msg and self._until_close and not self._in_head:
+            self._in_msg = False
+            self._end_message()
+        elif self._in_msg or (not self._server and self._sent):
+            sink.append(ev.StreamReset(self._sid if self._in_msg else self._sent[0][0],
+                                       "connection_termination"))
+        sink.append(ev.ConnectionClosed(self._sid))
+        self._dead = True
+        return self._drain()
+
+    def _fail(self, hint: int, details: str, message: str) -> None:
+        sid = self._sid if self._in_msg else self._sid + 1
+        self._error(ev.ProtocolError(sid, hint, details, message))
+
+    def _error(self, event: ev.ProtocolError) -> None:
+        if self._dead:
+            return
+        if not self._server and event.error_status_hint != 503:
+            # an upstream's bad response becomes a 503 local reply, as Envoy answers
+            event = ev.ProtocolError(event.stream_id, 503, event.details, event.message)
+        self._dead = True
+        self.keep_alive = False
+        self._done_sid = event.stream_id
+        self._head_args = ()
+        self._body = None
+        if self._server and event.stream_id == self._current:
+            self._sink = self._out
+        self._sink.append(event)
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def send(self, event: Event) -> bytes:
+        t = type(event)
+        if t is Body:
+            if event.end_stream and self._server:  # type: ignore[union-attr]
+                self._response_done()
+            return fr.encode_data(self._mode, event.data, event.end_stream)  # type: ignore[union-attr]
+        if t is ResponseHeaders:
+            return self._send_response(event)  # type: ignore[arg-type]
+        if t is RequestHeaders:
+            return self._send_request(event)  # type: ignore[arg-type]
+        if t is ev.Trailers:
+            if self._server:
+                self._response_done()
+            return fr.encode_trailers(self._mode, event.headers,  # type: ignore[union-attr]
+                                      self.limits.enable_trailers)
+        if t is ev.Informational:
+            e: ev.Informational = event  # type: ignore[assignment]
+            return fr.encode_head(fr.status_line(e.status, e.reason), e.headers)
+        raise TypeError(f"cannot send {t.__name__}")
+
+    def _send_response(self, e: ResponseHeaders) -> bytes:
+        if self._requests:
+            _, head_req, http10, keep, upgrade = self._requests[0]
+        else:  # a local reply to a request that never parsed
+            head_req, http10, keep, upgrade = False, False, False, b""
+        if self._dead:
+            keep = False
+        switching = e.status == 101 or (upgrade == b"connect" and 200 <= e.status < 300)
+        if upgrade and upgrade != b"h2c" and not switching:
+            keep = False  # the tunnel bytes already read cannot be parsed as HTTP
+        headers, self._mode, keep = fr.frame_response(
+            e.status, e.headers, e.end_stream, head_request=head_req, peer_http10=http10,
+            keep_alive=keep)
+        if switching:
+            self._mode = fr.RAW
+        self.keep_alive = keep and self.keep_alive
+        if e.end_stream:
+            self._response_done()
+        return fr.encode_head(fr.status_line(e.status, e.reason), headers)
+
+    def _response_done(self) -> None:
+        if self._done_sid < self._current:
+            self.keep_alive = False  # Envoy closes when the response beats the request
+
+    def _send_request(self, e: RequestHeaders) -> bytes:
+        sid = self._next_sid
+        self._next_sid += 1
+        self._sent.append((sid, e.method))
+        headers, self._mode = fr.frame_request(e.method, e.authority, e.headers, e.end_stream)
+        return fr.encode_head(b"%s %s HTTP/1.1\r\n" % (e.method, e.target), headers)
+
+    def start_next_cycle(self) -> list[Event]:
+        if not self._server:
+            return []
+        if self._requests:
+            self._requests.popleft()
+        self._current += 1
+        held = self._held
+        out = self._out
+        while held and held[0].stream_id <= self._current:
+            out.append(held.popleft())
+        if self._sid <= self._current:
+            self._sink = out  # the rest of the request being parsed goes out directly
+        return self._drain()
+
+    @property
+    def idle(self) -> bool:
+        if self._server:
+            return not self._in_msg and not self._requests
+        return not self._sent
+
+
+class _Refused(Exception):
+    """Raised from a callback to stop llhttp; carries the event to report."""
+
+    def __init__(self, event: ev.ProtocolError) -> None:
+        super().__init__(event.details)
+        self.event = event

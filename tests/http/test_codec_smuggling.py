@@ -1,0 +1,154 @@
+"""Malformed and smuggling inputs: both back-ends refuse them with Envoy's status hints."""
+
+from __future__ import annotations
+
+import pytest
+from envoi_http.codec import (
+    Body,
+    Http1Codec,
+    ProtocolError,
+    RequestHeaders,
+    ResponseHeaders,
+    available_backends,
+    make_codec,
+)
+from envoi_http.codec import events as ev
+
+
+@pytest.fixture(params=available_backends())
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def error_of(codec: Http1Codec, data: bytes) -> ProtocolError:
+    events = codec.receive(data)
+    assert events, "expected a ProtocolError"
+    err = events[-1]
+    assert isinstance(err, ProtocolError), events
+    return err
+
+
+H = b"POST / HTTP/1.1\r\nHost: h\r\n"
+CASES = [
+    ("cl_and_chunked", H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     400, ev.CL_AND_CHUNKED),
+    ("conflicting_cl", H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+     400, ev.INVALID_CONTENT_LENGTH),
+    ("negative_cl", H + b"Content-Length: -1\r\n\r\n", 400, ev.INVALID_CONTENT_LENGTH),
+    ("te_gzip", H + b"Transfer-Encoding: gzip\r\n\r\n", 501, ev.INVALID_TRANSFER_ENCODING),
+    ("te_gzip_chunked", H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+     501, ev.INVALID_TRANSFER_ENCODING),
+    ("bad_chunk_size", H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+     400, ev.INVALID_CHUNK_SIZE),
+    ("space_in_name", b"GET / HTTP/1.1\r\nHost: h\r\nX Y: z\r\n\r\n", 400, ev.INVALID_CHARACTERS),
+    ("space_before_colon", b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400, ev.INVALID_CHARACTERS),
+    ("ctl_in_value", b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x01b\r\n\r\n", 400, ev.INVALID_CHARACTERS),
+    ("nul_in_value", b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n", 400, ev.INVALID_CHARACTERS),
+    ("missing_host", b"GET / HTTP/1.1\r\n\r\n", 400, ev.MISSING_HOST),
+    ("upgrade_with_body", b"POST / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n"
+     b"Upgrade: websocket\r\nContent-Length: 2\r\n\r\nab", 400, ev.UPGRADE_WITH_BODY),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "hint", "details"), CASES, ids=[c[0] for c in CASES])
+def test_refused(backend: str, name: str, data: bytes, hint: int, details: str) -> None:
+    err = error_of(make_codec(backend, "server"), data)
+    assert (err.error_status_hint, err.details) == (hint, details), err
+    assert err.stream_id == 1
+
+
+@pytest.mark.parametrize("data", [b"\x16\x03\x01\x00\xa5hello\r\n\r\n", b"GET\r\n\r\n",
+                                  b"GET /\r\n\r\n", b"GET / HTTP/2.0\r\nHost: h\r\n\r\n"])
+def test_garbage_request_line(backend: str, data: bytes) -> None:
+    s = make_codec(backend, "server")
+    assert error_of(s, data).error_status_hint == 400
+    assert not s.keep_alive
+    # a local reply can still be serialised, and it closes the connection
+    out = s.send(ResponseHeaders(1, 400, [], end_stream=True))
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in out
+    assert s.receive(b"GET / HTTP/1.1\r\n\r\n") == []
+
+
+def test_too_many_headers(backend: str) -> None:
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(100))
+    s = make_codec(backend, "server")
+    err = error_of(s, b"GET / HTTP/1.1\r\nHost: h\r\n" + many + b"\r\n")
+    assert (err.error_status_hint, err.details) == (431, ev.TOO_MANY_HEADERS)
+    s = make_codec(backend, "server", max_headers_count=200)
+    assert isinstance(s.receive(b"GET / HTTP/1.1\r\nHost: h\r\n" + many + b"\r\n")[0],
+                      RequestHeaders)
+
+
+def test_headers_too_large(backend: str) -> None:
+    s = make_codec(backend, "server", max_request_headers_kb=1)
+    err = error_of(s, b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 1100 + b"\r\n\r\n")
+    assert (err.error_status_hint, err.details) == (431, ev.HEADERS_TOO_LARGE)
+    s = make_codec(backend, "server", max_request_headers_kb=2)
+    assert isinstance(s.receive(b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 1100 + b"\r\n\r\n")[0],
+                      RequestHeaders)
+
+
+def test_unterminated_header_is_bounded(backend: str) -> None:
+    s = make_codec(backend, "server", max_request_headers_kb=1)
+    events = s.receive(b"GET / HTTP/1.1\r\nHost: h\r\nX: ")
+    for _ in range(40):
+        events += s.receive(b"a" * 65536)
+        if events:
+            break
+    assert isinstance(events[-1], ProtocolError) and events[-1].error_status_hint == 431
+
+
+def test_bad_pipelined_request_reported_in_turn(backend: str) -> None:
+    s = make_codec(backend, "server")
+    [first] = s.receive(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nX Y: z\r\n\r\n")
+    assert isinstance(first, RequestHeaders)
+    s.send(ResponseHeaders(1, 200, [(b"content-length", b"0")], end_stream=True))
+    [err] = s.start_next_cycle()
+    assert isinstance(err, ProtocolError) and err.stream_id == 2
+
+
+def test_client_bad_response_is_503(backend: str) -> None:
+    c = make_codec(backend, "client")
+    c.send(RequestHeaders(1, b"GET", b"/", b"h", b"http", []))
+    err = error_of(c, b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+    assert err.error_status_hint == 503
+
+
+# ---- where the back-ends genuinely differ (listed in envoi_http.codec's docstring) ----------
+
+DIFFERENCES = [
+    ("bare_lf", b"GET / HTTP/1.1\nHost: h\n\n"),
+    ("obs_fold", b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n"),
+    ("duplicate_identical_cl", H + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\na"),
+    ("cl_list", H + b"Content-Length: 1, 1\r\n\r\na"),
+    ("custom_method", b"FOO / HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ("lower_case_method", b"get / HTTP/1.1\r\nHost: h\r\n\r\n"),
+]
+# True: the back-end accepts the request
+ACCEPTS = {
+    "h11": {"bare_lf": True, "obs_fold": True, "duplicate_identical_cl": True, "cl_list": True,
+            "custom_method": True, "lower_case_method": True, "leading_crlf": False},
+    "httptools": {"bare_lf": False, "obs_fold": False, "duplicate_identical_cl": False,
+                  "cl_list": False, "custom_method": False, "lower_case_method": False,
+                  "leading_crlf": True},
+}
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    *DIFFERENCES, ("leading_crlf", b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")],
+    ids=lambda x: str(x)[:20])
+def test_documented_differences(backend: str, name: str, data: bytes) -> None:
+    events = make_codec(backend, "server").receive(data)
+    accepted = isinstance(events[0], RequestHeaders)
+    assert accepted is ACCEPTS[backend][name]
+    if not accepted:
+        assert isinstance(events[0], ProtocolError) and events[0].error_status_hint == 400
+
+
+def test_chunk_size_overflow(backend: str) -> None:
+    s = make_codec(backend, "server")
+    events = s.receive(H + b"Transfer-Encoding: chunked\r\n\r\n" + b"f" * 19 + b"\r\n")
+    if backend == "httptools":
+        assert isinstance(events[-1], ProtocolError) and events[-1].error_status_hint == 400
+    else:  # h11 waits for the (impossible) chunk; timeouts end the connection
+        assert not any(isinstance(e, (ProtocolError, Body)) for e in events)
