@@ -232,9 +232,11 @@ class Connection(asyncio.Protocol):
 
     def _run_new_connection(self, start: int) -> None:
         filters = self.read_filters
+        last = len(filters) - 1
         for i in range(start, len(filters)):
             self._new_conn_done = i + 1
-            if filters[i].on_new_connection() is not CONTINUE:
+            # The last filter is terminal: its STOP_ITERATION defers nothing.
+            if filters[i].on_new_connection() is not CONTINUE and i < last:
                 self._single_on_data = None
                 self._stopped_at = i
                 return
@@ -285,7 +287,7 @@ class Connection(asyncio.Protocol):
         while i < n:
             if i >= self._new_conn_done:
                 self._new_conn_done = i + 1
-                if filters[i].on_new_connection() is not CONTINUE:
+                if filters[i].on_new_connection() is not CONTINUE and i < n - 1:
                     self._hold(i, data, end_stream)
                     return
             if self._stopped_at == i:
@@ -302,7 +304,11 @@ class Connection(asyncio.Protocol):
             if self._stopped_at >= 0 and i > self._stopped_at:
                 return
             if filters[i].on_data(data, end_stream) is not CONTINUE:
-                self._hold(i, data, end_stream)
+                # A terminal (last) filter consumed the bytes; any other filter that stops
+                # leaves them with us until it calls continue_reading(), as Envoy's
+                # connection buffer does.
+                if i < n - 1:
+                    self._hold(i, data, end_stream)
                 return
             i += 1
 

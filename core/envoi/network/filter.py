@@ -7,7 +7,9 @@ last to first on bytes going to the peer. Each call returns a :class:`FilterStat
 * ``STOP_ITERATION`` - stop here. The connection holds the bytes at this filter's position and
   passes them on when the filter calls ``callbacks.continue_reading()``; a filter that wants to
   replace them calls ``callbacks.discard_held_data()`` and then
-  ``callbacks.inject_read_data_to_filter_chain(new, end_stream)``.
+  ``callbacks.inject_read_data_to_filter_chain(new, end_stream)``. The last read filter of a
+  chain is terminal (tcp_proxy, http_connection_manager): it consumes what it gets, so its
+  ``STOP_ITERATION`` holds nothing.
 
 A filter factory (see :class:`envoi.extensions.NetworkFilterFactory`) turns config into a
 callback run once per new connection, which adds fresh filter objects to that connection. Filters

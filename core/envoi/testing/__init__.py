@@ -1,0 +1,22 @@
+"""Helpers for testing envoi filters and configs.
+
+* :class:`NetworkFilterDriver` runs network filters on a real :class:`~envoi.network.connection.
+  Connection` with a fake transport: feed bytes, read what was written, assert statuses, no
+  sockets.
+* :class:`StatsDelta` records counter values before and after a block.
+* :class:`EnvoiProcess` starts ``python -m envoi`` from a YAML file on free ports and waits for
+  ``/ready``; the pytest plugin :mod:`envoi.testing.pytest_plugin` exposes it as the
+  ``envoi_process`` fixture.
+"""
+
+from envoi.testing.driver import FakeTransport, NetworkFilterDriver, StatsDelta
+from envoi.testing.process import EnvoiProcess, free_port, wait_for
+
+__all__ = [
+    "EnvoiProcess",
+    "FakeTransport",
+    "NetworkFilterDriver",
+    "StatsDelta",
+    "free_port",
+    "wait_for",
+]

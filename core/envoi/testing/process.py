@@ -1,0 +1,151 @@
+"""Start envoi as a real process from a YAML file, on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the kernel picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.02,
+             what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the predicate may fail while the server starts
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                       + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+class EnvoiProcess:
+    """``python -m envoi -c <file>`` in a subprocess, with helpers to read its admin."""
+
+    def __init__(self, config: str | Path, admin_port: int, *,
+                 args: Sequence[str] = (), env: dict[str, str] | None = None,
+                 cwd: str | Path | None = None, command: Sequence[str] | None = None) -> None:
+        self.config_path = Path(config)
+        self.admin_port = admin_port
+        self.args = list(args)
+        self.env = env
+        self.cwd = cwd
+        self.command = list(command) if command else [sys.executable, "-m", "envoi"]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="envoi-", suffix=".log", delete=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, directory: str | Path, admin_port: int,
+                  **kw: Any) -> EnvoiProcess:
+        path = Path(directory) / "envoi.yaml"
+        path.write_text(text)
+        return cls(path, admin_port, **kw)
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> EnvoiProcess:
+        env = dict(os.environ if self.env is None else self.env)
+        self.proc = subprocess.Popen(
+            [*self.command, "-c", str(self.config_path), *self.args],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
+        )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"envoi exited with {self.proc.returncode}:\n{self.log()}")
+            return self.get("/ready")[0] == 200
+
+        try:
+            wait_for(ready, timeout, what="envoi /ready")
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
+
+    def get(self, path: str, method: str = "GET") -> tuple[int, str]:
+        req = urllib.request.Request(self.admin_url + path, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def post(self, path: str) -> tuple[int, str]:
+        return self.get(path, method="POST")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges from ``/stats?format=json`` by name."""
+        status, body = self.get("/stats?format=json")
+        assert status == 200, body
+        out: dict[str, Any] = {}
+        for entry in json.loads(body)["stats"]:
+            if "name" in entry:
+                out[entry["name"]] = entry["value"]
+        return out
+
+    def wait_stat(self, name: str, predicate: Callable[[Any], bool] | int,
+                  timeout: float = 20.0) -> Any:
+        check = predicate if callable(predicate) else (lambda v, want=predicate: v == want)
+        return wait_for(lambda: (lambda v: v is not None and check(v) and (v,))(  # type: ignore[misc]
+            self.stats().get(name)), timeout, what=f"stat {name}")[0]
+
+    def log(self) -> str:
+        try:
+            return Path(self._log.name).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> EnvoiProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
