@@ -1,0 +1,102 @@
+"""What the admin needs from the server, and nothing more.
+
+The admin never reaches into listeners, clusters or the process directly: the server hands it an
+object satisfying :class:`AdminServerApi`, and tests hand it a fake. The ``*Info`` dataclasses
+are plain snapshots, taken when an endpoint is asked for, so the admin holds no live references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
+
+from envoi.plugins import Plugins
+from envoi.stats.store import Store
+
+#: The server states Envoy reports, in ``/ready``, ``/server_info`` and ``server.state``.
+SERVER_STATES = ("LIVE", "DRAINING", "PRE_INITIALIZING", "INITIALIZING")
+
+
+@dataclass(frozen=True)
+class ListenerInfo:
+    """One listener as ``/listeners`` shows it."""
+
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class CircuitBreakerThresholds:
+    """The limits of one routing priority (Envoy's defaults: 1024, 1024, 1024, 3)."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """One upstream host as ``/clusters`` shows it."""
+
+    host: str
+    port: int
+    hostname: str = ""
+    #: Envoy's health flag string: ``healthy``, or ``/failed_active_hc/failed_outlier_check``...
+    health_flags: str = "healthy"
+    weight: int = 1
+    priority: int = 0
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+    cx_active: int = 0
+    cx_connect_fail: int = 0
+    cx_total: int = 0
+    rq_active: int = 0
+    rq_error: int = 0
+    rq_success: int = 0
+    rq_timeout: int = 0
+    rq_total: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """One cluster as ``/clusters`` shows it."""
+
+    name: str
+    observability_name: str = ""
+    added_via_api: bool = False
+    default_priority: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
+    high_priority: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
+    hosts: list[HostInfo] = field(default_factory=list)
+
+
+class AdminServerApi(Protocol):
+    """The server as the admin sees it. Methods are called on the event loop thread and must
+    not block; ``shutdown`` and ``drain_listeners`` start the work and return at once."""
+
+    stats: Store
+    plugins: Plugins
+    #: The loaded ``envoy.config.bootstrap.v3.Bootstrap``.
+    bootstrap: Message
+    #: One of :data:`SERVER_STATES`.
+    state: str
+    #: ``time.time()`` when the server started.
+    start_time: float
+    #: Shown as ``command_line_options`` in ``/server_info`` (Envoy's field names).
+    command_line_options: dict[str, Any]
+
+    def listeners_info(self) -> list[ListenerInfo]: ...
+
+    def clusters_info(self) -> list[ClusterInfo]: ...
+
+    def healthcheck_fail(self) -> None: ...
+
+    def healthcheck_ok(self) -> None: ...
+
+    def drain_listeners(self, graceful: bool, inbound_only: bool) -> None: ...
+
+    def shutdown(self) -> None: ...

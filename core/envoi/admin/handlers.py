@@ -1,0 +1,191 @@
+"""The admin's endpoint table: path → handler, whether it changes server state, and the one-line
+help text ``/help`` prints.
+
+As in Envoy, an endpoint that changes state answers only to POST (a GET gets 405) so that a
+crawler or a stray browser tab cannot fail health checks or stop the server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from envoi.admin import views
+from envoi.admin.api import AdminServerApi
+from envoi.admin.http import Request, Response
+from envoi.stats.exposition import (
+    STATS_TYPES,
+    render_json,
+    render_prometheus,
+    render_text,
+)
+
+JSON = "application/json"
+TEXT = "text/plain; charset=UTF-8"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    help: str
+    handler: Callable[[AdminServerApi, Request], Response]
+    mutates: bool = False
+
+
+def _text(body: str, status: int = 200) -> Response:
+    return Response(status, body.encode(), TEXT)
+
+
+def _json(body: str, status: int = 200) -> Response:
+    return Response(status, body.encode(), JSON)
+
+
+def _flag(request: Request, name: str) -> bool:
+    # Envoy treats a bare "?usedonly" as set; "?usedonly=false" is not worth a special case.
+    return name in request.query
+
+
+# ----------------------------------------------------------------------------------- /stats
+
+
+def _stats_filter(request: Request) -> re.Pattern[str] | Response | None:
+    raw = request.query.get("filter")
+    if not raw:
+        return None
+    try:
+        return re.compile(raw)
+    except re.error as exc:
+        return _text(f"Invalid re2 regex: {exc}\n", 400)
+
+
+def handle_stats(server: AdminServerApi, request: Request) -> Response:
+    fmt = request.query.get("format", "text")
+    if fmt == "prometheus":
+        return handle_prometheus(server, request)
+    pattern = _stats_filter(request)
+    if isinstance(pattern, Response):
+        return pattern
+    type_ = request.query.get("type", "All")
+    if type_ not in STATS_TYPES:
+        return _text(f"invalid &type= param: '{type_}'\n", 400)
+    used_only = _flag(request, "usedonly")
+    if fmt == "json":
+        return _json(render_json(server.stats, filter_re=pattern, used_only=used_only,
+                                 type_=type_))
+    if fmt != "text":
+        return _text(f"usage: /stats?format=(text|json|prometheus); got {fmt}\n", 400)
+    return _text(render_text(server.stats, filter_re=pattern, used_only=used_only, type_=type_))
+
+
+def handle_prometheus(server: AdminServerApi, request: Request) -> Response:
+    pattern = _stats_filter(request)
+    if isinstance(pattern, Response):
+        return pattern
+    body = render_prometheus(
+        server.stats,
+        used_only=_flag(request, "usedonly"),
+        filter_re=pattern,
+        text_readouts=_flag(request, "text_readouts"),
+    )
+    return _text(body)
+
+
+def handle_reset_counters(server: AdminServerApi, request: Request) -> Response:
+    server.stats.reset_counters()
+    return _text("OK\n")
+
+
+# --------------------------------------------------------------------------- server state
+
+
+def handle_ready(server: AdminServerApi, request: Request) -> Response:
+    state = server.state
+    return _text(f"{state}\n", 200 if state == "LIVE" else 503)
+
+
+def handle_healthcheck_fail(server: AdminServerApi, request: Request) -> Response:
+    server.healthcheck_fail()
+    return _text("OK\n")
+
+
+def handle_healthcheck_ok(server: AdminServerApi, request: Request) -> Response:
+    server.healthcheck_ok()
+    return _text("OK\n")
+
+
+def handle_drain_listeners(server: AdminServerApi, request: Request) -> Response:
+    server.drain_listeners(
+        graceful=_flag(request, "graceful"), inbound_only=_flag(request, "inboundonly")
+    )
+    return _text("OK\n")
+
+
+def handle_quit(server: AdminServerApi, request: Request) -> Response:
+    # Answer first, then stop: the caller should see its OK before the socket goes away.
+    response = _text("OK\n")
+    response.after = server.shutdown
+    return response
+
+
+# ------------------------------------------------------------------------------ inventories
+
+
+def handle_clusters(server: AdminServerApi, request: Request) -> Response:
+    if request.query.get("format") == "json":
+        return _json(views.clusters_json(server))
+    return _text(views.clusters_text(server))
+
+
+def handle_listeners(server: AdminServerApi, request: Request) -> Response:
+    if request.query.get("format") == "json":
+        return _json(views.listeners_json(server))
+    return _text(views.listeners_text(server))
+
+
+def handle_server_info(server: AdminServerApi, request: Request) -> Response:
+    return _json(views.server_info_json(server))
+
+
+def handle_config_dump(server: AdminServerApi, request: Request) -> Response:
+    return _json(views.config_dump_json(server))
+
+
+def handle_help(server: AdminServerApi, request: Request) -> Response:
+    return _text(help_text())
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/clusters", "upstream cluster status", handle_clusters),
+    Endpoint("/config_dump", "dump current Envoy configs", handle_config_dump),
+    Endpoint("/drain_listeners", "drain listeners", handle_drain_listeners, mutates=True),
+    Endpoint("/healthcheck/fail", "cause the server to fail health checks",
+             handle_healthcheck_fail, mutates=True),
+    Endpoint("/healthcheck/ok", "cause the server to pass health checks",
+             handle_healthcheck_ok, mutates=True),
+    Endpoint("/help", "print out list of admin commands", handle_help),
+    Endpoint("/listeners", "print listener info", handle_listeners),
+    Endpoint("/quitquitquit", "exit the server", handle_quit, mutates=True),
+    Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503",
+             handle_ready),
+    Endpoint("/reset_counters", "reset all counters to zero", handle_reset_counters,
+             mutates=True),
+    Endpoint("/server_info", "print server version/status information", handle_server_info),
+    Endpoint("/stats", "print server stats", handle_stats),
+    Endpoint("/stats/prometheus", "print server stats in prometheus format", handle_prometheus),
+)
+
+_BY_PATH = {e.path: e for e in ENDPOINTS}
+
+
+def help_text() -> str:
+    return "admin commands are:\n" + "".join(f"  {e.path}: {e.help}\n" for e in ENDPOINTS)
+
+
+def dispatch(server: AdminServerApi, request: Request) -> Response:
+    endpoint = _BY_PATH.get(request.path.rstrip("/") or "/")
+    if endpoint is None:
+        return _text("invalid path. " + help_text(), 404)
+    if endpoint.mutates and request.method != "POST":
+        return _text(f"Method {request.method} not allowed, POST required.", 405)
+    return endpoint.handler(server, request)

@@ -1,0 +1,246 @@
+"""The bodies of ``/clusters``, ``/listeners``, ``/server_info`` and ``/config_dump``.
+
+Where Envoy answers with a protobuf message rendered as JSON (``envoy.admin.v3.*``), we build that
+very message from ``xds-protos`` and render it with ``json_format``, so the field names, the enum
+spellings and the omission of default values are Envoy's without us restating them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from envoy.admin.v3 import (
+    clusters_pb2,
+    config_dump_pb2,
+    config_dump_shared_pb2,
+    listeners_pb2,
+    metrics_pb2,
+    server_info_pb2,
+)
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from envoi import __version__
+from envoi.admin.api import AdminServerApi, CircuitBreakerThresholds, ClusterInfo, HostInfo
+
+#: What Envoy calls its hot-restart protocol version; envoi has no hot restart.
+HOT_RESTART_VERSION = "disabled"
+
+
+def to_json(message: Message) -> str:
+    # Envoy pretty-prints admin protos with two-space indentation and proto field names.
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2) + "\n"
+
+
+def _address_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _socket_address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+
+
+# -------------------------------------------------------------------------------- /listeners
+
+
+def listeners_text(server: AdminServerApi) -> str:
+    return "".join(
+        f"{li.name}::{_address_text(li.host, li.port)}\n" for li in server.listeners_info()
+    )
+
+
+def listeners_json(server: AdminServerApi) -> str:
+    msg = listeners_pb2.Listeners()
+    for li in server.listeners_info():
+        msg.listener_statuses.add(name=li.name, local_address=_socket_address(li.host, li.port))
+    return to_json(msg)
+
+
+# --------------------------------------------------------------------------------- /clusters
+
+# Host counters then gauges, in the order Envoy keeps them per host.
+_HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
+                  "rq_total")
+_HOST_GAUGES = ("cx_active", "rq_active")
+
+
+def _thresholds_text(name: str, priority: str, t: CircuitBreakerThresholds) -> list[str]:
+    return [
+        f"{name}::{priority}_priority::max_connections::{t.max_connections}",
+        f"{name}::{priority}_priority::max_pending_requests::{t.max_pending_requests}",
+        f"{name}::{priority}_priority::max_requests::{t.max_requests}",
+        f"{name}::{priority}_priority::max_retries::{t.max_retries}",
+    ]
+
+
+def _host_text(cluster: str, h: HostInfo) -> list[str]:
+    prefix = f"{cluster}::{_address_text(h.host, h.port)}::"
+    stats = {n: getattr(h, n) for n in (*_HOST_COUNTERS, *_HOST_GAUGES)}
+    lines = [f"{prefix}{n}::{stats[n]}" for n in sorted(stats)]
+    lines += [
+        f"{prefix}hostname::{h.hostname}",
+        f"{prefix}health_flags::{h.health_flags}",
+        f"{prefix}weight::{h.weight}",
+        f"{prefix}region::{h.region}",
+        f"{prefix}zone::{h.zone}",
+        f"{prefix}sub_zone::{h.sub_zone}",
+        f"{prefix}canary::false",
+        f"{prefix}priority::{h.priority}",
+        # No outlier detection data yet: Envoy prints -1 for "not computed".
+        f"{prefix}success_rate::-1",
+        f"{prefix}local_origin_success_rate::-1",
+    ]
+    return lines
+
+
+def clusters_text(server: AdminServerApi) -> str:
+    lines: list[str] = []
+    for c in sorted(server.clusters_info(), key=lambda c: c.name):
+        lines.append(f"{c.name}::observability_name::{c.observability_name or c.name}")
+        lines += _thresholds_text(c.name, "default", c.default_priority)
+        lines += _thresholds_text(c.name, "high", c.high_priority)
+        lines.append(f"{c.name}::added_via_api::{'true' if c.added_via_api else 'false'}")
+        for h in c.hosts:
+            lines += _host_text(c.name, h)
+    return "".join(line + "\n" for line in lines)
+
+
+# Envoy's health flag names (as in /clusters text) → the HostHealthStatus field they set.
+_FLAG_FIELDS = {
+    "failed_active_hc": "failed_active_health_check",
+    "failed_outlier_check": "failed_outlier_check",
+    "degraded_active_hc": "failed_active_degraded_check",
+    "pending_dynamic_removal": "pending_dynamic_removal",
+    "pending_active_hc": "pending_active_hc",
+    "excluded_via_immediate_hc_fail": "excluded_via_immediate_hc_fail",
+    "active_hc_timeout": "active_hc_timeout",
+}
+
+
+def _health_status(flags: str) -> clusters_pb2.HostHealthStatus:
+    names = {f for f in flags.split("/") if f and f != "healthy"}
+    status = clusters_pb2.HostHealthStatus()
+    for flag, field_name in _FLAG_FIELDS.items():
+        if flag in names:
+            setattr(status, field_name, True)
+    if "failed_eds_health" in names:
+        status.eds_health_status = health_check_pb2.UNHEALTHY
+    elif "degraded_eds_health" in names:
+        status.eds_health_status = health_check_pb2.DEGRADED
+    else:
+        status.eds_health_status = health_check_pb2.HEALTHY
+    return status
+
+
+def _cluster_status(c: ClusterInfo) -> clusters_pb2.ClusterStatus:
+    status = clusters_pb2.ClusterStatus(
+        name=c.name,
+        added_via_api=c.added_via_api,
+        observability_name=c.observability_name or c.name,
+    )
+    for priority, t in ((base_pb2.DEFAULT, c.default_priority), (base_pb2.HIGH, c.high_priority)):
+        th = status.circuit_breakers.thresholds.add(priority=priority)
+        th.max_connections.value = t.max_connections
+        th.max_pending_requests.value = t.max_pending_requests
+        th.max_requests.value = t.max_requests
+        th.max_retries.value = t.max_retries
+    for h in c.hosts:
+        hs = status.host_statuses.add(
+            address=_socket_address(h.host, h.port),
+            hostname=h.hostname,
+            weight=h.weight,
+            priority=h.priority,
+            health_status=_health_status(h.health_flags),
+        )
+        hs.locality.region, hs.locality.zone, hs.locality.sub_zone = h.region, h.zone, h.sub_zone
+        for name in _HOST_COUNTERS:
+            hs.stats.add(name=name, value=getattr(h, name), type=metrics_pb2.SimpleMetric.COUNTER)
+        for name in _HOST_GAUGES:
+            hs.stats.add(name=name, value=getattr(h, name), type=metrics_pb2.SimpleMetric.GAUGE)
+    return status
+
+
+def clusters_json(server: AdminServerApi) -> str:
+    msg = clusters_pb2.Clusters()
+    for c in sorted(server.clusters_info(), key=lambda c: c.name):
+        msg.cluster_statuses.append(_cluster_status(c))
+    return to_json(msg)
+
+
+# ------------------------------------------------------------------------------ /server_info
+
+
+_SERVER_INFO_ORDER = [f.name for f in server_info_pb2.ServerInfo.DESCRIPTOR.fields]
+
+
+def server_info_json(server: AdminServerApi) -> str:
+    uptime = max(0, int(time.time() - server.start_time))
+    info = server_info_pb2.ServerInfo(
+        version=f"envoi/{__version__}",
+        state=server_info_pb2.ServerInfo.State.Value(server.state),
+        hot_restart_version=HOT_RESTART_VERSION,
+    )
+    info.uptime_current_epoch.seconds = uptime
+    info.uptime_all_epochs.seconds = uptime
+    node = info.node
+    bootstrap_node = getattr(server.bootstrap, "node", None)
+    if bootstrap_node is not None:
+        node.CopyFrom(bootstrap_node)
+    node.user_agent_name = "envoi"
+    extensions = server.plugins.extensions
+    for ext in extensions:
+        node.extensions.add(name=ext.name, category=ext.category, type_urls=list(ext.type_urls))
+    doc: dict[str, Any] = json_format.MessageToDict(info, preserving_proto_field_name=True)
+    # proto3 omits LIVE (enum value 0); Envoy always names the state.
+    doc["state"] = server.state
+    # The one envoi addition: which installed distribution provides each extension.
+    for entry, ext in zip(doc.get("node", {}).get("extensions", []), extensions, strict=True):
+        entry["distribution"] = ext.distribution
+    # Envoy renders its CommandLineOptions message; ours come from the server as a plain dict.
+    doc["command_line_options"] = server.command_line_options
+    doc = {key: doc[key] for key in sorted(doc, key=_SERVER_INFO_ORDER.index)}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+# ------------------------------------------------------------------------------ /config_dump
+
+
+def _timestamp(t: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+def config_dump(server: AdminServerApi) -> config_dump_pb2.ConfigDump:
+    """Bootstrap, static clusters and static listeners, each a ``*ConfigDump`` in an ``Any``."""
+    loaded = _timestamp(server.start_time)
+    bootstrap = server.bootstrap
+    dump = config_dump_pb2.ConfigDump()
+
+    boot = config_dump_pb2.BootstrapConfigDump(last_updated=loaded)
+    boot.bootstrap.CopyFrom(bootstrap)
+    dump.configs.add().Pack(boot)
+
+    clusters = config_dump_shared_pb2.ClustersConfigDump()
+    listeners = config_dump_shared_pb2.ListenersConfigDump()
+    static = getattr(bootstrap, "static_resources", None)
+    if static is not None:
+        for cluster in static.clusters:
+            entry = clusters.static_clusters.add(last_updated=loaded)
+            entry.cluster.Pack(cluster)
+        for listener in static.listeners:
+            lentry = listeners.static_listeners.add(last_updated=loaded)
+            lentry.listener.Pack(listener)
+    dump.configs.add().Pack(clusters)
+    dump.configs.add().Pack(listeners)
+    return dump
+
+
+def config_dump_json(server: AdminServerApi) -> str:
+    return to_json(config_dump(server))
