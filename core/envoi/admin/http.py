@@ -93,8 +93,8 @@ class AdminHttpProtocol(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop transports are not asyncio.Transport subclasses: no isinstance check.
+        self._transport = transport  # type: ignore[assignment]
         for stat in (self._stats.cx_total, self._stats.cx_http1_total,
                      self._stats.listener_cx_total):
             stat.inc()

@@ -8,7 +8,6 @@ circllhist has.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 SUPPORTED_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
@@ -19,11 +18,10 @@ DEFAULT_BUCKETS = (
 
 
 def _round2(v: float) -> float:
+    # Two significant digits, as a clean float (1.4, not 1.4000000000000001).
     if v <= 0:
         return 0.0
-    exp = math.floor(math.log10(v)) - 1
-    step = 10.0**exp
-    return math.floor(v / step) * step
+    return float(f"{v:.2g}")
 
 
 class _Samples:

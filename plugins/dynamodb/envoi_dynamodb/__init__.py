@@ -1,0 +1,1 @@
+"""envoi-dynamodb: the dynamodb protocol plugin for envoi."""

@@ -1,0 +1,1 @@
+"""envoi-grpc: the grpc protocol plugin for envoi."""

@@ -1,0 +1,1 @@
+"""The envoi-http plugin module (entry point ``http`` in group ``envoi``)."""
