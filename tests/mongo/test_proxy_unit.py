@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from bson.int64 import Int64
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterStatus
+from envoi.stats import Histogram
 from envoi_mongo.config import FaultDelay
 from mongo_frames import (
     op_compressed,
@@ -23,6 +28,8 @@ from mongo_frames import (
     op_update,
 )
 from mongo_harness import Proxy
+from mongo_peers import RecordingRelay, secantusdb
+from pymongo import MongoClient, errors, monitoring
 
 ENVOY_GLOBAL_NAMES = {
     "decoding_error", "delays_injected", "op_command", "op_command_reply", "op_get_more",
@@ -337,3 +344,137 @@ def test_access_log_is_written_within_a_second(tmp_path: Path) -> None:
         await wait_for(lambda: log.exists() and log.read_text().count("\n") == 1, timeout=1.5)
 
     asyncio.run(run())
+
+
+# -- a recorded pymongo session against a wire-compatible server (SecantusDB) -----------------
+
+COMMANDS = ("find", "getMore", "insert", "update", "delete", "aggregate", "count",
+            "createIndexes", "hello")
+
+
+def walk(chunks: list[tuple[bool, bytes]], from_client: bool) -> list[tuple[int, int, str]]:
+    """An independent frame walker: (opcode, flags, first body key) per frame, one direction."""
+    import bson
+
+    data = b"".join(b for d, b in chunks if d is from_client)
+    out, pos = [], 0
+    while pos + 16 <= len(data):
+        length, _, _, opcode = struct.unpack_from("<iiii", data, pos)
+        flags, key = 0, ""
+        if opcode == 2013:
+            (flags,) = struct.unpack_from("<I", data, pos + 16)
+            assert data[pos + 20] == 0  # pymongo puts the body first
+            (size,) = struct.unpack_from("<i", data, pos + 21)
+            key = next(iter(bson.decode(data[pos + 21 : pos + 21 + size])))
+        out.append((opcode, flags, key))
+        pos += length
+    assert pos == len(data)
+    return out
+
+
+class CommandLog(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.batch_docs: Counter[str] = Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.sent[event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        cursor = event.reply.get("cursor")
+        if isinstance(cursor, dict):
+            batch = cursor.get("firstBatch", cursor.get("nextBatch", []))
+            self.batch_docs[event.command_name] += len(batch)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def run_pymongo_session(relay: RecordingRelay, log: CommandLog) -> None:
+    uri = (f"mongodb://127.0.0.1:{relay.port}/?directConnection=true"
+           "&heartbeatFrequencyMS=500&serverSelectionTimeoutMS=10000")
+    client: MongoClient[dict[str, object]] = MongoClient(uri, event_listeners=[log])
+    try:
+        coll = client.shop.orders
+        coll.insert_many([{"_id": i, "sku": f"s{i}", "status": "open" if i % 2 else "closed",
+                           "qty": i} for i in range(25)])
+        assert len(list(coll.find({"status": "open"}).batch_size(4))) == 12
+        assert coll.find_one({"_id": 3}) == {"_id": 3, "sku": "s3", "status": "open", "qty": 3}
+        assert len(list(coll.find({"_id": {"$in": [1, 2]}}))) == 2
+        assert len(list(coll.find({"qty": {"$gt": 20}}, comment=CALLSITE))) == 4
+        assert coll.update_one({"_id": 1}, {"$set": {"qty": 100}}).modified_count == 1
+        assert coll.update_many({"status": "closed"}, {"$inc": {"qty": 1}}).modified_count == 13
+        assert coll.delete_one({"_id": 2}).deleted_count == 1
+        groups = {g["_id"]: g["n"] for g in coll.aggregate(
+            [{"$match": {"qty": {"$gte": 0}}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])}
+        assert groups == {"open": 12, "closed": 12}
+        assert coll.count_documents({"status": "open"}) == 12
+        assert coll.estimated_document_count() == 24
+        coll.create_index("sku", unique=True)
+        with pytest.raises(errors.DuplicateKeyError):
+            coll.insert_one({"_id": 1000, "sku": "s5"})
+        with pytest.raises(errors.OperationFailure):
+            client.shop.command("notARealCommand")
+
+        # Wait (bounded) until the monitor's streaming hello has produced an exhaust reply.
+        def streamed() -> bool:
+            return any(op == 2013 and fl & 2 for conn in relay.snapshot()
+                       for op, fl, _ in walk(conn, False))
+
+        deadline = time.monotonic() + 15
+        while not streamed():
+            assert time.monotonic() < deadline, "no moreToCome hello reply seen"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def test_recorded_pymongo_session_wire_compatible_server() -> None:
+    """pymongo through a recording relay to SecantusDB (a wire-compatible server, not MongoDB);
+    the recorded bytes are replayed through the filter and the stats checked name by name."""
+    log = CommandLog()
+    with secantusdb() as port, RecordingRelay(port) as relay:
+        run_pymongo_session(relay, log)
+    conns = relay.snapshot()
+    p = Proxy("session", commands=COMMANDS)
+    for chunks in conns:
+        c = p.connect()
+        for from_client, data in chunks:
+            assert (c.client(data) if from_client else c.server(data)) is FilterStatus.CONTINUE
+        c.close()
+    assert p.stat("decoding_error") == 0
+    c2s = [f for conn in conns for f in walk(conn, True)]
+    s2c = [f for conn in conns for f in walk(conn, False)]
+    assert {op for op, _, _ in c2s + s2c} == {2013}  # pymongo speaks only OP_MSG
+    assert p.stat("op_msg") == len(c2s)
+    assert p.stat("op_msg_reply") == len(s2c)
+    assert p.stat("op_msg_more_to_come") == sum(1 for _, fl, _ in c2s + s2c if fl & 2) > 0
+    assert p.stat("op_query") == 0 and p.stat("op_reply") == 0
+
+    sent = Counter(key for _, _, key in c2s)
+    expected: Counter[str] = Counter()
+    for key, n in sent.items():
+        expected[key if key in COMMANDS else "unknown_command"] += n
+    for name, n in expected.items():
+        assert p.stat(f"cmd.{name}.total") == n, name
+    # What the driver says it sent agrees with what the filter counted, command by command.
+    for name in ("find", "getMore", "insert", "update", "delete", "aggregate", "count",
+                 "createIndexes"):
+        assert p.stat(f"cmd.{name}.total") == log.sent[name], name
+    assert log.sent["notARealCommand"] == 1 and expected["unknown_command"] >= 1
+
+    finds = log.sent["find"]
+    assert p.stat("collection.orders.query.total") == finds == 4
+    assert p.stat("collection.orders.query.scatter_get") == 2  # status filter, qty filter
+    assert p.stat("collection.orders.query.multi_get") == 1  # _id: {$in: ...}
+    assert p.stat("collection.orders.callsite.getOpenOrders.query.total") == 1
+    assert p.stat("collection.orders.callsite.getOpenOrders.query.scatter_get") == 1
+
+    assert p.hist("cmd.find.reply_num_docs").sample_sum == log.batch_docs["find"]
+    assert p.hist("cmd.getMore.reply_num_docs").sample_sum == log.batch_docs["getMore"]
+    assert log.batch_docs["find"] + log.batch_docs["getMore"] == 12 + 1 + 2 + 4
+    # Every reply, exhaust hello replies included, was paired with its request.
+    paired = sum(h.sample_count for h in p.store if isinstance(h, Histogram)
+                 and h.name.startswith(p.prefix + "cmd.") and h.name.endswith(".reply_num_docs"))
+    assert paired == len(s2c)
+    assert p.stat("op_query_active") == 0
