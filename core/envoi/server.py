@@ -95,6 +95,8 @@ class Server:
         self._state = "PRE_INITIALIZING"
         self.healthcheck_failed = False
         self.draining = False
+        #: True when clusters may arrive later (CDS); until then unknown names are config errors.
+        self.dynamic_clusters = False
         self.admin: Any = None
         self.admin_address: tuple[str, int] | None = None
         self._stop_event: asyncio.Event | None = None

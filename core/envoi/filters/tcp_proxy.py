@@ -342,8 +342,15 @@ class TcpProxyFactory(NetworkFilterFactory):
             issues.append(ConfigIssue(path + ".cluster", "a cluster or weighted_clusters is required"))
         if config.HasField("on_demand") or config.HasField("tunneling_config"):
             issues.append(ConfigIssue(path, "on_demand and tunneling_config are not supported"))
-        # Envoy accepts a cluster it does not know yet (it may arrive via CDS) and counts
-        # downstream_cx_no_route per connection; so do we.
+        # Envoy accepts a cluster it does not know (it may arrive later over CDS) and counts
+        # downstream_cx_no_route per connection. envoi has no CDS yet, so an unknown cluster
+        # could never work: say so at config time (a documented difference).
+        if not context.server.dynamic_clusters:
+            for i, (name, _) in enumerate(clusters):
+                if context.cluster_manager.get(name) is None:
+                    where = (f".weighted_clusters.clusters[{i}].name"
+                             if config.HasField("weighted_clusters") else ".cluster")
+                    issues.append(ConfigIssue(path + where, f"unknown cluster '{name}'"))
         if issues:
             raise ConfigError(issues)
         idle: float | None = DEFAULT_IDLE_TIMEOUT

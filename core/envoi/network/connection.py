@@ -223,6 +223,14 @@ class Connection(asyncio.Protocol):
         info.downstream_remote_address = _format_peer(transport.get_extra_info("peername"))
         info.downstream_local_address = _format_peer(transport.get_extra_info("sockname"))
         self.listener.on_connection_made(self, transport)
+        if self._read_disable > 0 and not self.closed:
+            # uvloop starts reading after connection_made returns, undoing a pause_reading()
+            # made inside it (stock asyncio keeps it): apply it again once we are out.
+            asyncio.get_running_loop().call_soon(self._reapply_read_disable)
+
+    def _reapply_read_disable(self) -> None:
+        if self._read_disable > 0 and not self.closed and self.transport is not None:
+            self.transport.pause_reading()
 
     def start_filters(self) -> None:
         """Called by the listener once the filter chain is built."""

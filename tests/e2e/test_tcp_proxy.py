@@ -1,0 +1,242 @@
+"""tcp_proxy end to end: envoi as a real process, curl and a Python HTTP server, raw sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tcp_configs import tcp_proxy_yaml
+
+from envoi.testing import EnvoiProcess, free_port, wait_for
+
+Start = Callable[..., EnvoiProcess]
+
+
+def curl(url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["curl", "-sS", "--max-time", "30", *args, url],
+                          capture_output=True, timeout=60)
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return s
+
+
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def test_curl_through_tcp_proxy_bytes_identical(envoi_process: Start, http_upstream: tuple[int, Path],
+                                                tmp_path: Path) -> None:
+    up, root = http_upstream
+    admin, port = free_port(), free_port()
+    log = tmp_path / "access.log"
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up, access_log=str(log)), admin)
+    small = curl(f"http://127.0.0.1:{port}/hello.txt")
+    assert small.returncode == 0, small.stderr
+    assert small.stdout == b"hello from the upstream\n"
+    out = tmp_path / "got.bin"
+    big = curl(f"http://127.0.0.1:{port}/big.bin", "-o", str(out))
+    assert big.returncode == 0, big.stderr
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(
+        (root / "big.bin").read_bytes()).digest()
+    stats = proc.wait_stat("listener.tcp_in.downstream_cx_destroy", 2)
+    stats = proc.stats()
+    assert stats["tcp.tcp_echo.downstream_cx_total"] == 2
+    assert stats["listener.tcp_in.downstream_cx_total"] == 2
+    assert stats["listener.tcp_in.downstream_cx_active"] == 0
+    assert stats["cluster.echo.upstream_cx_total"] == 2
+    assert stats["cluster.echo.upstream_cx_active"] == 0
+    assert stats["tcp.tcp_echo.downstream_cx_tx_bytes_total"] > 10 * 1024 * 1024
+    assert stats["tcp.tcp_echo.downstream_cx_tx_bytes_total"] == stats[
+        "cluster.echo.upstream_cx_rx_bytes_total"]
+    assert stats["tcp.tcp_echo.downstream_cx_rx_bytes_total"] == stats[
+        "cluster.echo.upstream_cx_tx_bytes_total"]
+    lines = wait_for(lambda: (lambda t: t if t.count("\n") >= 2 else None)(
+        log.read_text() if log.exists() else ""), what="2 access log lines").splitlines()
+    # Envoy's default TCP line: [START] "- - -" 0 - rx tx duration - "-" "-" "-" "-" "host"
+    assert lines[0].split('] ', 1)[1].startswith('"- - -" 0 - ')
+    assert lines[1].endswith(f'"-" "-" "-" "-" "127.0.0.1:{up}"')
+    assert int(lines[1].split()[7]) > 10 * 1024 * 1024  # bytes sent
+
+
+def test_half_close_and_echo(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    envoi_process(tcp_proxy_yaml(admin, port, up), admin)
+    with connect(port) as s:
+        s.sendall(b"ping\n")
+        assert recv_exactly(s, 5) == b"ping\n"
+        s.shutdown(socket.SHUT_WR)  # half-close: we can still read the rest
+        assert s.recv(10) == b""  # the echo server's FIN came back through envoi
+
+
+def test_upstream_refusing_is_counted_and_server_keeps_serving(
+        envoi_process: Start, peer: Callable[[str], int]) -> None:
+    admin, port, dead = free_port(), free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, dead, connect_attempts=2), admin)
+    for _ in range(3):
+        with connect(port) as s:
+            s.sendall(b"x")
+            assert s.recv(10) == b""  # closed by envoi, nothing sent back
+    proc.wait_stat("cluster.echo.upstream_cx_connect_fail", 6)
+    stats = proc.stats()
+    assert stats["cluster.echo.upstream_cx_connect_attempts_exceeded"] == 3
+    assert stats["tcp.tcp_echo.downstream_cx_total"] == 3
+    assert stats["cluster.echo.upstream_cx_total"] == 0
+    assert proc.get("/ready") == (200, "LIVE\n")
+
+
+def test_upstream_reset_closes_downstream(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("reset")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin)
+    with connect(port) as s:
+        s.sendall(b"hello upstream")
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    proc.wait_stat("cluster.echo.upstream_cx_destroy_remote", 1)
+    proc.wait_stat("listener.tcp_in.downstream_cx_active", 0)
+    assert proc.get("/ready")[0] == 200
+
+
+def test_round_robin_over_two_hosts(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    a, b = peer("echo"), peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, a, extra_hosts=(b,)), admin)
+    for _ in range(4):
+        with connect(port) as s:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+    status, body = proc.get("/clusters")
+    assert f"echo::127.0.0.1:{a}::cx_total::2" in body
+    assert f"echo::127.0.0.1:{b}::cx_total::2" in body
+
+
+def test_backpressure_keeps_memory_bounded(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    """A stalled upstream: envoi stops reading the client instead of buffering."""
+    up = peer("sink")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up, buffer_limit=65536), admin)
+    with connect(port) as s:
+        s.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 5
+        chunk = b"x" * 65536
+        while time.monotonic() < deadline and sent < 200 * 1024 * 1024:
+            try:
+                sent += s.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        proc.wait_stat("tcp.tcp_echo.downstream_flow_control_paused_reading_total",
+                       lambda v: v >= 1)
+        # Kernel buffers on both hops absorb a few MiB at most; the proxy holds ~the limit.
+        assert sent < 64 * 1024 * 1024, f"client could push {sent} bytes into a stalled upstream"
+    rss_kib = int(Path(f"/proc/{proc.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])  # type: ignore[union-attr]
+    assert rss_kib < 200 * 1024
+
+
+def test_idle_timeout_closes_connection(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up, idle_timeout="0.3s"), admin)
+    with connect(port) as s:
+        s.sendall(b"a")
+        assert s.recv(1) == b"a"
+        s.settimeout(10)
+        assert s.recv(1) == b""  # closed by the idle timeout
+    assert proc.wait_stat("tcp.tcp_echo.idle_timeout", 1) == 1
+
+
+def test_drain_on_sigterm_lets_open_connection_finish(
+        envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin, args=["--drain-time-s", "30"])
+    s = connect(port)
+    s.sendall(b"before\n")
+    assert recv_exactly(s, 7) == b"before\n"
+    proc.signal(signal.SIGTERM)
+    # New connections are refused once draining starts...
+    wait_for(lambda: _refused(port), what="listener closed")
+    # ...while the open one keeps working.
+    s.sendall(b"during\n")
+    assert recv_exactly(s, 7) == b"during\n"
+    assert proc.proc is not None and proc.proc.poll() is None
+    s.close()
+    assert proc.wait(20) == 0
+
+
+def test_second_signal_exits_at_once(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin, args=["--drain-time-s", "600"])
+    s = connect(port)
+    s.sendall(b"x")
+    assert s.recv(1) == b"x"
+    proc.signal(signal.SIGTERM)
+    wait_for(lambda: _refused(port), what="draining")
+    proc.signal(signal.SIGINT)
+    assert proc.wait(10) == 0
+    s.close()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_admin_endpoints(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin)
+    assert proc.get("/listeners") == (200, f"tcp_in::127.0.0.1:{port}\n")
+    status, body = proc.get("/server_info")
+    assert status == 200 and '"state": "LIVE"' in body.replace('":"', '": "')
+    assert "envoy.filters.network.tcp_proxy" in body
+    assert proc.get("/config_dump")[0] == 200
+    assert proc.get("/stats/prometheus")[1].count(
+        'envoy_tcp_downstream_cx_total{envoy_tcp_prefix="tcp_echo"} 0') == 1
+    assert proc.get("/healthcheck/fail")[0] == 405
+    assert proc.post("/healthcheck/fail") == (200, "OK\n")
+    assert proc.get("/ready") == (503, "DRAINING\n")
+    assert proc.stats()["server.live"] == 0
+    assert proc.post("/healthcheck/ok")[0] == 200
+    assert proc.get("/ready") == (200, "LIVE\n")
+    with connect(port) as s:
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+    proc.wait_stat("tcp.tcp_echo.downstream_cx_total", 1)
+    assert proc.post("/reset_counters")[0] == 200
+    assert proc.stats()["tcp.tcp_echo.downstream_cx_total"] == 0
+    assert proc.post("/drain_listeners")[0] == 200
+    wait_for(lambda: _refused(port), what="listener stopped")
+    assert proc.stats()["listener_manager.listener_stopped"] == 1
+    assert proc.get("/ready")[0] == 200  # still LIVE, as Envoy
+    assert proc.post("/quitquitquit")[0] == 200
+    assert proc.wait(20) == 0
+
+
+@pytest.mark.parametrize("alias", [["-m", "envoi"]])
+def test_version_and_module_alias(alias: list[str]) -> None:
+    import sys
+
+    out = subprocess.run([sys.executable, *alias, "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("envoi version: ")
