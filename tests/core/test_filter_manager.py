@@ -172,3 +172,18 @@ def test_terminal_stop_holds_nothing_behind_a_sniffer() -> None:
     assert d.connection._held == []
     assert d.connection._stopped_at == -1
     assert len(d.written) == 100_000
+
+
+def test_bytes_arriving_while_read_disabled_are_queued_in_order() -> None:
+    log: list[str] = []
+    d = chain(Recorder("a", log), Terminal(log))
+    conn = d.connection
+    conn.read_disable(True)
+    d.receive(b"1")  # the loop delivered bytes anyway
+    d.receive(b"2", end_stream=True)
+    assert "a.data:1:0" not in log and not d.transport.reading
+    conn.read_disable(False)
+    assert [e for e in log if e.startswith("term")] == ["term.data:1:0", "term.data:2:0",
+                                                         "term.data::1"]
+    assert d.transport.reading
+    assert conn.stream_info.bytes_received == 2

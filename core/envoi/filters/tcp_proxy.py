@@ -155,9 +155,15 @@ class TcpProxyFilter(ReadFilter):
                 conn.stream_info.response_flags.append("UH")
                 conn.close(ConnectionCloseType.NO_FLUSH)
                 return
+            # Envoy's TCP connection pool counts each proxied connection as one request.
+            cstats = cluster.stats
+            cstats.upstream_rq_total.value += 1
+            cstats.upstream_rq_pending_total.value += 1
+            cstats.upstream_rq_pending_active.inc()
             try:
                 transport, upstream = await cluster.connect(host, lambda: _Upstream(self))
             except UpstreamConnectError:
+                cstats.upstream_rq_pending_active.dec()
                 if conn.closed:
                     return
                 if attempt + 1 < attempts:
@@ -168,6 +174,8 @@ class TcpProxyFilter(ReadFilter):
                 conn.stream_info.upstream_host = host.address_string
                 conn.close(ConnectionCloseType.NO_FLUSH)
                 return
+            cstats.upstream_rq_pending_active.dec()
+            cstats.upstream_rq_active.inc()
             break
         else:  # pragma: no cover - loop always breaks or returns
             return
@@ -283,8 +291,9 @@ class TcpProxyFilter(ReadFilter):
     def on_upstream_closed(self) -> None:
         cluster, host = self.cluster, self.host
         if cluster is not None and host is not None and self.upstream_transport is not None:
+            cluster.stats.upstream_rq_active.dec()
             cluster.connection_closed(host, self.upstream_started,
-                                      local=self.closing_upstream_locally)
+                                      local=self.closing_upstream_locally, active_rq=True)
         self.upstream_transport = None
         conn = self.conn
         if conn is not None and not conn.closed:

@@ -140,6 +140,8 @@ class Connection(asyncio.Protocol):
         self._held: list[bytes] = []
         self._held_end = False
         self._read_disable = 0
+        self._queued_reads: list[bytes] = []
+        self._queued_eof = False
         self.read_closed = False
         self.write_closed = False
         self.closed = False
@@ -196,8 +198,20 @@ class Connection(asyncio.Protocol):
                 t.pause_reading()
         elif self._read_disable > 0:
             self._read_disable -= 1
-            if self._read_disable == 0 and t is not None and not self.closed:
-                t.resume_reading()
+            if self._read_disable == 0 and not self.closed:
+                self._deliver_queued()
+                if self._read_disable == 0 and t is not None and not self.closed:
+                    t.resume_reading()
+
+    def _deliver_queued(self) -> None:
+        """Hand over what arrived while reading was disabled, in order, before reading resumes."""
+        while self._queued_reads and not self._read_disable and not self.closed:
+            data = self._queued_reads.pop(0)
+            self.stream_info.bytes_received -= len(data)  # data_received counts it again
+            self.data_received(data)
+        if self._queued_eof and not self._queued_reads and not self._read_disable:
+            self._queued_eof = False
+            self.eof_received()
 
     def write(self, data: bytes, end_stream: bool = False) -> None:
         """Send bytes to the peer through the write filters."""
@@ -223,14 +237,6 @@ class Connection(asyncio.Protocol):
         info.downstream_remote_address = _format_peer(transport.get_extra_info("peername"))
         info.downstream_local_address = _format_peer(transport.get_extra_info("sockname"))
         self.listener.on_connection_made(self, transport)
-        if self._read_disable > 0 and not self.closed:
-            # uvloop starts reading after connection_made returns, undoing a pause_reading()
-            # made inside it (stock asyncio keeps it): apply it again once we are out.
-            asyncio.get_running_loop().call_soon(self._reapply_read_disable)
-
-    def _reapply_read_disable(self) -> None:
-        if self._read_disable > 0 and not self.closed and self.transport is not None:
-            self.transport.pause_reading()
 
     def start_filters(self) -> None:
         """Called by the listener once the filter chain is built."""
@@ -253,6 +259,14 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.stream_info.bytes_received += len(data)
+        if self._read_disable:
+            # Reading is disabled but bytes came anyway (uvloop starts reading after
+            # connection_made even if it paused; a read may already be queued): keep them
+            # until reading is enabled again, so filters never see bytes early.
+            self._queued_reads.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         on_data = self._single_on_data
         if on_data is not None and self._stopped_at < 0:
             on_data(data, False)
@@ -261,6 +275,9 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.read_closed = True
+        if self._read_disable:
+            self._queued_eof = True
+            return True
         self._iterate_read(0, b"", True)
         if self.write_closed:
             return False  # both directions done: let the transport close

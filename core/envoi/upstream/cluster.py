@@ -208,7 +208,6 @@ class Cluster:
     def update_membership(self) -> None:
         self.stats.membership_total.set(len(self.hosts))
         self.stats.membership_healthy.set(sum(1 for h in self.hosts if h.healthy))
-        self.stats.max_host_weight.set(max((h.weight for h in self.hosts), default=0))
 
     def choose_host(self, context: Any = None) -> Host | None:
         host: Host | None = self.lb.choose_host(context) if self.lb is not None else None
@@ -252,14 +251,22 @@ class Cluster:
         stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)
         return transport, protocol
 
-    def connection_closed(self, host: Host, started: float, *, local: bool) -> None:
-        """Account for an upstream connection that ``connect`` opened."""
+    def connection_closed(self, host: Host, started: float, *, local: bool,
+                          active_rq: bool = False) -> None:
+        """Account for an upstream connection that ``connect`` opened; ``active_rq`` when a
+        request (for tcp_proxy: the proxied connection itself) was still using it."""
         stats = self.stats
         stats.upstream_cx_destroy.value += 1
         if local:
             stats.upstream_cx_destroy_local.value += 1
         else:
             stats.upstream_cx_destroy_remote.value += 1
+        if active_rq:
+            stats.upstream_cx_destroy_with_active_rq.value += 1
+            if local:
+                stats.upstream_cx_destroy_local_with_active_rq.value += 1
+            else:
+                stats.upstream_cx_destroy_remote_with_active_rq.value += 1
         stats.upstream_cx_active.dec()
         host.cx_active -= 1
         stats.upstream_cx_length_ms.record((time.monotonic() - started) * 1000)

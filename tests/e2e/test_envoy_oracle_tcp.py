@@ -1,0 +1,79 @@
+"""Same tcp_proxy config, same traffic through the real Envoy and through envoi: the tcp.*,
+listener.* and cluster.* stats envoi implements must have Envoy's names and values."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from oracle import EnvoyProcess
+from tcp_configs import tcp_proxy_yaml
+
+from envoi.testing import EnvoiProcess, free_port, wait_for
+
+# Stats whose values depend on timing or on the implementation's internals, not the traffic.
+# How often flow control engages depends on socket-buffer timing, not on the bytes.
+NOT_COMPARED_VALUES = {
+    "downstream_cx_length_ms", "upstream_cx_connect_ms", "upstream_cx_length_ms",
+    "upstream_flow_control_paused_reading_total", "upstream_flow_control_resumed_reading_total",
+    "downstream_flow_control_paused_reading_total", "downstream_flow_control_resumed_reading_total",
+}
+
+
+def drive(port: int, tmp: Path) -> None:
+    for _ in range(3):
+        out = subprocess.run(["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{port}/hello.txt"],
+                             capture_output=True, timeout=30)
+        assert out.stdout == b"hello from the upstream\n", out.stderr
+    out = subprocess.run(["curl", "-sS", "--max-time", "30", "-o", str(tmp / "big"),
+                          f"http://127.0.0.1:{port}/big.bin"], capture_output=True, timeout=60)
+    assert out.returncode == 0
+
+
+def interesting(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stats.items()
+            if k.startswith(("tcp.", "listener.tcp_in.", "cluster.echo."))}
+
+
+def test_tcp_proxy_stats_match_envoy(http_upstream: tuple[int, Path], tmp_path: Path,
+                                     envoi_process: Callable[..., EnvoiProcess]) -> None:
+    up, _ = http_upstream
+    # Same port lengths, so the Host header (and so the byte counts) are the same size.
+    e_admin, e_port = free_port(), free_port()
+    while len(str(e_port)) != 5:
+        e_port = free_port()
+    envoy_cfg = tmp_path / "envoy.yaml"
+    envoy_cfg.write_text(tcp_proxy_yaml(e_admin, e_port, up))
+    envoy = EnvoyProcess(envoy_cfg, e_admin, tmp_path / "envoy.log").start()
+    try:
+        drive(e_port, tmp_path)
+        wait_for(lambda: envoy.stats().get("listener.tcp_in.downstream_cx_destroy") == 4,
+                 what="envoy connections closed")
+        theirs = interesting(envoy.stats())
+    finally:
+        envoy.stop()
+
+    a_admin, a_port = free_port(), free_port()
+    while len(str(a_port)) != 5:
+        a_port = free_port()
+    proc = envoi_process(tcp_proxy_yaml(a_admin, a_port, up), a_admin)
+    drive(a_port, tmp_path)
+    proc.wait_stat("listener.tcp_in.downstream_cx_destroy", 4)
+    ours = interesting(proc.stats())
+
+    # Every tcp.* stat Envoy has, envoi has, and the other way round.
+    assert sorted(k for k in ours if k.startswith("tcp.")) == sorted(
+        k for k in theirs if k.startswith("tcp."))
+    # envoi's listener.* and cluster.* names are all Envoy names.
+    extra = sorted(k for k in ours if k not in theirs)
+    assert extra == [], f"names Envoy does not have: {extra}"
+    # And the values agree for everything that counts traffic.
+    diffs = {k: (ours[k], theirs[k]) for k in ours
+             if k.rsplit(".", 1)[-1] not in NOT_COMPARED_VALUES and ours[k] != theirs[k]}
+    assert diffs == {}, f"envoi vs Envoy: {diffs}"
+    for key in ("tcp.tcp_echo.downstream_cx_total", "listener.tcp_in.downstream_cx_total",
+                "cluster.echo.upstream_cx_total"):
+        assert ours[key] == 4
+    assert ours["tcp.tcp_echo.downstream_cx_tx_bytes_total"] > 10 * 1024 * 1024
