@@ -1,1 +1,26 @@
-"""The envoi-http plugin module (entry point ``http`` in group ``envoi``)."""
+"""envoi-http's registration: the HCM network filter and the built-in HTTP filters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoi import hookimpl
+from envoi.extensions import HttpFilterFactory, NetworkFilterFactory
+
+from envoi_http import access_log  # noqa: F401  (registers the HTTP access-log operators)
+from envoi_http.hcm.config import HttpConnectionManagerFactory
+from envoi_http.router.factory import RouterFactory
+
+
+@hookimpl
+def envoi_network_filters() -> Sequence[NetworkFilterFactory]:
+    return [HttpConnectionManagerFactory()]
+
+
+@hookimpl
+def envoi_http_filters() -> Sequence[HttpFilterFactory]:
+    from envoi_http.filters.buffer import BufferFactory
+    from envoi_http.filters.fault import FaultFactory
+    from envoi_http.filters.health_check import HealthCheckFactory
+
+    return [RouterFactory(), HealthCheckFactory(), FaultFactory(), BufferFactory()]

@@ -1,0 +1,172 @@
+"""HttpConnectionManager proto -> a frozen runtime config, once, at config time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoi.access_log import AccessLogger
+from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.extensions import FactoryContext, HttpFilterFactory, NetworkFilterFactory
+from envoi.http.filter import HttpFilterFactoryCb
+from envoi.network.builder import default_config, resolve_typed_config
+from envoi.network.filter import FilterChainBuilder, NetworkFilterFactoryCb
+from envoi.stats import Scope
+
+from envoi_http.codec import Backend
+from envoi_http.hcm.connection_manager import ConnectionManager
+from envoi_http.hcm.stats import Http1CodecStats, HcmStats, ListenerHttpStats
+from envoi_http.router.config import RouteTable, build_route_table
+
+ROUTER_NAME = "envoy.filters.http.router"
+
+
+@dataclass
+class HcmConfig:
+    stat_prefix: str
+    stats: HcmStats
+    root: Scope
+    codec_backend: Backend
+    auto_codec: bool
+    use_remote_address: bool
+    xff_num_trusted_hops: int
+    generate_request_id: bool
+    server_name: bytes
+    max_request_headers_kb: int
+    max_headers_count: int
+    accept_http_10: bool
+    stream_idle_timeout: float
+    request_timeout: float
+    request_headers_timeout: float
+    idle_timeout: float
+    filter_factories: tuple[HttpFilterFactoryCb, ...]
+    route_table: RouteTable | None
+    access_logs: tuple[AccessLogger, ...]
+    context: FactoryContext
+    _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
+
+    @property
+    def tick(self) -> float | None:
+        vals = [v for v in (self.stream_idle_timeout, self.request_timeout, self.idle_timeout)
+                if v]
+        return min(vals) if vals else None
+
+    def listener_stats_for(self, listener: Any) -> ListenerHttpStats:
+        key = id(listener)
+        found = self._listener_stats.get(key)
+        if found is None:
+            name = getattr(listener, "stat_name", "") or "unknown"
+            found = ListenerHttpStats(self.root.scope(f"listener.{name}.http.{self.stat_prefix}"))
+            self._listener_stats[key] = found
+        return found
+
+
+def _dur(msg: Any, name: str, default: float) -> float:
+    return duration_seconds(getattr(msg, name)) if msg.HasField(name) else default
+
+
+def build_http_filters(config: Any, context: FactoryContext) -> list[HttpFilterFactoryCb]:
+    server = context.server
+    path = context.path + ".http_filters"
+    out: list[HttpFilterFactoryCb] = []
+    issues: list[ConfigIssue] = []
+    n = len(config.http_filters)
+    for i, f in enumerate(config.http_filters):
+        fpath = f"{path}[{i}]"
+        try:
+            url, cfg = resolve_typed_config(server, f, fpath)
+            factory = server.plugins.lookup(HttpFilterFactory, f.name, url, fpath)
+            if cfg is None:
+                cfg = default_config(factory)
+            if factory.terminal and i != n - 1:
+                issues.append(ConfigIssue(fpath, f"terminal filter named {f.name} must be the "
+                                                 "last filter in the http filter chain"))
+            elif not factory.terminal and i == n - 1:
+                issues.append(ConfigIssue(fpath, f"non-terminal filter named {f.name} is the "
+                                                 "last filter in a http filter chain"))
+            sub = FactoryContext(server=server, stats=context.stats, scope=context.scope,
+                                 cluster_manager=context.cluster_manager, loop=context.loop,
+                                 listener_name=context.listener_name,
+                                 path=fpath + ".typed_config",
+                                 extra={**context.extra, "hcm_stat_prefix": config.stat_prefix})
+            out.append(factory.create_filter_factory(cfg, sub))
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+    if issues:
+        raise ConfigError(issues)
+    return out
+
+
+class HttpConnectionManagerFactory(NetworkFilterFactory):
+    name = "envoy.filters.network.http_connection_manager"
+    aliases = ("envoy.http_connection_manager",)
+    type_urls = ("envoy.extensions.filters.network.http_connection_manager.v3."
+                 "HttpConnectionManager",)
+    terminal = True
+
+    def create_filter_factory(self, config: Any, context: FactoryContext) -> NetworkFilterFactoryCb:
+        path = context.path
+        issues: list[ConfigIssue] = []
+        if not config.stat_prefix:
+            issues.append(ConfigIssue(path + ".stat_prefix", "required"))
+        codec_type = config.DESCRIPTOR.fields_by_name["codec_type"].enum_type.values_by_number[
+            config.codec_type].name
+        if codec_type not in ("AUTO", "HTTP1"):
+            issues.append(ConfigIssue(path + ".codec_type", f"{codec_type} is not supported yet"))
+        if config.HasField("rds") or config.HasField("scoped_routes"):
+            issues.append(ConfigIssue(path, "rds and scoped_routes are not supported yet"))
+        # Make the context path point at this HCM's typed_config for nested errors.
+        ctx = context
+        cm = context.cluster_manager
+        table = None
+        try:
+            if config.HasField("route_config"):
+                table = build_route_table(config.route_config, path + ".route_config", ctx)
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+        try:
+            filters = build_http_filters(config, ctx)
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+            filters = []
+        if issues:
+            raise ConfigError(issues)
+        del cm
+        root = context.stats.root
+        Http1CodecStats(root.scope("http1"))
+        hpo = config.http_protocol_options
+        common = config.common_http_protocol_options
+        backend = os.environ.get("ENVOI_HTTP1_CODEC", "auto")
+        if backend not in ("auto", "h11", "httptools"):
+            backend = "auto"
+        cfg = HcmConfig(
+            stat_prefix=config.stat_prefix,
+            stats=HcmStats(root.scope(f"http.{config.stat_prefix}")),
+            root=root,
+            codec_backend=backend,  # type: ignore[arg-type]
+            auto_codec=codec_type == "AUTO",
+            use_remote_address=config.use_remote_address.value,
+            xff_num_trusted_hops=config.xff_num_trusted_hops,
+            generate_request_id=(config.generate_request_id.value
+                                 if config.HasField("generate_request_id") else True),
+            server_name=(config.server_name or "envoy").encode(),
+            max_request_headers_kb=(config.max_request_headers_kb.value
+                                    if config.HasField("max_request_headers_kb") else 60),
+            max_headers_count=(common.max_headers_count.value
+                               if common.HasField("max_headers_count") else 100),
+            accept_http_10=hpo.accept_http_10,
+            stream_idle_timeout=_dur(config, "stream_idle_timeout", 300.0),
+            request_timeout=_dur(config, "request_timeout", 0.0),
+            request_headers_timeout=_dur(config, "request_headers_timeout", 0.0),
+            idle_timeout=_dur(common, "idle_timeout", 3600.0),
+            filter_factories=tuple(filters),
+            route_table=table,
+            access_logs=tuple(context.access_loggers(config.access_log, path + ".access_log")),
+            context=context,
+        )
+
+        def add_filter(builder: FilterChainBuilder) -> None:
+            builder.add_read_filter(ConnectionManager(cfg))
+
+        return add_filter

@@ -1,0 +1,428 @@
+"""The HCM network filter: bytes to codec events to streams, and responses back to bytes.
+
+HTTP/1.1 carries one exchange at a time; the codec holds back pipelined requests until
+``start_next_cycle``, so responses leave in request order and at most one stream is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from envoi.http.headers import HeaderMap
+from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter
+
+from envoi_http.codec import events as ev
+from envoi_http.codec import make_codec
+from envoi_http.hcm.stream import ActiveStream, reason
+
+if TYPE_CHECKING:
+    from envoi.network.connection import Connection
+
+    from envoi_http.hcm.config import HcmConfig
+
+log = logging.getLogger("envoi.http")
+STOP = FilterStatus.STOP_ITERATION
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# SETTINGS (empty) then GOAWAY(last stream 0, HTTP_1_1_REQUIRED): a clear "not here" for h2c.
+H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+              b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0d")
+# Hop-by-hop request headers a proxy must not forward (and ``host``: it is ``:authority``).
+_REQ_DROP = frozenset((b"host", b"connection", b"keep-alive", b"proxy-connection",
+                       b"transfer-encoding", b"upgrade", b"http2-settings", b"te", b"expect"))
+_RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                        b"upgrade", b"date", b"server"))
+
+_date_cache: list[Any] = [0, b""]
+
+
+def http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
+    return _date_cache[1]  # type: ignore[no-any-return]
+
+
+class ConnectionManager(ReadFilter):
+    def __init__(self, config: HcmConfig) -> None:
+        self.config = config
+        self.stats = config.stats
+        self.codec = make_codec(config.codec_backend, "server",
+                                max_request_headers_kb=config.max_request_headers_kb,
+                                max_headers_count=config.max_headers_count)
+        self.stream: ActiveStream | None = None
+        self.first = True
+        self.closing = False
+        self.last_activity = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.headers_timer: asyncio.TimerHandle | None = None
+        self.buffer_limit = 1024 * 1024
+        self.listener_stats: Any = None
+        self.remote_ip = b""
+
+    # -- network filter ---------------------------------------------------------------------
+
+    def on_new_connection(self) -> FilterStatus:
+        conn = self.conn = self.read_callbacks.connection
+        cfg = self.config
+        st = self.stats
+        st.downstream_cx_total.value += 1
+        st.downstream_cx_http1_total.value += 1
+        st.downstream_cx_active.inc()
+        st.downstream_cx_http1_active.inc()
+        listener = getattr(conn, "listener", None)
+        self.buffer_limit = getattr(listener, "buffer_limit", self.buffer_limit)
+        self.listener_stats = cfg.listener_stats_for(listener)
+        self.remote_ip = conn.stream_info.downstream_remote_address.rsplit(":", 1)[0].strip(
+            "[]").encode()
+        conn.add_connection_callbacks(self.on_event)
+        conn.add_watermark_callbacks(self.on_high_watermark, self.on_low_watermark)
+        self.last_activity = time.monotonic()
+        self._arm_timer()
+        return FilterStatus.CONTINUE
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        if data:
+            self.stats.downstream_cx_rx_bytes_total.value += len(data)
+            self.last_activity = time.monotonic()
+            if self.first:
+                self.first = False
+                if self.config.auto_codec and data.startswith(H2_PREFACE[: len(data)]) and \
+                        data[:3] == b"PRI":
+                    self._refuse_h2()
+                    return STOP
+            if self.stream is None and self.headers_timer is None and \
+                    self.config.request_headers_timeout:
+                self.headers_timer = asyncio.get_running_loop().call_later(
+                    self.config.request_headers_timeout, self._on_headers_timeout)
+            if self.closing:
+                return STOP
+            self.dispatch(self.codec.receive(data))
+        if end_stream and not self.closing:
+            self.dispatch(self.codec.receive(b""))
+        return STOP
+
+    def _refuse_h2(self) -> None:
+        self.stats.downstream_cx_protocol_error.value += 1
+        self.closing = True
+        self.conn.write(H2_REFUSAL)
+        self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+
+    def dispatch(self, events: list[ev.Event]) -> None:
+        for e in events:
+            t = type(e)
+            if t is ev.Body:
+                s = self.stream
+                if s is not None:
+                    s.decode_data(e.data, e.end_stream)  # type: ignore[union-attr]
+            elif t is ev.RequestHeaders:
+                self._new_stream(e)  # type: ignore[arg-type]
+            elif t is ev.Trailers:
+                s = self.stream
+                if s is not None:
+                    s.decode_trailers(HeaderMap(e.headers))  # type: ignore[union-attr]
+            elif t is ev.ProtocolError:
+                self._protocol_error(e)  # type: ignore[arg-type]
+                return
+            elif t is ev.StreamReset:
+                if self.stream is not None:
+                    self.reset_stream(self.stream, local=False)
+                self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+                return
+            elif t is ev.ConnectionClosed:
+                self.closing = True
+                self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+                return
+            elif t is ev.UpgradeRequested:
+                # WebSocket upgrades need upgrade_configs, which are not supported yet.
+                s = self.stream
+                if s is not None and not s.response_started:
+                    self.stats.downstream_rq_ws_on_non_ws_route.value += 1
+                    s.send_local_reply(403, b"", details="upgrade_failed")
+                return
+            if self.closing:
+                return
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _new_stream(self, e: ev.RequestHeaders) -> None:
+        if self.headers_timer is not None:
+            self.headers_timer.cancel()
+            self.headers_timer = None
+        cfg = self.config
+        st = self.stats
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http1_total.value += 1
+        st.downstream_rq_active.inc()
+        raw = e.headers
+        for name, _ in raw:
+            if name in _REQ_DROP:
+                raw = [(k, v) for k, v in raw if k not in _REQ_DROP]
+                break
+        path = e.target
+        if path[:1] != b"/":
+            if path.startswith((b"http://", b"https://")):
+                rest = path.split(b"://", 1)[1]
+                path = b"/" + rest.split(b"/", 1)[1] if b"/" in rest else b"/"
+            elif e.method != b"CONNECT" and path != b"*":
+                st.downstream_rq_non_relative_path.value += 1
+        headers = HeaderMap(raw, method=e.method, path=path, authority=e.authority,
+                            scheme=e.scheme)
+        s = ActiveStream(self, e.stream_id, headers)
+        s.http10 = e.http_version == b"1.0"
+        if s.http10:
+            s.stream_info.protocol = "HTTP/1.0"
+        self.stream = s
+        if s.http10 and not cfg.accept_http_10:
+            s.send_local_reply(426, b"", details="low_version")
+            return
+        if e.expect_continue:
+            self.conn.write(self.codec.send(ev.Informational(e.stream_id, 100)))
+        self._mutate_request(headers)
+        for factory in cfg.filter_factories:
+            factory(s)
+        if cfg.request_timeout:
+            s.filter_state  # noqa: B018  (timer is checked from the connection timer)
+        s.decode_headers(e.end_stream)
+
+    def _mutate_request(self, h: HeaderMap) -> None:
+        cfg = self.config
+        if cfg.use_remote_address:
+            xff = h.get_bytes(b"x-forwarded-for")
+            h.set_bytes(b"x-forwarded-for", xff + b"," + self.remote_ip if xff else self.remote_ip)
+            h.set_bytes(b"x-forwarded-proto", b"http")
+            h.set_bytes(b"x-envoy-external-address", self.remote_ip)
+        elif h.get_bytes(b"x-forwarded-proto") is None:
+            h.add_bytes(b"x-forwarded-proto", b"http")
+        if cfg.generate_request_id and h.get_bytes(b"x-request-id") is None:
+            h.add_bytes(b"x-request-id", str(uuid.uuid4()).encode())
+
+    def request_done(self, s: ActiveStream) -> None:
+        pass
+
+    def _protocol_error(self, e: ev.ProtocolError) -> None:
+        st = self.stats
+        st.downstream_cx_protocol_error.value += 1
+        s = self.stream
+        if s is not None and s.response_started:
+            self.closing = True
+            self.conn.close(ConnectionCloseType.NO_FLUSH)
+            return
+        if s is None:
+            st.downstream_rq_total.value += 1
+            st.downstream_rq_http1_total.value += 1
+            st.downstream_rq_active.inc()
+            s = ActiveStream(self, e.stream_id, HeaderMap())
+            self.stream = s
+        s.local_complete = True
+        status = e.error_status_hint
+        body = reason(status).encode()
+        s.send_local_reply(status, body, details=e.details)
+
+    # -- responses -------------------------------------------------------------------------
+
+    def write_informational(self, s: ActiveStream, headers: HeaderMap) -> None:
+        self.conn.write(self.codec.send(ev.Informational(s.stream_id, headers.status,
+                                                         headers.headers)))
+
+    def write_headers(self, s: ActiveStream, headers: HeaderMap, end: bool) -> None:
+        raw = headers.headers
+        for name, _ in raw:
+            if name in _RESP_DROP:
+                raw = [(k, v) for k, v in raw if k not in _RESP_DROP]
+                break
+        cfg = self.config
+        raw = raw + [(b"date", http_date()), (b"server", cfg.server_name)]
+        if self.closing or self.conn.closed:
+            raw.append((b"connection", b"close"))
+        data = self.codec.send(ev.ResponseHeaders(s.stream_id, headers.status, raw,
+                                                  end_stream=end))
+        self._write(data)
+        if end:
+            self._response_done(s)
+
+    def write_data(self, s: ActiveStream, data: bytes, end: bool) -> None:
+        out = self.codec.send(ev.Body(s.stream_id, data, end))
+        if out:
+            self._write(out)
+        if end:
+            self._response_done(s)
+
+    def write_trailers(self, s: ActiveStream, trailers: HeaderMap) -> None:
+        self._write(self.codec.send(ev.Trailers(s.stream_id, trailers.headers)))
+        self._response_done(s)
+
+    def _write(self, data: bytes) -> None:
+        self.stats.downstream_cx_tx_bytes_total.value += len(data)
+        self.conn.write(data)
+
+    def _response_done(self, s: ActiveStream) -> None:
+        if s.response_complete:
+            return
+        s.response_complete = True
+        st = self.stats
+        code = s.stream_info.response_code
+        cls = code // 100
+        if 1 <= cls <= 5:
+            st.by_class[cls].value += 1
+            self.listener_stats.by_class[cls].value += 1
+        st.downstream_rq_completed.value += 1
+        self.listener_stats.downstream_rq_completed.value += 1
+        if not s.request_complete:
+            st.downstream_rq_response_before_rq_complete.value += 1
+        self._finish(s)
+        self.last_activity = time.monotonic()
+        if self.closing or not self.codec.keep_alive or not s.request_complete:
+            self.closing = True
+            self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+            return
+        events = self.codec.start_next_cycle()
+        if events:
+            self.dispatch(events)
+
+    def _finish(self, s: ActiveStream) -> None:
+        if self.stream is s:
+            self.stream = None
+        st = self.stats
+        st.downstream_rq_active.dec()
+        info = s.stream_info
+        info.end_time = time.monotonic()
+        st.downstream_rq_time.record((info.end_time - s.start) * 1000)
+        s.destroy()
+        for logger in self.config.access_logs:
+            logger.log(s)
+
+    def reset_stream(self, s: ActiveStream, *, local: bool) -> None:
+        if s.destroyed:
+            return
+        st = self.stats
+        if local:
+            st.downstream_rq_tx_reset.value += 1
+            info = s.stream_info
+            if "LR" not in info.response_flags:
+                info.response_flags.append("LR")
+            self.closing = True
+            self._finish(s)
+            self.conn.close(ConnectionCloseType.NO_FLUSH)
+        else:
+            st.downstream_rq_rx_reset.value += 1
+            s.stream_info.response_flags.append("DC")
+            self._finish(s)
+
+    # -- connection events -----------------------------------------------------------------
+
+    def on_event(self, event: ConnectionEvent) -> None:
+        if event is ConnectionEvent.CONNECTED:
+            return
+        st = self.stats
+        st.downstream_cx_destroy.value += 1
+        remote = event is ConnectionEvent.REMOTE_CLOSE
+        if remote:
+            st.downstream_cx_destroy_remote.value += 1
+        else:
+            st.downstream_cx_destroy_local.value += 1
+        s = self.stream
+        if s is not None and not s.destroyed:
+            st.downstream_cx_destroy_active_rq.value += 1
+            if remote:
+                st.downstream_cx_destroy_remote_active_rq.value += 1
+            else:
+                st.downstream_cx_destroy_local_active_rq.value += 1
+            self.reset_stream(s, local=False)
+        st.downstream_cx_active.dec()
+        st.downstream_cx_http1_active.dec()
+        st.downstream_cx_length_ms.record(
+            (time.monotonic() - self.conn.stream_info.start_monotonic) * 1000)
+        for handle in (self.timer, self.headers_timer):
+            if handle is not None:
+                handle.cancel()
+
+    def on_high_watermark(self) -> None:
+        s = self.stream
+        if s is not None:
+            for cb in s.watermark_cbs:
+                cb.on_above_write_buffer_high_watermark()
+
+    def on_low_watermark(self) -> None:
+        s = self.stream
+        if s is not None:
+            for cb in s.watermark_cbs:
+                cb.on_below_write_buffer_low_watermark()
+
+    # -- timeouts --------------------------------------------------------------------------
+    # One timer per connection: activity only stamps a time, and the timer re-arms for the
+    # remainder when it fires, so the hot path never reschedules timers.
+
+    def _arm_timer(self, delay: float | None = None) -> None:
+        cfg = self.config
+        if delay is None:
+            delay = cfg.tick
+        if delay is None:
+            return
+        self.timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.conn.closed:
+            return
+        cfg = self.config
+        now = time.monotonic()
+        s = self.stream
+        nxt: list[float] = []
+        if s is not None and not s.destroyed:
+            if cfg.request_timeout and not s.request_complete:
+                left = s.start + cfg.request_timeout - now
+                if left <= 0:
+                    self.stats.downstream_rq_timeout.value += 1
+                    self._timeout_reply(s, 408, b"request timeout", "request_overall_timeout")
+                    return
+                nxt.append(left)
+            if cfg.stream_idle_timeout:
+                left = max(s.last_activity, self.last_activity) + cfg.stream_idle_timeout - now
+                if left <= 0:
+                    self.stats.downstream_rq_idle_timeout.value += 1
+                    self._timeout_reply(s, 408, b"stream timeout", "stream_idle_timeout")
+                    return
+                nxt.append(left)
+        elif cfg.idle_timeout:
+            left = self.last_activity + cfg.idle_timeout - now
+            if left <= 0:
+                self.stats.downstream_cx_idle_timeout.value += 1
+                self.closing = True
+                self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+                return
+            nxt.append(left)
+        if cfg.tick is not None:
+            nxt.append(cfg.tick)
+        self._arm_timer(max(0.001, min(nxt)) if nxt else None)
+
+    def _timeout_reply(self, s: ActiveStream, status: int, body: bytes, details: str) -> None:
+        self.closing = True
+        if s.response_started:
+            self.reset_stream(s, local=True)
+        else:
+            s.send_local_reply(status, body, details=details)
+        self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+
+    def _on_headers_timeout(self) -> None:
+        self.headers_timer = None
+        if self.stream is not None or self.conn.closed:
+            return
+        self.stats.downstream_rq_header_timeout.value += 1
+        self.closing = True
+        self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+
+    def log_filter_error(self, exc: BaseException) -> None:
+        log.error("HTTP filter failed: %r", exc, exc_info=exc)
+
+    @property
+    def conn(self) -> Connection:
+        return self._conn
+
+    @conn.setter
+    def conn(self, c: Connection) -> None:
+        self._conn = c

@@ -1,0 +1,314 @@
+"""One direction of a stream's filter chain: the decoder path or the encoder path.
+
+Envoy's FilterManager iteration, reduced to one state machine used twice. The path remembers
+where iteration stopped (``stop``), whether the stopped filter still sees body data
+(``stop_all`` false) or not, whether the headers are still held there (``hdr_pending``), and what
+is held behind it (``buf``, ``end``, ``trailers``). ``resume()`` -- ``continue_decoding`` /
+``continue_encoding`` -- passes everything held on in order.
+
+Filter methods are bound once, when the chain is built; ``async def`` methods get an adapter that
+runs them as a task and holds iteration until the task's status is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from envoi.http.filter import (
+    FilterDataStatus,
+    FilterHeadersStatus,
+    FilterTrailersStatus,
+    is_async_method,
+)
+from envoi.http.headers import HeaderMap
+
+if TYPE_CHECKING:
+    from envoi_http.hcm.stream import ActiveStream
+
+H_CONTINUE = FilterHeadersStatus.CONTINUE
+H_STOP = FilterHeadersStatus.STOP_ITERATION
+H_DONT_END = FilterHeadersStatus.CONTINUE_AND_DONT_END_STREAM
+H_STOP_ALL_BUFFER = FilterHeadersStatus.STOP_ALL_ITERATION_AND_BUFFER
+H_STOP_ALL_WATERMARK = FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
+D_CONTINUE = FilterDataStatus.CONTINUE
+D_BUFFER = FilterDataStatus.STOP_ITERATION_AND_BUFFER
+D_WATERMARK = FilterDataStatus.STOP_ITERATION_AND_WATERMARK
+D_NO_BUFFER = FilterDataStatus.STOP_ITERATION_NO_BUFFER
+T_CONTINUE = FilterTrailersStatus.CONTINUE
+_PENDING = -1  # what an async adapter returns while its task runs
+
+Fn = Callable[..., Any]
+
+
+class FilterPath:
+    __slots__ = (
+        "buf", "data_fns", "end", "headers", "headers_fns", "hdr_pending", "decode", "stop",
+        "stop_all", "stream", "trailers", "trailers_fns", "watermark", "sink_headers",
+        "sink_data", "sink_trailers", "seen",
+    )
+
+    def __init__(self, stream: ActiveStream, decode: bool) -> None:
+        self.stream = stream
+        self.decode = decode
+        self.headers_fns: list[Fn] = []
+        self.data_fns: list[Fn] = []
+        self.trailers_fns: list[Fn] = []
+        self.stop = -1
+        self.stop_all = False
+        self.hdr_pending = False
+        self.headers: HeaderMap | None = None
+        self.buf: bytearray | None = None
+        self.end = False
+        self.trailers: HeaderMap | None = None
+        self.watermark = False
+        self.seen: tuple[bytes, bool] | None = None  # the chunk an async decode_data holds
+        self.sink_headers: Fn = _noop
+        self.sink_data: Fn = _noop
+        self.sink_trailers: Fn = _noop
+
+    def add(self, f: Any) -> None:
+        names = (("decode_headers", "decode_data", "decode_trailers") if self.decode
+                 else ("encode_headers", "encode_data", "encode_trailers"))
+        i = len(self.headers_fns)
+        for name, kind, lst in zip(names, ("h", "d", "t"),
+                                   (self.headers_fns, self.data_fns, self.trailers_fns),
+                                   strict=True):
+            fn = getattr(f, name)
+            lst.append(self._adapter(fn, i, kind) if is_async_method(f, name) else fn)
+
+    # -- iteration ------------------------------------------------------------------------
+
+    def run_headers(self, i: int, headers: HeaderMap, end: bool) -> None:
+        self.headers = headers
+        fns = self.headers_fns
+        n = len(fns)
+        stream = self.stream
+        while i < n:
+            st = fns[i](headers, end)
+            if stream.local_complete and self.decode:
+                return
+            if st == H_CONTINUE:
+                i += 1
+                continue
+            if st == H_DONT_END:
+                if end:
+                    # Later filters see headers without end_stream, then an empty end chunk.
+                    self.run_headers(i + 1, headers, False)
+                    if self.stop < 0:
+                        self.run_data(i + 1, b"", True)
+                    return
+                i += 1
+                continue
+            self.stop = i
+            self.hdr_pending = True
+            self.end = end
+            self.stop_all = st != H_STOP
+            self.watermark = st == H_STOP_ALL_WATERMARK
+            return
+        self.sink_headers(headers, end)
+
+    def run_data(self, i: int, data: bytes, end: bool) -> None:
+        fns = self.data_fns
+        n = len(fns)
+        stream = self.stream
+        while i < n:
+            if i == self.stop:
+                if self.stop_all:
+                    self._hold(data, end)
+                    return
+                st = fns[i](data, end)
+                if st == _PENDING:
+                    return
+                if st == D_CONTINUE:
+                    self._hold(data, end)
+                    self.resume()
+                elif st == D_NO_BUFFER:
+                    self.end = self.end or end
+                else:
+                    self.watermark = st == D_WATERMARK
+                    self._hold(data, end)
+                return
+            st = fns[i](data, end)
+            if stream.local_complete and self.decode:
+                return
+            if st == D_CONTINUE:
+                i += 1
+                continue
+            if st == _PENDING:
+                return
+            self.stop = i
+            self.stop_all = False
+            self.hdr_pending = False
+            if st == D_NO_BUFFER:
+                self.end = end
+            else:
+                self.watermark = st == D_WATERMARK
+                self._hold(data, end)
+            return
+        self.sink_data(data, end)
+
+    def run_trailers(self, i: int, trailers: HeaderMap) -> None:
+        fns = self.trailers_fns
+        n = len(fns)
+        while i < n:
+            if i == self.stop:
+                self.trailers = trailers
+                if self.stop_all:
+                    return
+                st = fns[i](trailers)
+                if st == T_CONTINUE:
+                    self.resume()
+                return
+            st = fns[i](trailers)
+            if self.stream.local_complete and self.decode:
+                return
+            if st == T_CONTINUE:
+                i += 1
+                continue
+            if st == _PENDING:
+                return
+            self.stop = i
+            self.stop_all = False
+            self.hdr_pending = False
+            self.trailers = trailers
+            return
+        self.sink_trailers(trailers)
+
+    def _hold(self, data: bytes, end: bool) -> None:
+        if data:
+            if self.buf is None:
+                self.buf = bytearray(data)
+            else:
+                self.buf += data
+            if len(self.buf) > self.stream.buffer_limit:
+                self.stream.buffer_over_limit(self, self.watermark)
+        self.end = self.end or end
+
+    def resume(self) -> None:
+        """Continue iteration after the stopped filter (``continue_decoding``)."""
+        i = self.stop
+        if i < 0 or self.seen is not None:
+            return
+        stop_all = self.stop_all
+        self.stop = -1
+        self.stop_all = False
+        if self.watermark:
+            self.watermark = False
+            self.stream.buffer_drained(self)
+        buf, end, trailers = self.buf, self.end, self.trailers
+        self.buf, self.end, self.trailers = None, False, None
+        if self.hdr_pending:
+            self.hdr_pending = False
+            assert self.headers is not None
+            only = end and buf is None and trailers is None
+            self.run_headers(i + 1, self.headers, only)
+            if only:
+                return
+            if self.stop >= 0 or self.stream.local_complete:
+                # Stopped again further on: what was held goes to the new stop point.
+                self._reroute(self.stop, buf, end, trailers)
+                return
+        start = i if stop_all else i + 1
+        if buf is not None or (end and trailers is None):
+            self.run_data(start, bytes(buf or b""), end and trailers is None)
+            if self.stop >= 0:
+                if trailers is not None:
+                    self.trailers = trailers
+                return
+        if trailers is not None:
+            self.run_trailers(start, trailers)
+
+    def _reroute(self, k: int, buf: bytearray | None, end: bool,
+                 trailers: HeaderMap | None) -> None:
+        if k < 0:
+            return
+        if buf is not None or (end and trailers is None):
+            self.run_data(k, bytes(buf or b""), end and trailers is None)
+        if trailers is not None:
+            if self.stop >= 0:
+                self.trailers = trailers
+            else:
+                self.run_trailers(k, trailers)
+
+    def take_buffer(self) -> bytes:
+        buf = self.buf
+        self.buf = None
+        return bytes(buf) if buf is not None else b""
+
+    # -- async filter methods -------------------------------------------------------------
+
+    def _adapter(self, fn: Fn, i: int, kind: str) -> Fn:
+        def start(*args: Any) -> int:
+            task = asyncio.get_running_loop().create_task(fn(*args))
+            self.stream.tasks.add(task)
+            if kind == "d":
+                self.seen = (args[0], args[1])
+            elif kind == "h":
+                self.hdr_pending = True
+                self.headers = args[0]
+                self.end = args[1]
+            elif kind == "t":
+                self.trailers = args[0]
+            self.stop = i
+            self.stop_all = True  # nothing reaches the filter until its status is known
+            task.add_done_callback(lambda t: self._async_done(t, i, kind))
+            return _PENDING
+
+        return start
+
+    def _async_done(self, task: asyncio.Task[Any], i: int, kind: str) -> None:
+        stream = self.stream
+        stream.tasks.discard(task)
+        if task.cancelled() or stream.destroyed:
+            return
+        exc = task.exception()
+        if exc is not None:
+            stream.filter_failed(exc)
+            return
+        if stream.local_complete and self.decode:
+            return
+        st = task.result()
+        if kind == "h":
+            if st == H_CONTINUE or st == H_DONT_END:
+                self.resume()
+            elif st == H_STOP:
+                # Now the filter sees the body: hand it what arrived while it ran.
+                self.stop_all = False
+                buf, end = self.buf, self.end
+                self.buf, self.end = None, False
+                if buf is not None or end:
+                    self.run_data(i, bytes(buf or b""), end)
+            else:
+                self.watermark = st == H_STOP_ALL_WATERMARK
+        elif kind == "t":
+            if st == T_CONTINUE:
+                self.stop_all = False
+                self.hdr_pending = False
+                self.resume()
+        else:
+            assert self.seen is not None
+            data, end = self.seen
+            self.seen = None
+            unseen, unseen_end = self.buf, self.end
+            self.buf, self.end = None, False
+            trailers = self.trailers
+            self.trailers = None
+            self.stop = -1
+            self.stop_all = False
+            if st == D_CONTINUE:
+                self.run_data(i + 1, data, end)
+            else:
+                self.stop = i
+                self.hdr_pending = False
+                if st != D_NO_BUFFER:
+                    self._hold(data, end)
+            if unseen is not None or unseen_end:
+                self.run_data(i, bytes(unseen or b""), unseen_end)
+            if trailers is not None:
+                self.run_trailers(i, trailers)
+
+
+def _noop(*args: Any) -> None:
+    return None

@@ -1,0 +1,484 @@
+"""RouteConfiguration proto -> a compiled route table (virtual hosts, matchers, actions).
+
+Everything here runs once at config time; matching a request is dictionary lookups, ``bytes``
+comparisons and precompiled regexes -- no protobuf on the hot path.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from envoi.access_log import compile_format
+from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.extensions import FactoryContext
+from envoi.http.headers import HeaderMap
+
+from envoi_http.router.stats import RequestStats
+
+if TYPE_CHECKING:
+    from envoi_http.hcm.stream import ActiveStream
+
+Matcher = Callable[[HeaderMap, bytes, bytes], bool]  # (headers, path, query) -> matched
+APPEND, ADD_IF_ABSENT, OVERWRITE_OR_ADD, OVERWRITE_IF_EXISTS = range(4)
+
+
+@dataclass(frozen=True)
+class HeaderMutations:
+    add: tuple[tuple[bytes, bytes | Callable[[Any], str], int], ...] = ()
+    remove: tuple[bytes, ...] = ()
+
+    def apply(self, h: HeaderMap, ctx: Any) -> None:
+        for name in self.remove:
+            h.remove_bytes(name)
+        for name, value, action in self.add:
+            v = value if isinstance(value, bytes) else value(ctx).encode("latin-1")
+            if action == APPEND:
+                if name[:1] == b":":
+                    h.set_bytes(name, v)
+                else:
+                    h.add_bytes(name, v)
+            elif action == OVERWRITE_OR_ADD:
+                h.set_bytes(name, v)
+            elif action == ADD_IF_ABSENT:
+                if h.get_bytes(name) is None:
+                    h.set_bytes(name, v)
+            elif h.get_bytes(name) is not None:
+                h.set_bytes(name, v)
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.remove)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retry_on: frozenset[str]
+    num_retries: int
+    per_try_timeout: float
+    base_interval: float
+    max_interval: float
+    retriable_status_codes: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Redirect:
+    scheme: bytes | None
+    host: bytes | None
+    port: int | None
+    path: bytes | None
+    prefix_rewrite: bytes | None
+    response_code: int
+    strip_query: bool
+
+
+@dataclass(eq=False)
+class VirtualHost:
+    name: str
+    routes: list[Route] = field(default_factory=list)
+    request_mutations: HeaderMutations = HeaderMutations()
+    response_mutations: HeaderMutations = HeaderMutations()
+    retry_policy: RetryPolicy | None = None
+    vclusters: tuple[tuple[str, Matcher, RequestStats], ...] = ()
+    vcluster_other: RequestStats | None = None
+
+
+@dataclass(eq=False)
+class Route:
+    name: str
+    vhost: VirtualHost
+    match: Matcher
+    kind: str  # "cluster", "direct", "redirect"
+    cluster: str | None = None
+    weighted: tuple[tuple[str, int], ...] = ()
+    total_weight: int = 0
+    cluster_header: bytes | None = None
+    not_found_code: int = 503
+    prefix: bytes | None = None  # the matched prefix, for prefix_rewrite
+    prefix_rewrite: bytes | None = None
+    regex_rewrite: tuple[re.Pattern[bytes], bytes] | None = None
+    host_rewrite: bytes | None = None
+    auto_host_rewrite: bool = False
+    timeout: float = 15.0
+    idle_timeout: float = 0.0
+    retry_policy: RetryPolicy | None = None
+    direct_status: int = 200
+    direct_body: bytes = b""
+    redirect: Redirect | None = None
+    request_mutations: HeaderMutations = HeaderMutations()
+    response_mutations: HeaderMutations = HeaderMutations()
+    stats: RequestStats | None = None
+
+    @property
+    def cluster_name(self) -> str | None:
+        return self.cluster
+
+    @property
+    def virtual_host_name(self) -> str:
+        return self.vhost.name
+
+    def pick_cluster(self, h: HeaderMap) -> str | None:
+        if self.cluster is not None:
+            return self.cluster
+        if self.weighted:
+            r = random.randrange(self.total_weight)
+            for name, w in self.weighted:
+                if r < w:
+                    return name
+                r -= w
+            return self.weighted[-1][0]
+        if self.cluster_header is not None:
+            v = h.get_bytes(self.cluster_header)
+            return v.decode("latin-1") if v else None
+        return None
+
+
+@dataclass(eq=False)
+class RouteTable:
+    exact: dict[bytes, VirtualHost]
+    suffixes: list[tuple[bytes, VirtualHost]]  # longest first
+    prefixes: list[tuple[bytes, VirtualHost]]
+    default: VirtualHost | None
+    request_mutations: HeaderMutations
+    response_mutations: HeaderMutations
+
+    def vhost(self, authority: bytes) -> VirtualHost | None:
+        host = authority.lower()
+        vh = self.exact.get(host)
+        if vh is not None:
+            return vh
+        for suffix, vh in self.suffixes:
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return vh
+        for prefix, vh in self.prefixes:
+            if host.startswith(prefix) and len(host) > len(prefix):
+                return vh
+        return self.default
+
+    def route(self, h: HeaderMap) -> Route | None:
+        vh = self.vhost(h.authority)
+        if vh is None:
+            return None
+        path, _, query = h.path.partition(b"?")
+        for r in vh.routes:
+            if r.match(h, path, query):
+                return r
+        return None
+
+
+# -- matchers -------------------------------------------------------------------------------
+
+
+def _string_matcher(sm: Any, path: str) -> Callable[[bytes], bool]:
+    ic = sm.ignore_case
+    kind = sm.WhichOneof("match_pattern")
+    if kind == "safe_regex":
+        rx = _regex(sm.safe_regex.regex, path + ".safe_regex")
+        return lambda v: rx.fullmatch(v) is not None
+    raw: str = getattr(sm, kind or "exact")
+    want = raw.lower().encode() if ic else raw.encode()
+
+    def norm(v: bytes) -> bytes:
+        return v.lower() if ic else v
+
+    if kind == "exact" or kind is None:
+        return lambda v: norm(v) == want
+    if kind == "prefix":
+        return lambda v: norm(v).startswith(want)
+    if kind == "suffix":
+        return lambda v: norm(v).endswith(want)
+    if kind == "contains":
+        return lambda v: want in norm(v)
+    raise ConfigError([ConfigIssue(path, f"string matcher {kind} is not supported")])
+
+
+def _regex(pattern: str, path: str) -> re.Pattern[bytes]:
+    try:
+        return re.compile(pattern.encode())
+    except re.error as exc:
+        raise ConfigError([ConfigIssue(path, f"invalid regex: {exc}")]) from exc
+
+
+def _header_matcher(hm: Any, path: str) -> Callable[[HeaderMap], bool]:
+    name = hm.name.lower().encode()
+    invert = hm.invert_match
+    kind = hm.WhichOneof("header_match_specifier")
+    treat_missing = hm.treat_missing_header_as_empty
+    if kind == "present_match":
+        want = hm.present_match
+
+        def present(h: HeaderMap) -> bool:
+            return (h.get_bytes(name) is not None) == want
+        inner = present
+    else:
+        if kind == "string_match":
+            check = _string_matcher(hm.string_match, path + ".string_match")
+        elif kind == "exact_match":
+            v = hm.exact_match.encode()
+            check = v.__eq__  # type: ignore[assignment]
+        elif kind == "prefix_match":
+            p = hm.prefix_match.encode()
+            check = lambda x: x.startswith(p)  # noqa: E731
+        elif kind == "safe_regex_match":
+            rx = _regex(hm.safe_regex_match.regex, path)
+            check = lambda x: rx.fullmatch(x) is not None  # noqa: E731
+        elif kind is None:
+            check = lambda x: True  # noqa: E731
+        else:
+            raise ConfigError([ConfigIssue(path, f"header matcher {kind} is not supported")])
+
+        def inner(h: HeaderMap) -> bool:
+            if name[:1] == b":":
+                vals = [h.get_bytes(name)]
+            else:
+                vals = [v for k, v in h.headers if k == name] or [None]
+            v = b",".join(x for x in vals if x is not None) if vals[0] is not None else None
+            if v is None:
+                if not treat_missing:
+                    return False
+                v = b""
+            return check(v)
+
+    if invert:
+        return lambda h: not inner(h)
+    return inner
+
+
+def _query_matcher(qm: Any, path: str) -> Callable[[bytes], bool]:
+    from urllib.parse import parse_qsl
+
+    name = qm.name
+    if qm.HasField("string_match"):
+        check = _string_matcher(qm.string_match, path + ".string_match")
+    else:
+        check = lambda v: True  # noqa: E731
+
+    def match(query: bytes) -> bool:
+        for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if k == name:
+                return check(v.encode("latin-1"))
+        return False
+
+    return match
+
+
+def _route_matcher(m: Any, path: str) -> tuple[Matcher, bytes | None]:
+    cs = m.case_sensitive.value if m.HasField("case_sensitive") else True
+    kind = m.WhichOneof("path_specifier")
+    prefix: bytes | None = None
+    pm: Callable[[bytes], bool]
+    if kind == "prefix":
+        prefix = m.prefix.encode()
+        p = prefix if cs else prefix.lower()
+        pm = (lambda x: x.startswith(p)) if cs else (lambda x: x.lower().startswith(p))
+    elif kind == "path":
+        p = m.path.encode() if cs else m.path.lower().encode()
+        pm = (lambda x: x == p) if cs else (lambda x: x.lower() == p)
+    elif kind == "safe_regex":
+        rx = re.compile(m.safe_regex.regex.encode(), 0 if cs else re.IGNORECASE)
+        pm = lambda x: rx.fullmatch(x) is not None  # noqa: E731
+    elif kind == "path_separated_prefix":
+        prefix = m.path_separated_prefix.encode()
+        p = prefix if cs else prefix.lower()
+
+        def pm(x: bytes) -> bool:
+            x = x if cs else x.lower()
+            return x == p or x.startswith(p + b"/")
+    else:
+        raise ConfigError([ConfigIssue(path, f"path specifier {kind} is not supported")])
+    hms = [_header_matcher(h, f"{path}.headers[{i}]") for i, h in enumerate(m.headers)]
+    if m.HasField("grpc"):
+        hms.append(lambda h: (h.get_bytes(b"content-type") or b"").startswith(
+            b"application/grpc"))
+    qms = [_query_matcher(q, f"{path}.query_parameters[{i}]")
+           for i, q in enumerate(m.query_parameters)]
+    if not hms and not qms:
+        return (lambda h, p_, q: pm(p_)), prefix
+
+    def full(h: HeaderMap, p_: bytes, q: bytes) -> bool:
+        return pm(p_) and all(f(h) for f in hms) and all(f(q) for f in qms)
+
+    return full, prefix
+
+
+# -- building ------------------------------------------------------------------------------
+
+_ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": APPEND, "ADD_IF_ABSENT": ADD_IF_ABSENT,
+            "OVERWRITE_IF_EXISTS_OR_ADD": OVERWRITE_OR_ADD,
+            "OVERWRITE_IF_EXISTS": OVERWRITE_IF_EXISTS}
+
+
+def _mutations(add: Any, remove: Any, path: str) -> HeaderMutations:
+    out = []
+    for i, opt in enumerate(add):
+        action_name = opt.DESCRIPTOR.fields_by_name["append_action"].enum_type.values_by_number[
+            opt.append_action].name
+        action = _ACTIONS[action_name]
+        if opt.HasField("append"):
+            action = APPEND if opt.append.value else OVERWRITE_OR_ADD
+        value_s = opt.header.value
+        value: bytes | Callable[[Any], str]
+        value = compile_format(value_s, f"{path}[{i}]") if "%" in value_s else value_s.encode()
+        out.append((opt.header.key.lower().encode(), value, action))
+    return HeaderMutations(tuple(out), tuple(n.lower().encode() for n in remove))
+
+
+def _retry_policy(rp: Any) -> RetryPolicy:
+    base = duration_seconds(rp.retry_back_off.base_interval) if rp.HasField(
+        "retry_back_off") and rp.retry_back_off.HasField("base_interval") else 0.025
+    mx = duration_seconds(rp.retry_back_off.max_interval) if rp.HasField(
+        "retry_back_off") and rp.retry_back_off.HasField("max_interval") else base * 10
+    return RetryPolicy(
+        retry_on=frozenset(x.strip() for x in rp.retry_on.split(",") if x.strip()),
+        num_retries=rp.num_retries.value if rp.HasField("num_retries") else 1,
+        per_try_timeout=duration_seconds(rp.per_try_timeout) if rp.HasField(
+            "per_try_timeout") else 0.0,
+        base_interval=base, max_interval=mx,
+        retriable_status_codes=frozenset(rp.retriable_status_codes),
+    )
+
+
+_REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+
+
+def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
+    match, prefix = _route_matcher(r.match, path + ".match")
+    rt = Route(name=r.name, vhost=vh, match=match, kind="cluster", prefix=prefix,
+               request_mutations=_mutations(r.request_headers_to_add,
+                                            r.request_headers_to_remove,
+                                            path + ".request_headers_to_add"),
+               response_mutations=_mutations(r.response_headers_to_add,
+                                             r.response_headers_to_remove,
+                                             path + ".response_headers_to_add"))
+    if r.stat_prefix:
+        rt.stats = RequestStats(ctx.stats.root.scope(f"vhost.{vh.name}.route.{r.stat_prefix}"))
+    action = r.WhichOneof("action")
+    if action == "route":
+        a = r.route
+        spec = a.WhichOneof("cluster_specifier")
+        if spec == "cluster":
+            rt.cluster = a.cluster
+        elif spec == "weighted_clusters":
+            rt.weighted = tuple((c.name, c.weight.value) for c in a.weighted_clusters.clusters)
+            rt.total_weight = sum(w for _, w in rt.weighted) or 1
+        elif spec == "cluster_header":
+            rt.cluster_header = a.cluster_header.lower().encode()
+        else:
+            raise ConfigError([ConfigIssue(path + ".route", f"{spec} is not supported")])
+        if a.cluster_not_found_response_code == 1:
+            rt.not_found_code = 404
+        elif a.cluster_not_found_response_code == 2:
+            rt.not_found_code = 500
+        if a.prefix_rewrite:
+            rt.prefix_rewrite = a.prefix_rewrite.encode()
+        if a.HasField("regex_rewrite"):
+            rt.regex_rewrite = (_regex(a.regex_rewrite.pattern.regex, path),
+                                a.regex_rewrite.substitution.encode().replace(b"\\", b"\\\\"))
+        if a.host_rewrite_literal:
+            rt.host_rewrite = a.host_rewrite_literal.encode()
+        rt.auto_host_rewrite = a.auto_host_rewrite.value
+        if a.HasField("timeout"):
+            rt.timeout = duration_seconds(a.timeout)
+        if a.HasField("idle_timeout"):
+            rt.idle_timeout = duration_seconds(a.idle_timeout)
+        if a.HasField("retry_policy"):
+            rt.retry_policy = _retry_policy(a.retry_policy)
+        else:
+            rt.retry_policy = vh.retry_policy
+    elif action == "direct_response":
+        rt.kind = "direct"
+        rt.direct_status = r.direct_response.status
+        body = r.direct_response.body
+        which = body.WhichOneof("specifier")
+        if which == "inline_string":
+            rt.direct_body = body.inline_string.encode()
+        elif which == "inline_bytes":
+            rt.direct_body = body.inline_bytes
+        elif which == "filename":
+            with open(body.filename, "rb") as fh:
+                rt.direct_body = fh.read()
+    elif action == "redirect":
+        rd = r.redirect
+        rt.kind = "redirect"
+        scheme = None
+        if rd.https_redirect:
+            scheme = b"https"
+        elif rd.scheme_redirect:
+            scheme = rd.scheme_redirect.encode()
+        rt.redirect = Redirect(
+            scheme=scheme, host=rd.host_redirect.encode() or None,
+            port=rd.port_redirect or None,
+            path=rd.path_redirect.encode() or None,
+            prefix_rewrite=rd.prefix_rewrite.encode() if rd.WhichOneof(
+                "path_rewrite_specifier") == "prefix_rewrite" else None,
+            response_code=_REDIRECT_CODES.get(rd.response_code, 301),
+            strip_query=rd.strip_query)
+    else:
+        raise ConfigError([ConfigIssue(path, f"route action {action} is not supported")])
+    return rt
+
+
+def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
+    issues: list[ConfigIssue] = []
+    exact: dict[bytes, VirtualHost] = {}
+    suffixes: list[tuple[bytes, VirtualHost]] = []
+    prefixes: list[tuple[bytes, VirtualHost]] = []
+    default = None
+    root = ctx.stats.root
+    for i, v in enumerate(rc.virtual_hosts):
+        vpath = f"{path}.virtual_hosts[{i}]"
+        vh = VirtualHost(
+            name=v.name,
+            request_mutations=_mutations(v.request_headers_to_add, v.request_headers_to_remove,
+                                         vpath + ".request_headers_to_add"),
+            response_mutations=_mutations(v.response_headers_to_add,
+                                          v.response_headers_to_remove,
+                                          vpath + ".response_headers_to_add"),
+            retry_policy=_retry_policy(v.retry_policy) if v.HasField("retry_policy") else None,
+        )
+        if v.virtual_clusters:
+            vcs = []
+            for j, vc in enumerate(v.virtual_clusters):
+                hms = [_header_matcher(h, f"{vpath}.virtual_clusters[{j}].headers[{k}]")
+                       for k, h in enumerate(vc.headers)]
+                vcs.append((vc.name, (lambda h, p, q, hms=hms: all(f(h) for f in hms)),
+                            RequestStats(root.scope(f"vhost.{v.name}.vcluster.{vc.name}"))))
+            vh.vclusters = tuple(vcs)
+            vh.vcluster_other = RequestStats(root.scope(f"vhost.{v.name}.vcluster.other"))
+        for j, r in enumerate(v.routes):
+            try:
+                vh.routes.append(_route(r, vh, f"{vpath}.routes[{j}]", ctx))
+            except ConfigError as exc:
+                issues.extend(exc.errors)
+        for d in v.domains:
+            d = d.lower()
+            key = d.encode()
+            if d == "*":
+                default = vh
+            elif d.startswith("*"):
+                suffixes.append((key[1:], vh))
+            elif d.endswith("*"):
+                prefixes.append((key[:-1], vh))
+            else:
+                if key in exact:
+                    issues.append(ConfigIssue(vpath + ".domains",
+                                              f"Only unique values for domains are permitted. "
+                                              f"Duplicate entry of domain {d}"))
+                exact[key] = vh
+    if issues:
+        raise ConfigError(issues)
+    suffixes.sort(key=lambda x: -len(x[0]))
+    prefixes.sort(key=lambda x: -len(x[0]))
+    return RouteTable(
+        exact, suffixes, prefixes, default,
+        _mutations(rc.request_headers_to_add, rc.request_headers_to_remove,
+                   path + ".request_headers_to_add"),
+        _mutations(rc.response_headers_to_add, rc.response_headers_to_remove,
+                   path + ".response_headers_to_add"),
+    )
+
+
+def log_context(stream: ActiveStream) -> Any:
+    return stream

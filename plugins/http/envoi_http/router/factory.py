@@ -1,0 +1,29 @@
+"""``envoy.filters.http.router`` factory."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from envoi.extensions import FactoryContext, HttpFilterFactory
+from envoi.http.filter import HttpFilterChainBuilder, HttpFilterFactoryCb
+
+from envoi_http.router.filter import Router, RouterConfig
+
+
+class RouterFactory(HttpFilterFactory):
+    name = "envoy.filters.http.router"
+    aliases = ("envoy.router",)
+    type_urls = ("envoy.extensions.filters.http.router.v3.Router",)
+    terminal = True
+
+    def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
+        suppress = bool(config.suppress_envoy_headers) if config is not None else False
+        backend = os.environ.get("ENVOI_HTTP1_CODEC", "auto")
+        cfg = RouterConfig(context.cluster_manager, suppress,
+                           backend if backend in ("h11", "httptools") else "auto")
+
+        def add(builder: HttpFilterChainBuilder) -> None:
+            builder.add_decoder_filter(Router(cfg))
+
+        return add

@@ -1,0 +1,602 @@
+"""The router filter: pick the route's cluster and host, proxy the exchange over a pooled
+HTTP/1.1 connection, retry and time out as the route says, and count Envoy's stats."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from envoi.http.filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
+from envoi.http.filter import StreamDecoderFilter
+from envoi.http.headers import HeaderMap
+from envoi.upstream.cluster import Cluster, Host
+
+from envoi_http.codec import Backend
+from envoi_http.codec import events as ev
+from envoi_http.router.pool import Http1Pool, UpstreamConnection, pool_for
+from envoi_http.router.stats import ClusterHttpStats
+
+if TYPE_CHECKING:
+    from envoi.upstream.cluster_manager import ClusterManager
+
+    from envoi_http.hcm.stream import ActiveStream
+    from envoi_http.router.config import Route
+
+H_CONTINUE = FilterHeadersStatus.CONTINUE
+D_CONTINUE = FilterDataStatus.CONTINUE
+T_CONTINUE = FilterTrailersStatus.CONTINUE
+RESET_BEFORE = "upstream connect error or disconnect/reset before headers. reset reason: "
+_RESP_DROP = (b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection")
+_GATEWAY = frozenset((502, 503, 504))
+
+
+class RouterConfig:
+    __slots__ = ("backend", "cluster_manager", "suppress_envoy_headers")
+
+    def __init__(self, cm: ClusterManager, suppress: bool, backend: Backend) -> None:
+        self.cluster_manager = cm
+        self.suppress_envoy_headers = suppress
+        self.backend = backend
+
+
+def cluster_http_stats(cluster: Cluster) -> ClusterHttpStats:
+    s: ClusterHttpStats | None = cluster.extra.get("envoi_http_stats")
+    if s is None:
+        s = cluster.extra["envoi_http_stats"] = ClusterHttpStats(cluster.stats.scope)
+    return s
+
+
+class Router(StreamDecoderFilter):
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.stream: ActiveStream | None = None
+        self.route: Route | None = None
+        self.cluster: Cluster | None = None
+        self.hstats: ClusterHttpStats | None = None
+        self.headers: HeaderMap | None = None
+        self.pool: Http1Pool | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.host: Host | None = None
+        self.pending_body: list[tuple[bytes, bool]] = []
+        self.retry_body: bytearray | None = bytearray()
+        self.request_end = False
+        self.trailers: HeaderMap | None = None
+        self.response_started = False
+        self.attempts = 0
+        self.retries_left = 0
+        self.attempt_start = 0.0
+        self.global_timer: asyncio.TimerHandle | None = None
+        self.try_timer: asyncio.TimerHandle | None = None
+        self.retry_timer: asyncio.TimerHandle | None = None
+        self.timeout = 0.0
+        self.per_try = 0.0
+        self.done = False
+        self.upstream_read_paused = False
+        self.rq_active = False
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def decode_headers(self, headers: HeaderMap, end_stream: bool) -> Any:
+        cb = self.decoder_callbacks
+        stream: ActiveStream = cb  # type: ignore[assignment]
+        self.stream = stream
+        hstats = stream.hcm.stats
+        hstats.rq_total.value += 1
+        route = cb.route()
+        info = stream.stream_info
+        if route is None:
+            hstats.no_route.value += 1
+            info.response_flags.append("NR")
+            cb.send_local_reply(404, b"", details="route_not_found")
+            return H_CONTINUE
+        self.route = route
+        table = stream.hcm.config.route_table
+        assert table is not None
+        if route.kind != "cluster":
+            hstats.rq_direct_response.value += 1
+            if route.kind == "redirect":
+                hstats.rq_redirect.value += 1
+                self._redirect(route, headers)
+            else:
+                self._direct(route)
+            return H_CONTINUE
+        name = route.pick_cluster(headers)
+        cluster = self.config.cluster_manager.get(name) if name else None
+        if cluster is None:
+            hstats.no_cluster.value += 1
+            info.response_flags.append("NC")
+            cb.send_local_reply(route.not_found_code, b"", details="cluster_not_found")
+            return H_CONTINUE
+        self.cluster = cluster
+        stream.cluster_name_ = cluster.name
+        info.upstream_cluster = cluster.name
+        self.hstats = cluster_http_stats(cluster)
+        # Header mutations: route, then virtual host, then route config (least specific wins).
+        route.request_mutations.apply(headers, stream)
+        route.vhost.request_mutations.apply(headers, stream)
+        table.request_mutations.apply(headers, stream)
+        self._rewrite(route, headers)
+        rp = route.retry_policy
+        self.retries_left = rp.num_retries if rp is not None else 0
+        self.timeout = route.timeout
+        override = headers.get_bytes(b"x-envoy-upstream-rq-timeout-ms")
+        if override is not None:
+            headers.remove_bytes(b"x-envoy-upstream-rq-timeout-ms")
+            if override.isdigit():
+                self.timeout = int(override) / 1000
+        self.per_try = rp.per_try_timeout if rp is not None else 0.0
+        expected = self.timeout
+        if self.per_try and (not expected or self.per_try < expected):
+            expected = self.per_try
+        if expected and not self.config.suppress_envoy_headers:
+            headers.set_bytes(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(expected * 1000))
+        self.headers = headers
+        self.request_end = end_stream
+        stream.add_downstream_watermark_callbacks(self)
+        self._start_attempt()
+        if end_stream:
+            self._arm_global_timer()
+        return H_CONTINUE
+
+    def decode_data(self, data: bytes, end_stream: bool) -> Any:
+        if self.done:
+            return D_CONTINUE
+        rb = self.retry_body
+        if rb is not None and self.retries_left:
+            rb += data
+            if len(rb) > self.decoder_callbacks.buffer_limit:
+                self.retry_body = None  # too big to replay: no more retries
+        up = self.upstream
+        if end_stream:
+            self.request_end = True
+            self._arm_global_timer()
+        if up is not None:
+            up.send(ev.Body(0, data, end_stream))
+        else:
+            self.pending_body.append((data, end_stream))
+            if sum(len(d) for d, _ in self.pending_body) > self.decoder_callbacks.buffer_limit:
+                self.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
+        return D_CONTINUE
+
+    def decode_trailers(self, trailers: HeaderMap) -> Any:
+        self.request_end = True
+        self.trailers = trailers
+        self._arm_global_timer()
+        if self.upstream is not None:
+            self.upstream.send(ev.Trailers(0, trailers.headers))
+        return T_CONTINUE
+
+    # -- local answers ----------------------------------------------------------------------
+
+    def _reply(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+        stream = self.stream
+        assert stream is not None and self.route is not None
+        stream.local_complete = True
+        hm = HeaderMap(extra, status=status)
+        if body:
+            hm.add_bytes(b"content-type", b"text/plain")
+            hm.add_bytes(b"content-length", b"%d" % len(body))
+        self._response_mutations(hm)
+        stream.encode_headers(hm, not body)
+        if body:
+            stream.encode_data(body, True)
+
+    def _direct(self, route: Route) -> None:
+        self.stream.stream_info.response_code_details = "direct_response"  # type: ignore[union-attr]
+        self._reply(route.direct_status, route.direct_body, [])
+
+    def _redirect(self, route: Route, h: HeaderMap) -> None:
+        rd = route.redirect
+        assert rd is not None
+        scheme = rd.scheme or h.scheme or b"http"
+        host = rd.host or h.authority
+        if rd.port:
+            host = host.rsplit(b":", 1)[0] + b":%d" % rd.port
+        elif rd.scheme and b":" in host:
+            host = host.rsplit(b":", 1)[0]
+        path, sep, query = h.path.partition(b"?")
+        if rd.path is not None:
+            path = rd.path
+        elif rd.prefix_rewrite is not None and route.prefix is not None:
+            path = rd.prefix_rewrite + path[len(route.prefix):]
+        if sep and not rd.strip_query and b"?" not in path:
+            path = path + b"?" + query
+        self.stream.stream_info.response_code_details = "direct_response"  # type: ignore[union-attr]
+        self._reply(rd.response_code, b"", [(b"location", scheme + b"://" + host + path)])
+
+    def _rewrite(self, route: Route, h: HeaderMap) -> None:
+        if route.prefix_rewrite is not None and route.prefix is not None:
+            if not self.config.suppress_envoy_headers:
+                h.set_bytes(b"x-envoy-original-path", h.path)
+            h.path = route.prefix_rewrite + h.path[len(route.prefix):]
+        elif route.regex_rewrite is not None:
+            rx, sub = route.regex_rewrite
+            path, sep, query = h.path.partition(b"?")
+            h.set_bytes(b"x-envoy-original-path", h.path)
+            h.path = rx.sub(sub, path) + sep + query
+        if route.host_rewrite is not None:
+            h.set_bytes(b"x-envoy-original-host", h.authority)
+            h.authority = route.host_rewrite
+
+    def _response_mutations(self, hm: HeaderMap) -> None:
+        stream = self.stream
+        route = self.route
+        assert stream is not None and route is not None
+        route.response_mutations.apply(hm, stream)
+        route.vhost.response_mutations.apply(hm, stream)
+        table = stream.hcm.config.route_table
+        if table is not None:
+            table.response_mutations.apply(hm, stream)
+
+    # -- attempts ---------------------------------------------------------------------------
+
+    def _start_attempt(self) -> None:
+        cluster = self.cluster
+        stream = self.stream
+        assert cluster is not None and stream is not None
+        host = cluster.choose_host()
+        if host is None:
+            stream.stream_info.response_flags.append("UH")
+            self._fail(503, b"no healthy upstream", "no_healthy_upstream")
+            return
+        self.host = host
+        th = cluster.thresholds["DEFAULT"]
+        if cluster.stats.upstream_rq_active.value >= th.max_requests:
+            cluster.stats.upstream_rq_pending_overflow.value += 1
+            self._overflow()
+            return
+        self.attempts += 1
+        self.attempt_start = time.monotonic()
+        st = cluster.stats
+        st.upstream_rq_total.value += 1
+        st.upstream_rq_active.inc()
+        self.rq_active = True
+        host.rq_total += 1
+        host.rq_active += 1
+        for rs in self._request_stats():
+            rs.upstream_rq_total.value += 1
+        stream.stream_info.upstream_host = host.address_string
+        max_req = 0
+        cfg = cluster.config
+        if cfg is not None and cfg.HasField("max_requests_per_connection"):
+            max_req = cfg.max_requests_per_connection.value
+        self.pool = pool_for(cluster, host, self.config.backend, max_req)
+        self.pool.request(self)
+
+    def _request_stats(self) -> list[Any]:
+        route = self.route
+        out = []
+        if route is not None:
+            if route.stats is not None:
+                out.append(route.stats)
+            vh = route.vhost
+            if vh.vclusters and self.headers is not None:
+                h = self.headers
+                for _, m, rs in vh.vclusters:
+                    if m(h, b"", b""):
+                        out.append(rs)
+                        break
+                else:
+                    if vh.vcluster_other is not None:
+                        out.append(vh.vcluster_other)
+        return out
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None:
+        if self.done:
+            conn.release()
+            return
+        self.upstream = conn
+        h = self.headers
+        assert h is not None
+        pending = self.pending_body
+        body_follows = bool(pending) or not self.request_end or (
+            self.attempts > 1 and bool(self.retry_body))
+        conn.send(ev.RequestHeaders(0, h.method, h.path, h.authority, h.scheme or b"http",
+                                    list(h.headers), end_stream=not body_follows))
+        if self.attempts > 1 and self.retry_body:
+            conn.send(ev.Body(0, bytes(self.retry_body), self.request_end
+                              and self.trailers is None))
+        elif pending:
+            self.pending_body = []
+            for data, end in pending:
+                conn.send(ev.Body(0, data, end))
+            self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+        if self.trailers is not None and self.request_end:
+            conn.send(ev.Trailers(0, self.trailers.headers))
+        if self.per_try:
+            self.try_timer = asyncio.get_running_loop().call_later(self.per_try,
+                                                                   self._on_per_try_timeout)
+
+    def on_pool_failure(self, reason: str, host: Host) -> None:
+        if self.done:
+            return
+        self._end_attempt(success=False)
+        stream = self.stream
+        assert stream is not None
+        if reason == "overflow":
+            self._overflow()
+            return
+        stream.stream_info.upstream_host = host.address_string
+        if self._maybe_retry(None, reset=True):
+            return
+        stream.stream_info.response_flags.append("UF")
+        self._fail(503, (RESET_BEFORE + ("connection timeout" if reason == "timeout"
+                                         else "connection failure")).encode(),
+                   "upstream_reset_before_response_started{connection_failure}")
+
+    def _overflow(self) -> None:
+        self.stream.stream_info.response_flags.append("UO")  # type: ignore[union-attr]
+        self._fail(503, (RESET_BEFORE + "overflow").encode(),
+                   "upstream_reset_before_response_started{overflow}",
+                   {"x-envoy-overloaded": "true"} if not self.config.suppress_envoy_headers
+                   else None)
+
+    def _fail(self, status: int, body: bytes, details: str,
+              headers: dict[str, str] | None = None) -> None:
+        self.done = True
+        self._cancel_timers()
+        self.decoder_callbacks.send_local_reply(status, body, headers, details)
+
+    def _end_attempt(self, success: bool) -> None:
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.rq_active:
+            self.rq_active = False
+            assert self.cluster is not None and self.host is not None
+            self.cluster.stats.upstream_rq_active.dec()
+            self.host.rq_active -= 1
+            if not success:
+                self.host.rq_error += 1
+
+    def _maybe_retry(self, status: int | None, reset: bool) -> bool:
+        route = self.route
+        rp = route.retry_policy if route is not None else None
+        if rp is None or self.response_started:
+            return False
+        on = rp.retry_on
+        wanted = False
+        if status is None:
+            wanted = bool(on & {"5xx", "gateway-error", "reset", "connect-failure",
+                                "reset-before-request"})
+        elif "5xx" in on and status >= 500:
+            wanted = True
+        elif "gateway-error" in on and status in _GATEWAY:
+            wanted = True
+        elif "retriable-4xx" in on and status == 409:
+            wanted = True
+        elif "retriable-status-codes" in on and status in rp.retriable_status_codes:
+            wanted = True
+        if not wanted:
+            return False
+        cluster = self.cluster
+        assert cluster is not None
+        rstats = self._request_stats()
+        if self.retries_left <= 0 or (self.retry_body is None):
+            cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
+            for rs in rstats:
+                rs.upstream_rq_retry_limit_exceeded.value += 1
+            return False
+        self.retries_left -= 1
+        cluster.stats.upstream_rq_retry.value += 1
+        cluster.stats.upstream_rq_retry_backoff_exponential.value += 1
+        for rs in rstats:
+            rs.upstream_rq_retry.value += 1
+        n = rp.num_retries - self.retries_left
+        delay = random.uniform(0, min(rp.max_interval, rp.base_interval * (2 ** n - 1)))
+        self.retry_timer = asyncio.get_running_loop().call_later(delay, self._retry)
+        return True
+
+    def _retry(self) -> None:
+        self.retry_timer = None
+        if not self.done:
+            self._start_attempt()
+
+    # -- upstream events --------------------------------------------------------------------
+
+    def on_upstream_events(self, events: list[ev.Event]) -> None:
+        for e in events:
+            if self.done:
+                return
+            t = type(e)
+            if t is ev.Body:
+                end = e.end_stream  # type: ignore[union-attr]
+                if end:
+                    self._complete()
+                self.decoder_callbacks.encode_data(e.data, end)  # type: ignore[union-attr]
+            elif t is ev.ResponseHeaders:
+                self._on_response_headers(e)  # type: ignore[arg-type]
+            elif t is ev.Trailers:
+                self._complete()
+                self.decoder_callbacks.encode_trailers(HeaderMap(e.headers))  # type: ignore[union-attr]
+            elif t is ev.ProtocolError:
+                assert self.cluster is not None
+                self.cluster.stats.upstream_cx_protocol_error.value += 1
+                self._upstream_reset("protocol error")
+            elif t is ev.StreamReset or t is ev.ConnectionClosed:
+                self._upstream_reset("connection termination")
+
+    def _on_response_headers(self, e: ev.ResponseHeaders) -> None:
+        status = e.status
+        cluster = self.cluster
+        hs = self.hstats
+        assert cluster is not None and hs is not None
+        if status >= 500 or status == 409 or (self.route is not None and self.route.retry_policy
+                                               is not None and status >= 400):
+            if self._maybe_retry(status, reset=False):
+                hs.retry.record(status)
+                self._end_attempt(success=False)
+                up = self.upstream
+                self.upstream = None
+                if up is not None:
+                    up.abort()  # the rest of this response is not wanted
+                return
+        if self.attempts > 1:
+            cluster.stats.upstream_rq_retry_success.value += 1
+            for rs in self._request_stats():
+                rs.upstream_rq_retry_success.value += 1
+        self.response_started = True
+        elapsed = (time.monotonic() - self.attempt_start) * 1000
+        hs.codes.record(status)
+        hs.external.record(status)
+        hs.rq_time.record(elapsed)
+        for rs in self._request_stats():
+            rs.codes.record(status)
+            rs.upstream_rq_time.record(elapsed)
+        host = self.host
+        if host is not None:
+            if status >= 500:
+                host.rq_error += 1
+            else:
+                host.rq_success += 1
+        raw = e.headers
+        for name, _ in raw:
+            if name in _RESP_DROP:
+                raw = [(k, v) for k, v in raw if k not in _RESP_DROP]
+                break
+        hm = HeaderMap(raw, status=status)
+        if not self.config.suppress_envoy_headers:
+            hm.add_bytes(b"x-envoy-upstream-service-time", b"%d" % int(elapsed))
+        self._response_mutations(hm)
+        if e.end_stream:
+            self._complete()
+        self.decoder_callbacks.encode_headers(hm, e.end_stream)
+
+    def _complete(self) -> None:
+        self._end_attempt(success=True)
+        self._cancel_timers()
+        self.done = True
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            if self.upstream_read_paused and up.transport is not None:
+                up.transport.resume_reading()
+            up.release()
+
+    def _upstream_reset(self, reason: str) -> None:
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.handler = None
+            up.abort()
+        self._end_attempt(success=False)
+        if self.response_started:
+            self.done = True
+            self._cancel_timers()
+            stream = self.stream
+            assert stream is not None
+            stream.stream_info.response_flags.append("UC")
+            stream.hcm.stats.rq_reset_after_downstream_response_started.value += 1
+            self.decoder_callbacks.reset_stream()
+            return
+        if self._maybe_retry(None, reset=True):
+            return
+        self.stream.stream_info.response_flags.append("UC")  # type: ignore[union-attr]
+        self._fail(503, (RESET_BEFORE + reason).encode(),
+                   "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}")
+
+    def on_upstream_closed(self) -> None:
+        if not self.done:
+            self._upstream_reset("connection termination")
+
+    def on_upstream_above_high_watermark(self) -> None:
+        self.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
+
+    def on_upstream_below_low_watermark(self) -> None:
+        self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+
+    # -- downstream flow control ------------------------------------------------------------
+
+    def on_above_write_buffer_high_watermark(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None and not self.upstream_read_paused:
+            self.upstream_read_paused = True
+            up.transport.pause_reading()
+            assert self.cluster is not None
+            self.cluster.stats.upstream_flow_control_paused_reading_total.value += 1
+
+    def on_below_write_buffer_low_watermark(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None and self.upstream_read_paused:
+            self.upstream_read_paused = False
+            up.transport.resume_reading()
+            assert self.cluster is not None
+            self.cluster.stats.upstream_flow_control_resumed_reading_total.value += 1
+
+    # -- timeouts --------------------------------------------------------------------------
+
+    def _arm_global_timer(self) -> None:
+        if self.timeout and self.global_timer is None and not self.done:
+            self.global_timer = asyncio.get_running_loop().call_later(
+                self.timeout, self._on_global_timeout)
+
+    def _on_global_timeout(self) -> None:
+        self.global_timer = None
+        self._timeout(per_try=False)
+
+    def _on_per_try_timeout(self) -> None:
+        self.try_timer = None
+        cluster = self.cluster
+        assert cluster is not None
+        cluster.stats.upstream_rq_per_try_timeout.value += 1
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.handler = None
+            up.abort()
+        self._end_attempt(success=False)
+        if self._maybe_retry(504, reset=False):
+            return
+        self._timeout(per_try=True)
+
+    def _timeout(self, per_try: bool) -> None:
+        if self.done:
+            return
+        cluster = self.cluster
+        stream = self.stream
+        assert cluster is not None and stream is not None
+        if not per_try:
+            cluster.stats.upstream_rq_timeout.value += 1
+            if self.host is not None:
+                self.host.rq_timeout += 1
+        for rs in self._request_stats():
+            rs.upstream_rq_timeout.value += 1
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.handler = None
+            up.abort()
+        self._end_attempt(success=False)
+        if self.pool is not None:
+            self.pool.cancel(self)
+        stream.stream_info.response_flags.append("UT")
+        if self.response_started:
+            self.done = True
+            self._cancel_timers()
+            self.decoder_callbacks.reset_stream()
+            return
+        assert self.hstats is not None
+        self.hstats.codes.record(504)
+        self._fail(504, b"upstream request timeout", "response_timeout")
+
+    def _cancel_timers(self) -> None:
+        for name in ("global_timer", "try_timer", "retry_timer"):
+            h = getattr(self, name)
+            if h is not None:
+                h.cancel()
+                setattr(self, name, None)
+
+    def on_destroy(self) -> None:
+        self._cancel_timers()
+        if self.pool is not None and self.upstream is None and not self.done:
+            self.pool.cancel(self)
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            # The downstream went away mid-exchange: the connection cannot be reused.
+            up.handler = None
+            up.abort()
+        self._end_attempt(success=False)
+        self.done = True

@@ -1,0 +1,207 @@
+"""Upstream HTTP/1.1 connection pools: one per (cluster, host), keep-alive, circuit breakers.
+
+A pool hands an idle connection to a request at once, opens a new one while the cluster is under
+``max_connections``, and queues the request otherwise (up to ``max_pending_requests``). A
+connection goes back to the pool when its response is complete and both sides allow keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from envoi.upstream.cluster import Cluster, Host, UpstreamConnectError
+
+from envoi_http.codec import Backend, make_codec
+from envoi_http.codec import events as ev
+
+
+class PoolCallbacks(Protocol):
+    def on_pool_ready(self, conn: UpstreamConnection) -> None: ...
+    def on_pool_failure(self, reason: str, host: Host) -> None: ...
+    def on_upstream_events(self, events: list[ev.Event]) -> None: ...
+    def on_upstream_closed(self) -> None: ...
+    def on_upstream_above_high_watermark(self) -> None: ...
+    def on_upstream_below_low_watermark(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: Http1Pool) -> None:
+        self.pool = pool
+        self.cstats = pool.cluster.stats
+        self.codec = make_codec(pool.backend, "client")
+        self.transport: asyncio.Transport | None = None
+        self.handler: PoolCallbacks | None = None
+        self.requests = 0
+        self.started = time.monotonic()
+        self.closed = False
+        self.local_close = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.cstats.upstream_cx_rx_bytes_total.value += len(data)
+        events = self.codec.receive(data)
+        h = self.handler
+        if h is not None:
+            h.on_upstream_events(events)
+        elif events:
+            # Bytes on an idle connection: the server is misbehaving; drop the connection.
+            self.close()
+
+    def eof_received(self) -> bool:
+        events = self.codec.receive(b"")
+        h = self.handler
+        if h is not None and events:
+            h.on_upstream_events(events)
+        return False
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.on_upstream_above_high_watermark()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.on_upstream_below_low_watermark()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        pool = self.pool
+        st = self.cstats
+        if self.handler is not None:
+            st.upstream_cx_destroy_with_active_rq.value += 1
+            if self.local_close:
+                st.upstream_cx_destroy_local_with_active_rq.value += 1
+            else:
+                st.upstream_cx_destroy_remote_with_active_rq.value += 1
+        pool.cluster.connection_closed(pool.host, self.started, local=self.local_close)
+        pool.on_closed(self)
+        h = self.handler
+        self.handler = None
+        if h is not None:
+            h.on_upstream_closed()
+
+    def send(self, event: ev.Event) -> None:
+        data = self.codec.send(event)
+        if data and self.transport is not None:
+            self.cstats.upstream_cx_tx_bytes_total.value += len(data)
+            self.transport.write(data)
+
+    def release(self) -> None:
+        """The exchange is over: back to the pool, or closed when it cannot be reused."""
+        self.handler = None
+        self.requests += 1
+        pool = self.pool
+        if not self.codec.keep_alive:
+            self.cstats.upstream_cx_close_notify.value += 1
+            self.close()
+        elif pool.max_requests and self.requests >= pool.max_requests:
+            self.cstats.upstream_cx_max_requests.value += 1
+            self.close()
+        elif self.closed or not self.codec.idle:
+            self.close()
+        else:
+            pool.on_idle(self)
+
+    def close(self) -> None:
+        t = self.transport
+        if t is not None and not self.closed:
+            self.local_close = True
+            t.close()
+
+    def abort(self) -> None:
+        t = self.transport
+        if t is not None and not self.closed:
+            self.local_close = True
+            t.abort()
+
+
+class Http1Pool:
+    def __init__(self, cluster: Cluster, host: Host, backend: Backend,
+                 max_requests: int) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.backend = backend
+        self.max_requests = max_requests
+        self.idle: list[UpstreamConnection] = []
+        self.pending: deque[PoolCallbacks] = deque()
+        self.connecting = 0
+
+    def request(self, cb: PoolCallbacks) -> None:
+        idle = self.idle
+        while idle:
+            c = idle.pop()
+            if not c.closed:
+                c.handler = cb
+                cb.on_pool_ready(c)
+                return
+        cluster = self.cluster
+        st = cluster.stats
+        th = cluster.thresholds["DEFAULT"]
+        if len(self.pending) >= th.max_pending_requests or \
+                st.upstream_rq_pending_active.value >= th.max_pending_requests:
+            st.upstream_rq_pending_overflow.value += 1
+            cb.on_pool_failure("overflow", self.host)
+            return
+        st.upstream_rq_pending_total.value += 1
+        st.upstream_rq_pending_active.inc()
+        self.pending.append(cb)
+        if st.upstream_cx_active.value + self.connecting >= th.max_connections:
+            st.upstream_cx_overflow.value += 1
+            return  # waits for a connection to come back
+        self.connecting += 1
+        asyncio.get_running_loop().create_task(self._connect())
+
+    def cancel(self, cb: PoolCallbacks) -> None:
+        try:
+            self.pending.remove(cb)
+        except ValueError:
+            return
+        self.cluster.stats.upstream_rq_pending_active.dec()
+        self.cluster.stats.upstream_rq_cancelled.value += 1
+
+    async def _connect(self) -> None:
+        try:
+            _, conn = await self.cluster.connect(self.host, lambda: UpstreamConnection(self))
+        except UpstreamConnectError as exc:
+            self.connecting -= 1
+            if self.pending:
+                cb = self.pending.popleft()
+                self.cluster.stats.upstream_rq_pending_active.dec()
+                cb.on_pool_failure("timeout" if exc.timeout else "connection_failure",
+                                   self.host)
+            return
+        self.connecting -= 1
+        self.cluster.stats.upstream_cx_http1_total.value += 1
+        self.on_idle(conn)
+
+    def on_idle(self, conn: UpstreamConnection) -> None:
+        if self.pending:
+            cb = self.pending.popleft()
+            self.cluster.stats.upstream_rq_pending_active.dec()
+            conn.handler = cb
+            cb.on_pool_ready(conn)
+        else:
+            self.idle.append(conn)
+
+    def on_closed(self, conn: UpstreamConnection) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+        # A queued request may now fit under max_connections.
+        if self.pending:
+            th = self.cluster.thresholds["DEFAULT"]
+            if self.cluster.stats.upstream_cx_active.value + self.connecting < \
+                    th.max_connections:
+                self.connecting += 1
+                asyncio.get_running_loop().create_task(self._connect())
+
+
+def pool_for(cluster: Cluster, host: Host, backend: Backend, max_requests: int) -> Http1Pool:
+    pools: dict[Any, Http1Pool] = cluster.extra.setdefault("envoi_http1_pools", {})
+    p = pools.get(host)
+    if p is None:
+        p = pools[host] = Http1Pool(cluster, host, backend, max_requests)
+    return p

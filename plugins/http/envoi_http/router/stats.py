@@ -1,0 +1,61 @@
+"""Per-response-code stats: ``cluster.<c>.upstream_rq_<code>`` and the vhost/route sets.
+
+Envoy creates ``upstream_rq_200`` and friends on first use; so do we, caching the counters of
+each code so a response costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+from envoi.stats import Counter, Histogram, Scope, StatsGroup
+
+
+class CodeStats:
+    """``<prefix>upstream_rq_<code>``, ``_<class>xx`` and ``_completed``, made on first use."""
+
+    __slots__ = ("_by_code", "completed", "scope", "prefix")
+
+    def __init__(self, scope: Scope, prefix: str = "") -> None:
+        self.scope = scope
+        self.prefix = prefix
+        self._by_code: dict[int, tuple[Counter, Counter]] = {}
+        self.completed = scope.counter(prefix + "upstream_rq_completed")
+
+    def record(self, code: int) -> None:
+        pair = self._by_code.get(code)
+        if pair is None:
+            p = self.prefix
+            pair = (self.scope.counter(f"{p}upstream_rq_{code}"),
+                    self.scope.counter(f"{p}upstream_rq_{code // 100}xx"))
+            self._by_code[code] = pair
+        pair[0].value += 1
+        pair[1].value += 1
+        self.completed.value += 1
+
+
+class RequestStats(StatsGroup):
+    """The set Envoy keeps per virtual cluster and per route with a ``stat_prefix``."""
+
+    upstream_rq_total: Counter
+    upstream_rq_retry: Counter
+    upstream_rq_retry_limit_exceeded: Counter
+    upstream_rq_retry_success: Counter
+    upstream_rq_retry_overflow: Counter
+    upstream_rq_timeout: Counter
+    upstream_rq_time: Histogram
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope)
+        self.codes = CodeStats(scope)
+
+
+class ClusterHttpStats:
+    """What the router adds to a cluster's scope: per-code sets for all, retried and external
+    responses, and the upstream request time."""
+
+    __slots__ = ("codes", "external", "retry", "rq_time")
+
+    def __init__(self, scope: Scope) -> None:
+        self.codes = CodeStats(scope)
+        self.retry = CodeStats(scope, "retry.")
+        self.external = CodeStats(scope, "external.")
+        self.rq_time = scope.histogram("upstream_rq_time")
