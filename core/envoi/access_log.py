@@ -77,9 +77,8 @@ def _start_time(fmt: str | None) -> Operator:
 
         def default(ctx: LogContext) -> str:
             t = ctx.stream_info.start_time
-            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (
-                int(t * 1000) % 1000
-            )
+            millis = int(t * 1000) % 1000
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{millis:03d}Z"
 
         return default
 
@@ -104,7 +103,7 @@ def _header_op(getter: str, arg: str) -> Operator:
 
     def op(ctx: LogContext) -> str | None:
         fn = getattr(ctx, getter)
-        v = fn(main)
+        v: str | None = fn(main)
         if v is None and alt:
             v = fn(alt)
         return v
@@ -352,7 +351,7 @@ def build_access_loggers(
             )
         url = entry.typed_config.type_url if entry.HasField("typed_config") else None
         inner = strip_type_url(url) if url else None
-        factory = plugins.lookup(AccessLoggerFactory, entry.name, url, p)
+        factory = plugins.lookup(AccessLoggerFactory, entry.name, url, p)  # type: ignore[type-abstract]
         config = unpack_typed_config(entry.typed_config, p + ".typed_config") if inner else None
         if config is None:
             # Named without typed_config: an empty config of the factory's first type.

@@ -63,7 +63,7 @@ class FactoryContext:
         return build_access_loggers(self, entries, path)
 
 
-class ExtensionFactory(abc.ABC):
+class ExtensionFactory(abc.ABC):  # noqa: B024 - a common base, abstract in its subclasses
     """Base of every extension factory."""
 
     category: ClassVar[str] = ""

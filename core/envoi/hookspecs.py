@@ -47,7 +47,7 @@ hookspec = pluggy.HookspecMarker("envoi")
 
 
 @hookspec
-def envoi_network_filters() -> Sequence[NetworkFilterFactory]:
+def envoi_network_filters() -> Sequence[NetworkFilterFactory] | None:
     """Network (L4) filter factories, e.g. ``envoy.filters.network.mongo_proxy``.
 
     A factory's ``create_filter_factory(config, context)`` runs once per filter chain at config
@@ -56,45 +56,45 @@ def envoi_network_filters() -> Sequence[NetworkFilterFactory]:
 
 
 @hookspec
-def envoi_http_filters() -> Sequence[HttpFilterFactory]:
+def envoi_http_filters() -> Sequence[HttpFilterFactory] | None:
     """HTTP filter factories, e.g. ``envoy.filters.http.router``. The filter types (header map,
     statuses, callbacks) are in :mod:`envoi.http.filter`, so plugins need not import each other."""
 
 
 @hookspec
-def envoi_listener_filters() -> Sequence[ListenerFilterFactory]:
+def envoi_listener_filters() -> Sequence[ListenerFilterFactory] | None:
     """Listener filter factories (``envoy.filters.listener.*``), run on an accepted socket before
     the filter chain is chosen (e.g. TLS inspection)."""
 
 
 @hookspec
-def envoi_cluster_types() -> Sequence[ClusterTypeFactory]:
+def envoi_cluster_types() -> Sequence[ClusterTypeFactory] | None:
     """Cluster discovery types: ``STATIC``, ``STRICT_DNS``, ``EDS``, or an extension
     ``cluster_type``."""
 
 
 @hookspec
-def envoi_load_balancers() -> Sequence[LoadBalancerFactory]:
+def envoi_load_balancers() -> Sequence[LoadBalancerFactory] | None:
     """Load-balancing policies: ``ROUND_ROBIN``, ``LEAST_REQUEST``, ... by ``lb_policy`` name."""
 
 
 @hookspec
-def envoi_health_checkers() -> Sequence[HealthCheckerFactory]:
+def envoi_health_checkers() -> Sequence[HealthCheckerFactory] | None:
     """Active health checkers (HTTP, TCP, gRPC, custom)."""
 
 
 @hookspec
-def envoi_access_loggers() -> Sequence[AccessLoggerFactory]:
+def envoi_access_loggers() -> Sequence[AccessLoggerFactory] | None:
     """Access loggers: ``envoy.access_loggers.file``, ``...stdout``, ``...stderr``, ..."""
 
 
 @hookspec
-def envoi_stats_sinks() -> Sequence[StatsSinkFactory]:
+def envoi_stats_sinks() -> Sequence[StatsSinkFactory] | None:
     """Stats sinks that receive the stats at every flush."""
 
 
 @hookspec
-def envoi_config_schemas() -> Sequence[ConfigSchema]:
+def envoi_config_schemas() -> Sequence[ConfigSchema] | None:
     """Schemas for ``typed_config`` types that ``xds-protos`` does not have.
 
     With a schema registered, a config may name the type directly (``"@type":

@@ -12,7 +12,7 @@ import importlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pluggy
 
@@ -107,7 +107,9 @@ class Plugins:
             try:
                 self.pm.register(importlib.import_module(modname), name=modname)
             except ImportError as exc:
-                raise PluginError(f"plugin module {modname!r} could not be imported: {exc}") from exc
+                raise PluginError(
+                    f"plugin module {modname!r} could not be imported: {exc}"
+                ) from exc
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -135,11 +137,13 @@ class Plugins:
         for caller, base in calls:
             for impl in caller.get_hookimpls():
                 plugin_name = impl.plugin_name
-                result = impl.function(*[])  # registration hooks take no arguments
-                for factory in result or ():
+                # Registration hooks take no arguments.
+                result = cast(Iterable[Any], impl.function() or ())
+                for factory in result:
                     self._add(factory, base, plugin_name)
         for impl in hook.envoi_config_schemas.get_hookimpls():
-            for schema in impl.function() or ():
+            schemas = cast(Iterable[ConfigSchema], impl.function() or ())
+            for schema in schemas:
                 self.schemas[strip_type_url(schema.type_url)] = schema
 
     def _add(self, factory: Any, base: type[ExtensionFactory], plugin_name: str) -> None:
@@ -222,7 +226,10 @@ class Plugins:
         msg = f"no {category} extension is registered for {what}"
         provider = KNOWN_PROVIDERS.get(name)
         if provider:
-            msg += f" ('{name}' is provided by the '{provider}' distribution: pip install {provider})"
+            msg += (
+                f" ('{name}' is provided by the '{provider}' distribution: "
+                f"pip install {provider})"
+            )
         installed = sorted(
             f"{i.name} ({i.distribution})" for i in self._info if i.category == category
         )

@@ -243,7 +243,7 @@ class Server:
             assert self._drained is not None
             try:
                 await asyncio.wait_for(self._drained.wait(), self.options.drain_time_s)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 log.info("drain time over: closing %d connections", self._open_connections())
         for lst in self.listeners:
             for conn in list(lst.connections):

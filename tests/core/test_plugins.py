@@ -6,7 +6,6 @@ import sys
 import types
 
 import pytest
-
 from envoi import hookimpl
 from envoi.config import ConfigError
 from envoi.extensions import NetworkFilterFactory
@@ -46,7 +45,7 @@ def test_unknown_name_lists_installed_and_provider() -> None:
 
 def test_unknown_type_url_is_an_error() -> None:
     plugins = Plugins(autoload=False)
-    with pytest.raises(ConfigError, match="@type 'type.googleapis.com/a.b.C'"):
+    with pytest.raises(ConfigError, match=r"@type 'type\.googleapis\.com/a\.b\.C'"):
         plugins.lookup(NetworkFilterFactory, "x", "type.googleapis.com/a.b.C", "p")
 
 

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from envoi.testing import free_port, wait_for
 
 HERE = Path(__file__).parent

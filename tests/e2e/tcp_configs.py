@@ -20,7 +20,8 @@ def tcp_proxy_yaml(admin: int, port: int, upstream: int, *, cluster: str = "echo
               path: {access_log}
 """
     hosts = "".join(
-        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n"
+        "        - endpoint: {address: {socket_address: "
+        f"{{address: 127.0.0.1, port_value: {p}}}}}}}\n"
         for p in (upstream, *extra_hosts)
     )
     return f"""

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tcp_configs import tcp_proxy_yaml
-
 from envoi.testing import free_port
+from tcp_configs import tcp_proxy_yaml
 
 
 def run_envoi(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess[str]:

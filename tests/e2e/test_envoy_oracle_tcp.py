@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from envoi.testing import EnvoiProcess, free_port, wait_for
 from oracle import EnvoyProcess
 from tcp_configs import tcp_proxy_yaml
-
-from envoi.testing import EnvoiProcess, free_port, wait_for
 
 # Stats whose values depend on timing or on the implementation's internals, not the traffic.
 # How often flow control engages depends on socket-buffer timing, not on the bytes.

@@ -82,8 +82,9 @@ class AdminServerApi(Protocol):
     plugins: Plugins
     #: The loaded ``envoy.config.bootstrap.v3.Bootstrap``.
     bootstrap: Message
-    #: One of :data:`SERVER_STATES`.
-    state: str
+    @property
+    def state(self) -> str:
+        """One of :data:`SERVER_STATES`."""
     #: ``time.time()`` when the server started.
     start_time: float
     #: Shown as ``command_line_options`` in ``/server_info`` (Envoy's field names).

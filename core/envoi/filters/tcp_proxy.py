@@ -274,7 +274,12 @@ class TcpProxyFilter(ReadFilter):
         assert conn is not None
         self.upstream_eof = True
         conn.write(b"", True)
-        return not self.downstream_done  # keep our write side open unless both are done
+        if self.downstream_done:
+            # Both directions are finished and we close the upstream: a local close, as
+            # Envoy counts it.
+            self.closing_upstream_locally = True
+            return False
+        return True  # half-close: keep writing to the upstream
 
     def on_upstream_high_watermark(self) -> None:
         conn = self.conn
@@ -348,7 +353,9 @@ class TcpProxyFactory(NetworkFilterFactory):
             clusters = ((config.cluster, 1),)
         else:
             clusters = ()
-            issues.append(ConfigIssue(path + ".cluster", "a cluster or weighted_clusters is required"))
+            issues.append(
+                ConfigIssue(path + ".cluster", "a cluster or weighted_clusters is required")
+            )
         if config.HasField("on_demand") or config.HasField("tunneling_config"):
             issues.append(ConfigIssue(path, "on_demand and tunneling_config are not supported"))
         # Envoy accepts a cluster it does not know (it may arrive later over CDS) and counts

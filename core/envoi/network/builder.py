@@ -91,7 +91,10 @@ def build_filter_chain(server: Server, chain: Any, path: str, listener_name: str
         fpath = f"{path}.filters[{j}]"
         try:
             url, cfg = resolve_typed_config(server, f, fpath)
-            factory = server.plugins.lookup(NetworkFilterFactory, f.name, url, fpath)
+            factory = server.plugins.lookup(
+                NetworkFilterFactory,  # type: ignore[type-abstract]
+                f.name, url, fpath
+            )
             if cfg is None:
                 cfg = default_config(factory)
             if factory.terminal and j != n - 1:

@@ -236,7 +236,7 @@ class Connection(asyncio.Protocol):
         info = self.stream_info
         info.downstream_remote_address = _format_peer(transport.get_extra_info("peername"))
         info.downstream_local_address = _format_peer(transport.get_extra_info("sockname"))
-        self.listener.on_connection_made(self, transport)
+        self.listener.on_connection_made(self, self.transport)  # type: ignore[arg-type]
 
     def start_filters(self) -> None:
         """Called by the listener once the filter chain is built."""
@@ -279,9 +279,8 @@ class Connection(asyncio.Protocol):
             self._queued_eof = True
             return True
         self._iterate_read(0, b"", True)
-        if self.write_closed:
-            return False  # both directions done: let the transport close
-        return True  # keep the write side open (half-close)
+        # Both directions done: let the transport close; otherwise keep writing (half-close).
+        return not self.write_closed
 
     def pause_writing(self) -> None:
         self.above_high_watermark = True

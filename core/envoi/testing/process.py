@@ -27,7 +27,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.02,
+def wait_for(predicate: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.02,
              what: str = "condition") -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -57,7 +57,10 @@ class EnvoiProcess:
         self.cwd = cwd
         self.command = list(command) if command else [sys.executable, "-m", "envoi"]
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="envoi-", suffix=".log", delete=False)
+        # Kept open for the process's life; the path is read back by log().
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="envoi-", suffix=".log", delete=False
+        )
 
     @classmethod
     def from_yaml(cls, text: str, directory: str | Path, admin_port: int,
@@ -114,9 +117,17 @@ class EnvoiProcess:
 
     def wait_stat(self, name: str, predicate: Callable[[Any], bool] | int,
                   timeout: float = 20.0) -> Any:
-        check = predicate if callable(predicate) else (lambda v, want=predicate: v == want)
-        return wait_for(lambda: (lambda v: v is not None and check(v) and (v,))(  # type: ignore[misc]
-            self.stats().get(name)), timeout, what=f"stat {name}")[0]
+        """Wait until stat ``name`` equals ``predicate`` (or satisfies it); return its value."""
+        want = predicate
+
+        def check(v: Any) -> bool:
+            return bool(want(v)) if callable(want) else bool(v == want)
+
+        def probe() -> tuple[Any] | None:
+            v = self.stats().get(name)
+            return (v,) if v is not None and check(v) else None
+
+        return wait_for(probe, timeout, what=f"stat {name}")[0]
 
     def log(self) -> str:
         try:

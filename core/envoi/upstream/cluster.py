@@ -158,7 +158,9 @@ class Host:
 
     @property
     def address_string(self) -> str:
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def __repr__(self) -> str:
         return f"Host({self.address_string})"
@@ -231,7 +233,7 @@ class Cluster:
                 loop.create_connection(protocol_factory, host.address, host.port),
                 timeout if timeout is not None else self.connect_timeout,
             )
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             stats.upstream_cx_connect_fail.value += 1
             stats.upstream_cx_connect_timeout.value += 1
             host.cx_connect_fail += 1

@@ -98,7 +98,10 @@ class ClusterManager:
         if cfg.HasField("cluster_type"):
             ext = cfg.cluster_type
             url = ext.typed_config.type_url if ext.HasField("typed_config") else None
-            return self.plugins.lookup(ClusterTypeFactory, ext.name, url, path + ".cluster_type")
+            return self.plugins.lookup(
+                ClusterTypeFactory,  # type: ignore[type-abstract]
+                ext.name, url, path + ".cluster_type"
+            )
         type_name = cfg.DiscoveryType.Name(cfg.type)
         for factory in self.plugins.factories(ClusterTypeFactory.category):
             assert isinstance(factory, ClusterTypeFactory)
