@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from envoi.testing import EnvoiProcess, free_port
 
 DIRECT = """
@@ -48,7 +47,7 @@ def test_third_party_filter_from_yaml(envoi_process: Callable[..., EnvoiProcess]
     assert got == b"ONE\nTWO\n"
     proc.wait_stat("example.demo.lines", 2)
     assert proc.stats()["example.demo.cx_total"] == 1
-    status, info = proc.get("/server_info")
+    _status, info = proc.get("/server_info")
     assert "example.filters.network.uppercase_echo" in info
     assert "envoi-example-filter" in info
 

@@ -1,0 +1,66 @@
+"""Peers for the HTTP tests: a threaded echo upstream and the router config used by the
+end-to-end and Envoy-oracle tests."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socketserver
+import threading
+from pathlib import Path
+
+from envoi.testing import free_port
+
+ROUTER_YAML = (Path("/work/shared/reference/envoy-configs/http_router.yaml")).read_text()
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        n = int(self.headers.get("content-length") or 0)
+        body_in = self.rfile.read(n) if n else b""
+        if self.path.startswith("/flaky"):
+            self.send_response(503)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        body = json.dumps({"path": self.path, "method": self.command, "port": self.server.server_address[1],
+                           "headers": {k.lower(): v for k, v in self.headers.items()},
+                           "body_len": len(body_in)}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class EchoServer:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        socketserver.TCPServer.allow_reuse_address = True
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), _Echo)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> EchoServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def router_config(listen: int, admin: int, echo_a: int, echo_b: int) -> str:
+    """http_router.yaml on our ports; echo_b made STATIC (envoi has no STRICT_DNS yet)."""
+    s = ROUTER_YAML.replace("18200", str(listen)).replace("18002", str(admin))
+    s = s.replace("18081", str(echo_a)).replace("18082", str(echo_b))
+    s = s.replace("type: STRICT_DNS\n    dns_lookup_family: V4_ONLY", "type: STATIC")
+    s = s.replace("lb_policy: LEAST_REQUEST", "lb_policy: ROUND_ROBIN")
+    return s.replace("address: localhost,", "address: 127.0.0.1,")
