@@ -14,7 +14,12 @@ from typing import Any
 
 from envoi import hookimpl
 from envoi.extensions import ConfigSchema, FactoryContext, NetworkFilterFactory
-from envoi.network.filter import FilterChainBuilder, FilterStatus, NetworkFilterFactoryCb, ReadFilter
+from envoi.network.filter import (
+    FilterChainBuilder,
+    FilterStatus,
+    NetworkFilterFactoryCb,
+    ReadFilter,
+)
 from envoi.stats import Counter, StatsGroup
 
 TYPE_URL = "example.filters.network.uppercase_echo.v1.UppercaseEcho"
