@@ -479,7 +479,6 @@ class Router(StreamDecoderFilter):
         up = self.upstream
         self.upstream = None
         if up is not None:
-            up.handler = None
             up.abort()
         self._end_attempt(success=False)
         if self.response_started:
@@ -544,7 +543,6 @@ class Router(StreamDecoderFilter):
         up = self.upstream
         self.upstream = None
         if up is not None:
-            up.handler = None
             up.abort()
         self._end_attempt(success=False)
         if self._maybe_retry(504, reset=False):
@@ -566,7 +564,6 @@ class Router(StreamDecoderFilter):
         up = self.upstream
         self.upstream = None
         if up is not None:
-            up.handler = None
             up.abort()
         self._end_attempt(success=False)
         if self.pool is not None:
@@ -596,7 +593,6 @@ class Router(StreamDecoderFilter):
         self.upstream = None
         if up is not None:
             # The downstream went away mid-exchange: the connection cannot be reused.
-            up.handler = None
             up.abort()
         self._end_attempt(success=False)
         self.done = True

@@ -38,6 +38,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.started = time.monotonic()
         self.closed = False
         self.local_close = False
+        self.reset_active = False  # closed by us in the middle of an exchange
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -71,7 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         pool = self.pool
         st = self.cstats
-        if self.handler is not None:
+        if self.handler is not None or self.reset_active:
             st.upstream_cx_destroy_with_active_rq.value += 1
             if self.local_close:
                 st.upstream_cx_destroy_local_with_active_rq.value += 1
@@ -113,6 +114,9 @@ class UpstreamConnection(asyncio.Protocol):
             t.close()
 
     def abort(self) -> None:
+        """Reset the connection in the middle of an exchange; its handler hears no more."""
+        self.handler = None
+        self.reset_active = True
         t = self.transport
         if t is not None and not self.closed:
             self.local_close = True
