@@ -6,11 +6,13 @@ from __future__ import annotations
 def tcp_proxy_yaml(admin: int, port: int, upstream: int, *, cluster: str = "echo",
                    idle_timeout: str = "30s", extra_filter: str = "", access_log: str = "",
                    buffer_limit: int | None = None, connect_attempts: int | None = None,
-                   extra_hosts: tuple[int, ...] = ()) -> str:
+                   extra_hosts: tuple[int, ...] = (), max_duration: str = "") -> str:
     limit = (f"    per_connection_buffer_limit_bytes: {buffer_limit}\n"
              if buffer_limit is not None else "")
     attempts = (f"          max_connect_attempts: {connect_attempts}\n"
                 if connect_attempts is not None else "")
+    if max_duration:
+        attempts += f"          max_downstream_connection_duration: {max_duration}\n"
     log = ""
     if access_log:
         log = f"""          access_log:

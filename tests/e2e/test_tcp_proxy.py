@@ -239,3 +239,17 @@ def test_version_and_module_alias(alias: list[str]) -> None:
 
     out = subprocess.run([sys.executable, *alias, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("envoi version: ")
+
+
+def test_max_downstream_connection_duration(envoi_process: Start,
+                                            peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up, max_duration="0.5s"), admin)
+    with connect(port) as s:
+        s.sendall(b"a")
+        assert s.recv(1) == b"a"
+        s.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            assert s.recv(1) == b""
+    assert proc.wait_stat("tcp.tcp_echo.max_downstream_connection_duration", 1) == 1

@@ -107,6 +107,7 @@ class TcpProxyFilter(ReadFilter):
         self.upstream_started = 0.0
         self.last_activity = 0.0
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.duration_handle: asyncio.TimerHandle | None = None
         self.closing_upstream_locally = False
         self.downstream_done = False
         self.upstream_eof = False
@@ -139,6 +140,10 @@ class TcpProxyFilter(ReadFilter):
             conn.stream_info.response_flags.append("UO")
             conn.close(ConnectionCloseType.NO_FLUSH)
             return STOP
+        if cfg.max_duration is not None:
+            self.duration_handle = asyncio.get_running_loop().call_later(
+                cfg.max_duration, self._max_duration_reached
+            )
         # Hold reading until the upstream is connected, as Envoy does.
         conn.read_disable(True)
         self.downstream_read_disabled = True
@@ -238,8 +243,9 @@ class TcpProxyFilter(ReadFilter):
     def on_downstream_event(self, event: ConnectionEvent) -> None:
         if event in (ConnectionEvent.REMOTE_CLOSE, ConnectionEvent.LOCAL_CLOSE):
             self._close_upstream()
-            if self.idle_handle is not None:
-                self.idle_handle.cancel()
+            for handle in (self.idle_handle, self.duration_handle):
+                if handle is not None:
+                    handle.cancel()
             conn = self.conn
             assert conn is not None
             for logger in self.config.access_logs:
@@ -312,7 +318,15 @@ class TcpProxyFilter(ReadFilter):
             self.closing_upstream_locally = True
             t.close()
 
-    # -- idle timeout ------------------------------------------------------------------------
+    # -- timeouts ----------------------------------------------------------------------------
+
+    def _max_duration_reached(self) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        self._stats.max_downstream_connection_duration.value += 1
+        conn.close(ConnectionCloseType.NO_FLUSH)
+        self._close_upstream()
 
     def _arm_idle_timer(self) -> None:
         timeout = self.config.idle_timeout
