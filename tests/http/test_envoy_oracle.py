@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 from envoi.testing import EnvoiProcess, free_port, wait_for
-
 from http_peers import EchoServer, router_config
 
 ENVOY = "/work/main/.venv/bin/envoy"

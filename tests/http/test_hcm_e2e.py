@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 from envoi.testing import EnvoiProcess, free_port, wait_for
-
 from http_peers import EchoServer, router_config
 
 

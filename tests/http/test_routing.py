@@ -4,10 +4,9 @@ import pytest
 from envoi.extensions import FactoryContext
 from envoi.http import HeaderMap
 from envoi.stats import Store
+from envoi_http.router.config import build_route_table
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
-
-from envoi_http.router.config import build_route_table
 
 RC = {
     "virtual_hosts": [

@@ -16,7 +16,7 @@ from envoi.stats import Scope
 
 from envoi_http.codec import Backend
 from envoi_http.hcm.connection_manager import ConnectionManager
-from envoi_http.hcm.stats import Http1CodecStats, HcmStats, ListenerHttpStats
+from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
 from envoi_http.router.config import RouteTable, build_route_table
 
 ROUTER_NAME = "envoy.filters.http.router"

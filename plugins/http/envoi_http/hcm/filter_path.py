@@ -44,9 +44,23 @@ Fn = Callable[..., Any]
 
 class FilterPath:
     __slots__ = (
-        "buf", "data_fns", "end", "headers", "headers_fns", "hdr_pending", "decode", "stop",
-        "stop_all", "stream", "trailers", "trailers_fns", "watermark", "sink_headers",
-        "sink_data", "sink_trailers", "seen",
+        "buf",
+        "data_fns",
+        "decode",
+        "end",
+        "hdr_pending",
+        "headers",
+        "headers_fns",
+        "seen",
+        "sink_data",
+        "sink_headers",
+        "sink_trailers",
+        "stop",
+        "stop_all",
+        "stream",
+        "trailers",
+        "trailers_fns",
+        "watermark",
     )
 
     def __init__(self, stream: ActiveStream, decode: bool) -> None:

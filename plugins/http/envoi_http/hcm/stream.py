@@ -36,11 +36,33 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large"
 
 class ActiveStream:
     __slots__ = (
-        "hcm", "stream_id", "request_headers", "response_headers", "response_trailers",
-        "stream_info", "filter_state", "dec", "enc", "filters", "local_complete",
-        "response_started", "request_complete", "response_complete", "destroyed", "tasks",
-        "_route", "_route_resolved", "watermark_cbs", "read_paused", "last_activity",
-        "start", "head_request", "http10", "cluster_name_", "upstream_paused", "__weakref__",
+        "__weakref__",
+        "_route",
+        "_route_resolved",
+        "cluster_name_",
+        "dec",
+        "destroyed",
+        "enc",
+        "filter_state",
+        "filters",
+        "hcm",
+        "head_request",
+        "http10",
+        "last_activity",
+        "local_complete",
+        "read_paused",
+        "request_complete",
+        "request_headers",
+        "response_complete",
+        "response_headers",
+        "response_started",
+        "response_trailers",
+        "start",
+        "stream_id",
+        "stream_info",
+        "tasks",
+        "upstream_paused",
+        "watermark_cbs",
     )
 
     def __init__(self, hcm: ConnectionManager, stream_id: int, headers: HeaderMap) -> None:

@@ -8,8 +8,12 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from envoi.http.filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
-from envoi.http.filter import StreamDecoderFilter
+from envoi.http.filter import (
+    FilterDataStatus,
+    FilterHeadersStatus,
+    FilterTrailersStatus,
+    StreamDecoderFilter,
+)
 from envoi.http.headers import HeaderMap
 from envoi.upstream.cluster import Cluster, Host
 
@@ -361,13 +365,7 @@ class Router(StreamDecoderFilter):
         if status is None:
             wanted = bool(on & {"5xx", "gateway-error", "reset", "connect-failure",
                                 "reset-before-request"})
-        elif "5xx" in on and status >= 500:
-            wanted = True
-        elif "gateway-error" in on and status in _GATEWAY:
-            wanted = True
-        elif "retriable-4xx" in on and status == 409:
-            wanted = True
-        elif "retriable-status-codes" in on and status in rp.retriable_status_codes:
+        elif ("5xx" in on and status >= 500) or ("gateway-error" in on and status in _GATEWAY) or ("retriable-4xx" in on and status == 409) or ("retriable-status-codes" in on and status in rp.retriable_status_codes):
             wanted = True
         if not wanted:
             return False

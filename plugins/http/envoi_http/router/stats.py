@@ -12,7 +12,7 @@ from envoi.stats import Counter, Histogram, Scope, StatsGroup
 class CodeStats:
     """``<prefix>upstream_rq_<code>``, ``_<class>xx`` and ``_completed``, made on first use."""
 
-    __slots__ = ("_by_code", "completed", "scope", "prefix")
+    __slots__ = ("_by_code", "completed", "prefix", "scope")
 
     def __init__(self, scope: Scope, prefix: str = "") -> None:
         self.scope = scope
