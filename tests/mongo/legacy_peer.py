@@ -17,13 +17,22 @@ byte the peer receives is recorded per connection (``received``).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
 from typing import Any
 
 import bson
-from mongo_frames import OP_COMMAND, OP_GET_MORE, OP_MSG, OP_QUERY, op_commandreply, op_msg, op_reply
+from mongo_frames import (
+    OP_COMMAND,
+    OP_GET_MORE,
+    OP_MSG,
+    OP_QUERY,
+    op_commandreply,
+    op_msg,
+    op_reply,
+)
 
 VALID_CURSOR = 12345
 QUERY_FAILURE = 0x2
@@ -101,10 +110,8 @@ class LegacyPeer:
         self._sock.close()
         with self._lock:
             for c in self._conns:
-                try:
+                with contextlib.suppress(OSError):
                     c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         for t in self._threads:
             t.join(5)
 

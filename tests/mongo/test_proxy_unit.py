@@ -210,6 +210,19 @@ def test_close_with_active_request_both_ways() -> None:
         assert p.stat("op_query_active") == 0
 
 
+def test_close_after_server_ended_is_local_as_in_envoy() -> None:
+    """Client FIN, server closes, the connection goes: Envoy's tcp_proxy closes the client side
+    itself once the server side ended, so Envoy counts a local close (seen in the oracle)."""
+    p = Proxy("m")
+    c = p.connect()
+    c.client(op_query("db.silent", {"a": 1}, request_id=1))
+    c.filter.on_data(b"", True)
+    c.filter.on_write(b"", True)
+    c.close(ConnectionEvent.REMOTE_CLOSE)
+    assert p.stat("cx_destroy_local_with_active_rq") == 1
+    assert p.stat("cx_destroy_remote_with_active_rq") == 0
+
+
 def test_fire_and_forget_request_is_not_tracked() -> None:
     p = Proxy("m")
     c = p.connect()

@@ -84,6 +84,7 @@ class MongoProxyFilter(Filter):
         self._active: dict[int, _Active] = {}
         self._delay: asyncio.TimerHandle | None = None
         self._drain_close: asyncio.Handle | None = None
+        self._upstream_ended = False
 
     # -- Filter ----------------------------------------------------------------------------
 
@@ -101,6 +102,8 @@ class MongoProxyFilter(Filter):
         return STOP if self._delay is not None else CONTINUE
 
     def on_write(self, data: bytes, end_stream: bool) -> FilterStatus:
+        if end_stream:
+            self._upstream_ended = True
         if self._sniffing and data:
             self._decode(self._up, data, False)
         return CONTINUE
@@ -342,7 +345,10 @@ class MongoProxyFilter(Filter):
         # Only requests a client is really waiting on count; a parked streaming hello is normal.
         waiting = sum(1 for a in self._active.values() if not a.awaitable)
         if waiting:
-            if event is ConnectionEvent.REMOTE_CLOSE:
+            # Once the server side has ended (end_stream written to the client), Envoy's
+            # tcp_proxy closes the client connection itself: a LocalClose there, even when the
+            # client had half-closed first. Count it the way Envoy does.
+            if event is ConnectionEvent.REMOTE_CLOSE and not self._upstream_ended:
                 self._stats.cx_destroy_remote_with_active_rq.value += 1
             else:
                 self._stats.cx_destroy_local_with_active_rq.value += 1
