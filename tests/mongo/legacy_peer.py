@@ -86,9 +86,11 @@ def answer(opcode: int, request_id: int, body: bytes) -> bytes | None:
 
 
 class LegacyPeer:
-    """A threaded TCP server on 127.0.0.1 running the script above; ``with LegacyPeer() as p``."""
+    """A threaded TCP server on 127.0.0.1 running the script above; ``with LegacyPeer() as p``.
+    ``LegacyPeer(echo=True)`` is a raw echo server instead (it closes when the client does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, echo: bool = False) -> None:
+        self.echo = echo  # echo every byte back instead of running the script
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -141,6 +143,9 @@ class LegacyPeer:
                     return
                 with self._lock:
                     rec += data
+                if self.echo:
+                    conn.sendall(data)
+                    continue
                 buf += data
                 while len(buf) >= 16:
                     length, request_id, _rto, opcode = struct.unpack_from("<iiii", buf)

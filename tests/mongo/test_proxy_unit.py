@@ -491,3 +491,27 @@ def test_recorded_pymongo_session_wire_compatible_server() -> None:
                  and h.name.startswith(p.prefix + "cmd.") and h.name.endswith(".reply_num_docs"))
     assert paired == len(s2c)
     assert p.stat("op_query_active") == 0
+
+
+def test_truncated_frame_at_end_of_stream_is_a_decoding_error() -> None:
+    p = Proxy("m")
+    frame_ = op_query("db.c", {"a": 1}, request_id=1)
+    c = p.connect()
+    c.client(frame_[:20])
+    assert p.stat("decoding_error") == 0  # more may come
+    c.filter.on_data(b"", True)
+    assert p.stat("decoding_error") == 1
+    c.close()
+    assert p.stat("decoding_error") == 1  # counted once per connection
+    # Server side: a reply cut short, then the connection closes.
+    c = p.connect()
+    c.client(frame_)
+    c.server(op_reply([{"x": 1}], response_to=1)[:30])
+    c.close()
+    assert p.stat("decoding_error") == 2
+    # A clean end between frames is no error.
+    c = p.connect()
+    c.client(frame_)
+    c.filter.on_data(b"", True)
+    c.close()
+    assert p.stat("decoding_error") == 2

@@ -82,6 +82,12 @@ class Decoder:
         """Bytes held right now (for tests of the memory bound)."""
         return len(self._buf) - self._pos
 
+    @property
+    def mid_frame(self) -> bool:
+        """True when part of a frame has been seen but not all of it (a truncated frame if the
+        stream ends now)."""
+        return self._state != _ST_HEADER or self._pos != len(self._buf) or self._skip > 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Decode what ``data`` completes. Messages decoded before an error are still returned;
         the error is left in ``self.error``."""

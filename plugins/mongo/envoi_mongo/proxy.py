@@ -95,17 +95,23 @@ class MongoProxyFilter(Filter):
         return CONTINUE
 
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
-        if self._sniffing and data:
-            if self._shared.config.emit_dynamic_metadata:
-                self._metadata().clear()
-            self._decode(self._down, data, True)
+        if self._sniffing:
+            if data:
+                if self._shared.config.emit_dynamic_metadata:
+                    self._metadata().clear()
+                self._decode(self._down, data, True)
+            if end_stream:
+                self._check_truncated(self._down, "client")
         return STOP if self._delay is not None else CONTINUE
 
     def on_write(self, data: bytes, end_stream: bool) -> FilterStatus:
         if end_stream:
             self._upstream_ended = True
-        if self._sniffing and data:
-            self._decode(self._up, data, False)
+        if self._sniffing:
+            if data:
+                self._decode(self._up, data, False)
+            if end_stream:
+                self._check_truncated(self._up, "server")
         return CONTINUE
 
     # -- decoding --------------------------------------------------------------------------
@@ -121,6 +127,11 @@ class MongoProxyFilter(Filter):
             return
         if decoder.error is not None:
             self._decoding_error(str(decoder.error))
+
+    def _check_truncated(self, decoder: Decoder, side: str) -> None:
+        """A stream that ends inside a frame: the frame is truncated (Envoy waits forever)."""
+        if self._sniffing and decoder.mid_frame:
+            self._decoding_error(f"{side} stream ended inside a frame")
 
     def _decoding_error(self, why: str) -> None:
         log.info("mongo decoding error: %s", why)
@@ -338,6 +349,9 @@ class MongoProxyFilter(Filter):
     def _on_event(self, event: ConnectionEvent) -> None:
         if event is ConnectionEvent.CONNECTED:
             return
+        # Closed (or reset) in the middle of a frame, either way.
+        self._check_truncated(self._down, "client")
+        self._check_truncated(self._up, "server")
         for h in (self._delay, self._drain_close):
             if h is not None:
                 h.cancel()
