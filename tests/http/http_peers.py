@@ -25,7 +25,8 @@ class _Echo(http.server.BaseHTTPRequestHandler):
             self.send_header("content-length", "0")
             self.end_headers()
             return
-        body = json.dumps({"path": self.path, "method": self.command, "port": self.server.server_address[1],
+        body = json.dumps({"path": self.path, "method": self.command,
+                           "port": self.server.server_address[1],
                            "headers": {k.lower(): v for k, v in self.headers.items()},
                            "body_len": len(body_in)}).encode()
         self.send_response(200)

@@ -53,7 +53,7 @@ def test_envoy_and_envoi_agree(tmp_path: Path,
         eport, eadmin = free_port(), free_port()
         cfg = tmp_path / "envoy.yaml"
         cfg.write_text(router_config(eport, eadmin, a.port, b.port))
-        log = open(tmp_path / "envoy.log", "wb")
+        log = open(tmp_path / "envoy.log", "wb")  # noqa: SIM115
         envoy = subprocess.Popen([ENVOY, "-c", str(cfg), "--base-id",
                                   str(random.randint(1000, 60000)), "--concurrency", "1"],
                                  stdout=log, stderr=subprocess.STDOUT)
@@ -74,7 +74,8 @@ def test_envoy_and_envoi_agree(tmp_path: Path,
         assert e == o, (e, o)
     envoy_stats = {n.replace(f"127.0.0.1_{eport}", "L") for n in envoy_stats}
     envoi_stats = {n.replace(f"127.0.0.1_{port}", "L") for n in envoi_stats}
-    wanted = {n for n in envoy_stats if n.startswith(("http.ingress_http.", "vhost.", "listener.L."))
+    prefixes = ("http.ingress_http.", "vhost.", "listener.L.")
+    wanted = {n for n in envoy_stats if n.startswith(prefixes)
               and ".worker_" not in n and "tracing" not in n}
     missing = {n for n in wanted if n not in envoi_stats}
     assert not missing, sorted(missing)

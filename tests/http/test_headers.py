@@ -16,7 +16,7 @@ def test_case_insensitive_multi_value_and_pseudo() -> None:
     assert h.remove("x-a") == 1 and "x-a" not in h
     h.set_default("x-new", "other")
     assert h.get("x-new") == "v"
-    assert list(h)[0] == (":method", "GET")
+    assert next(iter(h)) == (":method", "GET")
     assert h.byte_size > 0 and len(h.copy()) == len(h)
 
 

@@ -39,8 +39,9 @@ RC = {
 @pytest.fixture(scope="module")
 def table() -> Any:
     rc = json_format.ParseDict(RC, route_pb2.RouteConfiguration())
-    ctx = FactoryContext(server=None, stats=Store(), scope=Store().root if hasattr(Store(), "root") else None,  # type: ignore[arg-type]
-                         cluster_manager=None, loop=None)  # type: ignore[arg-type]
+    store = Store()
+    ctx = FactoryContext(server=None, stats=store, scope=store.root,  # type: ignore[arg-type]
+                         cluster_manager=None, loop=None)
     return build_route_table(rc, "route_config", ctx)
 
 

@@ -90,7 +90,7 @@ class FilterState:
         return self._d[key]  # type: ignore[no-any-return]
 
     def get(self, key: StateKey[T], default: T | None = None) -> T | None:
-        return self._d.get(key, default)  # type: ignore[no-any-return]
+        return self._d.get(key, default)
 
     def __contains__(self, key: StateKey[Any]) -> bool:
         return key in self._d
@@ -121,9 +121,12 @@ class HttpStreamInfo(StreamInfo):
 class RouteInfo(Protocol):
     """What a filter can learn about the route chosen for its stream."""
 
-    name: str
-    cluster_name: str | None
-    virtual_host_name: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def cluster_name(self) -> str | None: ...
+    @property
+    def virtual_host_name(self) -> str: ...
 
 
 class _Callbacks(Protocol):

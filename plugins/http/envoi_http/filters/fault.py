@@ -29,7 +29,7 @@ class FaultStats(StatsGroup):
 
 
 def _fraction(p: Any) -> float:
-    return p.numerator / _DENOM.get(p.denominator, 100)
+    return float(p.numerator / _DENOM.get(p.denominator, 100))
 
 
 class FaultConfig:

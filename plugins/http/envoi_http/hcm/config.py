@@ -76,7 +76,8 @@ def build_http_filters(config: Any, context: FactoryContext) -> list[HttpFilterF
         fpath = f"{path}[{i}]"
         try:
             url, cfg = resolve_typed_config(server, f, fpath)
-            factory = server.plugins.lookup(HttpFilterFactory, f.name, url, fpath)
+            factory = server.plugins.lookup(
+                HttpFilterFactory, f.name, url, fpath)  # type: ignore[type-abstract]
             if cfg is None:
                 cfg = default_config(factory)
             if factory.terminal and i != n - 1:

@@ -236,7 +236,7 @@ class ConnectionManager(ReadFilter):
                 raw = [(k, v) for k, v in raw if k not in _RESP_DROP]
                 break
         cfg = self.config
-        raw = raw + [(b"date", http_date()), (b"server", cfg.server_name)]
+        raw = [*raw, (b"date", http_date()), (b"server", cfg.server_name)]
         if self.closing or self.conn.closed:
             raw.append((b"connection", b"close"))
         data = self.codec.send(ev.ResponseHeaders(s.stream_id, headers.status, raw,
@@ -294,7 +294,7 @@ class ConnectionManager(ReadFilter):
         st.downstream_rq_time.record((info.end_time - s.start) * 1000)
         s.destroy()
         for logger in self.config.access_logs:
-            logger.log(s)
+            logger.log(s)  # type: ignore[arg-type]  # LogContext only reads stream_info
 
     def reset_stream(self, s: ActiveStream, *, local: bool) -> None:
         if s.destroyed:

@@ -285,7 +285,7 @@ class FilterPath:
             return
         st = task.result()
         if kind == "h":
-            if st == H_CONTINUE or st == H_DONT_END:
+            if st in (H_CONTINUE, H_DONT_END):
                 self.resume()
             elif st == H_STOP:
                 # Now the filter sees the body: hand it what arrived while it ran.

@@ -299,7 +299,7 @@ class ActiveStream:
             for cb in self.watermark_cbs:
                 cb.on_below_write_buffer_low_watermark()
 
-    # -- the end of the encoder chain: to the codec -------------------------------------------------
+    # -- the end of the encoder chain: to the codec -----------------------------------------------
 
     def _write_headers(self, headers: HeaderMap, end: bool) -> None:
         self.response_started = True

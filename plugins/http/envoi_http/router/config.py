@@ -207,7 +207,7 @@ def _header_matcher(hm: Any, path: str) -> Callable[[HeaderMap], bool]:
     kind = hm.WhichOneof("header_match_specifier")
     treat_missing = hm.treat_missing_header_as_empty
     if kind == "present_match":
-        want = hm.present_match
+        want = bool(hm.present_match)
 
         def present(h: HeaderMap) -> bool:
             return (h.get_bytes(name) is not None) == want
@@ -217,7 +217,7 @@ def _header_matcher(hm: Any, path: str) -> Callable[[HeaderMap], bool]:
             check = _string_matcher(hm.string_match, path + ".string_match")
         elif kind == "exact_match":
             v = hm.exact_match.encode()
-            check = v.__eq__  # type: ignore[assignment]
+            check = v.__eq__
         elif kind == "prefix_match":
             p = hm.prefix_match.encode()
             check = lambda x: x.startswith(p)  # noqa: E731

@@ -8,6 +8,7 @@ from typing import Any
 from envoi.extensions import FactoryContext, HttpFilterFactory
 from envoi.http.filter import HttpFilterChainBuilder, HttpFilterFactoryCb
 
+from envoi_http.codec import Backend
 from envoi_http.router.filter import Router, RouterConfig
 
 
@@ -19,9 +20,9 @@ class RouterFactory(HttpFilterFactory):
 
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
         suppress = bool(config.suppress_envoy_headers) if config is not None else False
-        backend = os.environ.get("ENVOI_HTTP1_CODEC", "auto")
-        cfg = RouterConfig(context.cluster_manager, suppress,
-                           backend if backend in ("h11", "httptools") else "auto")
+        env = os.environ.get("ENVOI_HTTP1_CODEC", "auto")
+        backend: Backend = "h11" if env == "h11" else "httptools" if env == "httptools" else "auto"
+        cfg = RouterConfig(context.cluster_manager, suppress, backend)
 
         def add(builder: HttpFilterChainBuilder) -> None:
             builder.add_decoder_filter(Router(cfg))

@@ -88,7 +88,7 @@ class Router(StreamDecoderFilter):
         self.stream = stream
         hstats = stream.hcm.stats
         hstats.rq_total.value += 1
-        route = cb.route()
+        route = stream.route()
         info = stream.stream_info
         if route is None:
             hstats.no_route.value += 1
@@ -365,7 +365,9 @@ class Router(StreamDecoderFilter):
         if status is None:
             wanted = bool(on & {"5xx", "gateway-error", "reset", "connect-failure",
                                 "reset-before-request"})
-        elif ("5xx" in on and status >= 500) or ("gateway-error" in on and status in _GATEWAY) or ("retriable-4xx" in on and status == 409) or ("retriable-status-codes" in on and status in rp.retriable_status_codes):
+        elif (("5xx" in on and status >= 500) or ("gateway-error" in on and status in _GATEWAY)
+              or ("retriable-4xx" in on and status == 409)
+              or ("retriable-status-codes" in on and status in rp.retriable_status_codes)):
             wanted = True
         if not wanted:
             return False
@@ -421,16 +423,16 @@ class Router(StreamDecoderFilter):
         cluster = self.cluster
         hs = self.hstats
         assert cluster is not None and hs is not None
-        if status >= 500 or status == 409 or (self.route is not None and self.route.retry_policy
-                                               is not None and status >= 400):
-            if self._maybe_retry(status, reset=False):
-                hs.retry.record(status)
-                self._end_attempt(success=False)
-                up = self.upstream
-                self.upstream = None
-                if up is not None:
-                    up.abort()  # the rest of this response is not wanted
-                return
+        if (status >= 500 or status == 409 or (
+                self.route is not None and self.route.retry_policy is not None
+                and status >= 400)) and self._maybe_retry(status, reset=False):
+            hs.retry.record(status)
+            self._end_attempt(success=False)
+            up = self.upstream
+            self.upstream = None
+            if up is not None:
+                up.abort()  # the rest of this response is not wanted
+            return
         if self.attempts > 1:
             cluster.stats.upstream_rq_retry_success.value += 1
             for rs in self._request_stats():
