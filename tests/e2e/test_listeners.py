@@ -99,7 +99,7 @@ static_resources:
 {_chain("a", "{source_prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}")}\
   clusters:
 {_cluster("a", a)}""", admin)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        with contextlib.suppress(ConnectionResetError):
-            assert s.recv(1) == b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s, \
+            contextlib.suppress(ConnectionResetError):
+        assert s.recv(1) == b""
     assert proc.wait_stat("listener.l.no_filter_chain_match", 1) == 1
