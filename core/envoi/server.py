@@ -84,6 +84,9 @@ class Server:
         self.server_stats = ServerStats(self.stats.root.scope("server"))
         self.total_connections = self.server_stats.total_connections
         self.lm_stats = ListenerManagerStats(self.stats.root.scope("listener_manager"))
+        self.lm_stats.total_listeners_warming.set(0)
+        # No TLS certificates: Envoy reports the largest uint32.
+        self.server_stats.days_until_first_cert_expiring.set(4294967295)
         self.plugins = plugins or Plugins(
             autoload=options.autoload,
             blocked=options.blocked_plugins,
@@ -309,6 +312,7 @@ class Server:
                     cx_connect_fail=h.cx_connect_fail, cx_total=h.cx_total,
                     rq_active=h.rq_active, rq_error=h.rq_error, rq_success=h.rq_success,
                     rq_timeout=h.rq_timeout, rq_total=h.rq_total,
+                    rq_pending_active=h.rq_pending_active,
                 )
                 for h in c.hosts
             ]

@@ -272,6 +272,7 @@ def test_clusters_text(admin: Admin) -> None:
     host = [line for line in lines if line.startswith("echo::127.0.0.1:18081::")]
     assert [line.split("::", 2)[2] for line in host] == [
         "cx_active::0", "cx_connect_fail::0", "cx_total::3", "rq_active::0", "rq_error::0",
+        "rq_pending_active::0",
         "rq_success::2", "rq_timeout::0", "rq_total::2", "hostname::", "health_flags::healthy",
         "weight::1", "region::", "zone::z1", "sub_zone::", "canary::false", "priority::0",
         "success_rate::-1", "local_origin_success_rate::-1",

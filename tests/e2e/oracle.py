@@ -56,6 +56,10 @@ class EnvoyProcess:
             data = json.load(r)
         return {e["name"]: e["value"] for e in data["stats"] if "name" in e}
 
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=10) as r:
+            return str(r.read().decode())
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

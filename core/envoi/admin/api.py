@@ -59,6 +59,7 @@ class HostInfo:
     rq_error: int = 0
     rq_success: int = 0
     rq_timeout: int = 0
+    rq_pending_active: int = 0
     rq_total: int = 0
 
 

@@ -32,8 +32,8 @@ HOT_RESTART_VERSION = "disabled"
 
 
 def to_json(message: Message) -> str:
-    # Envoy pretty-prints admin protos with two-space indentation and proto field names.
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2) + "\n"
+    # Envoy 1.39 pretty-prints admin JSON with one-space indentation and proto field names.
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=1) + "\n"
 
 
 def _address_text(host: str, port: int) -> str:
@@ -67,7 +67,7 @@ def listeners_json(server: AdminServerApi) -> str:
 # Host counters then gauges, in the order Envoy keeps them per host.
 _HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
                   "rq_total")
-_HOST_GAUGES = ("cx_active", "rq_active")
+_HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
 
 
 def _thresholds_text(name: str, priority: str, t: CircuitBreakerThresholds) -> list[str]:
@@ -205,7 +205,7 @@ def server_info_json(server: AdminServerApi) -> str:
     # Envoy renders its CommandLineOptions message; ours come from the server as a plain dict.
     doc["command_line_options"] = server.command_line_options
     doc = {key: doc[key] for key in sorted(doc, key=_SERVER_INFO_ORDER.index)}
-    return json.dumps(doc, indent=2) + "\n"
+    return json.dumps(doc, indent=1) + "\n"
 
 
 # ------------------------------------------------------------------------------ /config_dump

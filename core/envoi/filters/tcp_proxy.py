@@ -165,6 +165,7 @@ class TcpProxyFilter(ReadFilter):
             cstats.upstream_rq_total.value += 1
             cstats.upstream_rq_pending_total.value += 1
             cstats.upstream_rq_pending_active.inc()
+            host.rq_total += 1
             try:
                 transport, upstream = await cluster.connect(host, lambda: _Upstream(self))
             except UpstreamConnectError:
@@ -280,12 +281,9 @@ class TcpProxyFilter(ReadFilter):
         assert conn is not None
         self.upstream_eof = True
         conn.write(b"", True)
-        if self.downstream_done:
-            # Both directions are finished and we close the upstream: a local close, as
-            # Envoy counts it.
-            self.closing_upstream_locally = True
-            return False
-        return True  # half-close: keep writing to the upstream
+        # Envoy's rule: a connection whose last FIN came from the peer closed remotely; one
+        # where we sent the last FIN closed locally. If our FIN already went, this is the end.
+        return not self.downstream_done
 
     def on_upstream_high_watermark(self) -> None:
         conn = self.conn
@@ -392,6 +390,7 @@ class TcpProxyFactory(NetworkFilterFactory):
         attempts = config.max_connect_attempts.value if config.HasField(
             "max_connect_attempts") else 1
         stats = TcpProxyStats(context.stats.root.scope(f"tcp.{config.stat_prefix}"))
+        stats.downstream_cx_rx_bytes_buffered.set(0)  # Envoy sets it at start (?usedonly)
         cfg = TcpProxyConfig(
             stat_prefix=config.stat_prefix,
             clusters=clusters,

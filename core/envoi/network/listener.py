@@ -226,6 +226,7 @@ class ActiveListener:
         if not self.stat_name:
             self.stat_name = listener_stat_name(self.host, self.port)
         self.stats = ListenerStats(self.scope.scope(f"listener.{self.stat_name}"))
+        self.stats.downstream_pre_cx_active.set(0)
 
     async def start(self) -> None:
         assert self.sock is not None

@@ -92,7 +92,11 @@ class ClusterStats(StatsGroup):
         for prio in ("default", "high"):
             for flag in ("cx_open", "cx_pool_open", "rq_open", "rq_pending_open", "rq_retry_open"):
                 scope.gauge(f"circuit_breakers.{prio}.{flag}")
-        self.cb_cx_open = scope.gauge("circuit_breakers.default.cx_open")
+        # Envoy sets these at start, so they show under ?usedonly even at 0.
+        for name in ("circuit_breakers.default.cx_open", "circuit_breakers.default.rq_open",
+                     "circuit_breakers.default.rq_pending_open", "membership_degraded",
+                     "membership_excluded", "warming_state", "upstream_cx_rx_bytes_buffered"):
+            scope.gauge(name).set(0)
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Host:
         "priority",
         "rq_active",
         "rq_error",
+        "rq_pending_active",
         "rq_success",
         "rq_timeout",
         "rq_total",
@@ -148,6 +153,7 @@ class Host:
         self.cx_total = 0
         self.rq_active = 0
         self.rq_error = 0
+        self.rq_pending_active = 0
         self.rq_success = 0
         self.rq_timeout = 0
         self.rq_total = 0

@@ -31,6 +31,7 @@ class ClusterManager:
         self.scope = scope
         self.clusters: dict[str, Cluster] = {}
         self.stats = ClusterManagerStats(scope.scope("cluster_manager"))
+        self.stats.warming_clusters.set(0)
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
