@@ -26,6 +26,8 @@ CLOSE = 3  # delimited by closing the connection (HTTP/1.0 peer, unknown length)
 RAW = 4  # after a protocol switch: bytes pass through untouched
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# Where Envoy's table (CodeUtility::toString, RFC 9110 names) differs from Python 3.11's.
+_REASONS.update({413: b"Payload Too Large", 414: b"URI Too Long", 416: b"Range Not Satisfiable"})
 # The common status lines, built once; the hot path is one dict lookup.
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
 _CRLF = b"\r\n"

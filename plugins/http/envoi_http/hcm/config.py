@@ -44,6 +44,7 @@ class HcmConfig:
     route_table: RouteTable | None
     access_logs: tuple[AccessLogger, ...]
     context: FactoryContext
+    enable_trailers: bool = False
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
 
     @property
@@ -165,6 +166,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             route_table=table,
             access_logs=tuple(context.access_loggers(config.access_log, path + ".access_log")),
             context=context,
+            enable_trailers=hpo.enable_trailers,
         )
 
         def add_filter(builder: FilterChainBuilder) -> None:

@@ -53,7 +53,8 @@ class ConnectionManager(ReadFilter):
         self.stats = config.stats
         self.codec = make_codec(config.codec_backend, "server",
                                 max_request_headers_kb=config.max_request_headers_kb,
-                                max_headers_count=config.max_headers_count)
+                                max_headers_count=config.max_headers_count,
+                                enable_trailers=config.enable_trailers)
         self.stream: ActiveStream | None = None
         self.first = True
         self.closing = False
@@ -237,7 +238,7 @@ class ConnectionManager(ReadFilter):
                 break
         cfg = self.config
         raw = [*raw, (b"date", http_date()), (b"server", cfg.server_name)]
-        if self.closing or self.conn.closed:
+        if self.closing or self.conn.closed or not s.request_complete:
             raw.append((b"connection", b"close"))
         data = self.codec.send(ev.ResponseHeaders(s.stream_id, headers.status, raw,
                                                   end_stream=end))

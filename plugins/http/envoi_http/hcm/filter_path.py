@@ -103,6 +103,18 @@ class FilterPath:
             st = fns[i](headers, end)
             if stream.local_complete and self.decode:
                 return
+            if end and self.buf is not None and self.stop < 0:
+                # The filter added a body to a headers-only message (add_decoded_data): later
+                # filters see the headers without end_stream, then that body.
+                added = self.take_buffer()
+                if st in (H_CONTINUE, H_DONT_END):
+                    self.run_headers(i + 1, headers, False)
+                    if self.stop >= 0:
+                        self._hold(added, True)
+                    elif not (stream.local_complete and self.decode):
+                        self.run_data(i + 1, added, True)
+                    return
+                self.buf = bytearray(added)  # held behind the stopped headers
             if st == H_CONTINUE:
                 i += 1
                 continue
@@ -148,6 +160,8 @@ class FilterPath:
             if stream.local_complete and self.decode:
                 return
             if st == D_CONTINUE:
+                if end and self.buf is not None and self.stop < 0:
+                    data = data + self.take_buffer()  # added to the last chunk
                 i += 1
                 continue
             if st == _PENDING:
@@ -179,6 +193,12 @@ class FilterPath:
             if self.stream.local_complete and self.decode:
                 return
             if st == T_CONTINUE:
+                if self.buf is not None and self.stop < 0:
+                    # Data added from decode_trailers goes on before the trailers.
+                    self.run_data(i + 1, self.take_buffer(), False)
+                    if self.stop >= 0:
+                        self.trailers = trailers
+                        return
                 i += 1
                 continue
             if st == _PENDING:
@@ -220,7 +240,7 @@ class FilterPath:
             self.run_headers(i + 1, self.headers, only)
             if only:
                 return
-            if self.stop >= 0 or self.stream.local_complete:
+            if self.stop >= 0 or (self.decode and self.stream.local_complete):
                 # Stopped again further on: what was held goes to the new stop point.
                 self._reroute(self.stop, buf, end, trailers)
                 return
