@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-time-s", type=float, default=600.0,
                    help="on SIGTERM/SIGINT, how long open connections get to finish (600)")
     p.add_argument("--concurrency", type=int, default=1,
-                   help="worker count; envoi runs one event loop per process (only 1 for now)")
+                   help="worker processes, each with its own event loop and a SO_REUSEPORT "
+                        "socket per listener; the main process keeps the admin (default 1: "
+                        "a single process)")
     p.add_argument("--base-id", help="accepted for Envoy compatibility; ignored")
     p.add_argument("--disable-hot-restart", action="store_true",
                    help="accepted for Envoy compatibility; envoi has no hot restart")
@@ -79,7 +81,8 @@ def _setup_logging(level: str) -> None:
     root.propagate = False
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed, the stock loop otherwise."""
     try:
         import uvloop
     except ImportError:
@@ -97,15 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("envoi: error: a config file is required (-c FILE)", file=sys.stderr)
         return 1
     _setup_logging(args.log_level)
-    log = logging.getLogger("envoi")
-    if args.concurrency != 1:
-        log.warning("--concurrency %d: envoi runs a single worker for now", args.concurrency)
+    logging.getLogger("envoi")
+    if args.concurrency < 1:
+        print("envoi: error: --concurrency must be at least 1", file=sys.stderr)
+        return 1
     options = Options(
         config_path=args.config_path,
         mode=args.mode,
         log_level=args.log_level,
         drain_time_s=args.drain_time_s,
-        concurrency=1,
+        concurrency=args.concurrency,
         admin_port_override=args.admin_port,
         blocked_plugins=[p[3:] for p in args.plugins if p.startswith("no:")],
         extra_plugins=[p for p in args.plugins if not p.startswith("no:")],
@@ -124,14 +128,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "validate":
         print(f"configuration '{args.config_path}' OK")
         return 0
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
     try:
         server.bind()
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    pool = None
+    if args.concurrency > 1:
+        from envoi.workers import WorkerPool
+
+        # Fork before any event loop exists: a loop does not survive a fork.
+        pool = WorkerPool(server, args.concurrency)
+        pool.fork()
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
+        if pool is not None:
+            return loop.run_until_complete(server.serve_main(pool))
         return loop.run_until_complete(_serve(server))
     except OSError as exc:  # the admin port in use, for one
         print(f"envoi: {exc}", file=sys.stderr)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envoi import __version__
 from envoi.config import ConfigError, ConfigIssue, duration_seconds, load_bootstrap
@@ -19,6 +20,9 @@ from envoi.network.listener import ActiveListener
 from envoi.plugins import Plugins
 from envoi.stats import Counter, Gauge, Histogram, StatsGroup, Store
 from envoi.upstream.cluster_manager import ClusterManager
+
+if TYPE_CHECKING:
+    from envoi.workers import WorkerPool
 
 log = logging.getLogger("envoi")
 
@@ -101,6 +105,9 @@ class Server:
         #: True when clusters may arrive later (CDS); until then unknown names are config errors.
         self.dynamic_clusters = False
         self.admin: Any = None
+        #: Set in a worker process (0..N-1); None in a single process or the main one.
+        self.worker_index: int | None = None
+        self.pool: WorkerPool | None = None
         self.admin_address: tuple[str, int] | None = None
         self._stop_event: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
@@ -170,53 +177,115 @@ class Server:
         """Bind every listener before serving, so a port in use fails the start cleanly."""
         for lst in self.listeners:
             try:
-                lst.bind()
+                lst.bind(self.options.concurrency)
             except OSError as exc:
                 for other in self.listeners:
-                    if other.sock is not None:
-                        other.sock.close()
+                    for s in (other.sock, *other.worker_socks):
+                        if s is not None:
+                            s.close()
                 raise ConfigError(
                     [ConfigIssue(f"listener '{lst.name}'",
                                  f"cannot bind to {lst.host}:{lst.port}: {exc.strerror or exc}")]
                 ) from exc
             self.lm_stats.listener_create_success.inc()
 
-    async def serve(self) -> int:
+    async def _start_admin(self) -> None:
+        if self.admin_address is None:
+            return
+        from envoi.admin import start_admin
+
+        host, port = self.admin_address
+        if self.options.admin_port_override is not None:
+            port = self.options.admin_port_override
+        self.admin = await start_admin(self, host, port)
+        log.info("admin address: %s:%d", host, self.admin.port)
+
+    async def serve(self, *, admin: bool = True, control: Any = None) -> int:
+        """Serve the listeners until a signal (or the main process) says stop, then drain.
+        In a worker process ``admin`` is False and ``control`` is its socket to the main."""
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._drained = asyncio.Event()
         for lst in self.listeners:
             await lst.start()
-        self.lm_stats.total_listeners_active.set(len(self.listeners))
-        self.lm_stats.workers_started.set(1)
-        if self.admin_address is not None:
-            from envoi.admin import start_admin
+        if self.worker_index is None:  # with workers, the main process owns these gauges
+            self.lm_stats.total_listeners_active.set(len(self.listeners))
+            self.lm_stats.workers_started.set(1)
+        if admin:
+            await self._start_admin()
+        control_task = None
+        if control is not None:
+            from envoi.workers import serve_control
 
-            host, port = self.admin_address
-            if self.options.admin_port_override is not None:
-                port = self.options.admin_port_override
-            self.admin = await start_admin(self, host, port)
-            log.info("admin address: %s:%d", host, self.admin.port)
+            control_task = loop.create_task(serve_control(self, *control))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self._state = "LIVE"
         self._update_server_gauges()
         flush = loop.call_later(self._flush_interval, self._flush_stats)
-        self.plugins.pm.hook.envoi_server_started(server=self)
+        if self.worker_index is None:
+            self.plugins.pm.hook.envoi_server_started(server=self)
         for lst in self.listeners:
             log.info("listener '%s' serving on %s:%d", lst.name, lst.host, lst.port)
         log.info("starting main dispatch loop")
         await self._stop_event.wait()
         flush.cancel()
         await self._drain()
-        self.plugins.pm.hook.envoi_stopped(server=self)
+        if self.worker_index is None:
+            self.plugins.pm.hook.envoi_stopped(server=self)
         if self.admin is not None:
             await self.admin.close()
+        if control_task is not None:
+            control_task.cancel()
         from envoi.access_log import flush_all
 
         flush_all()
         log.info("exiting")
         return 0
+
+    async def serve_main(self, pool: WorkerPool) -> int:
+        """The main process with worker processes: the admin, signals, and the workers."""
+        loop = asyncio.get_running_loop()
+        self.pool = pool
+        self._stop_event = asyncio.Event()
+        await self._start_admin()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self.lm_stats.total_listeners_active.set(len(self.listeners))
+        self.lm_stats.workers_started.set(pool.count)
+        self._state = "LIVE"
+        self._update_server_gauges()
+        flush = loop.call_later(self._flush_interval, self._flush_stats)
+        self.plugins.pm.hook.envoi_server_started(server=self)
+        log.info("%d workers started", pool.count)
+        failed = False
+        while not self._stop_event.is_set():
+            # Poll the children: a worker that dies on its own takes the server down (exit 1),
+            # as a crashed Envoy worker thread would.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), 0.2)
+            gone = [w for w in pool.reap() if not self.draining]
+            if gone:
+                log.critical("worker %d exited unexpectedly; shutting down", gone[0].index)
+                failed = True
+                break
+        self.draining = True
+        self._state = "DRAINING"
+        self._update_server_gauges()
+        self.plugins.pm.hook.envoi_draining(server=self)
+        pool.broadcast({"op": "shutdown"})
+        deadline = loop.time() + self.options.drain_time_s + 5
+        while pool.alive and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            pool.reap()
+        if pool.alive:
+            pool.kill()
+        flush.cancel()
+        self.plugins.pm.hook.envoi_stopped(server=self)
+        if self.admin is not None:
+            await self.admin.close()
+        log.info("exiting")
+        return 1 if failed else 0
 
     def _on_signal(self, sig: int) -> None:
         if self.draining:
@@ -224,8 +293,11 @@ class Server:
             from envoi.access_log import flush_all
 
             flush_all()
+            if self.pool is not None:
+                self.pool.kill()
             os._exit(0)
         log.info("caught %s", signal.Signals(sig).name)
+        self.draining = True
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -270,6 +342,8 @@ class Server:
         loop.call_later(self._flush_interval, self._flush_stats)
 
     def _update_server_gauges(self) -> None:
+        if self.worker_index is not None:
+            return  # the main process reports the server's state; worker gauges are summed
         s = self.server_stats
         s.uptime.set(int(time.monotonic() - self.started_monotonic))
         s.state.set(STATE_CODES.get(self.state, 0))
@@ -297,25 +371,29 @@ class Server:
         from envoi.admin.api import CircuitBreakerThresholds, ClusterInfo, HostInfo
 
         out = []
+        # With worker processes the host counters live in the workers.
+        worker_hosts = self.pool.host_counters() if self.pool is not None else {}
         for c in self.cluster_manager.clusters.values():
+            extra = worker_hosts.get(c.name, [])
             th = {
                 prio: CircuitBreakerThresholds(t.max_connections, t.max_pending_requests,
                                                t.max_requests, t.max_retries)
                 for prio, t in c.thresholds.items()
             }
-            hosts = [
-                HostInfo(
+            hosts = []
+            for i, h in enumerate(c.hosts):
+                own = (h.cx_active, h.cx_connect_fail, h.cx_total, h.rq_active, h.rq_error,
+                       h.rq_success, h.rq_timeout, h.rq_total, h.rq_pending_active)
+                n = [a + b for a, b in zip(own, extra[i], strict=True)] if i < len(extra) \
+                    else list(own)
+                hosts.append(HostInfo(
                     host=h.address, port=h.port, hostname=h.hostname,
                     health_flags="".join(sorted(h.health_flags)) or "healthy",
                     weight=h.weight, priority=h.priority, region=h.locality[0],
-                    zone=h.locality[1], sub_zone=h.locality[2], cx_active=h.cx_active,
-                    cx_connect_fail=h.cx_connect_fail, cx_total=h.cx_total,
-                    rq_active=h.rq_active, rq_error=h.rq_error, rq_success=h.rq_success,
-                    rq_timeout=h.rq_timeout, rq_total=h.rq_total,
-                    rq_pending_active=h.rq_pending_active,
-                )
-                for h in c.hosts
-            ]
+                    zone=h.locality[1], sub_zone=h.locality[2], cx_active=n[0],
+                    cx_connect_fail=n[1], cx_total=n[2], rq_active=n[3], rq_error=n[4],
+                    rq_success=n[5], rq_timeout=n[6], rq_total=n[7], rq_pending_active=n[8],
+                ))
             out.append(ClusterInfo(
                 name=c.name, observability_name=c.observability_name,
                 added_via_api=c.added_via_api, default_priority=th["DEFAULT"],
@@ -323,15 +401,34 @@ class Server:
             ))
         return out
 
+    def stats_snapshot(self) -> Store:
+        return self.pool.merged_stats() if self.pool is not None else self.stats
+
+    def reset_counters(self) -> None:
+        self.stats.reset_counters()
+        if self.pool is not None:
+            self.pool.broadcast({"op": "reset_counters"})
+
     def healthcheck_fail(self) -> None:
         self.healthcheck_failed = True
         self._update_server_gauges()
+        if self.pool is not None:
+            self.pool.broadcast({"op": "healthcheck", "failed": True})
 
     def healthcheck_ok(self) -> None:
         self.healthcheck_failed = False
         self._update_server_gauges()
+        if self.pool is not None:
+            self.pool.broadcast({"op": "healthcheck", "failed": False})
 
     def drain_listeners(self, graceful: bool, inbound_only: bool) -> None:
+        if self.pool is not None:
+            self.pool.broadcast({"op": "drain_listeners", "graceful": graceful,
+                                 "inbound_only": inbound_only})
+            self.lm_stats.listener_stopped.inc(sum(
+                1 for lst in self.listeners
+                if not inbound_only or lst.traffic_direction == "INBOUND"))
+            return
         for lst in self.listeners:
             if inbound_only and lst.traffic_direction != "INBOUND":
                 continue

@@ -70,6 +70,12 @@ class FakeServer:
         self.drains: list[tuple[bool, bool]] = []
         self.shut_down = threading.Event()
 
+    def stats_snapshot(self) -> Store:
+        return self.stats
+
+    def reset_counters(self) -> None:
+        self.stats.reset_counters()
+
     def listeners_info(self) -> list[ListenerInfo]:
         return [ListenerInfo("tcp_in", "127.0.0.1", 18100), ListenerInfo("v6", "::1", 18101)]
 

@@ -91,6 +91,15 @@ class AdminServerApi(Protocol):
     #: Shown as ``command_line_options`` in ``/server_info`` (Envoy's field names).
     command_line_options: dict[str, Any]
 
+    def stats_snapshot(self) -> Store:
+        """The stats to show: ``stats`` itself, or with worker processes, a fresh store that
+        sums the main process's stats and every worker's."""
+        ...
+
+    def reset_counters(self) -> None:
+        """Zero every counter, in every worker too; histograms keep their data."""
+        ...
+
     def listeners_info(self) -> list[ListenerInfo]: ...
 
     def clusters_info(self) -> list[ClusterInfo]: ...

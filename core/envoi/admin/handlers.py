@@ -71,11 +71,12 @@ def handle_stats(server: AdminServerApi, request: Request) -> Response:
         return _text(f"invalid &type= param: '{type_}'\n", 400)
     used_only = _flag(request, "usedonly")
     if fmt == "json":
-        return _json(render_json(server.stats, filter_re=pattern, used_only=used_only,
-                                 type_=type_))
+        return _json(render_json(server.stats_snapshot(), filter_re=pattern,
+                                 used_only=used_only, type_=type_))
     if fmt != "text":
         return _text(f"usage: /stats?format=(text|json|prometheus); got {fmt}\n", 400)
-    return _text(render_text(server.stats, filter_re=pattern, used_only=used_only, type_=type_))
+    return _text(render_text(server.stats_snapshot(), filter_re=pattern, used_only=used_only,
+                             type_=type_))
 
 
 def handle_prometheus(server: AdminServerApi, request: Request) -> Response:
@@ -83,7 +84,7 @@ def handle_prometheus(server: AdminServerApi, request: Request) -> Response:
     if isinstance(pattern, Response):
         return pattern
     body = render_prometheus(
-        server.stats,
+        server.stats_snapshot(),
         used_only=_flag(request, "usedonly"),
         filter_re=pattern,
         text_readouts=_flag(request, "text_readouts"),
@@ -92,7 +93,7 @@ def handle_prometheus(server: AdminServerApi, request: Request) -> Response:
 
 
 def handle_reset_counters(server: AdminServerApi, request: Request) -> Response:
-    server.stats.reset_counters()
+    server.reset_counters()
     return _text("OK\n")
 
 

@@ -40,9 +40,12 @@ class ListenerStats(StatsGroup):
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope)
-        # Single worker: envoi runs one event loop per process, reported as worker_0.
-        self.worker_cx_total = scope.counter("worker_0.downstream_cx_total")
-        self.worker_cx_active = scope.gauge("worker_0.downstream_cx_active")
+        self.set_worker(0)
+
+    def set_worker(self, index: int) -> None:
+        """Each worker process counts under its own ``worker_<N>`` names, as Envoy's threads."""
+        self.worker_cx_total = self.scope.counter(f"worker_{index}.downstream_cx_total")
+        self.worker_cx_active = self.scope.gauge(f"worker_{index}.downstream_cx_active")
 
 
 @dataclass
@@ -200,33 +203,69 @@ class ActiveListener:
         self.connections: set[Connection] = set()
         self._aserver: asyncio.base_events.Server | None = None
         self.sock: socket.socket | None = None
+        self.worker_socks: list[socket.socket] = []
         self.accepting = False
         self._single_chain = chains[0] if len(chains) == 1 and default_chain is None else None
         if self._single_chain is not None and self._single_chain.match != ChainMatch():
             self._single_chain = None
 
-    def bind(self) -> None:
-        """Bind the socket now, so a port in use is reported before anything serves."""
+    def _socket(self, port: int, reuse_port: bool) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuse_port:
+            if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and self.host in ("::", "[::]"):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((self.host, self.port))
-            sock.listen(self.backlog)
+            sock.bind((self.host, port))
         except OSError:
             sock.close()
             raise
-        sock.setblocking(False)
+        return sock
+
+    def bind(self, workers: int = 1) -> None:
+        """Bind now, so a port in use is reported before anything serves. With worker
+        processes, one SO_REUSEPORT socket per worker, so the kernel spreads connections."""
+        if workers <= 1:
+            sock = self._socket(self.port, self.reuse_port)
+        else:
+            # A plain bind first: SO_REUSEPORT alone would silently share a port that another
+            # process (another envoi, say) holds with SO_REUSEPORT too.
+            probe = self._socket(self.port, False)
+            port = probe.getsockname()[1]
+            probe.close()
+            self.worker_socks = [self._socket(port, True) for _ in range(workers)]
+            for s in self.worker_socks:
+                s.listen(self.backlog)
+                s.setblocking(False)
+            sock = self.worker_socks[0]
+        if workers <= 1:
+            sock.listen(self.backlog)
+            sock.setblocking(False)
         self.port = sock.getsockname()[1]
         self.sock = sock
         if not self.stat_name:
             self.stat_name = listener_stat_name(self.host, self.port)
         self.stats = ListenerStats(self.scope.scope(f"listener.{self.stat_name}"))
         self.stats.downstream_pre_cx_active.set(0)
+
+    def use_worker_socket(self, index: int) -> None:
+        """In worker ``index``: keep its socket, close the others, name its worker stats."""
+        for i, s in enumerate(self.worker_socks):
+            if i != index:
+                s.close()
+        self.sock = self.worker_socks[index]
+        self.worker_socks = []
+        if self.stats is not None:
+            self.stats.set_worker(index)
+
+    def close_worker_sockets(self) -> None:
+        """In the main process, which accepts nothing itself."""
+        for s in self.worker_socks:
+            s.close()
+        self.worker_socks = []
+        self.sock = None
 
     async def start(self) -> None:
         assert self.sock is not None

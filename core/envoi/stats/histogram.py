@@ -114,3 +114,30 @@ class Histogram:
     @property
     def sample_sum(self) -> float:
         return self._cumulative.sum + self._interval.sum
+
+    # -- across processes (worker processes report to the main one) --------------------------
+
+    def export(self) -> tuple[tuple[dict[float, int], int, float], tuple[dict[float, int], int,
+                                                                       float]]:
+        """Everything recorded so far and the last closed interval, as plain data."""
+        every = self._all()
+        last = self._last_interval
+        return (dict(every.values), every.count, every.sum), (dict(last.values), last.count,
+                                                              last.sum)
+
+    def merge_export(self, exported: tuple[tuple[dict[float, int], int, float],
+                                           tuple[dict[float, int], int, float]]) -> None:
+        """Add another process's :meth:`export` to this histogram."""
+        for (values, count, total), target in zip(
+            exported, (self._cumulative, self._last_interval), strict=True
+        ):
+            other = _Samples()
+            other.values = dict(values)
+            other.count = count
+            other.sum = total
+            target.merge(other)
+
+    def clear(self) -> None:
+        self._interval = _Samples()
+        self._cumulative = _Samples()
+        self._last_interval = _Samples()
