@@ -211,8 +211,8 @@ def test_close_with_active_request_both_ways() -> None:
 
 
 def test_close_after_server_ended_is_local_as_in_envoy() -> None:
-    """Client FIN, server closes, the connection goes: Envoy's tcp_proxy closes the client side
-    itself once the server side ended, so Envoy counts a local close (seen in the oracle)."""
+    """Client FIN, then ours: Envoy counts by who sent the last FIN, so a local close (seen in
+    the oracle); the other way round it is remote."""
     p = Proxy("m")
     c = p.connect()
     c.client(op_query("db.silent", {"a": 1}, request_id=1))
@@ -221,6 +221,14 @@ def test_close_after_server_ended_is_local_as_in_envoy() -> None:
     c.close(ConnectionEvent.REMOTE_CLOSE)
     assert p.stat("cx_destroy_local_with_active_rq") == 1
     assert p.stat("cx_destroy_remote_with_active_rq") == 0
+    # The other order: the server's end reached the client first, the client's FIN was last.
+    c = p.connect()
+    c.client(op_query("db.silent", {"a": 1}, request_id=1))
+    c.filter.on_write(b"", True)
+    c.filter.on_data(b"", True)
+    c.close(ConnectionEvent.REMOTE_CLOSE)
+    assert p.stat("cx_destroy_local_with_active_rq") == 1
+    assert p.stat("cx_destroy_remote_with_active_rq") == 1
 
 
 def test_fire_and_forget_request_is_not_tracked() -> None:

@@ -84,7 +84,9 @@ class MongoProxyFilter(Filter):
         self._active: dict[int, _Active] = {}
         self._delay: asyncio.TimerHandle | None = None
         self._drain_close: asyncio.Handle | None = None
-        self._upstream_ended = False
+        self._client_ended = False  # the client's FIN arrived
+        self._upstream_ended = False  # our FIN to the client was written
+        self._last_fin_ours = False  # ... and it came after the client's
 
     # -- Filter ----------------------------------------------------------------------------
 
@@ -102,11 +104,15 @@ class MongoProxyFilter(Filter):
                 self._decode(self._down, data, True)
             if end_stream:
                 self._check_truncated(self._down, "client")
+        if end_stream:
+            self._client_ended = True
+            self._last_fin_ours = False
         return STOP if self._delay is not None else CONTINUE
 
     def on_write(self, data: bytes, end_stream: bool) -> FilterStatus:
         if end_stream:
             self._upstream_ended = True
+            self._last_fin_ours = self._client_ended
         if self._sniffing:
             if data:
                 self._decode(self._up, data, False)
@@ -359,10 +365,11 @@ class MongoProxyFilter(Filter):
         # Only requests a client is really waiting on count; a parked streaming hello is normal.
         waiting = sum(1 for a in self._active.values() if not a.awaitable)
         if waiting:
-            # Once the server side has ended (end_stream written to the client), Envoy's
-            # tcp_proxy closes the client connection itself: a LocalClose there, even when the
-            # client had half-closed first. Count it the way Envoy does.
-            if event is ConnectionEvent.REMOTE_CLOSE and not self._upstream_ended:
+            # Envoy names a half-closed connection's end by who sent the last FIN: when the
+            # client's FIN came first and ours last, Envoy counts a local close (seen in the
+            # oracle), while envoi's connection reports the transport going away as remote.
+            ours_last = self._client_ended and self._upstream_ended and self._last_fin_ours
+            if event is ConnectionEvent.REMOTE_CLOSE and not ours_last:
                 self._stats.cx_destroy_remote_with_active_rq.value += 1
             else:
                 self._stats.cx_destroy_local_with_active_rq.value += 1
