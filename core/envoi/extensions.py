@@ -113,7 +113,12 @@ class AccessLoggerFactory(ExtensionFactory):
 
 class ClusterTypeFactory(ExtensionFactory):
     """``envoy.clusters.*``: discovery types. ``cluster_types`` names the built-in enum values
-    (``STATIC``, ``STRICT_DNS``...) a factory serves when a cluster uses ``type:``."""
+    (``STATIC``, ``STRICT_DNS``...) a factory serves when a cluster uses ``type:``.
+
+    ``create_cluster`` returns the hosts (a list), or a discovery object with
+    ``resolve_now(cluster) -> list[Host]`` (the first hosts, at config time) and
+    ``async run(cluster)`` (keeps ``cluster`` up to date with ``cluster.set_hosts``; the server
+    runs it as a task in every process that serves traffic)."""
 
     category = "envoy.clusters"
     cluster_types: ClassVar[tuple[str, ...]] = ()

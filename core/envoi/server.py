@@ -218,6 +218,10 @@ class Server:
             from envoi.workers import serve_control
 
             control_task = loop.create_task(serve_control(self, *control))
+        discovery_tasks = [
+            loop.create_task(c.discovery.run(c))
+            for c in self.cluster_manager.clusters.values() if c.discovery is not None
+        ]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self._state = "LIVE"
@@ -237,6 +241,8 @@ class Server:
             await self.admin.close()
         if control_task is not None:
             control_task.cancel()
+        for task in discovery_tasks:
+            task.cancel()
         from envoi.access_log import flush_all
 
         flush_all()

@@ -90,7 +90,9 @@ class LeastRequestPolicy(_PolicyFactory):
 
 @hookimpl
 def envoi_cluster_types() -> Sequence[ClusterTypeFactory]:
-    return [StaticCluster()]
+    from envoi.upstream.dns import LogicalDnsCluster, StrictDnsCluster
+
+    return [StaticCluster(), StrictDnsCluster(), LogicalDnsCluster()]
 
 
 @hookimpl

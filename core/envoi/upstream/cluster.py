@@ -197,6 +197,7 @@ class Cluster:
     observability_name: str = ""
     added_via_api: bool = False
     lb: Any = None  # a LoadBalancer; set by the cluster manager
+    discovery: Any = None  # keeps ``hosts`` up to date (``async run(cluster)``), if dynamic
     config: Any = None  # the envoy.config.cluster.v3.Cluster proto
     extra: dict[str, Any] = field(default_factory=dict)
 

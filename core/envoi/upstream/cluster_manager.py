@@ -84,7 +84,14 @@ class ClusterManager:
             path=path,
         )
         type_factory = self._cluster_type(cfg, path)
-        hosts = type_factory.create_cluster(cfg, ctx)
+        result = type_factory.create_cluster(cfg, ctx)
+        if hasattr(result, "run"):
+            # A discovery (DNS, EDS...): it resolves its first hosts now and refreshes them
+            # from a task the server starts.
+            cluster.discovery = result
+            hosts = result.resolve_now(cluster)
+        else:
+            hosts = result
         lb_factory = self._lb_policy(cfg, path)
         cluster.hosts = list(hosts) if hosts is not None else []
         cluster.lb = lb_factory.create_load_balancer(cluster, cfg)
