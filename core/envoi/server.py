@@ -108,6 +108,10 @@ class Server:
         #: Set in a worker process (0..N-1); None in a single process or the main one.
         self.worker_index: int | None = None
         self.pool: WorkerPool | None = None
+        from envoi.runtime import Runtime
+
+        #: Envoy's layered runtime (feature flags); rebuilt from the bootstrap in ``build``.
+        self.runtime = Runtime(None, self.stats.root)
         self.admin_address: tuple[str, int] | None = None
         self._stop_event: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
@@ -137,6 +141,14 @@ class Server:
         if bs.HasField("dynamic_resources") and bs.dynamic_resources.ListFields():
             issues.append(ConfigIssue("dynamic_resources", "dynamic resources (xDS) are not "
                                       "supported yet"))
+        from envoi.runtime import Runtime
+
+        try:
+            self.runtime = Runtime(
+                bs.layered_runtime if bs.HasField("layered_runtime") else None, self.stats.root
+            )
+        except ConfigError as exc:
+            issues.extend(exc.errors)
         if bs.HasField("stats_flush_interval"):
             self._flush_interval = duration_seconds(bs.stats_flush_interval) or 5.0
         ctx = FactoryContext(
@@ -406,6 +418,15 @@ class Server:
                 high_priority=th["HIGH"], hosts=hosts,
             ))
         return out
+
+    def runtime_json(self) -> str:
+        return self.runtime.to_json()
+
+    def runtime_modify(self, updates: dict[str, str]) -> str | None:
+        error = self.runtime.modify(updates)
+        if error is None and self.pool is not None:
+            self.pool.broadcast({"op": "runtime_modify", "updates": updates})
+        return error
 
     def stats_snapshot(self) -> Store:
         return self.pool.merged_stats() if self.pool is not None else self.stats

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("envoi.workers")
 
 _LEN = struct.Struct("!I")
+#: Stats that mirror process-wide state the main process owns (each worker keeps a copy of the
+#: runtime, say): reported by the main process only, like Envoy's "never import" gauges.
+MAIN_ONLY_PREFIXES = ("runtime.",)
 REPLY_TIMEOUT = 5.0
 
 
@@ -77,6 +80,8 @@ class WorkerStats:
         texts: dict[str, str] = {}
         base = self.baseline
         for s in self.store:
+            if s.name.startswith(MAIN_ONLY_PREFIXES):
+                continue
             if isinstance(s, Counter):
                 d = s.value - base.get(s.name, 0)
                 if d or s.name not in base:
@@ -123,6 +128,8 @@ async def serve_control(server: Server, sock: socket.socket, stats: WorkerStats)
                 server.healthcheck_failed = bool(msg["failed"])
             elif op == "drain_listeners":
                 server.drain_listeners(msg["graceful"], msg["inbound_only"])
+            elif op == "runtime_modify":
+                server.runtime.modify(msg["updates"])
             elif op == "shutdown":
                 server.shutdown()
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)

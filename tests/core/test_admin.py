@@ -73,6 +73,12 @@ class FakeServer:
     def stats_snapshot(self) -> Store:
         return self.stats
 
+    def runtime_json(self) -> str:
+        return '{"layers": [], "entries": {}}\n'
+
+    def runtime_modify(self, updates: dict[str, str]) -> str | None:
+        return "No admin layer specified"
+
     def reset_counters(self) -> None:
         self.stats.reset_counters()
 

@@ -253,3 +253,25 @@ def test_max_downstream_connection_duration(envoi_process: Start,
         with contextlib.suppress(ConnectionResetError):
             assert s.recv(1) == b""
     assert proc.wait_stat("tcp.tcp_echo.max_downstream_connection_duration", 1) == 1
+
+
+def test_runtime_admin_endpoints(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    text = tcp_proxy_yaml(admin, port, up) + """layered_runtime:
+  layers:
+  - name: static_layer_0
+    static_layer: {mongo.proxy_enabled: 0}
+  - name: admin_layer_0
+    admin_layer: {}
+"""
+    proc = envoi_process(text, admin, args=["--concurrency", "2"])
+    assert proc.get("/runtime_modify")[0] == 405
+    assert proc.post("/runtime_modify")[0] == 400
+    assert proc.post("/runtime_modify?mongo.proxy_enabled=100") == (200, "OK\n")
+    import json
+
+    doc = json.loads(proc.get("/runtime")[1])
+    assert doc["entries"]["mongo.proxy_enabled"] == {"layer_values": ["0", "100"],
+                                                     "final_value": "100"}
+    assert proc.stats()["runtime.admin_overrides_active"] == 1

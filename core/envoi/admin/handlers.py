@@ -92,6 +92,26 @@ def handle_prometheus(server: AdminServerApi, request: Request) -> Response:
     return _text(body)
 
 
+def handle_runtime(server: AdminServerApi, request: Request) -> Response:
+    return _json(server.runtime_json())
+
+
+RUNTIME_MODIFY_USAGE = (
+    "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+    "       or send the parameters as form values\n"
+    "use an empty value to remove a previously added override"
+)
+
+
+def handle_runtime_modify(server: AdminServerApi, request: Request) -> Response:
+    if not request.query:
+        return _text(RUNTIME_MODIFY_USAGE, 400)
+    error = server.runtime_modify(dict(request.query))
+    if error:
+        return _text(error, 503)
+    return _text("OK\n")
+
+
 def handle_reset_counters(server: AdminServerApi, request: Request) -> Response:
     server.reset_counters()
     return _text("OK\n")
@@ -171,6 +191,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              handle_ready),
     Endpoint("/reset_counters", "reset all counters to zero", handle_reset_counters,
              mutates=True),
+    Endpoint("/runtime", "print runtime values", handle_runtime),
+    Endpoint("/runtime_modify", "Adds or modifies runtime values as passed in query parameters. "
+             "To delete a previously added key, use an empty string as the value.",
+             handle_runtime_modify, mutates=True),
     Endpoint("/server_info", "print server version/status information", handle_server_info),
     Endpoint("/stats", "print server stats", handle_stats),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", handle_prometheus),
