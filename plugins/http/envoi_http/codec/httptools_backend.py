@@ -83,7 +83,11 @@ class HttptoolsCodec(Http1Codec):
 
     def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
         if self._server:
-            return httptools.HttpRequestParser(self)
+            p = httptools.HttpRequestParser(self)
+            # Envoy (balsa) takes a bare LF as a header line end; a bare CR stays an error. (llhttp
+            # only relaxes the request line and chunk lines together with bare CR: not done.)
+            p.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+            return p
         return httptools.HttpResponseParser(self)
 
     # ---- llhttp callbacks (hot path) ------------------------------------------------------

@@ -45,6 +45,7 @@ class HcmConfig:
     access_logs: tuple[AccessLogger, ...]
     context: FactoryContext
     enable_trailers: bool = False
+    drain_timeout: float = 5.0
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
 
     @property
@@ -167,6 +168,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             access_logs=tuple(context.access_loggers(config.access_log, path + ".access_log")),
             context=context,
             enable_trailers=hpo.enable_trailers,
+            drain_timeout=_dur(config, "drain_timeout", 5.0),
         )
 
         def add_filter(builder: FilterChainBuilder) -> None:

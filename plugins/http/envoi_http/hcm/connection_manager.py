@@ -386,7 +386,9 @@ class ConnectionManager(ReadFilter):
                 left = max(s.last_activity, self.last_activity) + cfg.stream_idle_timeout - now
                 if left <= 0:
                     self.stats.downstream_rq_idle_timeout.value += 1
-                    self._timeout_reply(s, 408, b"stream timeout", "stream_idle_timeout")
+                    # Envoy: 504 once the request is complete (waiting on the response), else 408.
+                    self._timeout_reply(s, 504 if s.request_complete else 408,
+                                        b"stream timeout", "stream_idle_timeout")
                     return
                 nxt.append(left)
         elif cfg.idle_timeout:
@@ -394,7 +396,13 @@ class ConnectionManager(ReadFilter):
             if left <= 0:
                 self.stats.downstream_cx_idle_timeout.value += 1
                 self.closing = True
-                self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+                if self.first or not cfg.drain_timeout:
+                    self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+                else:
+                    # Envoy drains an HTTP/1 connection that has seen a request: a request in
+                    # the drain window is answered with connection: close, then it closes.
+                    self.timer = asyncio.get_running_loop().call_later(
+                        cfg.drain_timeout, self.conn.close, ConnectionCloseType.FLUSH_WRITE)
                 return
             nxt.append(left)
         if cfg.tick is not None:
@@ -402,20 +410,30 @@ class ConnectionManager(ReadFilter):
         self._arm_timer(max(0.001, min(nxt)) if nxt else None)
 
     def _timeout_reply(self, s: ActiveStream, status: int, body: bytes, details: str) -> None:
-        self.closing = True
         if s.response_started:
+            self.closing = True
             self.reset_stream(s, local=True)
-        else:
-            s.send_local_reply(status, body, details=details)
-        self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+            return
+        # A reply before the request is complete closes the connection (_response_done); a
+        # 504 after a complete request keeps it, as Envoy does.
+        s.send_local_reply(status, body, details=details)
 
     def _on_headers_timeout(self) -> None:
         self.headers_timer = None
         if self.stream is not None or self.conn.closed:
             return
         self.stats.downstream_rq_header_timeout.value += 1
+        # Envoy answers 408 "request header timeout" (counted as a request) and closes.
+        st = self.stats
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http1_total.value += 1
+        st.downstream_rq_active.inc()
         self.closing = True
-        self.conn.close(ConnectionCloseType.FLUSH_WRITE)
+        err = ev.ProtocolError(0, 408, "request_header_timeout", "request header timeout")
+        self.codec._error(err)  # type: ignore[attr-defined]  # the head is abandoned
+        s = self.stream = ActiveStream(self, 0, HeaderMap())
+        s.local_complete = True
+        s.send_local_reply(408, b"request header timeout", details="request_header_timeout")
 
     def log_filter_error(self, exc: BaseException) -> None:
         log.error("HTTP filter failed: %r", exc, exc_info=exc)
