@@ -7,16 +7,20 @@
 * :class:`EnvoiProcess` starts ``python -m envoi`` from a YAML file on free ports and waits for
   ``/ready``; the pytest plugin :mod:`envoi.testing.pytest_plugin` exposes it as the
   ``envoi_process`` fixture.
+* :class:`EnvoyProcess` starts the real Envoy on the same config, as an oracle.
 """
 
 from envoi.testing.driver import FakeTransport, NetworkFilterDriver, StatsDelta
+from envoi.testing.envoy import EnvoyProcess, envoy_binary
 from envoi.testing.process import EnvoiProcess, free_port, wait_for
 
 __all__ = [
     "EnvoiProcess",
+    "EnvoyProcess",
     "FakeTransport",
     "NetworkFilterDriver",
     "StatsDelta",
+    "envoy_binary",
     "free_port",
     "wait_for",
 ]
