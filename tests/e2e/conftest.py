@@ -13,10 +13,17 @@ from envoi.testing import free_port, wait_for
 HERE = Path(__file__).parent
 
 
-def _start(cmd: list[str], ready: Callable[[], bool], what: str) -> subprocess.Popen[bytes]:
+def _start(cmd: list[str], ready: Callable[[], bool] | None, what: str
+           ) -> subprocess.Popen[bytes]:
+    """Start a peer; wait until ``ready()`` or, without one, until it prints ``READY``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def said_ready() -> bool:
+        return proc.stdout is not None and proc.stdout.readline().startswith(b"READY")
+
+    check = ready or said_ready
     try:
-        wait_for(lambda: proc.poll() is None and ready(), 20, what=what)
+        wait_for(lambda: proc.poll() is None and check(), 20, what=what)
     except TimeoutError:
         proc.kill()
         out = proc.stdout.read().decode() if proc.stdout else ""
@@ -40,7 +47,7 @@ def peer() -> Iterator[Callable[[str], int]]:
     def start(kind: str) -> int:
         port = free_port()
         procs.append(_start([sys.executable, str(HERE / "peers.py"), kind, str(port)],
-                            lambda: port_open(port), f"{kind} peer"))
+                            None, f"{kind} peer"))
         return port
 
     yield start

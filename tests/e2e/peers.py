@@ -3,6 +3,8 @@
 ``python tests/e2e/peers.py echo PORT``     TCP echo (half-close aware: echoes, then FIN on EOF)
 ``python tests/e2e/peers.py reset PORT``    accepts, reads a little, then resets (RST)
 ``python tests/e2e/peers.py sink PORT``     accepts and never reads (a stalled upstream)
+``python tests/e2e/peers.py blackhole PORT`` never accepts and its accept queue is full, so new
+                                            connections' SYNs are dropped (connect timeouts)
 Each prints ``READY <port>`` once listening.
 """
 
@@ -49,6 +51,23 @@ def sink(conn: socket.socket) -> None:
     _held.append(conn)  # never read: the proxy must apply backpressure
 
 
+def blackhole(port: int) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", port))
+    srv.listen(0)
+    # Fill the accept queue; later SYNs are dropped and connect() hangs until it times out.
+    fillers = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        fillers.append(c)
+    print(f"READY {port}", flush=True)
+    threading.Event().wait()
+
+
 if __name__ == "__main__":
     kind, port = sys.argv[1], int(sys.argv[2])
+    if kind == "blackhole":
+        blackhole(port)
     _serve(port, {"echo": echo, "reset": reset, "sink": sink}[kind])

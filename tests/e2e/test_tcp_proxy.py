@@ -275,3 +275,17 @@ def test_runtime_admin_endpoints(envoi_process: Start, peer: Callable[[str], int
     assert doc["entries"]["mongo.proxy_enabled"] == {"layer_values": ["0", "100"],
                                                      "final_value": "100"}
     assert proc.stats()["runtime.admin_overrides_active"] == 1
+
+
+def test_connect_timeout_is_counted(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("blackhole")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin)  # connect_timeout: 1s
+    started = time.monotonic()
+    with connect(port) as s:
+        s.settimeout(15)
+        with contextlib.suppress(ConnectionResetError):
+            assert s.recv(1) == b""
+    assert time.monotonic() - started >= 0.9
+    proc.wait_stat("cluster.echo.upstream_cx_connect_timeout", 1)
+    assert proc.stats()["cluster.echo.upstream_cx_connect_fail"] == 1
