@@ -1,9 +1,10 @@
 """Protocol-neutral stream events shared by the HTTP/1.1 codecs (and, later, HTTP/2).
 
 A codec turns received bytes into these events and turns these events into bytes to send. They
-are frozen, slotted dataclasses: cheap to allocate, impossible to mutate by accident once handed to
-a filter chain. Only the ``headers`` list is mutable, on purpose: filters edit headers in place
-instead of copying them.
+are slotted dataclasses, frozen except for the three that every request creates (``RequestHeaders``,
+``ResponseHeaders``, ``Body``): a frozen dataclass pays ``object.__setattr__`` per field, which
+made those three cost 3x as much. Treat them as immutable all the same; the ``headers`` list is
+the one part meant to be edited in place (filters edit headers instead of copying them).
 
 Conventions that every codec follows:
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 Headers = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestHeaders:
     """A request head. ``target`` is the request-target as sent (origin-form ``/a?b``,
     absolute-form ``http://h/a``, or authority-form ``h:443`` for CONNECT)."""
@@ -48,7 +49,7 @@ class RequestHeaders:
     upgrade: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseHeaders:
     """A final (>= 200) response head, or a 101 Switching Protocols."""
 
@@ -71,7 +72,7 @@ class Informational:
     reason: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Body:
     """A piece of a message body. ``data`` may be empty when only ``end_stream`` is news."""
 

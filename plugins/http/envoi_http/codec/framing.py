@@ -33,6 +33,7 @@ _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason i
 _CRLF = b"\r\n"
 _SEP = b": "
 _LAST_CHUNK = b"0\r\n\r\n"
+_END_HEAD = b"\r\n\r\n"
 
 
 def reason_phrase(status: int, reason: bytes) -> bytes:
@@ -132,15 +133,9 @@ def frame_request(
 
 
 def encode_head(first_line: bytes, headers: Headers) -> bytes:
-    parts = [first_line]
-    append = parts.append
-    for name, value in headers:
-        append(name)
-        append(_SEP)
-        append(value)
-        append(_CRLF)
-    append(_CRLF)
-    return b"".join(parts)
+    if headers:  # one join, the per-header work in C
+        return first_line + _CRLF.join(map(_SEP.join, headers)) + _END_HEAD
+    return first_line + _CRLF
 
 
 def encode_data(mode: int, data: bytes, end_stream: bool) -> bytes:
