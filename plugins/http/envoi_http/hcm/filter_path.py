@@ -40,6 +40,9 @@ T_CONTINUE = FilterTrailersStatus.CONTINUE
 _PENDING = -1  # what an async adapter returns while its task runs
 
 Fn = Callable[..., Any]
+_DECODE = ("decode_headers", "decode_data", "decode_trailers")
+_ENCODE = ("encode_headers", "encode_data", "encode_trailers")
+_has_async: dict[tuple[type, bool], bool] = {}  # (filter class, decode?) -> any async method
 
 
 class FilterPath:
@@ -83,8 +86,22 @@ class FilterPath:
         self.sink_trailers: Fn = _noop
 
     def add(self, f: Any) -> None:
-        names = (("decode_headers", "decode_data", "decode_trailers") if self.decode
-                 else ("encode_headers", "encode_data", "encode_trailers"))
+        key = (type(f), self.decode)
+        has_async = _has_async.get(key)
+        if has_async is None:
+            has_async = _has_async[key] = any(
+                is_async_method(f, name) for name in (_DECODE if self.decode else _ENCODE))
+        if not has_async:  # the common case: bind the three methods, nothing else
+            if self.decode:
+                self.headers_fns.append(f.decode_headers)
+                self.data_fns.append(f.decode_data)
+                self.trailers_fns.append(f.decode_trailers)
+            else:
+                self.headers_fns.append(f.encode_headers)
+                self.data_fns.append(f.encode_data)
+                self.trailers_fns.append(f.encode_trailers)
+            return
+        names = _DECODE if self.decode else _ENCODE
         i = len(self.headers_fns)
         for name, kind, lst in zip(names, ("h", "d", "t"),
                                    (self.headers_fns, self.data_fns, self.trailers_fns),

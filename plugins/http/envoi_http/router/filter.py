@@ -53,32 +53,35 @@ def cluster_http_stats(cluster: Cluster) -> ClusterHttpStats:
 
 
 class Router(StreamDecoderFilter):
+    # Immutable defaults live on the class: a request sets only what it changes (one Router is
+    # made per request, so its __init__ is on the hot path).
+    stream: ActiveStream | None = None
+    route: Route | None = None
+    cluster: Cluster | None = None
+    hstats: ClusterHttpStats | None = None
+    headers: HeaderMap | None = None
+    pool: Http1Pool | None = None
+    upstream: UpstreamConnection | None = None
+    host: Host | None = None
+    request_end = False
+    trailers: HeaderMap | None = None
+    response_started = False
+    attempts = 0
+    retries_left = 0
+    attempt_start = 0.0
+    global_timer: asyncio.TimerHandle | None = None
+    try_timer: asyncio.TimerHandle | None = None
+    retry_timer: asyncio.TimerHandle | None = None
+    timeout = 0.0
+    per_try = 0.0
+    done = False
+    upstream_read_paused = False
+    rq_active = False
+
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.stream: ActiveStream | None = None
-        self.route: Route | None = None
-        self.cluster: Cluster | None = None
-        self.hstats: ClusterHttpStats | None = None
-        self.headers: HeaderMap | None = None
-        self.pool: Http1Pool | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.host: Host | None = None
         self.pending_body: list[tuple[bytes, bool]] = []
         self.retry_body: bytearray | None = bytearray()
-        self.request_end = False
-        self.trailers: HeaderMap | None = None
-        self.response_started = False
-        self.attempts = 0
-        self.retries_left = 0
-        self.attempt_start = 0.0
-        self.global_timer: asyncio.TimerHandle | None = None
-        self.try_timer: asyncio.TimerHandle | None = None
-        self.retry_timer: asyncio.TimerHandle | None = None
-        self.timeout = 0.0
-        self.per_try = 0.0
-        self.done = False
-        self.upstream_read_paused = False
-        self.rq_active = False
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -262,15 +265,13 @@ class Router(StreamDecoderFilter):
         for rs in self._request_stats():
             rs.upstream_rq_total.value += 1
         stream.stream_info.upstream_host = host.address_string
-        max_req = 0
-        cfg = cluster.config
-        if cfg is not None and cfg.HasField("max_requests_per_connection"):
-            max_req = cfg.max_requests_per_connection.value
-        self.pool = pool_for(cluster, host, self.config.backend, max_req)
+        self.pool = pool_for(cluster, host, self.config.backend)
         self.pool.request(self)
 
-    def _request_stats(self) -> list[Any]:
+    def _request_stats(self) -> list[Any] | tuple[()]:
         route = self.route
+        if route is None or (route.stats is None and not route.vhost.vclusters):
+            return ()
         out = []
         if route is not None:
             if route.stats is not None:
@@ -310,8 +311,8 @@ class Router(StreamDecoderFilter):
         if self.trailers is not None and self.request_end:
             conn.send(ev.Trailers(0, self.trailers.headers))
         if self.per_try:
-            self.try_timer = asyncio.get_running_loop().call_later(self.per_try,
-                                                                   self._on_per_try_timeout)
+            self.try_timer = self.stream.hcm.loop.call_later(  # type: ignore[union-attr]
+                self.per_try, self._on_per_try_timeout)
 
     def on_pool_failure(self, reason: str, host: Host) -> None:
         if self.done:
@@ -397,6 +398,16 @@ class Router(StreamDecoderFilter):
     # -- upstream events --------------------------------------------------------------------
 
     def on_upstream_events(self, events: list[ev.Event]) -> None:
+        stream = self.stream
+        if stream is None or not stream.hcm.cork():
+            self._on_upstream_events(events)
+            return
+        try:
+            self._on_upstream_events(events)
+        finally:
+            stream.hcm.uncork()
+
+    def _on_upstream_events(self, events: list[ev.Event]) -> None:
         for e in events:
             if self.done:
                 return
@@ -528,7 +539,7 @@ class Router(StreamDecoderFilter):
 
     def _arm_global_timer(self) -> None:
         if self.timeout and self.global_timer is None and not self.done:
-            self.global_timer = asyncio.get_running_loop().call_later(
+            self.global_timer = self.stream.hcm.loop.call_later(  # type: ignore[union-attr]
                 self.timeout, self._on_global_timeout)
 
     def _on_global_timeout(self) -> None:
@@ -579,11 +590,15 @@ class Router(StreamDecoderFilter):
         self._fail(504, b"upstream request timeout", "response_timeout")
 
     def _cancel_timers(self) -> None:
-        for name in ("global_timer", "try_timer", "retry_timer"):
-            h = getattr(self, name)
-            if h is not None:
-                h.cancel()
-                setattr(self, name, None)
+        if self.global_timer is not None:
+            self.global_timer.cancel()
+            self.global_timer = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
 
     def on_destroy(self) -> None:
         self._cancel_timers()

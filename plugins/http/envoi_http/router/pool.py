@@ -203,9 +203,18 @@ class Http1Pool:
                 asyncio.get_running_loop().create_task(self._connect())
 
 
-def pool_for(cluster: Cluster, host: Host, backend: Backend, max_requests: int) -> Http1Pool:
-    pools: dict[Any, Http1Pool] = cluster.extra.setdefault("envoi_http1_pools", {})
+def pool_for(cluster: Cluster, host: Host, backend: Backend,
+             max_requests: int | None = None) -> Http1Pool:
+    """The pool of (cluster, host); ``max_requests`` defaults to the cluster's
+    ``max_requests_per_connection`` (read once, when the pool is made)."""
+    pools: dict[Any, Http1Pool] | None = cluster.extra.get("envoi_http1_pools")
+    if pools is None:
+        pools = cluster.extra["envoi_http1_pools"] = {}
     p = pools.get(host)
     if p is None:
+        if max_requests is None:
+            cfg = cluster.config
+            max_requests = (cfg.max_requests_per_connection.value if cfg is not None
+                            and cfg.HasField("max_requests_per_connection") else 0)
         p = pools[host] = Http1Pool(cluster, host, backend, max_requests)
     return p
