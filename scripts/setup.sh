@@ -59,8 +59,8 @@ say "pip install (pinned requirements)"
 
 say "pip install -e (core, plugins, example filter)"
 "${PIP[@]}" install --no-build-isolation -e . -e plugins/http -e plugins/grpc -e plugins/mongo \
-    -e plugins/dynamodb -e examples/third_party_filter 2>/dev/null \
+    -e plugins/dynamodb -e examples/third_party_filter -e examples/third_party_http_filter 2>/dev/null \
  || "${PIP[@]}" install -e . -e plugins/http -e plugins/grpc -e plugins/mongo \
-    -e plugins/dynamodb -e examples/third_party_filter
+    -e plugins/dynamodb -e examples/third_party_filter -e examples/third_party_http_filter
 
 "$VENV/bin/envoi" --version >&2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +26,33 @@ def test_example_validates(config: Path) -> None:
 
 
 def test_demo_serves(envoi_process: Callable[..., EnvoiProcess]) -> None:
-    admin, tcp, echo = free_port(), free_port(), free_port()
+    admin, tcp, echo, web = free_port(), free_port(), free_port(), free_port()
     text = (ROOT / "examples/demo.yaml").read_text()
     text = text.replace("9901", str(admin)).replace("10000", str(tcp)).replace("10001", str(echo))
+    text = text.replace("10002", str(web))
     envoi_process(text, admin)
+    with urllib.request.urlopen(f"http://127.0.0.1:{web}/", timeout=10) as r:
+        assert r.read() == b"hello from envoi over HTTP\n"
     with urllib.request.urlopen(f"http://127.0.0.1:{tcp}/ready", timeout=10) as r:
         assert r.read() == b"LIVE\n"  # the admin, through tcp_proxy
     with socket.create_connection(("127.0.0.1", echo), timeout=10) as s:
         s.sendall(b"hello envoi\n")
         assert s.recv(100) == b"HELLO ENVOI\n"
+
+
+def test_http_router_example_serves(envoi_process: Callable[..., EnvoiProcess]) -> None:
+    admin, port = free_port(), free_port()
+    text = (ROOT / "examples/http_router.yaml").read_text()
+    envoi_process(text.replace("9901", str(admin)).replace("10080", str(port)), admin)
+    base = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(base + "/", timeout=10) as r:
+        assert r.read() == b"hello from envoi\n" and r.headers["x-served-by"] == "envoi"
+    with urllib.request.urlopen(base + "/old", timeout=10) as r:  # follows the 301
+        assert r.url == base + "/new" and r.read() == b"the new place\n"
+    with urllib.request.urlopen(base + "/admin/ready", timeout=10) as r:
+        assert r.read() == b"LIVE\n"
+    try:
+        urllib.request.urlopen(base + "/nothing", timeout=10)
+        raise AssertionError("expected 404")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404

@@ -1,0 +1,1 @@
+"""Example third-party HTTP filters for envoi (see plugin.py)."""
