@@ -75,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_EnvoyFormatter())
-    root = logging.getLogger("envoi")
-    root.handlers[:] = [handler]
-    root.setLevel(LOG_LEVELS[level])
-    root.propagate = False
+    for name in ("envoi", "asyncio"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(LOG_LEVELS[level])
+        logger.propagate = False
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -187,3 +187,20 @@ def test_bytes_arriving_while_read_disabled_are_queued_in_order() -> None:
                                                          "term.data::1"]
     assert d.transport.reading
     assert conn.stream_info.bytes_received == 2
+
+
+def test_a_raising_filter_resets_only_its_connection() -> None:
+    class Bad(ReadFilter):
+        def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+            raise ValueError("bad")
+
+    class BadWriter(WriteFilter):
+        def on_write(self, data: bytes, end_stream: bool) -> FilterStatus:
+            raise ValueError("bad write")
+
+    d = chain(Bad(), Terminal([]))
+    d.receive(b"x")
+    assert d.transport.aborted
+    d2 = chain(BadWriter(), Terminal([]))
+    d2.receive(b"x")
+    assert d2.transport.aborted

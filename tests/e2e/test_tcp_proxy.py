@@ -289,3 +289,29 @@ def test_connect_timeout_is_counted(envoi_process: Start, peer: Callable[[str], 
     assert time.monotonic() - started >= 0.9
     proc.wait_stat("cluster.echo.upstream_cx_connect_timeout", 1)
     assert proc.stats()["cluster.echo.upstream_cx_connect_fail"] == 1
+
+
+def test_a_failing_filter_closes_its_connection_only(envoi_process: Start,
+                                                    peer: Callable[[str], int]) -> None:
+    import os
+
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    crashy = "      - name: test.filters.network.crashy\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up, extra_filter=crashy), admin,
+                         args=["-p", "crashy_filter"], env=env)
+    other = connect(port)
+    other.sendall(b"fine")
+    assert recv_exactly(other, 4) == b"fine"
+    with connect(port) as s:
+        s.sendall(b"boom")
+        s.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            assert s.recv(10) == b""
+    other.sendall(b"still")  # the other connection is unaffected
+    assert recv_exactly(other, 5) == b"still"
+    other.close()
+    wait_for(lambda: "the filter failed" in proc.log(), what="the error in the log")
+    assert "RuntimeError" in proc.log()
+    assert proc.get("/ready")[0] == 200

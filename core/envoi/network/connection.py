@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from envoi.network.listener import ActiveListener, FilterChain
 
 CONTINUE = FilterStatus.CONTINUE
+log = logging.getLogger("envoi.connection")
 _ids = itertools.count(1)
 
 
@@ -199,7 +201,11 @@ class Connection(asyncio.Protocol):
         elif self._read_disable > 0:
             self._read_disable -= 1
             if self._read_disable == 0 and not self.closed:
-                self._deliver_queued()
+                try:
+                    self._deliver_queued()
+                except Exception:
+                    self._filter_failed("on_data")
+                    return
                 if self._read_disable == 0 and t is not None and not self.closed:
                     t.resume_reading()
 
@@ -208,15 +214,18 @@ class Connection(asyncio.Protocol):
         while self._queued_reads and not self._read_disable and not self.closed:
             data = self._queued_reads.pop(0)
             self.stream_info.bytes_received -= len(data)  # data_received counts it again
-            self.data_received(data)
+            self._data_received(data)
         if self._queued_eof and not self._queued_reads and not self._read_disable:
             self._queued_eof = False
-            self.eof_received()
+            self._eof_received()
 
     def write(self, data: bytes, end_stream: bool = False) -> None:
         """Send bytes to the peer through the write filters."""
         if self.write_filters:
-            self._iterate_write(len(self.write_filters) - 1, data, end_stream)
+            try:
+                self._iterate_write(len(self.write_filters) - 1, data, end_stream)
+            except Exception:
+                self._filter_failed("on_write")
         else:
             self._raw_write(data, end_stream)
 
@@ -236,7 +245,10 @@ class Connection(asyncio.Protocol):
         info = self.stream_info
         info.downstream_remote_address = _format_peer(transport.get_extra_info("peername"))
         info.downstream_local_address = _format_peer(transport.get_extra_info("sockname"))
-        self.listener.on_connection_made(self, self.transport)  # type: ignore[arg-type]
+        try:
+            self.listener.on_connection_made(self, self.transport)  # type: ignore[arg-type]
+        except Exception:
+            self._filter_failed("on_new_connection")
 
     def start_filters(self) -> None:
         """Called by the listener once the filter chain is built."""
@@ -258,6 +270,19 @@ class Connection(asyncio.Protocol):
                 return
 
     def data_received(self, data: bytes) -> None:
+        # A filter that raises resets its own connection and nothing else (try is free in
+        # 3.11 until something raises).
+        try:
+            self._data_received(data)
+        except Exception:
+            self._filter_failed("on_data")
+
+    def _filter_failed(self, where: str) -> None:
+        log.exception("connection %d: a filter raised in %s; closing the connection",
+                      self.id, where)
+        self.close(ConnectionCloseType.NO_FLUSH)
+
+    def _data_received(self, data: bytes) -> None:
         self.stream_info.bytes_received += len(data)
         if self._read_disable:
             # Reading is disabled but bytes came anyway (uvloop starts reading after
@@ -274,6 +299,13 @@ class Connection(asyncio.Protocol):
         self._iterate_read(0, data, False)
 
     def eof_received(self) -> bool:
+        try:
+            return self._eof_received()
+        except Exception:
+            self._filter_failed("on_data(end_stream)")
+            return False
+
+    def _eof_received(self) -> bool:
         self.read_closed = True
         if self._read_disable:
             self._queued_eof = True
