@@ -280,13 +280,10 @@ class ConnectionManager(ReadFilter):
                                                          headers.headers)))
 
     def write_headers(self, s: ActiveStream, headers: HeaderMap, end: bool) -> None:
-        raw = headers.headers
-        for name, _ in raw:
-            if name in _RESP_DROP:
-                raw = [(k, v) for k, v in raw if k not in _RESP_DROP]
-                break
-        cfg = self.config
-        raw = [*raw, (b"date", http_date()), (b"server", cfg.server_name)]
+        # One pass: a new list without the hop-by-hop ones, then date and server.
+        raw = [kv for kv in headers.headers if kv[0] not in _RESP_DROP]
+        raw.append((b"date", http_date()))
+        raw.append((b"server", self.config.server_name))
         if self.closing or self.conn.closed or not s.request_complete:
             raw.append((b"connection", b"close"))
         data = self.codec.send(ev.ResponseHeaders(s.stream_id, headers.status, raw,

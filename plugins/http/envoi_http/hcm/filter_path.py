@@ -293,7 +293,10 @@ class FilterPath:
     def _adapter(self, fn: Fn, i: int, kind: str) -> Fn:
         def start(*args: Any) -> int:
             task = asyncio.get_running_loop().create_task(fn(*args))
-            self.stream.tasks.add(task)
+            stream = self.stream
+            if not stream.tasks:
+                stream.tasks = set()  # the stream starts with a shared empty set
+            stream.tasks.add(task)
             if kind == "d":
                 self.seen = (args[0], args[1])
             elif kind == "h":

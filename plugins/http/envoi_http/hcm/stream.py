@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from envoi_http.hcm.connection_manager import ConnectionManager
     from envoi_http.router.config import Route
 
+_NO_TASKS: set[asyncio.Task[Any]] = set()  # shared and always empty (see FilterPath._adapter)
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large",
             426: "Upgrade Required", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
@@ -89,7 +90,7 @@ class ActiveStream:
         self.request_complete = False
         self.response_complete = False
         self.destroyed = False
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Task[Any]] = _NO_TASKS  # a set of its own once a task runs
         self._route: Route | None = None
         self._route_resolved = False
         self.watermark_cbs: list[DownstreamWatermarkCallbacks] = []

@@ -299,7 +299,7 @@ class Router(StreamDecoderFilter):
         body_follows = bool(pending) or not self.request_end or (
             self.attempts > 1 and bool(self.retry_body))
         conn.send(ev.RequestHeaders(0, h.method, h.path, h.authority, h.scheme or b"http",
-                                    list(h.headers), end_stream=not body_follows))
+                                    h.headers, end_stream=not body_follows))
         if self.attempts > 1 and self.retry_body:
             conn.send(ev.Body(0, bytes(self.retry_body), self.request_end
                               and self.trailers is None))
