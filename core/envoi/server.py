@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("envoi")
 
+#: Bootstrap fields envoi acts on; any other field that is set is logged as ignored.
+IMPLEMENTED_BOOTSTRAP_FIELDS = frozenset({
+    "admin", "static_resources", "dynamic_resources", "layered_runtime",
+    "stats_flush_interval", "node",
+})
+
 STATE_CODES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
 
 
@@ -149,6 +155,10 @@ class Server:
             )
         except ConfigError as exc:
             issues.extend(exc.errors)
+        for fd, _ in bs.ListFields():
+            if fd.name not in IMPLEMENTED_BOOTSTRAP_FIELDS:
+                log.warning("bootstrap field '%s' is not implemented by envoi and is ignored",
+                            fd.name)
         if bs.HasField("stats_flush_interval"):
             self._flush_interval = duration_seconds(bs.stats_flush_interval) or 5.0
         ctx = FactoryContext(
