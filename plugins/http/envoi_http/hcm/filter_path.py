@@ -13,8 +13,9 @@ runs them as a task and holds iteration until the task's status is known.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from envoi.http.filter import (
     FilterDataStatus,
@@ -67,7 +68,9 @@ class FilterPath:
     )
 
     def __init__(self, stream: ActiveStream, decode: bool) -> None:
-        self.stream = stream
+        # Weak: the stream owns its paths, and a path -> stream reference would make every
+        # stream a reference cycle that only the cyclic GC frees (~12 us per request under load).
+        self.stream = cast("ActiveStream", weakref.proxy(stream))
         self.decode = decode
         self.headers_fns: list[Fn] = []
         self.data_fns: list[Fn] = []
@@ -283,6 +286,15 @@ class FilterPath:
             else:
                 self.run_trailers(k, trailers)
 
+    def unlink(self) -> None:
+        """The stream is over: drop the bound filter methods and sinks (they reference the
+        filters and the stream, which reference this path). New lists, not cleared ones: an
+        iteration still running keeps its own."""
+        self.headers_fns = []
+        self.data_fns = []
+        self.trailers_fns = []
+        self.sink_headers = self.sink_data = self.sink_trailers = _noop
+
     def take_buffer(self) -> bytes:
         buf = self.buf
         self.buf = None
@@ -314,7 +326,10 @@ class FilterPath:
 
     def _async_done(self, task: asyncio.Task[Any], i: int, kind: str) -> None:
         stream = self.stream
-        stream.tasks.discard(task)
+        try:
+            stream.tasks.discard(task)
+        except ReferenceError:  # the stream is gone (its task was cancelled)
+            return
         if task.cancelled() or stream.destroyed:
             return
         exc = task.exception()

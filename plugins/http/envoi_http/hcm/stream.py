@@ -326,6 +326,12 @@ class ActiveStream:
             f.on_stream_complete()
         for f in self.filters:
             f.on_destroy()
+        # Break the stream <-> filter cycles (filters hold the stream as their callbacks), so
+        # refcounting frees a finished stream at once instead of the cyclic GC.
+        self.filters = []
+        self.watermark_cbs = []
+        self.dec.unlink()
+        self.enc.unlink()
 
     # -- access log context -------------------------------------------------------------------
 
