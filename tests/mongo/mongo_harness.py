@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterStatus
+from envoi.runtime import Runtime
 from envoi.stats import Counter, Gauge, Histogram, Store
 from envoi_mongo.access_log import AccessLog
 from envoi_mongo.config import FaultDelay, MongoProxyConfig
@@ -45,8 +46,29 @@ class FakeCallbacks:
         self.continued += 1
 
 
+def make_runtime(static: dict[str, Any] | None = None) -> Runtime:
+    """A real layered runtime: a static layer with ``static``, then an admin layer."""
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+    from google.protobuf import json_format
+
+    layers = [{"name": "static", "static_layer": static or {}},
+              {"name": "admin", "admin_layer": {}}]
+    proto = json_format.ParseDict({"layers": layers}, bootstrap_pb2.LayeredRuntime())
+    return Runtime(proto, Store().root)
+
+
 class FakeServer:
-    draining = False
+    """What the filter reads from the core Server: ``draining`` and a real ``runtime``."""
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.draining = False
+        self.runtime = runtime if runtime is not None else make_runtime()
+
+    def runtime_modify(self, **updates: object) -> None:
+        """``/runtime_modify``; keys without their ``mongo.`` prefix (``proxy_enabled=0``), dots
+        as ``__`` (``fault__fixed_delay__percent=50``); ``""`` removes the override."""
+        text = {"mongo." + k.replace("__", "."): str(v) for k, v in updates.items()}
+        assert self.runtime.modify(text) is None
 
 
 class Proxy:
@@ -54,7 +76,7 @@ class Proxy:
 
     def __init__(self, prefix: str = "p", *, commands: tuple[str, ...] = (),
                  access_log: Path | None = None, delay: FaultDelay | None = None,
-                 metadata: bool = False) -> None:
+                 metadata: bool = False, runtime: Runtime | None = None) -> None:
         kwargs: dict[str, Any] = {}
         if commands:
             kwargs["commands"] = frozenset(commands)
@@ -62,7 +84,7 @@ class Proxy:
             stat_prefix=prefix, access_log=str(access_log or ""), delay=delay,
             emit_dynamic_metadata=metadata, **kwargs)
         self.store = Store()
-        self.server = FakeServer()
+        self.server = FakeServer(runtime)
         self.log = AccessLog(str(access_log)) if access_log else None
         self.shared = MongoProxyShared(self.config, self.store.root, self.server, self.log)
         self.prefix = f"mongo.{prefix}."

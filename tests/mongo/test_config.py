@@ -27,7 +27,7 @@ def test_fields() -> None:
                            delay={"fixed_delay": "0.2s",
                                   "percentage": {"numerator": 50, "denominator": "TEN_THOUSAND"}}))
     assert cfg.commands == {"find", "hello"}
-    assert cfg.delay == FaultDelay(0.2, 50, 10_000)
+    assert cfg.delay == FaultDelay(200, 50, 10_000)
     assert cfg.emit_dynamic_metadata and cfg.access_log == "/tmp/m.log"
 
 

@@ -325,7 +325,7 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def test_fault_delay_holds_then_continues() -> None:
     async def run() -> None:
-        p = Proxy("m", delay=FaultDelay(0.05, 100, 100))
+        p = Proxy("m", delay=FaultDelay(50, 100, 100))
         c = p.connect()
         assert c.client(op_msg({"ping": 1}, request_id=1)) is FilterStatus.STOP_ITERATION
         # A second message while the delay runs is decoded but starts no second delay.
@@ -335,7 +335,7 @@ def test_fault_delay_holds_then_continues() -> None:
         assert c.client(op_query("a.b", {}, request_id=3)) is FilterStatus.STOP_ITERATION
         assert p.stat("delays_injected") == 2
         c.close()  # the timer is cancelled with the connection
-        p0 = Proxy("zero", delay=FaultDelay(0.05, 0, 100))
+        p0 = Proxy("zero", delay=FaultDelay(50, 0, 100))
         assert p0.connect().client(op_msg({"ping": 1})) is FilterStatus.CONTINUE
         assert p0.stat("delays_injected") == 0
 

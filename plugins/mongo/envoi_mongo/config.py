@@ -16,9 +16,12 @@ _DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
 @dataclass(frozen=True, slots=True)
 class FaultDelay:
-    """``delay``: a fixed delay applied to this fraction of client messages."""
+    """``delay``: a fixed delay applied to this fraction of client messages.
 
-    duration_s: float
+    ``duration_ms`` is the fixed delay in whole milliseconds, as Envoy keeps it (a sub-millisecond
+    delay is 0: no delay unless ``mongo.fault.fixed_delay.duration_ms`` says otherwise)."""
+
+    duration_ms: int
     numerator: int
     denominator: int
 
@@ -46,15 +49,16 @@ def from_proto(msg: Any) -> MongoProxyConfig:
             raise ValueError("delay.header_delay: only HTTP filters take the delay from a header")
         if not d.HasField("fixed_delay"):
             raise ValueError("delay.fixed_delay: required")
-        seconds = d.fixed_delay.seconds + d.fixed_delay.nanos / 1e9
-        if seconds < 0:
+        fd = d.fixed_delay
+        if fd.seconds < 0 or fd.nanos < 0:
             raise ValueError("delay.fixed_delay: must not be negative")
+        duration_ms = fd.seconds * 1000 + fd.nanos // 1_000_000
         denominator = _DENOMINATORS.get(int(d.percentage.denominator))
         if denominator is None:
             raise ValueError("delay.percentage.denominator: unknown value")
         # Like Envoy, a fraction above 100 % is capped rather than rejected.
         numerator = min(int(d.percentage.numerator), denominator)
-        delay = FaultDelay(seconds, numerator, denominator)
+        delay = FaultDelay(duration_ms, numerator, denominator)
     commands = frozenset(msg.commands) if len(msg.commands) else frozenset(DEFAULT_COMMANDS)
     return MongoProxyConfig(
         stat_prefix=msg.stat_prefix,

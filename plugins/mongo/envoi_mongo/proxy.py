@@ -9,6 +9,21 @@ now keyed by the reply's own id, which is what the server's next reply answers.
 
 Any decoding error counts ``decoding_error`` and turns sniffing off for the connection, in both
 directions, as in Envoy; the traffic keeps flowing.
+
+Envoy's runtime keys are read from ``server.runtime`` where Envoy reads them, so
+``/runtime_modify`` acts on live connections (one dict lookup per decision):
+
+* ``mongo.proxy_enabled`` (100): on every read and write that reaches a sniffing filter; when it
+  is off, the bytes buffered for that direction are dropped undecoded (a frame cut in half by a
+  flip is lost, as in Envoy) and nothing is counted or logged.
+* ``mongo.connection_logging_enabled`` (100): once, when the connection's filter is created; off
+  means that connection never writes to the access log.
+* ``mongo.logging_enabled`` (100): for each message about to be logged.
+* ``mongo.drain_close_enabled`` (100): when the server drains and a reply leaves no request in
+  flight.
+* ``mongo.fault.fixed_delay.percent`` (default: the config's ``delay.percentage``) and
+  ``mongo.fault.fixed_delay.duration_ms`` (default: ``delay.fixed_delay``): for each client
+  message, when ``delay`` is configured and no delay is running; a duration <= 0 injects none.
 """
 
 from __future__ import annotations
@@ -20,6 +35,8 @@ import time
 from typing import Any
 
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, Filter, FilterStatus
+from envoi.runtime import Runtime
+from envoi.stats import Store
 
 from envoi_mongo import messages as m
 from envoi_mongo.access_log import AccessLog
@@ -40,6 +57,23 @@ CONTINUE = FilterStatus.CONTINUE
 STOP = FilterStatus.STOP_ITERATION
 METADATA_NAMESPACE = "envoy.filters.network.mongo_proxy"
 
+# Envoy's runtime keys (MongoRuntimeConfig).
+PROXY_ENABLED = "mongo.proxy_enabled"
+LOGGING_ENABLED = "mongo.logging_enabled"
+CONNECTION_LOGGING_ENABLED = "mongo.connection_logging_enabled"
+DRAIN_CLOSE_ENABLED = "mongo.drain_close_enabled"
+FIXED_DELAY_PERCENT = "mongo.fault.fixed_delay.percent"
+FIXED_DELAY_DURATION_MS = "mongo.fault.fixed_delay.duration_ms"
+
+
+class _Standalone:
+    """The server of a filter made without one: never draining, a runtime with no layers."""
+
+    draining = False
+
+    def __init__(self) -> None:
+        self.runtime = Runtime(None, Store().root)
+
 
 class MongoProxyShared:
     """Everything one filter config shares across its connections: config, stats, access log."""
@@ -52,7 +86,8 @@ class MongoProxyShared:
         self.ext = ExtensionStats(mongo_scope)
         self.dynamic = DynamicStats(mongo_scope, config.commands)
         self.access_log = access_log
-        self.server = server
+        #: The core Server (``draining``, ``runtime``); ``runtime`` is read at message time.
+        self.server: Any = server if server is not None else _Standalone()
 
     @property
     def draining(self) -> bool:
@@ -87,6 +122,12 @@ class MongoProxyFilter(Filter):
         self._client_ended = False  # the client's FIN arrived
         self._upstream_ended = False  # our FIN to the client was written
         self._last_fin_ours = False  # ... and it came after the client's
+        # Envoy reads mongo.connection_logging_enabled once, when the connection's filter is made.
+        al = shared.access_log
+        if al is not None and not shared.server.runtime.feature_enabled(
+                CONNECTION_LOGGING_ENABLED, 100):
+            al = None
+        self._access_log = al
 
     # -- Filter ----------------------------------------------------------------------------
 
@@ -97,7 +138,9 @@ class MongoProxyFilter(Filter):
         return CONTINUE
 
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
-        if self._sniffing:
+        if self._sniffing and not self._shared.server.runtime.feature_enabled(PROXY_ENABLED, 100):
+            self._down = self._drop(self._down)
+        elif self._sniffing:
             if data:
                 if self._shared.config.emit_dynamic_metadata:
                     self._metadata().clear()
@@ -113,7 +156,9 @@ class MongoProxyFilter(Filter):
         if end_stream:
             self._upstream_ended = True
             self._last_fin_ours = self._client_ended
-        if self._sniffing:
+        if self._sniffing and not self._shared.server.runtime.feature_enabled(PROXY_ENABLED, 100):
+            self._up = self._drop(self._up)
+        elif self._sniffing:
             if data:
                 self._decode(self._up, data, False)
             if end_stream:
@@ -134,6 +179,13 @@ class MongoProxyFilter(Filter):
         if decoder.error is not None:
             self._decoding_error(str(decoder.error))
 
+    def _drop(self, decoder: Decoder) -> Decoder:
+        """``mongo.proxy_enabled`` is off: Envoy drains its buffer for this direction undecoded,
+        a partial frame included; decoding restarts with the next bytes that arrive."""
+        if decoder.mid_frame:
+            return Decoder(self._shared.config.max_message_size)
+        return decoder
+
     def _check_truncated(self, decoder: Decoder, side: str) -> None:
         """A stream that ends inside a frame: the frame is truncated (Envoy waits forever)."""
         if self._sniffing and decoder.mid_frame:
@@ -147,8 +199,8 @@ class MongoProxyFilter(Filter):
         self._down = self._up = Decoder(0)
 
     def _log(self, msg: m.Message) -> None:
-        al = self._shared.access_log
-        if al is not None:
+        al = self._access_log
+        if al is not None and self._shared.server.runtime.feature_enabled(LOGGING_ENABLED, 100):
             al.log(msg, self.read_callbacks.upstream_host)
 
     def _on_request(self, msg: m.Message) -> None:
@@ -301,7 +353,8 @@ class MongoProxyFilter(Filter):
             # it pairs with nothing.
             self._request(msg, logged=True)
             return
-        if not self._active and self._shared.draining:
+        if (not self._active and self._shared.draining
+                and self._shared.server.runtime.feature_enabled(DRAIN_CLOSE_ENABLED, 100)):
             self._start_drain_close()
 
     def _complete(self, response_to: int, num_docs: int, size: int,
@@ -325,15 +378,26 @@ class MongoProxyFilter(Filter):
 
     def _try_inject_delay(self) -> None:
         delay = self._shared.config.delay
-        if delay is None or self._delay is not None or delay.duration_s <= 0:
+        if delay is None or self._delay is not None:
             return
-        if random.randrange(delay.denominator) >= delay.numerator:
+        runtime = self._shared.server.runtime
+        # Envoy: featureEnabled(percent key, the config's FractionalPercent). A number in the
+        # runtime is a percentage (0-100, above 100 always); a FractionalPercent map is taken
+        # as is; anything else (absent, a bool, a string) leaves the config's fraction.
+        override = runtime.get(FIXED_DELAY_PERCENT)
+        if override is None or isinstance(override, bool | str):
+            if random.randrange(delay.denominator) >= delay.numerator:
+                return
+        elif not runtime.feature_enabled(FIXED_DELAY_PERCENT, 0):
+            return
+        duration_ms = runtime.get_integer(FIXED_DELAY_DURATION_MS, delay.duration_ms)
+        if duration_ms <= 0:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (a unit test driving the filter directly): nothing to wait on
-        self._delay = loop.call_later(delay.duration_s, self._delay_done)
+        self._delay = loop.call_later(duration_ms / 1000, self._delay_done)
         self._stats.delays_injected.value += 1
 
     def _delay_done(self) -> None:
