@@ -77,6 +77,8 @@ class Router(StreamDecoderFilter):
     done = False
     upstream_read_paused = False
     rq_active = False
+    upgrade = False  # an accepted Upgrade request (hcm/upgrade.py)
+    tunnel = False  # the upstream answered 101: bytes pass through
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -141,6 +143,9 @@ class Router(StreamDecoderFilter):
             headers.set_bytes(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(expected * 1000))
         self.headers = headers
         self.request_end = end_stream
+        if stream.hcm.upgrade_stream is stream:
+            self.upgrade = True
+            self.retries_left = 0
         stream.add_downstream_watermark_callbacks(self)
         self._start_attempt()
         if end_stream:
@@ -159,9 +164,9 @@ class Router(StreamDecoderFilter):
         if end_stream:
             self.request_end = True
             self._arm_global_timer()
-        if up is not None:
+        if up is not None and (self.tunnel or not self.upgrade):
             up.send(ev.Body(0, data, end_stream))
-        else:
+        else:  # no upstream yet, or an upgrade waiting for the 101
             self.pending_body.append((data, end_stream))
             if sum(len(d) for d, _ in self.pending_body) > self.decoder_callbacks.buffer_limit:
                 self.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
@@ -264,9 +269,9 @@ class Router(StreamDecoderFilter):
         host.rq_active += 1
         for rs in self._request_stats():
             rs.upstream_rq_total.value += 1
-        stream.stream_info.upstream_host = host.address_string
-        self.pool = pool_for(cluster, host, self.config.backend)
-        self.pool.request(self)
+        pool = self.pool = pool_for(cluster, host, self.config.backend)
+        stream.stream_info.upstream_host = pool.address_string
+        pool.request(self)
 
     def _request_stats(self) -> list[Any] | tuple[()]:
         route = self.route
@@ -298,6 +303,8 @@ class Router(StreamDecoderFilter):
         pending = self.pending_body
         body_follows = bool(pending) or not self.request_end or (
             self.attempts > 1 and bool(self.retry_body))
+        if self.upgrade:  # the head goes alone; tunnel bytes wait for the 101
+            body_follows = pending = False  # type: ignore[assignment]
         conn.send(ev.RequestHeaders(0, h.method, h.path, h.authority, h.scheme or b"http",
                                     h.headers, end_stream=not body_follows))
         if self.attempts > 1 and self.retry_body:
@@ -428,6 +435,20 @@ class Router(StreamDecoderFilter):
                 self._upstream_reset("protocol error")
             elif t is ev.StreamReset or t is ev.ConnectionClosed:
                 self._upstream_reset("connection termination")
+            elif t is ev.UpgradeRequested and self.upgrade:
+                self._open_tunnel(e.data)  # type: ignore[union-attr]
+
+    def _open_tunnel(self, data: bytes) -> None:
+        self.tunnel = True
+        if data:
+            self.decoder_callbacks.encode_data(data, False)
+        pending, self.pending_body = self.pending_body, []
+        up = self.upstream
+        if up is not None:
+            for chunk, end in pending:
+                up.send(ev.Body(0, chunk, end))
+            if pending:
+                self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
 
     def _on_response_headers(self, e: ev.ResponseHeaders) -> None:
         status = e.status
@@ -464,11 +485,11 @@ class Router(StreamDecoderFilter):
                 host.rq_success += 1
         raw = e.headers
         for name, _ in raw:
-            if name in _RESP_DROP:
+            if name in _RESP_DROP and status != 101:
                 raw = [(k, v) for k, v in raw if k not in _RESP_DROP]
                 break
         hm = HeaderMap(raw, status=status)
-        if not self.config.suppress_envoy_headers:
+        if not self.config.suppress_envoy_headers and status != 101:
             hm.add_bytes(b"x-envoy-upstream-service-time", b"%d" % int(elapsed))
         self._response_mutations(hm)
         if e.end_stream:

@@ -128,6 +128,7 @@ class Http1Pool:
                  max_requests: int) -> None:
         self.cluster = cluster
         self.host = host
+        self.address_string = host.address_string  # formatted once, not per request
         self.backend = backend
         self.max_requests = max_requests
         self.idle: list[UpstreamConnection] = []
