@@ -114,10 +114,11 @@ class Runtime:
         return self.snapshot.get(key)
 
     def get_integer(self, key: str, default: int) -> int:
+        """Envoy's getInteger: only a non-negative whole number counts; else ``default``."""
         v = self.snapshot.get(key)
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             return default
-        return int(v)
+        return v
 
     def get_bool(self, key: str, default: bool) -> bool:
         v = self.snapshot.get(key)
@@ -127,13 +128,13 @@ class Runtime:
         """True for ``percent`` of calls: the key's value (0-100, or a FractionalPercent map),
         else ``default_percent``."""
         v = self.snapshot.get(key)
-        if v is None or isinstance(v, bool | str):
-            percent: float = default_percent
-        elif isinstance(v, dict):
+        percent: float
+        if isinstance(v, dict):
             denom = _DENOMINATORS.get(str(v.get("denominator", "HUNDRED")), 100)
             percent = 100.0 * float(v.get("numerator", 0)) / denom
         else:
-            percent = float(v)
+            # As Envoy: a value that is not a non-negative whole number means the default.
+            percent = self.get_integer(key, default_percent)
         if percent >= 100:
             return True
         if percent <= 0:

@@ -77,3 +77,13 @@ def test_without_layered_runtime_there_is_no_admin_layer() -> None:
 def test_unsupported_layer_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"layered_runtime\.layers\[0\]\.disk_layer"):
         runtime([{"name": "d", "disk_layer": {"symlink_root": "/srv"}}])
+
+
+def test_only_whole_non_negative_numbers_count_as_envoy() -> None:
+    rt, _ = runtime([{"name": "s", "static_layer": {"half": 50.5, "neg": -3, "whole": 7.0,
+                                                     "zero": 0}}])
+    assert rt.get_integer("half", 9) == 9
+    assert rt.get_integer("neg", 9) == 9
+    assert rt.get_integer("whole", 9) == 7
+    assert rt.feature_enabled("neg", 100) is True  # default used
+    assert rt.feature_enabled("zero", 100) is False
