@@ -133,6 +133,13 @@ def _host_only(attr: str) -> Operator:
     return op
 
 
+def _direct_remote(ctx: LogContext) -> str:
+    # HTTP may take the remote address from x-forwarded-for; the peer is then kept in ``extra``.
+    info = ctx.stream_info
+    direct: str | None = info.extra.get("direct_remote_address")
+    return direct or info.downstream_remote_address
+
+
 SIMPLE_OPERATORS: dict[str, Operator] = {
     "BYTES_RECEIVED": _si("bytes_received"),
     "BYTES_SENT": _si("bytes_sent"),
@@ -147,12 +154,29 @@ SIMPLE_OPERATORS: dict[str, Operator] = {
     "DOWNSTREAM_LOCAL_ADDRESS": _si("downstream_local_address"),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _host_only("downstream_remote_address"),
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _host_only("downstream_local_address"),
-    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _si("downstream_remote_address"),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _direct_remote,
     "UPSTREAM_REMOTE_ADDRESS": _si("upstream_host"),
 }
 
 #: Plugins (the HTTP one) may add operators here at import time, e.g. ``%RESPONSE_CODE_DETAILS%``.
 EXTRA_OPERATORS: dict[str, Callable[[str | None], Operator]] = {}
+
+
+def compile_operator(m: re.Match[str], path: str) -> Operator:
+    """One ``%NAME(arg):len%`` match to its operator (the length is applied by the caller)."""
+    name, arg = m.group(1), m.group(2)
+    if name == "START_TIME":
+        return _start_time(arg)
+    if name in ("REQ", "RESP", "TRAILER"):
+        getter = {"REQ": "request_header", "RESP": "response_header"}.get(
+            name, "response_trailer"
+        )
+        return _header_op(getter, arg or "")
+    if name in SIMPLE_OPERATORS:
+        return SIMPLE_OPERATORS[name]
+    if name in EXTRA_OPERATORS:
+        return EXTRA_OPERATORS[name](arg)
+    raise ConfigError([ConfigIssue(path, f"Not supported field in StreamInfo: {name}")])
 
 
 def compile_format(fmt: str, path: str = "") -> Callable[[LogContext], str]:
@@ -161,21 +185,8 @@ def compile_format(fmt: str, path: str = "") -> Callable[[LogContext], str]:
     for m in _OP_RE.finditer(fmt):
         if m.start() > pos:
             parts.append(fmt[pos : m.start()])
-        name, arg, maxlen = m.group(1), m.group(2), m.group(3)
-        op: Operator
-        if name == "START_TIME":
-            op = _start_time(arg)
-        elif name in ("REQ", "RESP", "TRAILER"):
-            getter = {"REQ": "request_header", "RESP": "response_header"}.get(
-                name, "response_trailer"
-            )
-            op = _header_op(getter, arg or "")
-        elif name in SIMPLE_OPERATORS:
-            op = SIMPLE_OPERATORS[name]
-        elif name in EXTRA_OPERATORS:
-            op = EXTRA_OPERATORS[name](arg)
-        else:
-            raise ConfigError([ConfigIssue(path, f"Not supported field in StreamInfo: {name}")])
+        maxlen = m.group(3)
+        op = compile_operator(m, path)
         parts.append((op, int(maxlen) if maxlen else None, False))
         pos = m.end()
     if pos < len(fmt):
@@ -204,19 +215,25 @@ def compile_json_format(struct: Any, path: str) -> Callable[[LogContext], str]:
 
     def build(node: Any) -> Callable[[LogContext], Any]:
         if isinstance(node, dict):
-            items = [(k, build(v)) for k, v in node.items()]
+            # Envoy writes the keys in order (the Struct's map is sorted).
+            items = [(k, build(v)) for k, v in sorted(node.items())]
             return lambda ctx: {k: f(ctx) for k, f in items}
         if isinstance(node, str):
             m = _OP_RE.fullmatch(node)
             render = compile_format(node, path)
             if m is not None:
-                single = compile_format(node, path)
+                # One operator: its own value, typed; no value is null (but RESPONSE_FLAGS
+                # answers "-" itself, as Envoy writes it).
+                op = compile_operator(m, path)
+                maxlen = int(m.group(3)) if m.group(3) else None
 
                 def typed(ctx: LogContext) -> Any:
-                    s = single(ctx)
-                    if s == "-":
+                    v = op(ctx)
+                    if v is None or v == "":
                         return None
-                    return int(s) if s.isdigit() else s
+                    if isinstance(v, int):
+                        return v
+                    return str(v)[:maxlen] if maxlen is not None else str(v)
 
                 return typed
             return render

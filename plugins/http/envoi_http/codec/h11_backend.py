@@ -226,6 +226,8 @@ class H11Codec(Http1Codec):
     def _upgraded(self, protocol: bytes) -> None:
         self._tunnel = self._in_msg = True
         self.keep_alive = False
+        if not self._server:
+            self._mode = fr.RAW  # the request was sent whole; what follows is tunnel bytes
         self._out.append(ev.UpgradeRequested(self._sid, protocol,
                                              bytes(self._conn.trailing_data[0])))
 

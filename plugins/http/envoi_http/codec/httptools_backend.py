@@ -295,6 +295,7 @@ class HttptoolsCodec(Http1Codec):
         else:
             upgrade = self._pending_flags[2]
             self._sent.popleft()
+            self._mode = fr.RAW  # the request was sent whole; what follows is tunnel bytes
         self._tunnel = self._in_msg = True
         self.keep_alive = False
         self._sink.append(ev.UpgradeRequested(self._sid, upgrade, rest))

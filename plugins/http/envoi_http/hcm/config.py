@@ -17,6 +17,7 @@ from envoi.stats import Scope
 from envoi_http.codec import Backend
 from envoi_http.hcm.connection_manager import ConnectionManager
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
+from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.router.config import RouteTable, build_route_table
 
 ROUTER_NAME = "envoy.filters.http.router"
@@ -46,6 +47,9 @@ class HcmConfig:
     context: FactoryContext
     enable_trailers: bool = False
     drain_timeout: float = 5.0
+    upgrade_map: dict[bytes, bool] = field(default_factory=dict)
+    underscores_action: int = 0  # hcm/xff.py: ALLOW, REJECT_REQUEST, DROP_HEADER
+    http1_stats: Any = None
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
 
     @property
@@ -137,7 +141,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             raise ConfigError(issues)
         del cm
         root = context.stats.root
-        Http1CodecStats(root.scope("http1"))
+        http1_stats = Http1CodecStats(root.scope("http1"))
         hpo = config.http_protocol_options
         common = config.common_http_protocol_options
         backend = os.environ.get("ENVOI_HTTP1_CODEC", "auto")
@@ -169,6 +173,9 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             context=context,
             enable_trailers=hpo.enable_trailers,
             drain_timeout=_dur(config, "drain_timeout", 5.0),
+            upgrade_map=upgrade_map(config.upgrade_configs),
+            underscores_action=common.headers_with_underscores_action,
+            http1_stats=http1_stats,
         )
 
         def add_filter(builder: FilterChainBuilder) -> None:

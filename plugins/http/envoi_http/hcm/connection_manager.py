@@ -17,6 +17,7 @@ from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterSta
 
 from envoi_http.codec import events as ev
 from envoi_http.codec import make_codec
+from envoi_http.hcm import upgrade, xff
 from envoi_http.hcm.stream import ActiveStream, reason
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class ConnectionManager(ReadFilter):
         self.buffer_limit = 1024 * 1024
         self.listener_stats: Any = None
         self.remote_ip = b""
+        self.upgrade_stream: ActiveStream | None = None  # an accepted upgrade (hcm/upgrade.py)
         # Writes made while handling one read (downstream or upstream) are joined into one
         # transport write: a response head and its body leave in one syscall.
         self._corked: list[bytes] | None = None
@@ -186,9 +188,12 @@ class ConnectionManager(ReadFilter):
                 self._close(ConnectionCloseType.FLUSH_WRITE)
                 return
             elif t is ev.UpgradeRequested:
-                # WebSocket upgrades need upgrade_configs, which are not supported yet.
                 s = self.stream
-                if s is not None and not s.response_started:
+                if s is not None and s is self.upgrade_stream:
+                    if e.data:  # type: ignore[union-attr]
+                        s.decode_data(e.data, False)  # type: ignore[union-attr]
+                    continue
+                if s is not None and not s.response_started:  # CONNECT: not supported
                     self.stats.downstream_rq_ws_on_non_ws_route.value += 1
                     s.send_local_reply(403, b"", details="upgrade_failed")
                 return
@@ -202,15 +207,26 @@ class ConnectionManager(ReadFilter):
             self.headers_timer.cancel()
             self.headers_timer = None
         cfg = self.config
+        if cfg.underscores_action and xff.underscored(e.headers) and not self._underscores(e):
+            return
+        if e.http_version == b"1.0" and not cfg.accept_http_10:
+            # Envoy refuses HTTP/1.0 in the codec: a protocol error (DPE), body and all.
+            self._protocol_error(ev.ProtocolError(e.stream_id, 426, "low_version"))
+            return
         st = self.stats
         st.downstream_rq_total.value += 1
         st.downstream_rq_http1_total.value += 1
         st.downstream_rq_active.inc()
         raw = e.headers
-        for name, _ in raw:
-            if name in _REQ_DROP:
-                raw = [(k, v) for k, v in raw if k not in _REQ_DROP]
-                break
+        token = e.upgrade
+        if token and token != b"h2c" and token != b"connect":
+            raw = upgrade.request_headers(raw)
+        else:
+            token = b""
+            for name, _ in raw:
+                if name in _REQ_DROP:
+                    raw = [(k, v) for k, v in raw if k not in _REQ_DROP]
+                    break
         path = e.target
         if path[:1] != b"/":
             if path.startswith((b"http://", b"https://")):
@@ -228,27 +244,55 @@ class ConnectionManager(ReadFilter):
         if s.http10 and not cfg.accept_http_10:
             s.send_local_reply(426, b"", details="low_version")
             return
+        if token and not self._accept_upgrade(s, token):
+            return
         if e.expect_continue:
             self._flush()
             self.conn.write(self.codec.send(ev.Informational(e.stream_id, 100)))
-        self._mutate_request(headers)
+        client = self._mutate_request(headers)
+        if client is not None:  # the client address came from x-forwarded-for
+            info = s.stream_info
+            info.extra["direct_remote_address"] = info.downstream_remote_address
+            info.downstream_remote_address = (
+                "[%s]:0" if b":" in client else "%s:0") % client.decode()
         for factory in cfg.filter_factories:
             factory(s)
         if cfg.request_timeout:
             s.filter_state  # noqa: B018  (timer is checked from the connection timer)
         s.decode_headers(e.end_stream)
 
-    def _mutate_request(self, h: HeaderMap) -> None:
+    def _accept_upgrade(self, s: ActiveStream, token: bytes) -> bool:
+        st = self.stats
+        route = s.route()
+        if not upgrade.allowed(self.config.upgrade_map,
+                               route.upgrade_map if route is not None else None, token):
+            st.downstream_rq_ws_on_non_ws_route.value += 1
+            s.send_local_reply(403, b"", details="upgrade_failed")
+            return False
+        st.downstream_cx_upgrades_total.value += 1
+        st.downstream_cx_upgrades_active.inc()
+        self.upgrade_stream = s
+        return True
+
+    def _mutate_request(self, h: HeaderMap) -> bytes | None:
         cfg = self.config
-        if cfg.use_remote_address:
-            xff = h.get_bytes(b"x-forwarded-for")
-            h.set_bytes(b"x-forwarded-for", xff + b"," + self.remote_ip if xff else self.remote_ip)
-            h.set_bytes(b"x-forwarded-proto", b"http")
-            h.set_bytes(b"x-envoy-external-address", self.remote_ip)
-        elif h.get_bytes(b"x-forwarded-proto") is None:
-            h.add_bytes(b"x-forwarded-proto", b"http")
+        client = xff.mutate(h, cfg.use_remote_address, cfg.xff_num_trusted_hops, self.remote_ip)
         if cfg.generate_request_id and h.get_bytes(b"x-request-id") is None:
             h.add_bytes(b"x-request-id", _request_id())
+        return client
+
+    def _underscores(self, e: ev.RequestHeaders) -> bool:
+        """headers_with_underscores_action (the request has such a header): False when the
+        request was refused (400, as a codec error), True to go on."""
+        http1 = self.config.http1_stats
+        if self.config.underscores_action == xff.REJECT_REQUEST:
+            http1.requests_rejected_with_underscores_in_headers.value += 1
+            self._protocol_error(ev.ProtocolError(e.stream_id, 400, "http1.unexpected_underscore",
+                                                  "header name with underscore"))
+            return False
+        e.headers, dropped = xff.drop_underscored(e.headers)
+        http1.dropped_headers_with_underscores.value += dropped
+        return True
 
     def request_done(self, s: ActiveStream) -> None:
         pass
@@ -268,6 +312,7 @@ class ConnectionManager(ReadFilter):
             s = ActiveStream(self, e.stream_id, HeaderMap())
             self.stream = s
         s.local_complete = True
+        s.stream_info.response_flags.append("DPE")
         status = e.error_status_hint
         body = reason(status).encode()
         s.send_local_reply(status, body, details=e.details)
@@ -281,10 +326,12 @@ class ConnectionManager(ReadFilter):
 
     def write_headers(self, s: ActiveStream, headers: HeaderMap, end: bool) -> None:
         # One pass: a new list without the hop-by-hop ones, then date and server.
-        raw = [kv for kv in headers.headers if kv[0] not in _RESP_DROP]
+        switching = headers.status == 101
+        drop = upgrade.RESP_DROP_101 if switching else _RESP_DROP
+        raw = [kv for kv in headers.headers if kv[0] not in drop]
         raw.append((b"date", http_date()))
         raw.append((b"server", self.config.server_name))
-        if self.closing or self.conn.closed or not s.request_complete:
+        if (self.closing or self.conn.closed or not s.request_complete) and not switching:
             raw.append((b"connection", b"close"))
         data = self.codec.send(ev.ResponseHeaders(s.stream_id, headers.status, raw,
                                                   end_stream=end))
@@ -363,6 +410,9 @@ class ConnectionManager(ReadFilter):
         if self.stream is s:
             self.stream = None
         st = self.stats
+        if s is self.upgrade_stream:
+            self.upgrade_stream = None
+            st.downstream_cx_upgrades_active.dec()
         st.downstream_rq_active.dec()
         info = s.stream_info
         info.end_time = time.monotonic()

@@ -309,7 +309,8 @@ class ActiveStream:
         self.hcm.write_headers(self, headers, end)
 
     def _write_data(self, data: bytes, end: bool) -> None:
-        self.stream_info.bytes_sent += len(data)
+        if not self.head_request:  # a HEAD answer's body is never sent
+            self.stream_info.bytes_sent += len(data)
         self.hcm.write_data(self, data, end)
 
     def _write_trailers(self, trailers: HeaderMap) -> None:

@@ -110,6 +110,7 @@ class Route:
     request_mutations: HeaderMutations = HeaderMutations()
     response_mutations: HeaderMutations = HeaderMutations()
     stats: RequestStats | None = None
+    upgrade_map: dict[bytes, bool] | None = None  # route.upgrade_configs (hcm/upgrade.py)
 
     @property
     def cluster_name(self) -> str | None:
@@ -387,6 +388,10 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
             rt.retry_policy = _retry_policy(a.retry_policy)
         else:
             rt.retry_policy = vh.retry_policy
+        if a.upgrade_configs:
+            from envoi_http.hcm.upgrade import upgrade_map
+
+            rt.upgrade_map = upgrade_map(a.upgrade_configs)
     elif action == "direct_response":
         rt.kind = "direct"
         rt.direct_status = r.direct_response.status

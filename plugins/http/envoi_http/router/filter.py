@@ -335,7 +335,7 @@ class Router(StreamDecoderFilter):
             return
         stream.stream_info.response_flags.append("UF")
         self._fail(503, (RESET_BEFORE + ("connection timeout" if reason == "timeout"
-                                         else "connection failure")).encode(),
+                                         else "remote connection failure")).encode(),
                    "upstream_reset_before_response_started{connection_failure}")
 
     def _overflow(self) -> None:
@@ -503,6 +503,10 @@ class Router(StreamDecoderFilter):
         up = self.upstream
         self.upstream = None
         if up is not None:
+            if self.tunnel:  # the upstream closed the tunnel (EOF): never back to the pool
+                up.handler = None
+                up.reset_active = True  # the transport closes itself after the EOF
+                return
             if self.upstream_read_paused and up.transport is not None:
                 up.transport.resume_reading()
             up.release()
