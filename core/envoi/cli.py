@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from envoi import __version__
 from envoi.config import ConfigError
-from envoi.plugins import PluginError
+from envoi.plugins import PluginError, Plugins
 from envoi.server import Options, Server
 
 LOG_LEVELS = {
@@ -93,7 +93,21 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Plugins may add options, so they are loaded before the command line is parsed; the
+    # plugin switches themselves are read first (pytest does the same with -p).
+    pre, _ = parser.parse_known_args(argv)
+    try:
+        plugins = Plugins(
+            autoload=False if pre.disable_plugin_autoload else None,
+            blocked=[p[3:] for p in pre.plugins if p.startswith("no:")],
+            extra=[p for p in pre.plugins if not p.startswith("no:")],
+        )
+    except PluginError as exc:
+        print(f"envoi: {exc}", file=sys.stderr)
+        return 1
+    plugins.pm.hook.envoi_addoption(parser=parser)
+    args = parser.parse_args(argv)
     if args.version:
         print(f"envoi version: {__version__}/Python/{sys.version.split()[0]}")
         return 0
@@ -115,9 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         blocked_plugins=[p[3:] for p in args.plugins if p.startswith("no:")],
         extra_plugins=[p for p in args.plugins if not p.startswith("no:")],
         autoload=False if args.disable_plugin_autoload else None,
+        plugin_options=args,
     )
     try:
-        server = Server(options)
+        server = Server(options, plugins)
         server.load()
     except (ConfigError, PluginError) as exc:
         print(f"error initializing configuration '{args.config_path}':", file=sys.stderr)

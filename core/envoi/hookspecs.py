@@ -19,6 +19,7 @@ no spec (a typo) is an error that names the plugin.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,16 @@ def envoi_config_schemas() -> Sequence[ConfigSchema] | None:
     With a schema registered, a config may name the type directly (``"@type":
     type.googleapis.com/acme.filters.network.upcase.v1.Upcase``) or wrap it in Envoy's
     ``xds.type.v3.TypedStruct``/``udpa.type.v1.TypedStruct``. Its ``parse`` gets plain data.
+    """
+
+
+@hookspec
+def envoi_addoption(parser: argparse.ArgumentParser) -> None:
+    """Add command-line options (``parser.add_argument``), like pytest's ``pytest_addoption``.
+
+    Called before the command line is parsed; plugins read their values at config time from
+    ``context.server.options.plugin_options`` (an ``argparse.Namespace``). Name options after
+    the plugin (``--http1-codec``) so they cannot collide.
     """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -46,6 +47,8 @@ class Options:
     blocked_plugins: list[str] = field(default_factory=list)
     extra_plugins: list[str] = field(default_factory=list)
     autoload: bool | None = None
+    #: Values of the options plugins added with ``envoi_addoption``.
+    plugin_options: argparse.Namespace = field(default_factory=argparse.Namespace)
 
 
 class ServerStats(StatsGroup):

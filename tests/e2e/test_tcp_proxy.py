@@ -300,12 +300,14 @@ def test_a_failing_filter_closes_its_connection_only(envoi_process: Start,
     crashy = "      - name: test.filters.network.crashy\n"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     proc = envoi_process(tcp_proxy_yaml(admin, port, up, extra_filter=crashy), admin,
-                         args=["-p", "crashy_filter"], env=env)
+                         args=["-p", "crashy_filter", "--crashy-word", "kaboom"], env=env)
     other = connect(port)
     other.sendall(b"fine")
     assert recv_exactly(other, 4) == b"fine"
+    other.sendall(b"boom")  # not the word given on the command line: passes
+    assert recv_exactly(other, 4) == b"boom"
     with connect(port) as s:
-        s.sendall(b"boom")
+        s.sendall(b"kaboom")
         s.settimeout(10)
         with contextlib.suppress(ConnectionResetError):
             assert s.recv(10) == b""
