@@ -102,6 +102,13 @@ class ConnectionManager(ReadFilter):
         # Writes made while handling one read (downstream or upstream) are joined into one
         # transport write: a response head and its body leave in one syscall.
         self._corked: list[bytes] | None = None
+        # The router's request timeout: one deadline (loop time) for the connection's current
+        # exchange, checked by a timer that is re-armed only when it fires early or would fire
+        # late, so a keep-alive connection pays one timer per timeout period, not per request.
+        self.deadline_router: Any = None
+        self.deadline = 0.0
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.deadline_when = 0.0
 
     # -- network filter ---------------------------------------------------------------------
 
@@ -462,7 +469,8 @@ class ConnectionManager(ReadFilter):
         st.downstream_cx_http1_active.dec()
         st.downstream_cx_length_ms.record(
             (time.monotonic() - self.conn.stream_info.start_monotonic) * 1000)
-        for handle in (self.timer, self.headers_timer):
+        self.deadline_router = None
+        for handle in (self.timer, self.headers_timer, self.deadline_timer):
             if handle is not None:
                 handle.cancel()
 
@@ -532,6 +540,31 @@ class ConnectionManager(ReadFilter):
         if cfg.tick is not None:
             nxt.append(cfg.tick)
         self._arm_timer(max(0.001, min(nxt)) if nxt else None)
+
+    def route_deadline(self, router: Any, when: float) -> None:
+        """Call ``router.on_global_timeout()`` at loop time ``when`` unless it is cleared first
+        (``deadline_router = None``)."""
+        self.deadline_router = router
+        self.deadline = when
+        t = self.deadline_timer
+        if t is None or self.deadline_when > when:
+            if t is not None:
+                t.cancel()
+            self.deadline_when = when
+            self.deadline_timer = self.loop.call_at(when, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self.deadline_timer = None
+        router = self.deadline_router
+        if router is None:
+            return
+        when = self.deadline
+        if self.loop.time() >= when - 0.001:  # the loop clock counts whole milliseconds
+            self.deadline_router = None
+            router.on_global_timeout()
+        else:
+            self.deadline_when = when
+            self.deadline_timer = self.loop.call_at(when, self._on_deadline)
 
     def _timeout_reply(self, s: ActiveStream, status: int, body: bytes, details: str) -> None:
         if s.response_started:

@@ -69,7 +69,7 @@ class Router(StreamDecoderFilter):
     attempts = 0
     retries_left = 0
     attempt_start = 0.0
-    global_timer: asyncio.TimerHandle | None = None
+    global_armed = False
     try_timer: asyncio.TimerHandle | None = None
     retry_timer: asyncio.TimerHandle | None = None
     timeout = 0.0
@@ -563,12 +563,14 @@ class Router(StreamDecoderFilter):
     # -- timeouts --------------------------------------------------------------------------
 
     def _arm_global_timer(self) -> None:
-        if self.timeout and self.global_timer is None and not self.done:
-            self.global_timer = self.stream.hcm.loop.call_later(  # type: ignore[union-attr]
-                self.timeout, self._on_global_timeout)
+        # No timer per request: the HCM keeps one deadline per connection (``route_deadline``).
+        if self.timeout and not self.global_armed and not self.done:
+            self.global_armed = True
+            hcm = self.stream.hcm  # type: ignore[union-attr]
+            hcm.route_deadline(self, hcm.loop.time() + self.timeout)
 
-    def _on_global_timeout(self) -> None:
-        self.global_timer = None
+    def on_global_timeout(self) -> None:
+        self.global_armed = False
         self._timeout(per_try=False)
 
     def _on_per_try_timeout(self) -> None:
@@ -615,9 +617,11 @@ class Router(StreamDecoderFilter):
         self._fail(504, b"upstream request timeout", "response_timeout")
 
     def _cancel_timers(self) -> None:
-        if self.global_timer is not None:
-            self.global_timer.cancel()
-            self.global_timer = None
+        if self.global_armed:
+            self.global_armed = False
+            hcm = self.stream.hcm  # type: ignore[union-attr]
+            if hcm.deadline_router is self:
+                hcm.deadline_router = None
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
