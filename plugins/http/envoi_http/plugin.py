@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from envoi import hookimpl
@@ -9,7 +10,13 @@ from envoi.extensions import HttpFilterFactory, NetworkFilterFactory
 
 from envoi_http import access_log  # noqa: F401  (registers the HTTP access-log operators)
 from envoi_http.hcm.config import HttpConnectionManagerFactory
+from envoi_http.options import add_options
 from envoi_http.router.factory import RouterFactory
+
+
+@hookimpl
+def envoi_addoption(parser: argparse.ArgumentParser) -> None:
+    add_options(parser)  # --http1-codec h11|httptools|auto
 
 
 @hookimpl

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ from envoi_http.codec import Backend
 from envoi_http.hcm.connection_manager import ConnectionManager
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
 from envoi_http.hcm.upgrade import upgrade_map
+from envoi_http.options import http1_codec
 from envoi_http.router.config import RouteTable, build_route_table
 
 ROUTER_NAME = "envoy.filters.http.router"
@@ -144,14 +144,12 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
         http1_stats = Http1CodecStats(root.scope("http1"))
         hpo = config.http_protocol_options
         common = config.common_http_protocol_options
-        backend = os.environ.get("ENVOI_HTTP1_CODEC", "auto")
-        if backend not in ("auto", "h11", "httptools"):
-            backend = "auto"
+        backend = http1_codec(context)
         cfg = HcmConfig(
             stat_prefix=config.stat_prefix,
             stats=HcmStats(root.scope(f"http.{config.stat_prefix}")),
             root=root,
-            codec_backend=backend,  # type: ignore[arg-type]
+            codec_backend=backend,
             auto_codec=codec_type == "AUTO",
             use_remote_address=config.use_remote_address.value,
             xff_num_trusted_hops=config.xff_num_trusted_hops,

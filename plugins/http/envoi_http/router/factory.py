@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from envoi.extensions import FactoryContext, HttpFilterFactory
 from envoi.http.filter import HttpFilterChainBuilder, HttpFilterFactoryCb
 
-from envoi_http.codec import Backend
+from envoi_http.options import http1_codec
 from envoi_http.router.filter import Router, RouterConfig
 
 
@@ -20,9 +19,7 @@ class RouterFactory(HttpFilterFactory):
 
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
         suppress = bool(config.suppress_envoy_headers) if config is not None else False
-        env = os.environ.get("ENVOI_HTTP1_CODEC", "auto")
-        backend: Backend = "h11" if env == "h11" else "httptools" if env == "httptools" else "auto"
-        cfg = RouterConfig(context.cluster_manager, suppress, backend)
+        cfg = RouterConfig(context.cluster_manager, suppress, http1_codec(context))
 
         def add(builder: HttpFilterChainBuilder) -> None:
             builder.add_decoder_filter(Router(cfg))
