@@ -38,12 +38,12 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large"
 class ActiveStream:
     __slots__ = (
         "__weakref__",
+        "_dec",
+        "_enc",
         "_route",
         "_route_resolved",
         "cluster_name_",
-        "dec",
         "destroyed",
-        "enc",
         "filter_state",
         "filters",
         "hcm",
@@ -51,6 +51,7 @@ class ActiveStream:
         "http10",
         "last_activity",
         "local_complete",
+        "lone",
         "read_paused",
         "request_complete",
         "request_headers",
@@ -79,12 +80,11 @@ class ActiveStream:
         self.last_activity = self.start
         self.filter_state = FilterState()
         self.filters: list[Any] = []
-        self.dec = FilterPath(self, True)
-        self.enc = FilterPath(self, False)
-        enc = self.enc
-        enc.sink_headers = self._write_headers
-        enc.sink_data = self._write_data
-        enc.sink_trailers = self._write_trailers
+        # The filter paths are made when first needed: a stream whose chain is the router alone
+        # (``lone``; it always continues) and no encoder filter has neither.
+        self._dec: FilterPath | None = None
+        self._enc: FilterPath | None = None
+        self.lone: Any = None
         self.local_complete = False
         self.response_started = False
         self.request_complete = False
@@ -100,11 +100,38 @@ class ActiveStream:
         self.http10 = False
         self.cluster_name_: str | None = None
 
+    @property
+    def dec(self) -> FilterPath:
+        d = self._dec
+        if d is None:
+            d = self._dec = FilterPath(self, True)
+            lone = self.lone
+            if lone is not None:
+                self.lone = None
+                d.add(lone)
+        return d
+
+    @property
+    def enc(self) -> FilterPath:
+        e = self._enc
+        if e is None:
+            e = self._enc = FilterPath(self, False)
+            e.sink_headers = self._write_headers
+            e.sink_data = self._write_data
+            e.sink_trailers = self._write_trailers
+        return e
+
     # -- HttpFilterChainBuilder -------------------------------------------------------------
 
     def add_decoder_filter(self, f: StreamDecoderFilter) -> None:
         f.set_decoder_filter_callbacks(self)
-        self.dec.add(f)
+        if self._dec is None and self.lone is None and not self.filters and \
+                getattr(f, "always_continues", False):
+            # Called directly, as the decoder path would call it: its decode methods always
+            # return CONTINUE, are not coroutines and never add data.
+            self.lone = f
+        else:
+            self.dec.add(f)
         self.filters.append(f)
 
     def add_encoder_filter(self, f: StreamEncoderFilter) -> None:
@@ -128,7 +155,11 @@ class ActiveStream:
         if end_stream:
             self.request_complete = True
             self.hcm.request_done(self)
-        self.dec.run_headers(0, self.request_headers, end_stream)
+        lone = self.lone
+        if lone is not None:
+            lone.decode_headers(self.request_headers, end_stream)
+        else:
+            self.dec.run_headers(0, self.request_headers, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         self.stream_info.bytes_received += len(data)
@@ -136,13 +167,21 @@ class ActiveStream:
             self.request_complete = True
             self.hcm.request_done(self)
         if not self.local_complete:
-            self.dec.run_data(0, data, end_stream)
+            lone = self.lone
+            if lone is not None:
+                lone.decode_data(data, end_stream)
+            else:
+                self.dec.run_data(0, data, end_stream)
 
     def decode_trailers(self, trailers: HeaderMap) -> None:
         self.request_complete = True
         self.hcm.request_done(self)
         if not self.local_complete:
-            self.dec.run_trailers(0, trailers)
+            lone = self.lone
+            if lone is not None:
+                lone.decode_trailers(trailers)
+            else:
+                self.dec.run_trailers(0, trailers)
 
     # -- callbacks: common ----------------------------------------------------------------------
 
@@ -191,7 +230,8 @@ class ActiveStream:
         if headers:
             for k, v in headers.items():
                 hm.set(k, v)
-        if self.enc.stop >= 0 or self.enc.headers is not None:
+        enc = self._enc
+        if enc is not None and (enc.stop >= 0 or enc.headers is not None):
             # Raised from inside the encoder chain: skip it, the reply goes straight out.
             self._write_headers(hm, not body)
             if body:
@@ -211,8 +251,8 @@ class ActiveStream:
     # -- callbacks: decoder --------------------------------------------------------------------
 
     def continue_decoding(self) -> None:
-        if not self.local_complete and not self.destroyed:
-            self.dec.resume()
+        if not self.local_complete and not self.destroyed and self._dec is not None:
+            self._dec.resume()
 
     def add_decoded_data(self, data: bytes) -> None:
         self.dec._hold(data, False)
@@ -225,18 +265,30 @@ class ActiveStream:
 
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         self.response_headers = headers
-        self.enc.run_headers(0, headers, end_stream)
+        enc = self._enc
+        if enc is None:  # no encoder filter
+            self._write_headers(headers, end_stream)
+        else:
+            enc.run_headers(0, headers, end_stream)
 
     def encode_1xx_headers(self, headers: HeaderMap) -> None:
         self.hcm.write_informational(self, headers)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if not self.destroyed:
-            self.enc.run_data(0, data, end_stream)
+            enc = self._enc
+            if enc is None:
+                self._write_data(data, end_stream)
+            else:
+                enc.run_data(0, data, end_stream)
 
     def encode_trailers(self, trailers: HeaderMap) -> None:
         if not self.destroyed:
-            self.enc.run_trailers(0, trailers)
+            enc = self._enc
+            if enc is None:
+                self._write_trailers(trailers)
+            else:
+                enc.run_trailers(0, trailers)
 
     def add_downstream_watermark_callbacks(self, cbs: DownstreamWatermarkCallbacks) -> None:
         self.watermark_cbs.append(cbs)
@@ -259,8 +311,8 @@ class ActiveStream:
     # -- callbacks: encoder --------------------------------------------------------------------
 
     def continue_encoding(self) -> None:
-        if not self.destroyed:
-            self.enc.resume()
+        if not self.destroyed and self._enc is not None:
+            self._enc.resume()
 
     def add_encoded_data(self, data: bytes) -> None:
         self.enc._hold(data, False)
@@ -330,9 +382,12 @@ class ActiveStream:
         # Break the stream <-> filter cycles (filters hold the stream as their callbacks), so
         # refcounting frees a finished stream at once instead of the cyclic GC.
         self.filters = []
+        self.lone = None
         self.watermark_cbs = []
-        self.dec.unlink()
-        self.enc.unlink()
+        if self._dec is not None:
+            self._dec.unlink()
+        if self._enc is not None:
+            self._enc.unlink()
 
     # -- access log context -------------------------------------------------------------------
 

@@ -79,6 +79,8 @@ class Router(StreamDecoderFilter):
     rq_active = False
     upgrade = False  # an accepted Upgrade request (hcm/upgrade.py)
     tunnel = False  # the upstream answered 101: bytes pass through
+    # decode_* always return CONTINUE and never add data: a stream may call them directly.
+    always_continues = True
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
