@@ -117,6 +117,7 @@ class Plugins:
         self._by_category: dict[str, dict[str, ExtensionFactory]] = {}
         self._by_type_url: dict[tuple[str, str], ExtensionFactory] = {}
         self._info: list[ExtensionInfo] = []
+        self._owner: dict[int, str] = {}  # id(factory) -> the plugin that registered it
         self.schemas: dict[str, ConfigSchema] = {}
         self._collect()
 
@@ -157,7 +158,7 @@ class Plugins:
         table = self._by_category.setdefault(base.category, {})
         for key in (factory.name, *factory.aliases):
             if key in table and table[key] is not factory:
-                other = self._plugin_of(table[key])
+                other = self._owner.get(id(table[key]), "?")
                 raise PluginError(
                     f"plugin {plugin_name!r} registers {base.category} {key!r}, "
                     f"already registered by {other!r}"
@@ -165,7 +166,7 @@ class Plugins:
             table[key] = factory
         for url in factory.type_urls:
             self._by_type_url[(base.category, strip_type_url(url))] = factory
-        factory.__dict__["_envoi_plugin"] = plugin_name
+        self._owner[id(factory)] = plugin_name
         self._info.append(
             ExtensionInfo(
                 factory.name,
@@ -175,10 +176,6 @@ class Plugins:
                 self.distribution_of(plugin_name),
             )
         )
-
-    @staticmethod
-    def _plugin_of(factory: ExtensionFactory) -> str:
-        return str(factory.__dict__.get("_envoi_plugin", "?"))
 
     def distribution_of(self, plugin_name: str) -> str:
         if plugin_name.startswith("builtin."):
