@@ -19,6 +19,7 @@ from envoi.extensions import FactoryContext
 from envoi.network.builder import build_listener
 from envoi.network.listener import ActiveListener
 from envoi.plugins import Plugins
+from envoi.runtime import Runtime
 from envoi.stats import Counter, Gauge, Histogram, StatsGroup, Store
 from envoi.upstream.cluster_manager import ClusterManager
 
@@ -117,8 +118,6 @@ class Server:
         #: Set in a worker process (0..N-1); None in a single process or the main one.
         self.worker_index: int | None = None
         self.pool: WorkerPool | None = None
-        from envoi.runtime import Runtime
-
         #: Envoy's layered runtime (feature flags); rebuilt from the bootstrap in ``build``.
         self.runtime = Runtime(None, self.stats.root)
         self.admin_address: tuple[str, int] | None = None
@@ -150,8 +149,6 @@ class Server:
         if bs.HasField("dynamic_resources") and bs.dynamic_resources.ListFields():
             issues.append(ConfigIssue("dynamic_resources", "dynamic resources (xDS) are not "
                                       "supported yet"))
-        from envoi.runtime import Runtime
-
         try:
             self.runtime = Runtime(
                 bs.layered_runtime if bs.HasField("layered_runtime") else None, self.stats.root
