@@ -136,9 +136,11 @@ class Plugins:
             (hook.envoi_stats_sinks, StatsSinkFactory),
         ]
         for caller, base in calls:
+            # Each implementation is called on its own (registration hooks take no arguments)
+            # so every factory is attributed to its plugin: for duplicate-name errors, for
+            # "installed:" lists and for /server_info's distributions.
             for impl in caller.get_hookimpls():
                 plugin_name = impl.plugin_name
-                # Registration hooks take no arguments.
                 result = cast(Iterable[Any], impl.function() or ())
                 for factory in result:
                     self._add(factory, base, plugin_name)
