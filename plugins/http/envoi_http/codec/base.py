@@ -164,6 +164,20 @@ class Http1Codec(ABC):
     def send(self, event: Event) -> bytes:
         """Serialise one event to the bytes to write."""
 
+    # Direct forms of ``send`` for the hot path (no event object); a back-end may override them.
+
+    def send_response_head(self, stream_id: int, status: int, headers: Headers,
+                           end_stream: bool) -> bytes:
+        return self.send(ev.ResponseHeaders(stream_id, status, headers, end_stream=end_stream))
+
+    def send_request_head(self, method: bytes, target: bytes, authority: bytes, scheme: bytes,
+                          headers: Headers, end_stream: bool) -> bytes:
+        return self.send(ev.RequestHeaders(0, method, target, authority, scheme, headers,
+                                           end_stream=end_stream))
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> bytes:
+        return self.send(ev.Body(stream_id, data, end_stream))
+
     @abstractmethod
     def start_next_cycle(self) -> list[Event]:
         """Server: the response is complete; return held-back events of the next request."""

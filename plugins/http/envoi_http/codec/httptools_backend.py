@@ -341,49 +341,63 @@ class HttptoolsCodec(Http1Codec):
                 self._response_done()
             return fr.encode_data(self._mode, event.data, event.end_stream)  # type: ignore[union-attr]
         if t is ResponseHeaders:
-            return self._send_response(event)  # type: ignore[arg-type]
+            e: ResponseHeaders = event  # type: ignore[assignment]
+            return self._send_response(e.status, e.headers, e.end_stream, e.reason)
         if t is RequestHeaders:
-            return self._send_request(event)  # type: ignore[arg-type]
+            r: RequestHeaders = event  # type: ignore[assignment]
+            return self.send_request_head(r.method, r.target, r.authority, r.scheme, r.headers,
+                                          r.end_stream)
         if t is ev.Trailers:
             if self._server:
                 self._response_done()
             return fr.encode_trailers(self._mode, event.headers,  # type: ignore[union-attr]
                                       self.limits.enable_trailers)
         if t is ev.Informational:
-            e: ev.Informational = event  # type: ignore[assignment]
-            return fr.encode_head(fr.status_line(e.status, e.reason), e.headers)
+            i: ev.Informational = event  # type: ignore[assignment]
+            return fr.encode_head(fr.status_line(i.status, i.reason), i.headers)
         raise TypeError(f"cannot send {t.__name__}")
 
-    def _send_response(self, e: ResponseHeaders) -> bytes:
+    def send_response_head(self, stream_id: int, status: int, headers: Headers,
+                           end_stream: bool) -> bytes:
+        return self._send_response(status, headers, end_stream, b"")
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> bytes:
+        if end_stream and self._server:
+            self._response_done()
+        return fr.encode_data(self._mode, data, end_stream)
+
+    def _send_response(self, status: int, headers: Headers, end_stream: bool,
+                       reason: bytes) -> bytes:
         if self._requests:
             _, head_req, http10, keep, upgrade = self._requests[0]
         else:  # a local reply to a request that never parsed
             head_req, http10, keep, upgrade = False, False, False, b""
         if self._dead:
             keep = False
-        switching = e.status == 101 or (upgrade == b"connect" and 200 <= e.status < 300)
+        switching = status == 101 or (upgrade == b"connect" and 200 <= status < 300)
         if upgrade and upgrade != b"h2c" and not switching:
             keep = False  # the tunnel bytes already read cannot be parsed as HTTP
         headers, self._mode, keep = fr.frame_response(
-            e.status, e.headers, e.end_stream, head_request=head_req, peer_http10=http10,
+            status, headers, end_stream, head_request=head_req, peer_http10=http10,
             keep_alive=keep)
         if switching:
             self._mode = fr.RAW
         self.keep_alive = keep and self.keep_alive
-        if e.end_stream:
+        if end_stream:
             self._response_done()
-        return fr.encode_head(fr.status_line(e.status, e.reason), headers)
+        return fr.encode_head(fr.status_line(status, reason), headers)
 
     def _response_done(self) -> None:
         if self._done_sid < self._current:
             self.keep_alive = False  # Envoy closes when the response beats the request
 
-    def _send_request(self, e: RequestHeaders) -> bytes:
+    def send_request_head(self, method: bytes, target: bytes, authority: bytes, scheme: bytes,
+                          headers: Headers, end_stream: bool) -> bytes:
         sid = self._next_sid
-        self._next_sid += 1
-        self._sent.append((sid, e.method))
-        headers, self._mode = fr.frame_request(e.method, e.authority, e.headers, e.end_stream)
-        return fr.encode_head(b"%s %s HTTP/1.1\r\n" % (e.method, e.target), headers)
+        self._next_sid = sid + 1
+        self._sent.append((sid, method))
+        headers, self._mode = fr.frame_request(method, authority, headers, end_stream)
+        return fr.encode_head(b"%s %s HTTP/1.1\r\n" % (method, target), headers)
 
     def start_next_cycle(self) -> list[Event]:
         if not self._server:

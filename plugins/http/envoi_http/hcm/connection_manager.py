@@ -340,14 +340,13 @@ class ConnectionManager(ReadFilter):
         raw.append((b"server", self.config.server_name))
         if (self.closing or self.conn.closed or not s.request_complete) and not switching:
             raw.append((b"connection", b"close"))
-        data = self.codec.send(ev.ResponseHeaders(s.stream_id, headers.status, raw,
-                                                  end_stream=end))
+        data = self.codec.send_response_head(s.stream_id, headers.status, raw, end)
         self._write(data)
         if end:
             self._response_done(s)
 
     def write_data(self, s: ActiveStream, data: bytes, end: bool) -> None:
-        out = self.codec.send(ev.Body(s.stream_id, data, end))
+        out = self.codec.send_data(s.stream_id, data, end)
         if out:
             self._write(out)
         if end:

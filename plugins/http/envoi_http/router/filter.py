@@ -167,7 +167,7 @@ class Router(StreamDecoderFilter):
             self.request_end = True
             self._arm_global_timer()
         if up is not None and (self.tunnel or not self.upgrade):
-            up.send(ev.Body(0, data, end_stream))
+            up.send_data(data, end_stream)
         else:  # no upstream yet, or an upgrade waiting for the 101
             self.pending_body.append((data, end_stream))
             if sum(len(d) for d, _ in self.pending_body) > self.decoder_callbacks.buffer_limit:
@@ -307,8 +307,8 @@ class Router(StreamDecoderFilter):
             self.attempts > 1 and bool(self.retry_body))
         if self.upgrade:  # the head goes alone; tunnel bytes wait for the 101
             body_follows = pending = False  # type: ignore[assignment]
-        conn.send(ev.RequestHeaders(0, h.method, h.path, h.authority, h.scheme or b"http",
-                                    h.headers, end_stream=not body_follows))
+        conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers,
+                       not body_follows)
         if self.attempts > 1 and self.retry_body:
             conn.send(ev.Body(0, bytes(self.retry_body), self.request_end
                               and self.trailers is None))

@@ -91,6 +91,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.cstats.upstream_cx_tx_bytes_total.value += len(data)
             self.transport.write(data)
 
+    def send_head(self, method: bytes, target: bytes, authority: bytes, scheme: bytes,
+                  headers: ev.Headers, end_stream: bool) -> None:
+        data = self.codec.send_request_head(method, target, authority, scheme, headers,
+                                            end_stream)
+        t = self.transport
+        if t is not None:
+            self.cstats.upstream_cx_tx_bytes_total.value += len(data)
+            t.write(data)
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        out = self.codec.send_data(0, data, end_stream)
+        t = self.transport
+        if out and t is not None:
+            self.cstats.upstream_cx_tx_bytes_total.value += len(out)
+            t.write(out)
+
     def release(self) -> None:
         """The exchange is over: back to the pool, or closed when it cannot be reused."""
         self.handler = None
