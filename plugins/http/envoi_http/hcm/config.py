@@ -19,6 +19,8 @@ from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
 from envoi_http.router.config import RouteTable, build_route_table
+from envoi_http.router.idle import route_idle_timeouts
+from envoi_http.router.idle import shortest as shortest_route_idle
 
 ROUTER_NAME = "envoy.filters.http.router"
 
@@ -50,12 +52,14 @@ class HcmConfig:
     upgrade_map: dict[bytes, bool] = field(default_factory=dict)
     underscores_action: int = 0  # hcm/xff.py: ALLOW, REJECT_REQUEST, DROP_HEADER
     http1_stats: Any = None
+    route_idle: bool = False  # some route sets idle_timeout (router/idle.py)
+    route_idle_min: float = 0.0  # the shortest non-zero one
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
 
     @property
     def tick(self) -> float | None:
-        vals = [v for v in (self.stream_idle_timeout, self.request_timeout, self.idle_timeout)
-                if v]
+        vals = [v for v in (self.stream_idle_timeout, self.request_timeout, self.idle_timeout,
+                            self.route_idle_min) if v]
         return min(vals) if vals else None
 
     def listener_stats_for(self, listener: Any) -> ListenerHttpStats:
@@ -174,6 +178,8 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             upgrade_map=upgrade_map(config.upgrade_configs),
             underscores_action=common.headers_with_underscores_action,
             http1_stats=http1_stats,
+            route_idle=bool(route_idle_timeouts(table)),
+            route_idle_min=shortest_route_idle(table),
         )
 
         def add_filter(builder: FilterChainBuilder) -> None:

@@ -19,6 +19,7 @@ from envoi_http.codec import events as ev
 from envoi_http.codec import make_codec
 from envoi_http.hcm import upgrade, xff
 from envoi_http.hcm.stream import ActiveStream, reason
+from envoi_http.router import idle as route_idle
 
 if TYPE_CHECKING:
     from envoi.network.connection import Connection
@@ -341,11 +342,13 @@ class ConnectionManager(ReadFilter):
         if (self.closing or self.conn.closed or not s.request_complete) and not switching:
             raw.append((b"connection", b"close"))
         data = self.codec.send_response_head(s.stream_id, headers.status, raw, end)
+        s.last_activity = time.monotonic()
         self._write(data)
         if end:
             self._response_done(s)
 
     def write_data(self, s: ActiveStream, data: bytes, end: bool) -> None:
+        s.last_activity = time.monotonic()  # response bytes restart the stream idle timer
         out = self.codec.send_data(s.stream_id, data, end)
         if out:
             self._write(out)
@@ -513,8 +516,10 @@ class ConnectionManager(ReadFilter):
                     self._timeout_reply(s, 408, b"request timeout", "request_overall_timeout")
                     return
                 nxt.append(left)
-            if cfg.stream_idle_timeout:
-                left = max(s.last_activity, self.last_activity) + cfg.stream_idle_timeout - now
+            sit = (route_idle.stream_idle_timeout(s, cfg.stream_idle_timeout) if cfg.route_idle
+                   else cfg.stream_idle_timeout)
+            if sit:
+                left = max(s.last_activity, self.last_activity) + sit - now
                 if left <= 0:
                     self.stats.downstream_rq_idle_timeout.value += 1
                     # Envoy: 504 once the request is complete (waiting on the response), else 408.

@@ -102,7 +102,7 @@ class Route:
     host_rewrite: bytes | None = None
     auto_host_rewrite: bool = False
     timeout: float = 15.0
-    idle_timeout: float = 0.0
+    idle_timeout: float | None = None  # route idle_timeout; None: the HCM's stream_idle_timeout
     retry_policy: RetryPolicy | None = None
     direct_status: int = 200
     direct_body: bytes = b""

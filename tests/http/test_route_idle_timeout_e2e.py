@@ -1,0 +1,252 @@
+"""Route ``idle_timeout`` (RouteAction), end to end through the real Envoy 1.39.3 and envoi with
+the same config: it replaces the HCM's ``stream_idle_timeout`` (shorter or longer; ``0s`` turns
+it off), restarts on response bytes, and answers as the stream idle timeout does."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoi.testing import EnvoiProcess, free_port
+from oracle import EnvoyProcess
+
+CONFIG = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: http_in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
+            http_connection_manager.v3.HttpConnectionManager"
+          stat_prefix: t
+          stream_idle_timeout: 1s
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/short/"}}
+                route: {{cluster: up, idle_timeout: 0.4s, prefix_rewrite: "/"}}
+              - match: {{prefix: "/long/"}}
+                route: {{cluster: up, idle_timeout: 3s, prefix_rewrite: "/"}}
+              - match: {{prefix: "/off/"}}
+                route: {{cluster: up, idle_timeout: 0s, timeout: 2s, prefix_rewrite: "/"}}
+              - match: {{prefix: "/"}}
+                route: {{cluster: up}}
+  clusters:
+  - name: up
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+"""
+
+
+class ScriptedUpstream:
+    """Answers by path: /stall never, /mid a head and 3 of 10 bytes, /drip one byte every
+    0.25 s (2 s in all), /late after 1.5 s."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(c,), daemon=True).start()
+
+    def _handle(self, c: socket.socket) -> None:
+        with c:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = c.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            path = buf.split(b" ", 2)[1]
+            try:
+                if path == b"/mid":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                elif path == b"/drip":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+                    for _ in range(8):
+                        self.stop.wait(0.25)  # the upstream's pacing (what is tested)
+                        c.sendall(b"x")
+                elif path == b"/late":
+                    self.stop.wait(1.5)
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            except OSError:
+                return
+            self.stop.wait(30)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+class Server:
+    def __init__(self, kind: str, port: int, stats: Callable[[], dict[str, Any]]) -> None:
+        self.kind, self.port, self.stats = kind, port, stats
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ScriptedUpstream]:
+    up = ScriptedUpstream()
+    yield up
+    up.close()
+
+
+@pytest.fixture(params=["envoy", "envoi"])
+def server(request: pytest.FixtureRequest, tmp_path: Path, upstream: ScriptedUpstream,
+           envoi_process: Callable[..., EnvoiProcess]) -> Iterator[Server]:
+    port, admin = free_port(), free_port()
+    text = CONFIG.format(port=port, admin=admin, up=upstream.port)
+    if request.param == "envoy":
+        cfg = tmp_path / "envoy.yaml"
+        cfg.write_text(text)
+        envoy = EnvoyProcess(cfg, admin, tmp_path / "envoy.log").start()
+        try:
+            yield Server("envoy", port, envoy.stats)
+        finally:
+            envoy.stop()
+    else:
+        proc = envoi_process(text, admin)
+        yield Server("envoi", port, proc.stats)
+
+
+def exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, bool, float, float]:
+    """Send, read until the peer closes or ``wait`` passes. Returns (bytes, closed, seconds to
+    the first byte, seconds to the last byte or the close)."""
+    t0 = time.monotonic()
+    first = last = 0.0
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(data)
+        s.settimeout(0.02)
+        out = b""
+        closed = False
+        deadline = t0 + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            last = time.monotonic() - t0
+            if not chunk:
+                closed = True
+                break
+            first = first or last
+            out += chunk
+    return out, closed, first, last
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+
+
+def stats(server: Server) -> dict[str, Any]:
+    return {k: v for k, v in server.stats().items()
+            if k.startswith(("http.t.", "cluster.up.upstream_rq"))}
+
+
+def wait_stat(server: Server, name: str, want: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 5
+    while (st := stats(server)).get(name) != want:
+        assert time.monotonic() < deadline, (server.kind, name, st.get(name))
+        time.sleep(0.02)
+    return st
+
+
+STREAM_TIMEOUT_504 = b"HTTP/1.1 504 Gateway Timeout"
+
+
+def test_shorter_route_idle_timeout_before_headers_is_504(server: Server) -> None:
+    out, closed, first, _ = exchange(server.port, get("/short/stall"), wait=1.5)
+    assert out.startswith(STREAM_TIMEOUT_504) and out.endswith(b"\r\n\r\nstream timeout"), out
+    assert not closed  # the connection is kept, as for the HCM's stream idle timeout
+    assert 0.35 < first < 0.9, (server.kind, first)  # the route's 0.4 s, not the HCM's 1 s
+    st = wait_stat(server, "http.t.downstream_rq_idle_timeout", 1)
+    assert st["http.t.downstream_rq_5xx"] == 1
+    assert st.get("cluster.up.upstream_rq_timeout", 0) == 0  # not the route timeout
+
+
+def test_longer_route_idle_timeout_outlasts_the_hcm_one(server: Server) -> None:
+    out, _, first, _ = exchange(server.port, get("/long/late"), wait=2.5)
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"ok"), out
+    assert first > 1.3
+    assert stats(server).get("http.t.downstream_rq_idle_timeout", 0) == 0
+
+
+def test_hcm_stream_idle_timeout_applies_without_a_route_one(server: Server) -> None:
+    out, _, first, _ = exchange(server.port, get("/late"), wait=2.5)
+    assert out.startswith(STREAM_TIMEOUT_504), out
+    assert 0.9 < first < 1.4
+
+
+def test_zero_route_idle_timeout_turns_it_off(server: Server) -> None:
+    # The HCM's 1 s does not fire; the route's 2 s timeout does.
+    out, closed, first, _ = exchange(server.port, get("/off/stall"), wait=3.0)
+    assert out.startswith(STREAM_TIMEOUT_504) and out.endswith(b"upstream request timeout"), out
+    assert first > 1.8 and not closed
+    st = wait_stat(server, "cluster.up.upstream_rq_timeout", 1)
+    assert st.get("http.t.downstream_rq_idle_timeout", 0) == 0
+
+
+def test_response_bytes_restart_the_idle_timer(server: Server) -> None:
+    # One byte every 0.25 s for 2 s against a 0.4 s route idle timeout: never idle.
+    out, _, _, _ = exchange(server.port, get("/short/drip"), wait=2.8)
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"\r\n\r\nxxxxxxxx"), out
+    assert stats(server).get("http.t.downstream_rq_idle_timeout", 0) == 0
+
+
+def test_idle_before_the_request_ends_is_408(server: Server) -> None:
+    req = b"POST /short/stall HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab"
+    out, closed, first, _ = exchange(server.port, req, wait=2.5)
+    assert out.startswith(b"HTTP/1.1 408 Request Timeout") and out.endswith(b"stream timeout")
+    assert b"connection: close" in out and closed
+    assert 0.35 < first < 0.9
+    st = wait_stat(server, "http.t.downstream_rq_idle_timeout", 1)
+    assert st["http.t.downstream_rq_4xx"] == 1
+
+
+def test_stall_mid_response_resets(server: Server) -> None:
+    out, closed, _, last = exchange(server.port, get("/short/mid"), wait=3.0)
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"\r\n\r\nabc"), out
+    assert closed
+    st = wait_stat(server, "http.t.downstream_rq_idle_timeout", 1)
+    assert st["http.t.downstream_rq_tx_reset"] == 1
+    assert st["cluster.up.upstream_rq_200"] == 1
+    assert st.get("cluster.up.upstream_rq_timeout", 0) == 0
+    if server.kind == "envoy":
+        # Envoy closes after its delayed-close timeout (1 s) and counts the response as
+        # completed 2xx, with an rx reset; envoi closes at once and counts neither (README).
+        assert 1.2 < last < 2.0
+        assert st["http.t.downstream_rq_2xx"] == 1 and st["http.t.downstream_rq_rx_reset"] == 1
+        assert st["http.t.downstream_cx_delayed_close_timeout"] == 1
+    else:
+        assert 0.35 < last < 0.9
+        assert st.get("http.t.downstream_rq_2xx", 0) == 0
+        assert st.get("http.t.downstream_rq_rx_reset", 0) == 0
