@@ -24,11 +24,25 @@ import httptools
 
 from . import events as ev
 from . import framing as fr
-from .base import CodecLimits, HeadInfo, Http1Codec, Role, authority_and_scheme, check_request
+from .base import (
+    _AUTHORITY,
+    _CL,
+    _CONNECTION,
+    _TE,
+    _UPGRADE,
+    CodecLimits,
+    HeadInfo,
+    Http1Codec,
+    Role,
+    authority_and_scheme,
+    check_request,
+)
+from .base import _get_special as _special
 from .base import upgrade_token as _upgrade_token
 from .events import Body, Event, Headers, RequestHeaders, ResponseHeaders
 
 _HEAD_SLACK = 1 << 20
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _ERRORS: tuple[tuple[str, int, str], ...] = (
     ("Transfer-Encoding can't", 400, ev.CL_AND_CHUNKED),
     ("Content-Length", 400, ev.INVALID_CONTENT_LENGTH),
@@ -122,14 +136,47 @@ class HttptoolsCodec(Http1Codec):
     def on_headers_complete(self) -> None:
         self._in_head = False
         headers = self._headers
-        info = HeadInfo(headers)
         p = self._parser
-        version = p.get_http_version().encode()
+        v = p.get_http_version()
+        version = _VERSIONS.get(v) or v.encode()
         if self._server:
-            self._request_head(info, headers, version)
+            if not self._simple_request_head(headers, version):
+                self._request_head(HeadInfo(headers), headers, version)
         else:
-            self._response_head(info, headers, version)
+            self._response_head(headers, version)
         self._trailers = self._headers = []  # trailer fields, if any, arrive via on_header
+
+    def _simple_request_head(self, headers: Headers, version: bytes) -> bool:
+        """The common request: no framing, connection, expect or upgrade headers, and no check
+        fails. Does what ``_request_head`` would do and returns True; False: not that case."""
+        authority = b""
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value)
+            kind = _special(name)
+            if kind is not None:
+                if kind != _AUTHORITY:
+                    return False
+                authority = value
+        p = self._parser
+        method: bytes = p.get_method()
+        url = self._url
+        limits = self.limits
+        if method == b"CONNECT" or len(headers) > limits.max_headers_count or \
+                size + len(url) + len(method) > limits.max_request_headers_kb * 1024 or \
+                (version != b"1.1" and version != b"1.0") or \
+                (version == b"1.1" and not authority):
+            return False
+        keep = version == b"1.1" and p.should_keep_alive()
+        sid = self._sid
+        if url[:1] == b"/":
+            scheme = b"http"
+        else:
+            authority, scheme = authority_and_scheme(url, authority)
+        self._requests.append((sid, method == b"HEAD", version == b"1.0", keep, b""))
+        self._head_args = (sid, method, url, authority, scheme, headers, version)
+        self._pending_flags = (keep, False, b"")
+        return True
 
     def _request_head(self, info: HeadInfo, headers: Headers, version: bytes) -> None:
         p = self._parser
@@ -145,21 +192,33 @@ class HttptoolsCodec(Http1Codec):
         self._head_args = (self._sid, method, url, authority, scheme, headers, version)
         self._pending_flags = (keep, info.expect, upgrade)
 
-    def _response_head(self, info: HeadInfo, headers: Headers, version: bytes) -> None:
+    def _response_head(self, headers: Headers, version: bytes) -> None:
         status = self._parser.get_status_code()
         if status < 200 and status != 101:
             self._interim = True
             self._sink.append(ev.Informational(self._sid, status, headers, self._reason))
             return
         self._interim = False
+        # What HeadInfo would find, for the fields a response needs (one pass, no object).
+        framed = close = False
+        upgrade = b""
+        for name, value in headers:
+            kind = _special(name)
+            if kind is None:
+                continue
+            if kind in (_CL, _TE):
+                framed = True
+            elif kind == _CONNECTION:
+                close = close or b"close" in value.lower()
+            elif kind == _UPGRADE:
+                upgrade = value.lower()
         method = self._sent[0][1]
         self._until_close = (
-            info.content_length is None and info.te is None and method != b"HEAD"
-            and status not in (101, 204, 304)
+            not framed and method != b"HEAD" and status not in (101, 204, 304)
         )
-        keep = not info.close and version == b"1.1" and not self._until_close
+        keep = not close and version == b"1.1" and not self._until_close
         self._head_args = (self._sid, status, headers, self._reason, version, keep)
-        self._pending_flags = (keep, False, info.upgrade)
+        self._pending_flags = (keep, False, upgrade)
 
     def _flush_head(self, end_stream: bool) -> None:
         a = self._head_args
@@ -230,7 +289,19 @@ class HttptoolsCodec(Http1Codec):
             self._receive_head_response(data)
         else:
             self._feed(data)
-        return self._drain()
+        # _drain(), inlined
+        if self._head_args and self._in_msg:
+            self._flush_head(False)  # the body has not started yet: deliver the head now
+        if self._body is not None:
+            self._sink.append(Body(self._sid, self._body, False))
+            self._body = None
+        out = self._out
+        if not out:
+            return out
+        self._out = []
+        if self._sink is out:
+            self._sink = self._out
+        return out
 
     def _feed(self, data: bytes) -> None:
         try:
