@@ -15,6 +15,7 @@ from envoi.stats import Scope
 
 from envoi_http.codec import Backend
 from envoi_http.hcm.connection_manager import ConnectionManager
+from envoi_http.hcm.internal import internal_networks
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
@@ -54,6 +55,7 @@ class HcmConfig:
     http1_stats: Any = None
     route_idle: bool = False  # some route sets idle_timeout (router/idle.py)
     route_idle_min: float = 0.0  # the shortest non-zero one
+    internal_nets: tuple[Any, ...] = ()  # internal_address_config.cidr_ranges (hcm/internal.py)
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
 
     @property
@@ -180,6 +182,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             http1_stats=http1_stats,
             route_idle=bool(route_idle_timeouts(table)),
             route_idle_min=shortest_route_idle(table),
+            internal_nets=internal_networks(config),
         )
 
         def add_filter(builder: FilterChainBuilder) -> None:

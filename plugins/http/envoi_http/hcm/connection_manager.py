@@ -287,7 +287,8 @@ class ConnectionManager(ReadFilter):
 
     def _mutate_request(self, h: HeaderMap) -> bytes | None:
         cfg = self.config
-        client = xff.mutate(h, cfg.use_remote_address, cfg.xff_num_trusted_hops, self.remote_ip)
+        client = xff.mutate(h, cfg.use_remote_address, cfg.xff_num_trusted_hops, self.remote_ip,
+                            cfg.internal_nets)
         if cfg.generate_request_id and h.get_bytes(b"x-request-id") is None:
             h.add_bytes(b"x-request-id", _request_id())
         return client

@@ -27,6 +27,7 @@ from functools import cache
 from envoi.http.headers import HeaderMap
 
 from envoi_http.codec.events import Headers
+from envoi_http.hcm import internal
 
 XFF = b"x-forwarded-for"
 EXTERNAL = b"x-envoy-external-address"
@@ -77,16 +78,24 @@ def xff_address(h: HeaderMap, skip: int) -> bytes | None:
     return value
 
 
-def mutate(h: HeaderMap, use_remote_address: bool, hops: int, peer_ip: bytes) -> bytes | None:
-    """Apply the address headers; return the client address when it came from XFF."""
+def mutate(h: HeaderMap, use_remote_address: bool, hops: int, peer_ip: bytes,
+           internal_nets: tuple[internal.Network, ...] = ()) -> bytes | None:
+    """Apply the address headers; return the client address when it came from XFF. Requests
+    that are not internal (``hcm/internal.py``) lose the internal-only ``x-envoy-*`` headers."""
     if use_remote_address:
         client = xff_address(h, hops - 1) if hops > 0 else None
         xff = h.get_bytes(XFF)
         append = local_address() if _is_loopback(peer_ip) else peer_ip
         h.set_bytes(XFF, xff + b"," + append if xff else append)
         h.set_bytes(b"x-forwarded-proto", b"http")
-        h.set_bytes(EXTERNAL, client if client is not None else peer_ip)
+        final = client if client is not None else peer_ip
+        if internal.is_internal(final, internal_nets):
+            h.set_bytes(b"x-envoy-internal", b"true")
+        else:
+            internal.clean(h)
+            h.set_bytes(EXTERNAL, final)
         return client
+    internal.clean(h)
     if h.get_bytes(b"x-forwarded-proto") is None:
         h.add_bytes(b"x-forwarded-proto", b"http")
     return xff_address(h, hops)

@@ -83,6 +83,8 @@ class VirtualHost:
     retry_policy: RetryPolicy | None = None
     vclusters: tuple[tuple[str, Matcher, RequestStats], ...] = ()
     vcluster_other: RequestStats | None = None
+    include_request_attempt_count: bool = False  # router/retry_headers.py
+    include_attempt_count_in_response: bool = False
 
 
 @dataclass(eq=False)
@@ -442,6 +444,8 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
                                           v.response_headers_to_remove,
                                           vpath + ".response_headers_to_add"),
             retry_policy=_retry_policy(v.retry_policy) if v.HasField("retry_policy") else None,
+            include_request_attempt_count=v.include_request_attempt_count,
+            include_attempt_count_in_response=v.include_attempt_count_in_response,
         )
         if v.virtual_clusters:
             vcs = []

@@ -19,7 +19,8 @@ class RouterFactory(HttpFilterFactory):
 
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
         suppress = bool(config.suppress_envoy_headers) if config is not None else False
-        cfg = RouterConfig(context.cluster_manager, suppress, http1_codec(context))
+        respect = bool(config.respect_expected_rq_timeout) if config is not None else False
+        cfg = RouterConfig(context.cluster_manager, suppress, http1_codec(context), respect)
 
         def add(builder: HttpFilterChainBuilder) -> None:
             builder.add_decoder_filter(Router(cfg))

@@ -19,6 +19,7 @@ from envoi.upstream.cluster import Cluster, Host
 
 from envoi_http.codec import Backend
 from envoi_http.codec import events as ev
+from envoi_http.router import retry_headers
 from envoi_http.router.pool import Http1Pool, UpstreamConnection, pool_for
 from envoi_http.router.stats import ClusterHttpStats
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from envoi.upstream.cluster_manager import ClusterManager
 
     from envoi_http.hcm.stream import ActiveStream
-    from envoi_http.router.config import Route
+    from envoi_http.router.config import RetryPolicy, Route
 
 H_CONTINUE = FilterHeadersStatus.CONTINUE
 D_CONTINUE = FilterDataStatus.CONTINUE
@@ -37,12 +38,15 @@ _GATEWAY = frozenset((502, 503, 504))
 
 
 class RouterConfig:
-    __slots__ = ("backend", "cluster_manager", "plans", "suppress_envoy_headers")
+    __slots__ = ("backend", "cluster_manager", "plans", "respect_expected_rq_timeout",
+                 "suppress_envoy_headers")
 
-    def __init__(self, cm: ClusterManager, suppress: bool, backend: Backend) -> None:
+    def __init__(self, cm: ClusterManager, suppress: bool, backend: Backend,
+                 respect_expected_rq_timeout: bool = False) -> None:
         self.cluster_manager = cm
         self.suppress_envoy_headers = suppress
         self.backend = backend
+        self.respect_expected_rq_timeout = respect_expected_rq_timeout
         # route -> RoutePlan, worked out on the route's first request (route tables are static)
         self.plans: dict[Route, RoutePlan] = {}
 
@@ -97,6 +101,10 @@ class Router(StreamDecoderFilter):
     rq_active = False
     upgrade = False  # an accepted Upgrade request (hcm/upgrade.py)
     tunnel = False  # the upstream answered 101: bytes pass through
+    retry_policy: RetryPolicy | None = None  # the route's, with the x-envoy-* headers applied
+    count_attempts = False  # vhost include_request_attempt_count
+    attempt_count_in_response = False
+    retry_exhausted = False  # a retry was wanted but none was left: not a retry success
     plan: RoutePlan | None = None
     # decode_* always return CONTINUE and never add data: a stream may call them directly.
     always_continues = True
@@ -154,20 +162,8 @@ class Router(StreamDecoderFilter):
             route.vhost.request_mutations.apply(headers, stream)
             table.request_mutations.apply(headers, stream)
             self._rewrite(route, headers)
-        rp = route.retry_policy
-        self.retries_left = rp.num_retries if rp is not None else 0
-        self.timeout = route.timeout
-        override = headers.get_bytes(b"x-envoy-upstream-rq-timeout-ms")
-        if override is not None:
-            headers.remove_bytes(b"x-envoy-upstream-rq-timeout-ms")
-            if override.isdigit():
-                self.timeout = int(override) / 1000
-        self.per_try = rp.per_try_timeout if rp is not None else 0.0
-        expected = self.timeout
-        if self.per_try and (not expected or self.per_try < expected):
-            expected = self.per_try
-        if expected and not self.config.suppress_envoy_headers:
-            headers.set_bytes(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(expected * 1000))
+        # Retry policy, timeouts, x-envoy-* request headers (router/retry_headers.py).
+        retry_headers.setup(self, route, headers)
         self.headers = headers
         self.request_end = end_stream
         if stream.hcm.upgrade_stream is stream:
@@ -290,6 +286,8 @@ class Router(StreamDecoderFilter):
             self._overflow()
             return
         self.attempts += 1
+        if self.count_attempts or self.attempts > 1:
+            retry_headers.on_attempt(self)
         self.attempt_start = time.monotonic()
         st = cluster.stats
         st.upstream_rq_total.value += 1
@@ -381,6 +379,8 @@ class Router(StreamDecoderFilter):
               headers: dict[str, str] | None = None) -> None:
         self.done = True
         self._cancel_timers()
+        if self.attempt_count_in_response and self.attempts:
+            headers = {**(headers or {}), "x-envoy-attempt-count": str(self.attempts)}
         self.decoder_callbacks.send_local_reply(status, body, headers, details)
 
     def _end_attempt(self, success: bool) -> None:
@@ -397,7 +397,7 @@ class Router(StreamDecoderFilter):
 
     def _maybe_retry(self, status: int | None, reset: bool) -> bool:
         route = self.route
-        rp = route.retry_policy if route is not None else None
+        rp = self.retry_policy if route is not None else None
         if rp is None or self.response_started:
             return False
         on = rp.retry_on
@@ -418,6 +418,7 @@ class Router(StreamDecoderFilter):
             cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
             for rs in rstats:
                 rs.upstream_rq_retry_limit_exceeded.value += 1
+            self.retry_exhausted = True
             return False
         self.retries_left -= 1
         cluster.stats.upstream_rq_retry.value += 1
@@ -488,7 +489,7 @@ class Router(StreamDecoderFilter):
         hs = self.hstats
         assert cluster is not None and hs is not None
         if (status >= 500 or status == 409 or (
-                self.route is not None and self.route.retry_policy is not None
+                self.route is not None and self.retry_policy is not None
                 and status >= 400)) and self._maybe_retry(status, reset=False):
             hs.retry.record(status)
             self._end_attempt(success=False)
@@ -497,7 +498,7 @@ class Router(StreamDecoderFilter):
             if up is not None:
                 up.abort()  # the rest of this response is not wanted
             return
-        if self.attempts > 1:
+        if self.attempts > 1 and not self.retry_exhausted:
             cluster.stats.upstream_rq_retry_success.value += 1
             for rs in self._request_stats():
                 rs.upstream_rq_retry_success.value += 1
@@ -523,6 +524,8 @@ class Router(StreamDecoderFilter):
         hm = HeaderMap(raw, status=status)
         if not self.config.suppress_envoy_headers and status != 101:
             hm.add_bytes(b"x-envoy-upstream-service-time", b"%d" % int(elapsed))
+        if self.attempt_count_in_response:
+            hm.add_bytes(b"x-envoy-attempt-count", b"%d" % self.attempts)
         self._response_mutations(hm)
         if e.end_stream:
             self._complete()

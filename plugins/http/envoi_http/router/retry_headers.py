@@ -1,0 +1,126 @@
+"""The router's ``x-envoy-*`` request headers, as Envoy 1.39.3 treats them.
+
+They reach the router only from internal clients (``hcm/internal.py`` removes them from every
+other request; by default no client is internal). Then:
+
+* ``x-envoy-retry-on`` / ``x-envoy-retry-grpc-on`` add their conditions to the route's retry
+  policy (or make one: 1 retry, 25 ms base back-off); ``x-envoy-max-retries`` sets the number of
+  retries when some retry condition applies (alone it does nothing). Unknown values are ignored.
+* ``x-envoy-upstream-rq-timeout-ms`` replaces the route timeout (``0``: none; not a number:
+  ignored); ``x-envoy-upstream-rq-per-try-timeout-ms`` sets the per-try timeout, dropped when
+  it is not below the global one.
+* With router ``respect_expected_rq_timeout``, an incoming ``x-envoy-expected-rq-timeout-ms``
+  is the timeout; ``x-envoy-upstream-rq-timeout-ms`` then applies only without it (and goes
+  upstream untouched when not used).
+* All the used ones are removed before the request goes upstream. ``x-envoy-expected-rq-timeout-ms``
+  is set to the per-try or global timeout (the time left on a retry) unless
+  ``suppress_envoy_headers`` (then an incoming one passes).
+* Virtual host ``include_request_attempt_count``: ``x-envoy-attempt-count: N`` on each attempt
+  (even with ``suppress_envoy_headers``); ``include_attempt_count_in_response``: on the response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+
+from envoi_http.router.config import RetryPolicy
+
+if TYPE_CHECKING:
+    from envoi.http.headers import HeaderMap
+
+    from envoi_http.router.config import Route
+    from envoi_http.router.filter import Router
+
+RETRY_ON = b"x-envoy-retry-on"
+RETRY_GRPC_ON = b"x-envoy-retry-grpc-on"
+MAX_RETRIES = b"x-envoy-max-retries"
+RQ_TIMEOUT = b"x-envoy-upstream-rq-timeout-ms"
+PER_TRY = b"x-envoy-upstream-rq-per-try-timeout-ms"
+EXPECTED = b"x-envoy-expected-rq-timeout-ms"
+ATTEMPT_COUNT = b"x-envoy-attempt-count"
+_CONTROL = frozenset((RETRY_ON, RETRY_GRPC_ON, MAX_RETRIES, RQ_TIMEOUT, PER_TRY, EXPECTED))
+
+
+def _conditions(value: bytes | None) -> frozenset[str]:
+    if not value:
+        return frozenset()
+    return frozenset(x.strip() for x in value.decode("latin-1").split(",") if x.strip())
+
+
+def _ms(value: bytes | None) -> float | None:
+    return int(value) / 1000 if value is not None and value.isdigit() else None
+
+
+def _retry_policy(route: Route, h: HeaderMap) -> RetryPolicy | None:
+    rp = route.retry_policy
+    on_header, grpc_header = h.get_bytes(RETRY_ON), h.get_bytes(RETRY_GRPC_ON)
+    max_header = h.get_bytes(MAX_RETRIES)
+    for name, v in ((RETRY_ON, on_header), (RETRY_GRPC_ON, grpc_header),
+                    (MAX_RETRIES, max_header)):
+        if v is not None:
+            h.remove_bytes(name)
+    extra = _conditions(on_header) | _conditions(grpc_header)
+    if extra:
+        rp = (RetryPolicy(retry_on=extra, num_retries=1, per_try_timeout=0.0,
+                          base_interval=0.025, max_interval=0.25,
+                          retriable_status_codes=frozenset())
+              if rp is None else dataclasses.replace(rp, retry_on=rp.retry_on | extra))
+    if rp is not None and max_header is not None and max_header.isdigit():
+        rp = dataclasses.replace(rp, num_retries=int(max_header))
+    return rp
+
+
+def setup(r: Router, route: Route, h: HeaderMap) -> None:
+    """Set the request's retry policy, timeouts and ``x-envoy-expected-rq-timeout-ms``."""
+    rp = route.retry_policy
+    timeout = route.timeout
+    per_try = rp.per_try_timeout if rp is not None else 0.0
+    if any(k in _CONTROL for k, _ in h.headers):
+        rp = _retry_policy(route, h)
+        if rp is not None and rp is not route.retry_policy:
+            per_try = rp.per_try_timeout
+        used = None
+        if r.config.respect_expected_rq_timeout:
+            used = _ms(h.get_bytes(EXPECTED))
+        if used is None:
+            v = h.get_bytes(RQ_TIMEOUT)
+            if v is not None:
+                h.remove_bytes(RQ_TIMEOUT)
+                used = _ms(v)
+        if used is not None:
+            timeout = used
+        v = h.get_bytes(PER_TRY)
+        if v is not None:
+            h.remove_bytes(PER_TRY)
+            pt = _ms(v)
+            if pt is not None:
+                per_try = pt
+    if per_try and timeout and per_try >= timeout:
+        per_try = 0.0
+    r.retry_policy = rp
+    r.retries_left = rp.num_retries if rp is not None else 0
+    r.timeout = timeout
+    r.per_try = per_try
+    expected = per_try or timeout
+    if expected and not r.config.suppress_envoy_headers:
+        h.set_bytes(EXPECTED, b"%d" % int(expected * 1000))
+    vh = route.vhost
+    r.count_attempts = vh.include_request_attempt_count
+    r.attempt_count_in_response = vh.include_attempt_count_in_response
+
+
+def on_attempt(r: Router) -> None:
+    """Before attempt ``r.attempts`` goes upstream (called for retries and counted attempts)."""
+    h = r.headers
+    if h is None:
+        return
+    if r.count_attempts:
+        h.set_bytes(ATTEMPT_COUNT, b"%d" % r.attempts)
+    if r.attempts > 1 and r.timeout and not r.config.suppress_envoy_headers:
+        stream = r.stream
+        elapsed = time.monotonic() - stream.start if stream is not None else 0.0
+        left = max(0.0, r.timeout - elapsed)
+        expected = r.per_try if r.per_try and r.per_try < left else left
+        h.set_bytes(EXPECTED, b"%d" % int(expected * 1000))
