@@ -250,7 +250,22 @@ class HttptoolsCodec(Http1Codec):
             if self._head_args:
                 self._flush_head(False)  # the tunnel follows; UpgradeRequested comes next
             return
-        self._end_message()
+        if self._trailers:
+            self._end_message()
+            return
+        # _end_message() without trailers, inlined
+        if self._head_args:
+            self._flush_head(True)
+        else:
+            body = self._body
+            self._sink.append(Body(self._sid, body if body is not None else b"", True))
+            self._body = None
+        if self._server:
+            self._done_sid = self._sid
+        else:
+            self._sent.popleft()
+            if not self._pending_flags[0]:
+                self.keep_alive = False
 
     def _end_message(self) -> None:
         sink, sid = self._sink, self._sid
