@@ -42,9 +42,10 @@ class _EnvoyFormatter(logging.Formatter):
         return f"[{t}.{int(record.msecs):03d}][{os.getpid()}][{level}][{component}] {msg}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="envoi",
+        add_help=add_help,
         description="An Envoy-style L4/L7 proxy whose filters are Python plugins.",
     )
     p.add_argument("-c", "--config-path", help="path to an Envoy v3 bootstrap (YAML or JSON)")
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Plugins may add options, so they are loaded before the command line is parsed; the
     # plugin switches themselves are read first (pytest does the same with -p).
-    pre, _ = parser.parse_known_args(argv)
+    pre, _ = build_parser(add_help=False).parse_known_args(argv)  # -h waits for the plugins
     try:
         plugins = Plugins(
             autoload=False if pre.disable_plugin_autoload else None,

@@ -92,3 +92,10 @@ def test_missing_file(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "nope.yaml" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_help_lists_plugin_options() -> None:
+    out = subprocess.run([sys.executable, "-m", "envoi", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    assert "--config-path" in out.stdout and "--http1-codec" in out.stdout
