@@ -40,11 +40,11 @@ class ActiveStream:
         "__weakref__",
         "_dec",
         "_enc",
+        "_filter_state",
         "_route",
         "_route_resolved",
         "cluster_name_",
         "destroyed",
-        "filter_state",
         "filters",
         "hcm",
         "head_request",
@@ -78,7 +78,7 @@ class ActiveStream:
                                                  conn.stream_info.downstream_local_address)
         self.start = info.start_monotonic
         self.last_activity = self.start
-        self.filter_state = FilterState()
+        self._filter_state: FilterState | None = None  # made on first use
         self.filters: list[Any] = []
         # The filter paths are made when first needed: a stream whose chain is the router alone
         # (``lone``; it always continues) and no encoder filter has neither.
@@ -99,6 +99,13 @@ class ActiveStream:
         self.head_request = headers.method == b"HEAD"
         self.http10 = False
         self.cluster_name_: str | None = None
+
+    @property
+    def filter_state(self) -> FilterState:
+        fs = self._filter_state
+        if fs is None:
+            fs = self._filter_state = FilterState()
+        return fs
 
     @property
     def dec(self) -> FilterPath:

@@ -295,8 +295,9 @@ class Router(StreamDecoderFilter):
         self.rq_active = True
         host.rq_total += 1
         host.rq_active += 1
-        for rs in self._request_stats():
-            rs.upstream_rq_total.value += 1
+        if self.plan is None or self.plan.stats:
+            for rs in self._request_stats():
+                rs.upstream_rq_total.value += 1
         pool = self.pool = pool_for(cluster, host, self.config.backend)
         stream.stream_info.upstream_host = pool.address_string
         pool.request(self)
@@ -507,9 +508,10 @@ class Router(StreamDecoderFilter):
         hs.codes.record(status)
         hs.external.record(status)
         hs.rq_time.record(elapsed)
-        for rs in self._request_stats():
-            rs.codes.record(status)
-            rs.upstream_rq_time.record(elapsed)
+        if self.plan is None or self.plan.stats:
+            for rs in self._request_stats():
+                rs.codes.record(status)
+                rs.upstream_rq_time.record(elapsed)
         host = self.host
         if host is not None:
             if status >= 500:
@@ -665,6 +667,9 @@ class Router(StreamDecoderFilter):
             self.retry_timer = None
 
     def on_destroy(self) -> None:
+        if self.done and self.upstream is None and not self.rq_active and \
+                not self.global_armed and self.try_timer is None and self.retry_timer is None:
+            return  # completed: nothing left to release
         self._cancel_timers()
         if self.pool is not None and self.upstream is None and not self.done:
             self.pool.cancel(self)

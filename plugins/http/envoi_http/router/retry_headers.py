@@ -77,7 +77,12 @@ def setup(r: Router, route: Route, h: HeaderMap) -> None:
     rp = route.retry_policy
     timeout = route.timeout
     per_try = rp.per_try_timeout if rp is not None else 0.0
-    if any(k in _CONTROL for k, _ in h.headers):
+    for k, _ in h.headers:  # (a loop, not any(genexpr): this runs for every request)
+        if k in _CONTROL:
+            break
+    else:
+        k = b""
+    if k in _CONTROL:
         rp = _retry_policy(route, h)
         if rp is not None and rp is not route.retry_policy:
             per_try = rp.per_try_timeout
