@@ -34,12 +34,12 @@ from envoi.extensions import (
 
 ENTRY_POINT_GROUP = "envoi"
 
-#: The core's own plugins, registered as ``builtin.<last part>``.
-BUILTIN_PLUGINS = (
-    "envoi.filters.tcp_proxy",
-    "envoi.upstream.builtin",
-    "envoi.access_log",
-)
+#: The core's own plugins: registration name -> module (block one with ``-p no:NAME``).
+BUILTIN_PLUGINS = {
+    "builtin.tcp_proxy": "envoi.filters.tcp_proxy",
+    "builtin.upstream": "envoi.upstream.builtin",
+    "builtin.access_log": "envoi.access_log",
+}
 
 #: Names we know but which live in a plugin distribution: said in the error when it is missing.
 KNOWN_PROVIDERS = {
@@ -85,8 +85,7 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         for name in blocked:
             self.pm.set_blocked(name)
-        for modname in BUILTIN_PLUGINS:
-            name = "builtin." + modname.rsplit(".", 1)[-1]
+        for name, modname in BUILTIN_PLUGINS.items():
             if not self.pm.is_blocked(name):
                 self.pm.register(importlib.import_module(modname), name=name)
         if autoload is None:
