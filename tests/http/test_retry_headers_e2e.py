@@ -19,12 +19,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from envoi.testing import EnvoiProcess, free_port
-from oracle import EnvoyProcess
+from envoi.testing import free_port
 
 HEAD = """
 admin:
@@ -246,25 +244,15 @@ def distinct_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(params=["envoy", "envoi"])
-def proxy(request: pytest.FixtureRequest, tmp_path: Path, upstream: Upstream,
-          envoi_process: Callable[..., EnvoiProcess]
+def proxy(request: pytest.FixtureRequest, upstream: Upstream,
+          proxy_process: Callable[[str, str, int], Any]
           ) -> Iterator[tuple[dict[str, int], Callable[[], dict[str, Any]]]]:
     admin, *ports = distinct_ports(1 + len(VARIANTS))
     by_name = dict(zip(VARIANTS, ports, strict=True))
     text = HEAD.format(admin=admin, up=upstream.port) + "".join(
         LISTENER.format(name=n, port=by_name[n], ura=v[0], internal=v[1], suppress=v[2],
                         respect=v[3]) for n, v in VARIANTS.items())
-    if request.param == "envoy":
-        cfg = tmp_path / "envoy.yaml"
-        cfg.write_text(text)
-        envoy = EnvoyProcess(cfg, admin, tmp_path / "envoy.log").start()
-        try:
-            yield by_name, envoy.stats
-        finally:
-            envoy.stop()
-    else:
-        proc = envoi_process(text, admin)
-        yield by_name, proc.stats
+    yield by_name, proxy_process(request.param, text, admin).stats
 
 
 def ask(port: int, path: str, headers: dict[str, str], tid: str) -> tuple[int, dict[str, str]]:

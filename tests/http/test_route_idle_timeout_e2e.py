@@ -8,12 +8,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from envoi.testing import EnvoiProcess, free_port
-from oracle import EnvoyProcess
+from envoi.testing import free_port
 
 CONFIG = """
 admin:
@@ -119,21 +117,11 @@ def upstream() -> Iterator[ScriptedUpstream]:
 
 
 @pytest.fixture(params=["envoy", "envoi"])
-def server(request: pytest.FixtureRequest, tmp_path: Path, upstream: ScriptedUpstream,
-           envoi_process: Callable[..., EnvoiProcess]) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, upstream: ScriptedUpstream,
+           proxy_process: Callable[[str, str, int], Any]) -> Iterator[Server]:
     port, admin = free_port(), free_port()
     text = CONFIG.format(port=port, admin=admin, up=upstream.port)
-    if request.param == "envoy":
-        cfg = tmp_path / "envoy.yaml"
-        cfg.write_text(text)
-        envoy = EnvoyProcess(cfg, admin, tmp_path / "envoy.log").start()
-        try:
-            yield Server("envoy", port, envoy.stats)
-        finally:
-            envoy.stop()
-    else:
-        proc = envoi_process(text, admin)
-        yield Server("envoi", port, proc.stats)
+    yield Server(request.param, port, proxy_process(request.param, text, admin).stats)
 
 
 def exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, bool, float, float]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from envoi.testing import EnvoiProcess, EnvoyProcess, free_port
+from envoi.testing import free_port
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from ws_peers import RawUpgradeEcho, WsEcho
@@ -113,23 +112,12 @@ def peers() -> Iterator[tuple[WsEcho, RawUpgradeEcho]]:
 
 
 @pytest.fixture(params=["envoy", "envoi"])
-def proxy(request: pytest.FixtureRequest, tmp_path: Path,
-          peers: tuple[WsEcho, RawUpgradeEcho],
-          envoi_process: Callable[..., EnvoiProcess]) -> Iterator[Proxy]:
+def proxy(request: pytest.FixtureRequest, peers: tuple[WsEcho, RawUpgradeEcho],
+          proxy_process: Callable[[str, str, int], Any]) -> Iterator[Proxy]:
     port, port2, admin = free_port(), free_port(), free_port()
     ws, raw = peers
     text = CONFIG.format(port=port, port2=port2, admin=admin, ws=ws.port, raw=raw.port)
-    if request.param == "envoy":
-        cfg = tmp_path / "envoy.yaml"
-        cfg.write_text(text)
-        envoy = EnvoyProcess(cfg, admin, tmp_path / "envoy.log").start()
-        try:
-            yield Proxy("envoy", port, port2, envoy.stats)
-        finally:
-            envoy.stop()
-    else:
-        proc = envoi_process(text, admin)
-        yield Proxy("envoi", port, port2, proc.stats)
+    yield Proxy(request.param, port, port2, proxy_process(request.param, text, admin).stats)
 
 
 def raw_exchange(port: int, data: bytes, until: bytes = b"", wait: float = 3.0,
