@@ -15,6 +15,7 @@ from envoi.stats import Scope
 
 from envoi_http.codec import Backend
 from envoi_http.hcm.connection_manager import ConnectionManager
+from envoi_http.hcm.express import enabled as express_enabled
 from envoi_http.hcm.internal import internal_networks
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
 from envoi_http.hcm.upgrade import upgrade_map
@@ -56,6 +57,9 @@ class HcmConfig:
     route_idle: bool = False  # some route sets idle_timeout (router/idle.py)
     route_idle_min: float = 0.0  # the shortest non-zero one
     internal_nets: tuple[Any, ...] = ()  # internal_address_config.cidr_ranges (hcm/internal.py)
+    # The router's config when the chain is the router alone and nothing logs: the express
+    # lane (hcm/express.py) may then run plain exchanges.
+    express_router: Any = None
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
 
     @property
@@ -184,6 +188,9 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             route_idle_min=shortest_route_idle(table),
             internal_nets=internal_networks(config),
         )
+
+        if len(filters) == 1 and not cfg.access_logs and express_enabled():
+            cfg.express_router = getattr(filters[0], "router_config", None)
 
         def add_filter(builder: FilterChainBuilder) -> None:
             builder.add_read_filter(ConnectionManager(cfg))

@@ -19,6 +19,7 @@ from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterSta
 from envoi_http.codec import events as ev
 from envoi_http.codec import make_codec
 from envoi_http.hcm import upgrade, xff
+from envoi_http.hcm.express import Express
 from envoi_http.hcm.stream import ActiveStream, reason
 from envoi_http.router import idle as route_idle
 
@@ -85,6 +86,7 @@ def http_date() -> bytes:
 
 class ConnectionManager(ReadFilter):
     loop: asyncio.AbstractEventLoop
+    date = staticmethod(http_date)
 
     def __init__(self, config: HcmConfig) -> None:
         self.config = config
@@ -113,6 +115,8 @@ class ConnectionManager(ReadFilter):
         self.deadline = 0.0
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.deadline_when = 0.0
+        rc = config.express_router
+        self.express: Express | None = Express(self, rc) if rc is not None else None
 
     # -- network filter ---------------------------------------------------------------------
 
@@ -156,8 +160,8 @@ class ConnectionManager(ReadFilter):
                         data[:3] == b"PRI":
                     self._refuse_h2()
                     return STOP
-            if self.stream is None and self.headers_timer is None and \
-                    self.config.request_headers_timeout:
+            if self.config.request_headers_timeout and self.stream is None and \
+                    self.headers_timer is None and not self._express_busy():
                 self.headers_timer = self.loop.call_later(
                     self.config.request_headers_timeout, self._on_headers_timeout)
             if self.closing:
@@ -187,18 +191,22 @@ class ConnectionManager(ReadFilter):
                 if s is not None:
                     s.decode_trailers(HeaderMap(e.headers))  # type: ignore[union-attr]
             elif t is ev.ProtocolError:
+                self._promote_express()
                 self._protocol_error(e)  # type: ignore[arg-type]
                 return
             elif t is ev.StreamReset:
+                self._promote_express()
                 if self.stream is not None:
                     self.reset_stream(self.stream, local=False)
                 self._close(ConnectionCloseType.FLUSH_WRITE)
                 return
             elif t is ev.ConnectionClosed:
+                self._promote_express()
                 self.closing = True
                 self._close(ConnectionCloseType.FLUSH_WRITE)
                 return
             elif t is ev.UpgradeRequested:
+                self._promote_express()
                 s = self.stream
                 if s is not None and s is self.upgrade_stream:
                     if e.data:  # type: ignore[union-attr]
@@ -247,6 +255,14 @@ class ConnectionManager(ReadFilter):
                 st.downstream_rq_non_relative_path.value += 1
         headers = HeaderMap(raw, method=e.method, path=path, authority=e.authority,
                             scheme=e.scheme)
+        express = self.express
+        if express is not None and e.end_stream and not token and not e.expect_continue and \
+                e.http_version == b"1.1":
+            client = self._mutate_request(headers)
+            if client is None and express.start(e.stream_id, headers):
+                return
+            self._general_stream(e, headers, client)
+            return
         s = ActiveStream(self, e.stream_id, headers)
         s.http10 = e.http_version == b"1.0"
         if s.http10:
@@ -260,7 +276,17 @@ class ConnectionManager(ReadFilter):
         if e.expect_continue:
             self._flush()
             self.conn.write(self.codec.send(ev.Informational(e.stream_id, 100)))
-        client = self._mutate_request(headers)
+        self._run_stream(s, e.end_stream, self._mutate_request(headers))
+
+    def _general_stream(self, e: ev.RequestHeaders, headers: HeaderMap,
+                        client: bytes | None) -> None:
+        """A plain HTTP/1.1 request (no upgrade, no expect) the express lane did not take."""
+        s = ActiveStream(self, e.stream_id, headers)
+        self.stream = s
+        self._run_stream(s, e.end_stream, client)
+
+    def _run_stream(self, s: ActiveStream, end_stream: bool, client: bytes | None) -> None:
+        cfg = self.config
         if client is not None:  # the client address came from x-forwarded-for
             info = s.stream_info
             info.extra["direct_remote_address"] = info.downstream_remote_address
@@ -270,7 +296,17 @@ class ConnectionManager(ReadFilter):
             factory(s)
         if cfg.request_timeout:
             s.filter_state  # noqa: B018  (timer is checked from the connection timer)
-        s.decode_headers(e.end_stream)
+        s.decode_headers(end_stream)
+
+    def _express_busy(self) -> bool:
+        express = self.express
+        return express is not None and express.busy
+
+    def _promote_express(self) -> None:
+        """Something unusual: an exchange in the express lane moves to the general path."""
+        express = self.express
+        if express is not None and express.busy:
+            express.promote()
 
     def _accept_upgrade(self, s: ActiveStream, token: bytes) -> bool:
         st = self.stats
@@ -410,8 +446,12 @@ class ConnectionManager(ReadFilter):
         if not s.request_complete:
             st.downstream_rq_response_before_rq_complete.value += 1
         self._finish(s)
+        self.next_cycle(s.request_complete)
+
+    def next_cycle(self, request_complete: bool) -> None:
+        """A response is complete: close, or serve the next request."""
         self.last_activity = time.monotonic()
-        if self.closing or not self.codec.keep_alive or not s.request_complete:
+        if self.closing or not self.codec.keep_alive or not request_complete:
             self.closing = True
             self._close(ConnectionCloseType.FLUSH_WRITE)
             return
@@ -456,6 +496,7 @@ class ConnectionManager(ReadFilter):
     def on_event(self, event: ConnectionEvent) -> None:
         if event is ConnectionEvent.CONNECTED:
             return
+        self._promote_express()
         st = self.stats
         st.downstream_cx_destroy.value += 1
         remote = event is ConnectionEvent.REMOTE_CLOSE
@@ -481,12 +522,14 @@ class ConnectionManager(ReadFilter):
                 handle.cancel()
 
     def on_high_watermark(self) -> None:
+        self._promote_express()
         s = self.stream
         if s is not None:
             for cb in s.watermark_cbs:
                 cb.on_above_write_buffer_high_watermark()
 
     def on_low_watermark(self) -> None:
+        self._promote_express()
         s = self.stream
         if s is not None:
             for cb in s.watermark_cbs:
@@ -508,6 +551,7 @@ class ConnectionManager(ReadFilter):
         self.timer = None
         if self.conn.closed:
             return
+        self._promote_express()
         cfg = self.config
         now = time.monotonic()
         s = self.stream
@@ -585,7 +629,7 @@ class ConnectionManager(ReadFilter):
 
     def _on_headers_timeout(self) -> None:
         self.headers_timer = None
-        if self.stream is not None or self.conn.closed:
+        if self.stream is not None or self.conn.closed or self._express_busy():
             return
         self.stats.downstream_rq_header_timeout.value += 1
         # Envoy answers 408 "request header timeout" (counted as a request) and closes.

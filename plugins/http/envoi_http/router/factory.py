@@ -25,4 +25,5 @@ class RouterFactory(HttpFilterFactory):
         def add(builder: HttpFilterChainBuilder) -> None:
             builder.add_decoder_filter(Router(cfg))
 
+        add.router_config = cfg  # type: ignore[attr-defined]  # the HCM's express lane reads it
         return add

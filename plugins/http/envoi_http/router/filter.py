@@ -54,7 +54,7 @@ class RouterConfig:
 class RoutePlan:
     """What a route's requests need beyond plain forwarding, decided once per route."""
 
-    __slots__ = ("request_work", "response_work", "stats")
+    __slots__ = ("express", "request_work", "response_work", "stats")
 
     def __init__(self, route: Route, table: Any) -> None:
         vh = route.vhost
@@ -65,6 +65,11 @@ class RoutePlan:
         self.response_work = bool(
             route.response_mutations or vh.response_mutations or table.response_mutations)
         self.stats = route.stats is not None or bool(vh.vclusters)
+        # The HCM's express lane (hcm/express.py) may run this route's plain requests.
+        self.express = (route.kind == "cluster" and route.retry_policy is None
+                        and not vh.include_request_attempt_count
+                        and not vh.include_attempt_count_in_response
+                        and not (self.request_work or self.response_work or self.stats))
 
 
 def cluster_http_stats(cluster: Cluster) -> ClusterHttpStats:

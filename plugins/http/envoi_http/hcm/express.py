@@ -1,0 +1,351 @@
+"""The express lane: the common exchange of a router-only connection manager, without the
+filter-chain machinery.
+
+When an HCM's ``http_filters`` is the router alone and the connection has no access log, most
+requests are a bodiless request routed to a cluster, with no retry policy, no header mutations
+and no route stats, answered by a pooled upstream connection. For those, the general path
+builds an ``ActiveStream`` with its stream info, a ``Router`` and its ``HeaderMap`` for the
+response, and walks the decoder and encoder paths one call per step. ``Express`` does the same
+work, with the same stats, headers and bytes on the wire, in a handful of calls on one object
+that lives as long as the connection.
+
+It never has to be right about anything unusual, because it hands over: whenever something
+other than the plain case happens while an exchange is in flight (an interim response, an upstream
+reset or protocol error, a pool failure, the route timeout, a watermark, the connection closing,
+the HCM's idle timer), :meth:`Express.promote` builds the ``ActiveStream`` and the ``Router``
+the general path would have built by then, in the same state, and gives them the event. From
+there the general path runs the exchange to its end. A request that does not qualify never
+enters: :meth:`Express.start` decides before it changes anything.
+
+``ENVOI_HTTP_EXPRESS=0`` in the environment turns the lane off (every request takes the general
+path), which is how the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from envoi.http.headers import HeaderMap
+
+from envoi_http.codec import events as ev
+from envoi_http.hcm.stream import ActiveStream
+from envoi_http.router.filter import RoutePlan, RouterConfig, cluster_http_stats
+from envoi_http.router.pool import pool_for
+from envoi_http.router.retry_headers import _CONTROL, EXPECTED
+
+if TYPE_CHECKING:
+    from envoi.upstream.cluster import Host
+
+    from envoi_http.hcm.connection_manager import ConnectionManager
+    from envoi_http.router.filter import Router
+    from envoi_http.router.pool import Http1Pool, UpstreamConnection
+
+# What the HCM drops from a proxied response (it adds its own date and server); a superset of
+# what the router drops, so one pass does both.
+_RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                        b"upgrade", b"date", b"server"))
+_SERVICE_TIME = b"x-envoy-upstream-service-time"
+ResponseHeaders = ev.ResponseHeaders
+Body = ev.Body
+
+
+def enabled() -> bool:
+    return os.environ.get("ENVOI_HTTP_EXPRESS", "1") != "0"
+
+
+class Express:
+    """One per connection of a router-only HCM; at most one exchange in flight (HTTP/1.1)."""
+
+    __slots__ = (
+        "attempt_start",
+        "busy",
+        "bytes_sent",
+        "cluster",
+        "hcm",
+        "head",
+        "headers",
+        "host",
+        "hstats",
+        "last_activity",
+        "plan",
+        "pool",
+        "rc",
+        "response_raw",
+        "route",
+        "server_name",
+        "sid",
+        "started",
+        "status",
+        "suppress",
+        "upstream",
+    )
+
+    def __init__(self, hcm: ConnectionManager, rc: RouterConfig) -> None:
+        self.hcm = hcm
+        self.rc = rc
+        self.suppress = rc.suppress_envoy_headers
+        self.server_name = hcm.config.server_name
+        self.busy = False
+        self._clear()
+
+    def _clear(self) -> None:
+        self.headers: HeaderMap | None = None
+        self.route: Any = None
+        self.cluster: Any = None
+        self.hstats: Any = None
+        self.plan: RoutePlan | None = None
+        self.host: Host | None = None
+        self.pool: Http1Pool | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.response_raw: list[tuple[bytes, bytes]] | None = None
+        self.head = False
+        self.sid = 0
+        self.status = 0
+        self.bytes_sent = 0
+        self.started = self.attempt_start = self.last_activity = 0.0
+
+    # -- the request --------------------------------------------------------------------------
+
+    def start(self, sid: int, h: HeaderMap) -> bool:
+        """Take a complete bodiless request, or return False having changed nothing."""
+        hcm = self.hcm
+        table = hcm.config.route_table
+        if table is None:
+            return False
+        route = table.route(h)
+        if route is None:
+            return False
+        rc = self.rc
+        plan = rc.plans.get(route)
+        if plan is None:
+            plan = rc.plans[route] = RoutePlan(route, table)
+        if not plan.express:
+            return False
+        name = route.pick_cluster(h)
+        cluster = rc.cluster_manager.get(name) if name else None
+        if cluster is None:
+            return False
+        lb = cluster.lb
+        if lb is None or not lb.healthy:
+            return False
+        for k, _ in h.headers:  # x-envoy-* retry and timeout headers: the router's own work
+            if k in _CONTROL:
+                return False
+        cst = cluster.stats
+        if hcm.conn.above_high_watermark or \
+                cst.upstream_rq_active.value >= cluster.thresholds["DEFAULT"].max_requests:
+            return False
+        # Committed: from here on this is the router's decode_headers and first attempt.
+        self.busy = True
+        self.sid = sid
+        self.headers = h
+        self.head = h.method == b"HEAD"
+        self.route = route
+        self.cluster = cluster
+        self.plan = plan
+        self.hstats = cluster_http_stats(cluster)
+        hcm.stats.rq_total.value += 1
+        timeout = route.timeout
+        if timeout and not self.suppress:
+            h.headers.append((EXPECTED, b"%d" % int(timeout * 1000)))
+        host = self.host = cluster.choose_host()
+        assert host is not None  # lb.healthy is not empty
+        now = time.monotonic()
+        self.started = self.attempt_start = self.last_activity = now
+        cst.upstream_rq_total.value += 1
+        cst.upstream_rq_active.inc()
+        host.rq_total += 1
+        host.rq_active += 1
+        pool = self.pool = pool_for(cluster, host, rc.backend)
+        if timeout:
+            hcm.route_deadline(self, hcm.loop.time() + timeout)
+        pool.request(self)
+        return True
+
+    # -- PoolCallbacks ------------------------------------------------------------------------
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None:
+        if not self.busy:
+            conn.release()
+            return
+        self.upstream = conn
+        h = self.headers
+        assert h is not None
+        conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers, True)
+
+    def on_pool_failure(self, reason: str, host: Host) -> None:
+        self.promote().on_pool_failure(reason, host)
+
+    def on_upstream_closed(self) -> None:
+        self.promote().on_upstream_closed()
+
+    def on_upstream_above_high_watermark(self) -> None:
+        self.promote().on_upstream_above_high_watermark()
+
+    def on_upstream_below_low_watermark(self) -> None:
+        self.promote().on_upstream_below_low_watermark()
+
+    def on_global_timeout(self) -> None:  # the HCM's route deadline
+        self.promote().on_global_timeout()
+
+    def on_upstream_events(self, events: list[ev.Event]) -> None:
+        hcm = self.hcm
+        corked = hcm.cork()
+        try:
+            for i, e in enumerate(events):
+                if not self.busy:
+                    return  # the exchange is over (as the router ignores what follows)
+                t = type(e)
+                if t is Body and self.response_raw is not None:
+                    self._data(e.data, e.end_stream)  # type: ignore[union-attr]
+                elif t is ResponseHeaders and self.response_raw is None and \
+                        e.status != 101:  # type: ignore[union-attr]
+                    self._response_head(e)  # type: ignore[arg-type]
+                else:
+                    self.promote()._on_upstream_events(events[i:])
+                    return
+        finally:
+            if corked:
+                hcm.uncork()
+
+    # -- the response -------------------------------------------------------------------------
+
+    def _response_head(self, e: ev.ResponseHeaders) -> None:
+        status = self.status = e.status
+        hs = self.hstats
+        elapsed = (time.monotonic() - self.attempt_start) * 1000
+        hs.codes.record(status)
+        hs.external.record(status)
+        hs.rq_time.record(elapsed)
+        host = self.host
+        assert host is not None
+        if status >= 500:
+            host.rq_error += 1
+        else:
+            host.rq_success += 1
+        raw = [kv for kv in e.headers if kv[0] not in _RESP_DROP]
+        if not self.suppress:
+            raw.append((_SERVICE_TIME, b"%d" % int(elapsed)))
+        self.response_raw = raw[:]  # what filters would have seen (for a promotion)
+        hcm = self.hcm
+        raw.append((b"date", hcm.date()))
+        raw.append((b"server", self.server_name))
+        if hcm.closing or hcm.conn.closed:
+            raw.append((b"connection", b"close"))
+        end = e.end_stream
+        if end:
+            self._upstream_done()
+        data = hcm.codec.send_response_head(self.sid, status, raw, end)
+        self.last_activity = time.monotonic()
+        hcm._write(data)
+        if end:
+            self._done()
+
+    def _data(self, data: bytes, end: bool) -> None:
+        if end:
+            self._upstream_done()
+        if not self.head:
+            self.bytes_sent += len(data)
+        hcm = self.hcm
+        self.last_activity = time.monotonic()
+        out = hcm.codec.send_data(self.sid, data, end)
+        if out:
+            hcm._write(out)
+        if end:
+            self._done()
+
+    def _upstream_done(self) -> None:
+        """The router's ``_complete``: the attempt ended well; the connection goes back."""
+        cluster = self.cluster
+        host = self.host
+        assert host is not None
+        cluster.stats.upstream_rq_active.dec()
+        host.rq_active -= 1
+        hcm = self.hcm
+        if hcm.deadline_router is self:
+            hcm.deadline_router = None
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.release()
+
+    def _done(self) -> None:
+        """The HCM's ``_response_done`` and ``_finish`` for this exchange."""
+        self.busy = False
+        hcm = self.hcm
+        st = hcm.stats
+        cls = self.status // 100
+        if 1 <= cls <= 5:
+            st.by_class[cls].value += 1
+            hcm.listener_stats.by_class[cls].value += 1
+        st.downstream_rq_completed.value += 1
+        hcm.listener_stats.downstream_rq_completed.value += 1
+        st.downstream_rq_active.dec()
+        st.downstream_rq_time.record((time.monotonic() - self.started) * 1000)
+        self._clear()
+        hcm.next_cycle(True)
+
+    # -- handing over to the general path ---------------------------------------------------------
+
+    def promote(self) -> Router:
+        """Build the stream and router the general path would have by now, in the same state,
+        and leave the exchange to them."""
+        assert self.busy
+        self.busy = False
+        hcm = self.hcm
+        h = self.headers
+        assert h is not None
+        s = ActiveStream(hcm, self.sid, h)
+        info = s.stream_info
+        now = time.monotonic()
+        info.start_time -= now - self.started
+        info.start_monotonic = s.start = self.started
+        s.last_activity = self.last_activity
+        s.request_complete = True
+        hcm.stream = s
+        for factory in hcm.config.filter_factories:
+            factory(s)
+        router: Router = s.filters[0]
+        route = self.route
+        s._route = route
+        s._route_resolved = True
+        info.route_name = route.name
+        info.virtual_host_name = route.vhost.name
+        cluster = self.cluster
+        s.cluster_name_ = info.upstream_cluster = cluster.name
+        pool = self.pool
+        assert pool is not None
+        info.upstream_host = pool.address_string
+        router.stream = s
+        router.route = route
+        router.cluster = cluster
+        router.hstats = self.hstats
+        router.plan = self.plan
+        router.retries_left = 0
+        router.timeout = route.timeout
+        router.headers = h
+        router.request_end = True
+        router.attempts = 1
+        router.attempt_start = self.attempt_start
+        router.host = self.host
+        router.pool = pool
+        router.rq_active = True
+        s.watermark_cbs.append(router)
+        if hcm.deadline_router is self:
+            hcm.deadline_router = router
+            router.global_armed = True
+        up = self.upstream
+        if up is not None:
+            up.handler = router
+            router.upstream = up
+        elif self in pool.pending:
+            pool.pending[pool.pending.index(self)] = router
+        if self.response_raw is not None:
+            router.response_started = s.response_started = True
+            info.response_code = self.status
+            s.response_headers = HeaderMap(self.response_raw, status=self.status)
+            info.bytes_sent = self.bytes_sent
+        self._clear()
+        return router
