@@ -191,22 +191,22 @@ class ConnectionManager(ReadFilter):
                 if s is not None:
                     s.decode_trailers(HeaderMap(e.headers))  # type: ignore[union-attr]
             elif t is ev.ProtocolError:
-                self._promote_express()
+                self._promote_express("downstream protocol error")
                 self._protocol_error(e)  # type: ignore[arg-type]
                 return
             elif t is ev.StreamReset:
-                self._promote_express()
+                self._promote_express("downstream reset")
                 if self.stream is not None:
                     self.reset_stream(self.stream, local=False)
                 self._close(ConnectionCloseType.FLUSH_WRITE)
                 return
             elif t is ev.ConnectionClosed:
-                self._promote_express()
+                self._promote_express("downstream closed")
                 self.closing = True
                 self._close(ConnectionCloseType.FLUSH_WRITE)
                 return
             elif t is ev.UpgradeRequested:
-                self._promote_express()
+                self._promote_express("upgrade")
                 s = self.stream
                 if s is not None and s is self.upgrade_stream:
                     if e.data:  # type: ignore[union-attr]
@@ -302,11 +302,11 @@ class ConnectionManager(ReadFilter):
         express = self.express
         return express is not None and express.busy
 
-    def _promote_express(self) -> None:
+    def _promote_express(self, why: str) -> None:
         """Something unusual: an exchange in the express lane moves to the general path."""
         express = self.express
         if express is not None and express.busy:
-            express.promote()
+            express.promote(why)
 
     def _accept_upgrade(self, s: ActiveStream, token: bytes) -> bool:
         st = self.stats
@@ -496,7 +496,7 @@ class ConnectionManager(ReadFilter):
     def on_event(self, event: ConnectionEvent) -> None:
         if event is ConnectionEvent.CONNECTED:
             return
-        self._promote_express()
+        self._promote_express("connection event")
         st = self.stats
         st.downstream_cx_destroy.value += 1
         remote = event is ConnectionEvent.REMOTE_CLOSE
@@ -522,14 +522,14 @@ class ConnectionManager(ReadFilter):
                 handle.cancel()
 
     def on_high_watermark(self) -> None:
-        self._promote_express()
+        self._promote_express("downstream watermark")
         s = self.stream
         if s is not None:
             for cb in s.watermark_cbs:
                 cb.on_above_write_buffer_high_watermark()
 
     def on_low_watermark(self) -> None:
-        self._promote_express()
+        self._promote_express("downstream watermark")
         s = self.stream
         if s is not None:
             for cb in s.watermark_cbs:
@@ -551,7 +551,7 @@ class ConnectionManager(ReadFilter):
         self.timer = None
         if self.conn.closed:
             return
-        self._promote_express()
+        self._promote_express("connection timer")
         cfg = self.config
         now = time.monotonic()
         s = self.stream

@@ -23,6 +23,7 @@ path), which is how the tests compare the two.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 _RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                         b"upgrade", b"date", b"server"))
 _SERVICE_TIME = b"x-envoy-upstream-service-time"
+log = logging.getLogger("envoi.http")
 ResponseHeaders = ev.ResponseHeaders
 Body = ev.Body
 
@@ -79,6 +81,7 @@ class Express:
         "started",
         "status",
         "suppress",
+        "trace",
         "upstream",
     )
 
@@ -88,6 +91,8 @@ class Express:
         self.suppress = rc.suppress_envoy_headers
         self.server_name = hcm.config.server_name
         self.busy = False
+        # Asked once per connection: a disabled debug log costs one attribute test per request.
+        self.trace = log.isEnabledFor(logging.DEBUG)
         self._clear()
 
     def _clear(self) -> None:
@@ -138,6 +143,9 @@ class Express:
                 cst.upstream_rq_active.value >= cluster.thresholds["DEFAULT"].max_requests:
             return False
         # Committed: from here on this is the router's decode_headers and first attempt.
+        if self.trace:
+            log.debug("express lane: stream %d %s %s", sid, h.method.decode("latin-1"),
+                      h.path.decode("latin-1"))
         self.busy = True
         self.sid = sid
         self.headers = h
@@ -176,19 +184,19 @@ class Express:
         conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers, True)
 
     def on_pool_failure(self, reason: str, host: Host) -> None:
-        self.promote().on_pool_failure(reason, host)
+        self.promote("pool failure").on_pool_failure(reason, host)
 
     def on_upstream_closed(self) -> None:
-        self.promote().on_upstream_closed()
+        self.promote("upstream closed").on_upstream_closed()
 
     def on_upstream_above_high_watermark(self) -> None:
-        self.promote().on_upstream_above_high_watermark()
+        self.promote("upstream watermark").on_upstream_above_high_watermark()
 
     def on_upstream_below_low_watermark(self) -> None:
-        self.promote().on_upstream_below_low_watermark()
+        self.promote("upstream watermark").on_upstream_below_low_watermark()
 
     def on_global_timeout(self) -> None:  # the HCM's route deadline
-        self.promote().on_global_timeout()
+        self.promote("route timeout").on_global_timeout()
 
     def on_upstream_events(self, events: list[ev.Event]) -> None:
         hcm = self.hcm
@@ -204,7 +212,7 @@ class Express:
                         e.status != 101:  # type: ignore[union-attr]
                     self._response_head(e)  # type: ignore[arg-type]
                 else:
-                    self.promote()._on_upstream_events(events[i:])
+                    self.promote(type(e).__name__)._on_upstream_events(events[i:])
                     return
         finally:
             if corked:
@@ -289,10 +297,12 @@ class Express:
 
     # -- handing over to the general path ---------------------------------------------------------
 
-    def promote(self) -> Router:
+    def promote(self, why: str) -> Router:
         """Build the stream and router the general path would have by now, in the same state,
         and leave the exchange to them."""
         assert self.busy
+        if self.trace:
+            log.debug("express lane: stream %d promoted to the general path: %s", self.sid, why)
         self.busy = False
         hcm = self.hcm
         h = self.headers
