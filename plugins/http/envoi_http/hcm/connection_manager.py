@@ -18,7 +18,7 @@ from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterSta
 
 from envoi_http.codec import events as ev
 from envoi_http.codec import make_codec
-from envoi_http.hcm import upgrade, xff
+from envoi_http.hcm import internal, upgrade, xff
 from envoi_http.hcm.express import Express
 from envoi_http.hcm.stream import ActiveStream, reason
 from envoi_http.router import idle as route_idle
@@ -37,6 +37,9 @@ H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 # Hop-by-hop request headers a proxy must not forward (and ``host``: it is ``:authority``).
 _REQ_DROP = frozenset((b"host", b"connection", b"keep-alive", b"proxy-connection",
                        b"transfer-encoding", b"upgrade", b"http2-settings", b"te", b"expect"))
+# Request headers that xff.mutate or the request id look at (or remove).
+_MUTATE_READS = internal.INTERNAL_ONLY | {b"x-forwarded-proto", b"x-forwarded-for",
+                                         b"x-request-id"}
 _RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                         b"upgrade", b"date", b"server"))
 
@@ -116,6 +119,7 @@ class ConnectionManager(ReadFilter):
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.deadline_when = 0.0
         rc = config.express_router
+        self.plain = False  # the last request had no header _mutate_request had to look at
         self.express: Express | None = Express(self, rc) if rc is not None else None
 
     # -- network filter ---------------------------------------------------------------------
@@ -242,10 +246,13 @@ class ConnectionManager(ReadFilter):
             raw = upgrade.request_headers(raw)
         else:
             token = b""
-            for name, _ in raw:
-                if name in _REQ_DROP:
-                    raw = [(k, v) for k, v in raw if k not in _REQ_DROP]
-                    break
+            # In place, from the end (the list is the codec's, made for this request): cheaper
+            # than a new list for the usual one or two headers to drop (``host`` is always one).
+            i = len(raw) - 1
+            while i >= 0:
+                if raw[i][0] in _REQ_DROP:
+                    del raw[i]
+                i -= 1
         path = e.target
         if path[:1] != b"/":
             if path.startswith((b"http://", b"https://")):
@@ -258,8 +265,9 @@ class ConnectionManager(ReadFilter):
         express = self.express
         if express is not None and e.end_stream and not token and not e.expect_continue and \
                 e.http_version == b"1.1":
+            self.plain = False
             client = self._mutate_request(headers)
-            if client is None and express.start(e.stream_id, headers):
+            if client is None and express.start(e.stream_id, headers, self.plain):
                 return
             self._general_stream(e, headers, client)
             return
@@ -323,6 +331,17 @@ class ConnectionManager(ReadFilter):
 
     def _mutate_request(self, h: HeaderMap) -> bytes | None:
         cfg = self.config
+        if not cfg.use_remote_address:
+            raw = h.headers
+            for k, _ in raw:
+                if k in _MUTATE_READS:
+                    break
+            else:  # what xff.mutate and the request id come to when none of their headers is set
+                self.plain = True
+                raw.append((b"x-forwarded-proto", b"http"))
+                if cfg.generate_request_id:
+                    raw.append((b"x-request-id", _request_id()))
+                return None
         client = xff.mutate(h, cfg.use_remote_address, cfg.xff_num_trusted_hops, self.remote_ip,
                             cfg.internal_nets)
         if cfg.generate_request_id and h.get_bytes(b"x-request-id") is None:

@@ -113,8 +113,9 @@ class Express:
 
     # -- the request --------------------------------------------------------------------------
 
-    def start(self, sid: int, h: HeaderMap) -> bool:
-        """Take a complete bodiless request, or return False having changed nothing."""
+    def start(self, sid: int, h: HeaderMap, plain: bool) -> bool:
+        """Take a complete bodiless request, or return False having changed nothing. ``plain``:
+        the request carries none of the internal-only ``x-envoy-*`` headers (the HCM saw)."""
         hcm = self.hcm
         table = hcm.config.route_table
         if table is None:
@@ -135,9 +136,10 @@ class Express:
         lb = cluster.lb
         if lb is None or not lb.healthy:
             return False
-        for k, _ in h.headers:  # x-envoy-* retry and timeout headers: the router's own work
-            if k in _CONTROL:
-                return False
+        if not plain:
+            for k, _ in h.headers:  # x-envoy-* retry and timeout headers: the router's work
+                if k in _CONTROL:
+                    return False
         cst = cluster.stats
         if hcm.conn.above_high_watermark or \
                 cst.upstream_rq_active.value >= cluster.thresholds["DEFAULT"].max_requests:
@@ -157,7 +159,7 @@ class Express:
         hcm.stats.rq_total.value += 1
         timeout = route.timeout
         if timeout and not self.suppress:
-            h.headers.append((EXPECTED, b"%d" % int(timeout * 1000)))
+            h.headers.append((EXPECTED, plan.expected_ms))
         host = self.host = cluster.choose_host()
         assert host is not None  # lb.healthy is not empty
         now = time.monotonic()
@@ -224,8 +226,7 @@ class Express:
         status = self.status = e.status
         hs = self.hstats
         elapsed = (time.monotonic() - self.attempt_start) * 1000
-        hs.codes.record(status)
-        hs.external.record(status)
+        hs.answered(status)
         hs.rq_time.record(elapsed)
         host = self.host
         assert host is not None
@@ -236,7 +237,7 @@ class Express:
         raw = [kv for kv in e.headers if kv[0] not in _RESP_DROP]
         if not self.suppress:
             raw.append((_SERVICE_TIME, b"%d" % int(elapsed)))
-        self.response_raw = raw[:]  # what filters would have seen (for a promotion)
+        self.response_raw = raw  # for a promotion (the HCM's date and server included)
         hcm = self.hcm
         raw.append((b"date", hcm.date()))
         raw.append((b"server", self.server_name))
@@ -292,7 +293,9 @@ class Express:
         hcm.listener_stats.downstream_rq_completed.value += 1
         st.downstream_rq_active.dec()
         st.downstream_rq_time.record((time.monotonic() - self.started) * 1000)
-        self._clear()
+        # The next start() sets every field it reads; only the response state is reset here.
+        self.response_raw = None
+        self.bytes_sent = 0
         hcm.next_cycle(True)
 
     # -- handing over to the general path ---------------------------------------------------------

@@ -54,7 +54,7 @@ class RouterConfig:
 class RoutePlan:
     """What a route's requests need beyond plain forwarding, decided once per route."""
 
-    __slots__ = ("express", "request_work", "response_work", "stats")
+    __slots__ = ("expected_ms", "express", "request_work", "response_work", "stats")
 
     def __init__(self, route: Route, table: Any) -> None:
         vh = route.vhost
@@ -65,6 +65,7 @@ class RoutePlan:
         self.response_work = bool(
             route.response_mutations or vh.response_mutations or table.response_mutations)
         self.stats = route.stats is not None or bool(vh.vclusters)
+        self.expected_ms = b"%d" % int(route.timeout * 1000)  # x-envoy-expected-rq-timeout-ms
         # The HCM's express lane (hcm/express.py) may run this route's plain requests.
         self.express = (route.kind == "cluster" and route.retry_policy is None
                         and not vh.include_request_attempt_count
@@ -510,8 +511,7 @@ class Router(StreamDecoderFilter):
                 rs.upstream_rq_retry_success.value += 1
         self.response_started = True
         elapsed = (time.monotonic() - self.attempt_start) * 1000
-        hs.codes.record(status)
-        hs.external.record(status)
+        hs.answered(status)
         hs.rq_time.record(elapsed)
         if self.plan is None or self.plan.stats:
             for rs in self._request_stats():

@@ -23,13 +23,20 @@ class CodeStats:
     def record(self, code: int) -> None:
         pair = self._by_code.get(code)
         if pair is None:
+            pair = self.pair(code)
+        pair[0].value += 1
+        pair[1].value += 1
+        self.completed.value += 1
+
+    def pair(self, code: int) -> tuple[Counter, Counter]:
+        """The ``_<code>`` and ``_<class>xx`` counters (made on first use)."""
+        pair = self._by_code.get(code)
+        if pair is None:
             p = self.prefix
             pair = (self.scope.counter(f"{p}upstream_rq_{code}"),
                     self.scope.counter(f"{p}upstream_rq_{code // 100}xx"))
             self._by_code[code] = pair
-        pair[0].value += 1
-        pair[1].value += 1
-        self.completed.value += 1
+        return pair
 
 
 class RequestStats(StatsGroup):
@@ -52,10 +59,26 @@ class ClusterHttpStats:
     """What the router adds to a cluster's scope: per-code sets for all, retried and external
     responses, and the upstream request time."""
 
-    __slots__ = ("codes", "external", "retry", "rq_time")
+    __slots__ = ("_answered", "codes", "external", "retry", "rq_time")
 
     def __init__(self, scope: Scope) -> None:
         self.codes = CodeStats(scope)
         self.retry = CodeStats(scope, "retry.")
         self.external = CodeStats(scope, "external.")
         self.rq_time = scope.histogram("upstream_rq_time")
+        self._answered: dict[int, tuple[Counter, ...]] = {}
+
+    def answered(self, code: int) -> None:
+        """``codes.record(code)`` and ``external.record(code)`` in one lookup (every proxied
+        response counts both)."""
+        c = self._answered.get(code)
+        if c is None:
+            c = self._answered[code] = (*self.codes.pair(code), self.codes.completed,
+                                        *self.external.pair(code), self.external.completed)
+        a, b, d, e, f, g = c
+        a.value += 1
+        b.value += 1
+        d.value += 1
+        e.value += 1
+        f.value += 1
+        g.value += 1
