@@ -203,10 +203,13 @@ class Express:
     def on_upstream_events(self, events: list[ev.Event]) -> None:
         hcm = self.hcm
         corked = hcm.cork()
+        sid = self.sid
         try:
-            for i, e in enumerate(events):
-                if not self.busy:
-                    return  # the exchange is over (as the router ignores what follows)
+            for e in events:
+                if not self.busy or self.sid != sid:
+                    # This exchange is over (the router ignores what follows, too); the lane
+                    # may already run the next pipelined request, which these are not for.
+                    return
                 t = type(e)
                 if t is Body and self.response_raw is not None:
                     self._data(e.data, e.end_stream)  # type: ignore[union-attr]
@@ -214,7 +217,8 @@ class Express:
                         e.status != 101:  # type: ignore[union-attr]
                     self._response_head(e)  # type: ignore[arg-type]
                 else:
-                    self.promote(type(e).__name__)._on_upstream_events(events[i:])
+                    rest = events[next(i for i, x in enumerate(events) if x is e):]
+                    self.promote(t.__name__)._on_upstream_events(rest)
                     return
         finally:
             if corked:
@@ -225,7 +229,8 @@ class Express:
     def _response_head(self, e: ev.ResponseHeaders) -> None:
         status = self.status = e.status
         hs = self.hstats
-        elapsed = (time.monotonic() - self.attempt_start) * 1000
+        now = self.last_activity = time.monotonic()
+        elapsed = (now - self.attempt_start) * 1000
         hs.answered(status)
         hs.rq_time.record(elapsed)
         host = self.host
@@ -246,9 +251,7 @@ class Express:
         end = e.end_stream
         if end:
             self._upstream_done()
-        data = hcm.codec.send_response_head(self.sid, status, raw, end)
-        self.last_activity = time.monotonic()
-        hcm._write(data)
+        hcm._write(hcm.codec.send_response_head(self.sid, status, raw, end))
         if end:
             self._done()
 

@@ -113,6 +113,11 @@ class Route:
     response_mutations: HeaderMutations = HeaderMutations()
     stats: RequestStats | None = None
     upgrade_map: dict[bytes, bool] | None = None  # route.upgrade_configs (hcm/upgrade.py)
+    plain_prefix: bytes | None = None  # the match is this case-sensitive prefix and nothing else
+
+    def __post_init__(self) -> None:
+        if isinstance(self.match, _PlainPrefix):
+            self.plain_prefix = self.match.prefix
 
     @property
     def cluster_name(self) -> str | None:
@@ -138,6 +143,10 @@ class Route:
         return None
 
 
+_NO_VHOST: Any = object()
+_MEMO_MAX = 4096
+
+
 @dataclass(eq=False)
 class RouteTable:
     exact: dict[bytes, VirtualHost]
@@ -147,7 +156,19 @@ class RouteTable:
     request_mutations: HeaderMutations
     response_mutations: HeaderMutations
 
+    # authority as received -> virtual host (or None): most requests repeat a few authorities.
+    _memo: dict[bytes, VirtualHost | None] = field(default_factory=dict)
+
     def vhost(self, authority: bytes) -> VirtualHost | None:
+        memo = self._memo
+        vh = memo.get(authority, _NO_VHOST)
+        if vh is _NO_VHOST:
+            if len(memo) >= _MEMO_MAX:  # bounded: clients choose the authority
+                memo.clear()
+            vh = memo[authority] = self._vhost(authority)
+        return vh  # type: ignore[no-any-return]
+
+    def _vhost(self, authority: bytes) -> VirtualHost | None:
         host = authority.lower()
         vh = self.exact.get(host)
         if vh is not None:
@@ -166,12 +187,28 @@ class RouteTable:
             return None
         path, _, query = h.path.partition(b"?")
         for r in vh.routes:
-            if r.match(h, path, query):
+            prefix = r.plain_prefix
+            if prefix is not None:
+                if path.startswith(prefix):
+                    return r
+            elif r.match(h, path, query):
                 return r
         return None
 
 
 # -- matchers -------------------------------------------------------------------------------
+
+
+class _PlainPrefix:
+    """A case-sensitive ``prefix`` match with nothing else to check."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+
+    def __call__(self, h: HeaderMap, path: bytes, query: bytes) -> bool:
+        return path.startswith(self.prefix)
 
 
 def _string_matcher(sm: Any, path: str) -> Callable[[bytes], bool]:
@@ -298,6 +335,9 @@ def _route_matcher(m: Any, path: str) -> tuple[Matcher, bytes | None]:
     qms = [_query_matcher(q, f"{path}.query_parameters[{i}]")
            for i, q in enumerate(m.query_parameters)]
     if not hms and not qms:
+        if kind == "prefix" and cs:
+            # RouteTable.route tests this with one startswith; the matcher is never called.
+            return _PlainPrefix(prefix), prefix  # type: ignore[arg-type]
         return (lambda h, p_, q: pm(p_)), prefix
 
     def full(h: HeaderMap, p_: bytes, q: bytes) -> bool:
