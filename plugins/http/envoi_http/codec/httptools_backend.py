@@ -428,7 +428,8 @@ class HttptoolsCodec(Http1Codec):
             return fr.encode_data(self._mode, event.data, event.end_stream)  # type: ignore[union-attr]
         if t is ResponseHeaders:
             e: ResponseHeaders = event  # type: ignore[assignment]
-            return self._send_response(e.status, e.headers, e.end_stream, e.reason)
+            return self.send_response_head(e.stream_id, e.status, e.headers, e.end_stream,
+                                           e.reason)
         if t is RequestHeaders:
             r: RequestHeaders = event  # type: ignore[assignment]
             return self.send_request_head(r.method, r.target, r.authority, r.scheme, r.headers,
@@ -443,17 +444,13 @@ class HttptoolsCodec(Http1Codec):
             return fr.encode_head(fr.status_line(i.status, i.reason), i.headers)
         raise TypeError(f"cannot send {t.__name__}")
 
-    def send_response_head(self, stream_id: int, status: int, headers: Headers,
-                           end_stream: bool) -> bytes:
-        return self._send_response(status, headers, end_stream, b"")
-
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> bytes:
         if end_stream and self._server:
             self._response_done()
         return fr.encode_data(self._mode, data, end_stream)
 
-    def _send_response(self, status: int, headers: Headers, end_stream: bool,
-                       reason: bytes) -> bytes:
+    def send_response_head(self, stream_id: int, status: int, headers: Headers,
+                           end_stream: bool, reason: bytes = b"") -> bytes:
         if self._requests:
             _, head_req, http10, keep, upgrade = self._requests[0]
         else:  # a local reply to a request that never parsed

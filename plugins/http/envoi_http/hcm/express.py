@@ -171,7 +171,14 @@ class Express:
         pool = self.pool = pool_for(cluster, host, rc.backend)
         if timeout:
             hcm.route_deadline(self, hcm.loop.time() + timeout)
-        pool.request(self)
+        idle = pool.idle
+        while idle:  # Http1Pool.request's first step, inline: an idle connection
+            conn = idle.pop()
+            if not conn.closed:
+                conn.handler = self
+                self.on_pool_ready(conn)
+                return True
+        pool.request(self)  # connect, queue, or overflow
         return True
 
     # -- PoolCallbacks ------------------------------------------------------------------------
@@ -273,7 +280,7 @@ class Express:
         cluster = self.cluster
         host = self.host
         assert host is not None
-        cluster.stats.upstream_rq_active.dec()
+        cluster.stats.upstream_rq_active.value -= 1  # (inc()ed in start: already marked used)
         host.rq_active -= 1
         hcm = self.hcm
         if hcm.deadline_router is self:
@@ -294,7 +301,7 @@ class Express:
             hcm.listener_stats.by_class[cls].value += 1
         st.downstream_rq_completed.value += 1
         hcm.listener_stats.downstream_rq_completed.value += 1
-        st.downstream_rq_active.dec()
+        st.downstream_rq_active.value -= 1  # (the HCM inc()ed it: already marked used)
         st.downstream_rq_time.record((time.monotonic() - self.started) * 1000)
         # The next start() sets every field it reads; only the response state is reset here.
         self.response_raw = None
