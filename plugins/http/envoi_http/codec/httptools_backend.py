@@ -80,8 +80,11 @@ class HttptoolsCodec(Http1Codec):
         self._url = b""
         self._reason = b""
         self._headers: Headers = []
-        self._head_args: tuple[object, ...] = ()
-        self._pending_flags: tuple[bool, bool, bytes] = (True, False, b"")
+        # The head event of the message being parsed, until it is known whether a body follows.
+        self._head: RequestHeaders | ResponseHeaders | None = None
+        self._msg_keep = True  # the message being parsed allows another one after it
+        self._msg_upgrade = b""  # client: its Upgrade token
+        self._may_upgrade = False  # llhttp may have seen an upgrade: ask it (a C call) at the end
         self._body: bytes | None = None  # last body piece, not yet known to be the last
         self._trailers: Headers | None = None
         self._until_close = self._interim = False
@@ -111,7 +114,6 @@ class HttptoolsCodec(Http1Codec):
         self._head_fed = 0
         self._url = self._reason = b""
         self._headers = []
-        self._trailers = None
         self._body = None
         if self._server:
             self._sid += 1
@@ -174,8 +176,10 @@ class HttptoolsCodec(Http1Codec):
         else:
             authority, scheme = authority_and_scheme(url, authority)
         self._requests.append((sid, method == b"HEAD", version == b"1.0", keep, b""))
-        self._head_args = (sid, method, url, authority, scheme, headers, version)
-        self._pending_flags = (keep, False, b"")
+        self._head = RequestHeaders(sid, method, url, authority, scheme, headers, version, False,
+                                    keep)
+        self._msg_keep = keep
+        self._may_upgrade = False  # not CONNECT, no upgrade or connection header
         return True
 
     def _request_head(self, info: HeadInfo, headers: Headers, version: bytes) -> None:
@@ -189,8 +193,10 @@ class HttptoolsCodec(Http1Codec):
         upgrade = _upgrade_token(info, method)
         authority, scheme = authority_and_scheme(url, info.authority)
         self._requests.append((self._sid, method == b"HEAD", version == b"1.0", keep, upgrade))
-        self._head_args = (self._sid, method, url, authority, scheme, headers, version)
-        self._pending_flags = (keep, info.expect, upgrade)
+        self._head = RequestHeaders(self._sid, method, url, authority, scheme, headers, version,
+                                    False, keep, info.expect, upgrade)
+        self._msg_keep = keep
+        self._may_upgrade = True
 
     def _response_head(self, headers: Headers, version: bytes) -> None:
         status = self._parser.get_status_code()
@@ -217,24 +223,25 @@ class HttptoolsCodec(Http1Codec):
             not framed and method != b"HEAD" and status not in (101, 204, 304)
         )
         keep = not close and version == b"1.1" and not self._until_close
-        self._head_args = (self._sid, status, headers, self._reason, version, keep)
-        self._pending_flags = (keep, False, upgrade)
+        self._head = ResponseHeaders(self._sid, status, headers, self._reason, False, version,
+                                     keep)
+        self._msg_keep = keep
+        self._msg_upgrade = upgrade
+        self._may_upgrade = status == 101 or bool(upgrade)
 
     def _flush_head(self, end_stream: bool) -> None:
-        a = self._head_args
-        if self._server:
-            keep, expect, upgrade = self._pending_flags
-            self._sink.append(RequestHeaders(
-                a[0], a[1], a[2], a[3], a[4], a[5], a[6], end_stream,  # type: ignore[arg-type]
-                keep, expect, upgrade))
-        else:
-            self._sink.append(ResponseHeaders(
-                a[0], a[1], a[2], a[3], end_stream, a[4], a[5]))  # type: ignore[arg-type]
-        self._head_args = ()
+        head = self._head
+        assert head is not None
+        head.end_stream = end_stream
+        self._sink.append(head)
+        self._head = None
 
     def on_body(self, body: bytes) -> None:
-        if self._head_args:
-            self._flush_head(False)
+        head = self._head
+        if head is not None:  # _flush_head(False), inlined
+            head.end_stream = False
+            self._sink.append(head)
+            self._head = None
         if self._body is not None:
             self._sink.append(Body(self._sid, self._body, False))
         self._body = body
@@ -244,18 +251,21 @@ class HttptoolsCodec(Http1Codec):
         if self._interim:
             self._interim = False
             return
-        if self._parser.should_upgrade() and (
+        if self._may_upgrade and self._parser.should_upgrade() and (
             not self._server or self._requests[-1][4] != b"h2c"
         ):
-            if self._head_args:
+            if self._head is not None:
                 self._flush_head(False)  # the tunnel follows; UpgradeRequested comes next
             return
         if self._trailers:
             self._end_message()
             return
         # _end_message() without trailers, inlined
-        if self._head_args:
-            self._flush_head(True)
+        head = self._head
+        if head is not None:
+            head.end_stream = True
+            self._sink.append(head)
+            self._head = None
         else:
             body = self._body
             self._sink.append(Body(self._sid, body if body is not None else b"", True))
@@ -264,19 +274,19 @@ class HttptoolsCodec(Http1Codec):
             self._done_sid = self._sid
         else:
             self._sent.popleft()
-            if not self._pending_flags[0]:
+            if not self._msg_keep:
                 self.keep_alive = False
 
     def _end_message(self) -> None:
         sink, sid = self._sink, self._sid
         trailers = self._trailers if self.limits.enable_trailers else None
         if trailers:
-            if self._head_args:
+            if self._head is not None:
                 self._flush_head(False)
             if self._body is not None:
                 sink.append(Body(sid, self._body, False))
             sink.append(ev.Trailers(sid, trailers))
-        elif self._head_args:
+        elif self._head is not None:
             self._flush_head(True)
         else:
             sink.append(Body(sid, self._body if self._body is not None else b"", True))
@@ -285,7 +295,7 @@ class HttptoolsCodec(Http1Codec):
             self._done_sid = sid
         else:
             self._sent.popleft()
-            if not self._pending_flags[0]:
+            if not self._msg_keep:
                 self.keep_alive = False
 
     # ---- receiving -------------------------------------------------------------------------
@@ -305,7 +315,7 @@ class HttptoolsCodec(Http1Codec):
         else:
             self._feed(data)
         # _drain(), inlined
-        if self._head_args and self._in_msg:
+        if self._head is not None and self._in_msg:
             self._flush_head(False)  # the body has not started yet: deliver the head now
         if self._body is not None:
             self._sink.append(Body(self._sid, self._body, False))
@@ -336,7 +346,7 @@ class HttptoolsCodec(Http1Codec):
                 self._fail(431, ev.HEADERS_TOO_LARGE, "headers size exceeds limit")
 
     def _drain(self) -> list[Event]:
-        if self._head_args and self._in_msg:
+        if self._head is not None and self._in_msg:
             self._flush_head(False)  # the body has not started yet: deliver the head now
         if self._body is not None:
             self._sink.append(Body(self._sid, self._body, False))
@@ -362,7 +372,7 @@ class HttptoolsCodec(Http1Codec):
                 return
             head, buf = buf[: end + 4], buf[end + 4 :]
             self._feed(head)
-            if self._head_args:  # a final response head: it has no body
+            if self._head is not None:  # a final response head: it has no body
                 self._in_msg = False
                 self._end_message()
                 self._parser = self._new_parser()
@@ -379,7 +389,7 @@ class HttptoolsCodec(Http1Codec):
                     self._feed(rest)
                 return
         else:
-            upgrade = self._pending_flags[2]
+            upgrade = self._msg_upgrade
             self._sent.popleft()
             self._mode = fr.RAW  # the request was sent whole; what follows is tunnel bytes
         self._tunnel = self._in_msg = True
@@ -412,7 +422,7 @@ class HttptoolsCodec(Http1Codec):
         self._dead = True
         self.keep_alive = False
         self._done_sid = event.stream_id
-        self._head_args = ()
+        self._head = None
         self._body = None
         if self._server and event.stream_id == self._current:
             self._sink = self._out

@@ -49,6 +49,7 @@ _RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"tra
                         b"upgrade", b"date", b"server"))
 _SERVICE_TIME = b"x-envoy-upstream-service-time"
 log = logging.getLogger("envoi.http")
+_monotonic = time.monotonic
 ResponseHeaders = ev.ResponseHeaders
 Body = ev.Body
 
@@ -73,6 +74,7 @@ class Express:
         "last_activity",
         "plan",
         "pool",
+        "pools",
         "rc",
         "response_raw",
         "route",
@@ -91,6 +93,9 @@ class Express:
         self.suppress = rc.suppress_envoy_headers
         self.server_name = hcm.config.server_name
         self.busy = False
+        # The pool of each host this connection's lane used (pool_for, without its lookups;
+        # pools are never replaced, a host of a new cluster is a new key).
+        self.pools: dict[Host, Http1Pool] = {}
         # Asked once per connection: a disabled debug log costs one attribute test per request.
         self.trace = log.isEnabledFor(logging.DEBUG)
         self._clear()
@@ -130,7 +135,7 @@ class Express:
         if not plan.express:
             return False
         name = route.pick_cluster(h)
-        cluster = rc.cluster_manager.get(name) if name else None
+        cluster = rc.cluster_manager.clusters.get(name) if name else None
         if cluster is None:
             return False
         lb = cluster.lb
@@ -141,8 +146,9 @@ class Express:
                 if k in _CONTROL:
                     return False
         cst = cluster.stats
+        active = cst.upstream_rq_active
         if hcm.conn.above_high_watermark or \
-                cst.upstream_rq_active.value >= cluster.thresholds["DEFAULT"].max_requests:
+                active.value >= cluster.thresholds["DEFAULT"].max_requests:
             return False
         # Committed: from here on this is the router's decode_headers and first attempt.
         if self.trace:
@@ -155,28 +161,41 @@ class Express:
         self.route = route
         self.cluster = cluster
         self.plan = plan
-        self.hstats = cluster_http_stats(cluster)
+        hstats = plan.hstats
+        if plan.hstats_of is not cluster:  # (a cluster replaced by CDS gets its own)
+            hstats = plan.hstats = cluster_http_stats(cluster)
+            plan.hstats_of = cluster
+        self.hstats = hstats
         hcm.stats.rq_total.value += 1
         timeout = route.timeout
         if timeout and not self.suppress:
             h.headers.append((EXPECTED, plan.expected_ms))
-        host = self.host = cluster.choose_host()
-        assert host is not None  # lb.healthy is not empty
-        now = time.monotonic()
-        self.started = self.attempt_start = self.last_activity = now
+        host = self.host = lb.choose_host(None)  # lb.healthy is not empty: never None
+        self.started = self.attempt_start = self.last_activity = _monotonic()
         cst.upstream_rq_total.value += 1
-        cst.upstream_rq_active.inc()
+        active.inc()
         host.rq_total += 1
         host.rq_active += 1
-        pool = self.pool = pool_for(cluster, host, rc.backend)
+        pools = self.pools
+        pool = pools.get(host)
+        if pool is None:
+            pool = pools[host] = pool_for(cluster, host, rc.backend)
+        self.pool = pool
         if timeout:
-            hcm.route_deadline(self, hcm.loop.time() + timeout)
+            when = hcm.loop.time() + timeout
+            if hcm.deadline_timer is not None and hcm.deadline_when <= when:
+                hcm.deadline_router = self  # route_deadline's usual case: the timer is armed
+                hcm.deadline = when
+            else:
+                hcm.route_deadline(self, when)
         idle = pool.idle
         while idle:  # Http1Pool.request's first step, inline: an idle connection
             conn = idle.pop()
             if not conn.closed:
                 conn.handler = self
-                self.on_pool_ready(conn)
+                self.upstream = conn
+                conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers,
+                               True)
                 return True
         pool.request(self)  # connect, queue, or overflow
         return True
@@ -209,6 +228,13 @@ class Express:
 
     def on_upstream_events(self, events: list[ev.Event]) -> None:
         hcm = self.hcm
+        if len(events) == 2 and self.response_raw is None:
+            # The usual small response: the head and its whole body in one read.
+            e, b = events
+            if type(e) is ResponseHeaders and type(b) is Body and b.end_stream and \
+                    e.status != 101 and not e.end_stream:  # type: ignore[union-attr]
+                self._whole_response(e, b.data)  # type: ignore[arg-type,union-attr]
+                return
         corked = hcm.cork()
         sid = self.sid
         try:
@@ -233,10 +259,34 @@ class Express:
 
     # -- the response -------------------------------------------------------------------------
 
+    def _whole_response(self, e: ev.ResponseHeaders, body: bytes) -> None:
+        """``_response_head`` then ``_data(body, True)``, written in one piece."""
+        hcm = self.hcm
+        codec = hcm.codec
+        raw = self._head_fields(e)
+        self._upstream_done()
+        if not self.head:
+            self.bytes_sent = len(body)
+        out = codec.send_response_head(self.sid, self.status, raw, False)
+        tail = codec.send_data(self.sid, body, True)
+        hcm._write(out + tail if tail else out)
+        self._done()
+
     def _response_head(self, e: ev.ResponseHeaders) -> None:
+        raw = self._head_fields(e)
+        hcm = self.hcm
+        end = e.end_stream
+        if end:
+            self._upstream_done()
+        hcm._write(hcm.codec.send_response_head(self.sid, self.status, raw, end))
+        if end:
+            self._done()
+
+    def _head_fields(self, e: ev.ResponseHeaders) -> list[tuple[bytes, bytes]]:
+        """The upstream response head's stats and the header fields to send downstream."""
         status = self.status = e.status
         hs = self.hstats
-        now = self.last_activity = time.monotonic()
+        now = self.last_activity = _monotonic()
         elapsed = (now - self.attempt_start) * 1000
         hs.answered(status)
         hs.rq_time.record(elapsed)
@@ -255,12 +305,7 @@ class Express:
         raw.append((b"server", self.server_name))
         if hcm.closing or hcm.conn.closed:
             raw.append((b"connection", b"close"))
-        end = e.end_stream
-        if end:
-            self._upstream_done()
-        hcm._write(hcm.codec.send_response_head(self.sid, status, raw, end))
-        if end:
-            self._done()
+        return raw
 
     def _data(self, data: bytes, end: bool) -> None:
         if end:
@@ -268,7 +313,7 @@ class Express:
         if not self.head:
             self.bytes_sent += len(data)
         hcm = self.hcm
-        self.last_activity = time.monotonic()
+        self.last_activity = _monotonic()
         out = hcm.codec.send_data(self.sid, data, end)
         if out:
             hcm._write(out)
@@ -302,7 +347,7 @@ class Express:
         st.downstream_rq_completed.value += 1
         hcm.listener_stats.downstream_rq_completed.value += 1
         st.downstream_rq_active.value -= 1  # (the HCM inc()ed it: already marked used)
-        st.downstream_rq_time.record((time.monotonic() - self.started) * 1000)
+        st.downstream_rq_time.record((_monotonic() - self.started) * 1000)
         # The next start() sets every field it reads; only the response state is reset here.
         self.response_raw = None
         self.bytes_sent = 0
@@ -322,7 +367,7 @@ class Express:
         assert h is not None
         s = ActiveStream(hcm, self.sid, h)
         info = s.stream_info
-        now = time.monotonic()
+        now = _monotonic()
         info.start_time -= now - self.started
         info.start_monotonic = s.start = self.started
         s.last_activity = self.last_activity

@@ -54,7 +54,8 @@ class RouterConfig:
 class RoutePlan:
     """What a route's requests need beyond plain forwarding, decided once per route."""
 
-    __slots__ = ("expected_ms", "express", "request_work", "response_work", "stats")
+    __slots__ = ("expected_ms", "express", "hstats", "hstats_of", "request_work", "response_work",
+                 "stats")
 
     def __init__(self, route: Route, table: Any) -> None:
         vh = route.vhost
@@ -71,6 +72,9 @@ class RoutePlan:
                         and not vh.include_request_attempt_count
                         and not vh.include_attempt_count_in_response
                         and not (self.request_work or self.response_work or self.stats))
+        # The express lane's memo of cluster_http_stats(cluster) for the cluster it last used.
+        self.hstats: ClusterHttpStats | None = None
+        self.hstats_of: Cluster | None = None
 
 
 def cluster_http_stats(cluster: Cluster) -> ClusterHttpStats:
