@@ -232,8 +232,8 @@ class Express:
             # The usual small response: the head and its whole body in one read.
             e, b = events
             if type(e) is ResponseHeaders and type(b) is Body and b.end_stream and \
-                    e.status != 101 and not e.end_stream:  # type: ignore[union-attr]
-                self._whole_response(e, b.data)  # type: ignore[arg-type,union-attr]
+                    e.status != 101 and not e.end_stream:
+                self._whole_response(e, b.data)
                 return
         corked = hcm.cork()
         sid = self.sid
