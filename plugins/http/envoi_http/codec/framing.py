@@ -34,6 +34,8 @@ _CRLF = b"\r\n"
 _SEP = b": "
 _LAST_CHUNK = b"0\r\n\r\n"
 _END_HEAD = b"\r\n\r\n"
+_RESPONSE_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
 
 
 def reason_phrase(status: int, reason: bytes) -> bytes:
@@ -68,12 +70,13 @@ def frame_response(
     common case for a proxied response that already has a content-length."""
     length = chunked = close = False
     for name, value in headers:
-        if name == b"content-length":
-            length = True
-        elif name == b"transfer-encoding":
-            chunked = True
-        elif name == b"connection" and _has_close(value):
-            close = True
+        if name in _RESPONSE_FRAMING:  # (one set test for the usual header)
+            if name == b"content-length":
+                length = True
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif _has_close(value):
+                close = True
     extra: Headers = []
     if status < 200:
         return headers, (RAW if status == 101 else NONE), keep_alive
@@ -107,12 +110,13 @@ def frame_request(
     """Decide the framing of a request; adds ``host`` from ``authority`` when it is missing."""
     length = chunked = host = False
     for name, _ in headers:
-        if name == b"content-length":
-            length = True
-        elif name == b"transfer-encoding":
-            chunked = True
-        elif name == b"host":
-            host = True
+        if name in _REQUEST_FRAMING:
+            if name == b"content-length":
+                length = True
+            elif name == b"transfer-encoding":
+                chunked = True
+            else:
+                host = True
     extra: Headers = []
     if not host and authority:
         extra.append((b"host", authority))

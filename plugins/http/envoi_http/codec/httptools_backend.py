@@ -71,6 +71,7 @@ class HttptoolsCodec(Http1Codec):
         self._server = role == "server"
         self._parser = self._new_parser()
         self._max_head = limits.max_request_headers_kb * 1024
+        self._max_count = limits.max_headers_count
         self._out: list[Event] = []
         self._held: deque[Event] = deque()
         self._sink: list[Event] | deque[Event] = self._out
@@ -138,19 +139,22 @@ class HttptoolsCodec(Http1Codec):
     def on_headers_complete(self) -> None:
         self._in_head = False
         headers = self._headers
-        p = self._parser
-        v = p.get_http_version()
-        version = _VERSIONS.get(v) or v.encode()
         if self._server:
-            if not self._simple_request_head(headers, version):
-                self._request_head(HeadInfo(headers), headers, version)
+            if not self._simple_request_head(headers):
+                self._request_head(HeadInfo(headers), headers, self._version())
         else:
-            self._response_head(headers, version)
+            self._response_head(headers)
         self._trailers = self._headers = []  # trailer fields, if any, arrive via on_header
 
-    def _simple_request_head(self, headers: Headers, version: bytes) -> bool:
-        """The common request: no framing, connection, expect or upgrade headers, and no check
-        fails. Does what ``_request_head`` would do and returns True; False: not that case."""
+    def _version(self) -> bytes:
+        # (httptools formats a str per call: 0.2 µs, so the hot paths avoid asking.)
+        v = self._parser.get_http_version()
+        return _VERSIONS.get(v) or v.encode()
+
+    def _simple_request_head(self, headers: Headers) -> bool:
+        """The common request: HTTP/1.1, no framing, connection, expect or upgrade headers, and
+        no check fails. Does what ``_request_head`` would do and returns True; False: not that
+        case."""
         authority = b""
         size = 0
         for name, value in headers:
@@ -161,21 +165,23 @@ class HttptoolsCodec(Http1Codec):
                     return False
                 authority = value
         p = self._parser
+        # Without a connection header llhttp keeps alive exactly the HTTP/1.1 requests (it
+        # takes 0.9, 1.0, 1.1 and 2.0 only, and a minor version above 0 is 1.1).
+        if not authority or not p.should_keep_alive():
+            return False
         method: bytes = p.get_method()
         url = self._url
-        limits = self.limits
-        if method == b"CONNECT" or len(headers) > limits.max_headers_count or \
-                size + len(url) + len(method) > limits.max_request_headers_kb * 1024 or \
-                (version != b"1.1" and version != b"1.0") or \
-                (version == b"1.1" and not authority):
+        if method == b"CONNECT" or len(headers) > self._max_count or \
+                size + len(url) + len(method) > self._max_head:
             return False
-        keep = version == b"1.1" and p.should_keep_alive()
+        version = b"1.1"
+        keep = True
         sid = self._sid
         if url[:1] == b"/":
             scheme = b"http"
         else:
             authority, scheme = authority_and_scheme(url, authority)
-        self._requests.append((sid, method == b"HEAD", version == b"1.0", keep, b""))
+        self._requests.append((sid, method == b"HEAD", False, keep, b""))
         self._head = RequestHeaders(sid, method, url, authority, scheme, headers, version, False,
                                     keep)
         self._msg_keep = keep
@@ -198,15 +204,16 @@ class HttptoolsCodec(Http1Codec):
         self._msg_keep = keep
         self._may_upgrade = True
 
-    def _response_head(self, headers: Headers, version: bytes) -> None:
-        status = self._parser.get_status_code()
+    def _response_head(self, headers: Headers) -> None:
+        p = self._parser
+        status = p.get_status_code()
         if status < 200 and status != 101:
             self._interim = True
             self._sink.append(ev.Informational(self._sid, status, headers, self._reason))
             return
         self._interim = False
         # What HeadInfo would find, for the fields a response needs (one pass, no object).
-        framed = close = False
+        framed = close = connection = False
         upgrade = b""
         for name, value in headers:
             kind = _special(name)
@@ -215,9 +222,12 @@ class HttptoolsCodec(Http1Codec):
             if kind in (_CL, _TE):
                 framed = True
             elif kind == _CONNECTION:
+                connection = True
                 close = close or b"close" in value.lower()
             elif kind == _UPGRADE:
                 upgrade = value.lower()
+        # As for requests (above): no connection header and kept alive by llhttp is HTTP/1.1.
+        version = b"1.1" if not connection and p.should_keep_alive() else self._version()
         method = self._sent[0][1]
         self._until_close = (
             not framed and method != b"HEAD" and status not in (101, 204, 304)

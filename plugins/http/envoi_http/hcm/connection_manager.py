@@ -470,9 +470,10 @@ class ConnectionManager(ReadFilter):
         self._finish(s)
         self.next_cycle(s.request_complete)
 
-    def next_cycle(self, request_complete: bool) -> None:
-        """A response is complete: close, or serve the next request."""
-        self.last_activity = time.monotonic()
+    def next_cycle(self, request_complete: bool, now: float = 0.0) -> None:
+        """A response is complete: close, or serve the next request. ``now``: the caller's
+        monotonic clock reading, if it just took one."""
+        self.last_activity = now or time.monotonic()
         if self.closing or not self.codec.keep_alive or not request_complete:
             self.closing = True
             self._close(ConnectionCloseType.FLUSH_WRITE)

@@ -171,7 +171,8 @@ class Express:
         if timeout and not self.suppress:
             h.headers.append((EXPECTED, plan.expected_ms))
         host = self.host = lb.choose_host(None)  # lb.healthy is not empty: never None
-        self.started = self.attempt_start = self.last_activity = _monotonic()
+        # The HCM stamped last_activity when it read this request (or started the next cycle).
+        self.started = self.attempt_start = self.last_activity = hcm.last_activity
         cst.upstream_rq_total.value += 1
         active.inc()
         host.rq_total += 1
@@ -347,11 +348,12 @@ class Express:
         st.downstream_rq_completed.value += 1
         hcm.listener_stats.downstream_rq_completed.value += 1
         st.downstream_rq_active.value -= 1  # (the HCM inc()ed it: already marked used)
-        st.downstream_rq_time.record((_monotonic() - self.started) * 1000)
+        now = self.last_activity  # stamped by the response bytes just handled
+        st.downstream_rq_time.record((now - self.started) * 1000)
         # The next start() sets every field it reads; only the response state is reset here.
         self.response_raw = None
         self.bytes_sent = 0
-        hcm.next_cycle(True)
+        hcm.next_cycle(True, now)
 
     # -- handing over to the general path ---------------------------------------------------------
 
