@@ -337,3 +337,34 @@ def test_round_trip(headers: list[tuple[bytes, bytes]], pieces: list[bytes], chu
         got = b"".join(e.data for e in events[1:] if isinstance(e, Body))
         assert got == body
         assert req.end_stream or (isinstance(events[-1], Body) and events[-1].end_stream)
+
+
+@pytest.mark.parametrize(("read", "version", "keep"), [
+    (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", b"1.1", True),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", b"1.0", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", b"1.0", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"1.1", True),
+    # an interim response and a final one of another version in one read
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+     b"Content-Length: 0\r\n\r\n", b"1.0", False),
+])
+def test_response_version_and_reuse(backend: str, read: bytes, version: bytes,
+                                    keep: bool) -> None:
+    """The back-ends find the version without always asking the parser for it; whatever the
+    shortcut, an HTTP/1.0 response is never taken for 1.1 (its connection is not reused)."""
+    for cut in (len(read), 9):  # whole, and the status line cut after "HTTP/1.x "
+        c = make_codec(backend, "client")
+        c.send(RequestHeaders(0, b"GET", b"/", b"h", b"http", [], end_stream=True))
+        events = feed(c, read[:cut], read[cut:]) if cut < len(read) else c.receive(read)
+        [head] = [e for e in events if isinstance(e, ResponseHeaders)]
+        assert head.http_version == version and head.keep_alive is keep
+        assert c.keep_alive is keep
+
+
+def test_request_head_over_the_limit_across_reads(backend: str) -> None:
+    """A head over max_request_headers_kb is refused when its last read alone is small."""
+    s = make_codec(backend, "server", max_request_headers_kb=1)
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 1100
+    events = feed(s, head, b"\r\n\r\n")
+    assert [type(e).__name__ for e in events] == ["ProtocolError"]
+    assert events[0].error_status_hint == 431  # type: ignore[attr-defined]

@@ -25,9 +25,9 @@ import httptools
 from . import events as ev
 from . import framing as fr
 from .base import (
-    _AUTHORITY,
     _CL,
     _CONNECTION,
+    _SPECIAL,
     _TE,
     _UPGRADE,
     CodecLimits,
@@ -72,6 +72,9 @@ class HttptoolsCodec(Http1Codec):
         self._parser = self._new_parser()
         self._max_head = limits.max_request_headers_kb * 1024
         self._max_count = limits.max_headers_count
+        self._feed_len = 0  # the length of the bytes being fed
+        self._specials: Headers = []  # the fields of the head being parsed named in _SPECIAL
+        self._v11 = False  # client: the response being parsed began a read with "HTTP/1.1 "
         self._out: list[Event] = []
         self._held: deque[Event] = deque()
         self._sink: list[Event] | deque[Event] = self._out
@@ -115,6 +118,7 @@ class HttptoolsCodec(Http1Codec):
         self._head_fed = 0
         self._url = self._reason = b""
         self._headers = []
+        self._specials = []
         self._body = None
         if self._server:
             self._sid += 1
@@ -134,7 +138,11 @@ class HttptoolsCodec(Http1Codec):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp strips leading whitespace only; Envoy and h11 strip both sides.
-        self._headers.append((name.lower(), value.rstrip()))
+        name = name.lower()
+        field = (name, value.rstrip())
+        self._headers.append(field)
+        if name in _SPECIAL:  # noted here, so the head checks need not walk every header
+            self._specials.append(field)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -155,15 +163,12 @@ class HttptoolsCodec(Http1Codec):
         """The common request: HTTP/1.1, no framing, connection, expect or upgrade headers, and
         no check fails. Does what ``_request_head`` would do and returns True; False: not that
         case."""
-        authority = b""
-        size = 0
-        for name, value in headers:
-            size += len(name) + len(value)
-            kind = _special(name)
-            if kind is not None:
-                if kind != _AUTHORITY:
-                    return False
-                authority = value
+        specials = self._specials
+        if len(specials) != 1:
+            return False
+        name, authority = specials[0]
+        if name != b"host":
+            return False
         p = self._parser
         # Without a connection header llhttp keeps alive exactly the HTTP/1.1 requests (it
         # takes 0.9, 1.0, 1.1 and 2.0 only, and a minor version above 0 is 1.1).
@@ -171,8 +176,13 @@ class HttptoolsCodec(Http1Codec):
             return False
         method: bytes = p.get_method()
         url = self._url
-        if method == b"CONNECT" or len(headers) > self._max_count or \
-                size + len(url) + len(method) > self._max_head:
+        if method == b"CONNECT" or len(headers) > self._max_count:
+            return False
+        # Envoy's size (names + values + request line parts) is at most the bytes fed for this
+        # head: counted only when those could be over the limit.
+        if self._head_fed + self._feed_len > self._max_head and \
+                sum(len(n) + len(v) for n, v in headers) + len(url) + len(method) > \
+                self._max_head:
             return False
         version = b"1.1"
         keep = True
@@ -207,6 +217,8 @@ class HttptoolsCodec(Http1Codec):
     def _response_head(self, headers: Headers) -> None:
         p = self._parser
         status = p.get_status_code()
+        v11 = self._v11  # true of the first message of the read only
+        self._v11 = False
         if status < 200 and status != 101:
             self._interim = True
             self._sink.append(ev.Informational(self._sid, status, headers, self._reason))
@@ -215,10 +227,8 @@ class HttptoolsCodec(Http1Codec):
         # What HeadInfo would find, for the fields a response needs (one pass, no object).
         framed = close = connection = False
         upgrade = b""
-        for name, value in headers:
+        for name, value in self._specials:
             kind = _special(name)
-            if kind is None:
-                continue
             if kind in (_CL, _TE):
                 framed = True
             elif kind == _CONNECTION:
@@ -227,7 +237,8 @@ class HttptoolsCodec(Http1Codec):
             elif kind == _UPGRADE:
                 upgrade = value.lower()
         # As for requests (above): no connection header and kept alive by llhttp is HTTP/1.1.
-        version = b"1.1" if not connection and p.should_keep_alive() else self._version()
+        v11 = v11 or (not connection and p.should_keep_alive())
+        version = b"1.1" if v11 else self._version()
         method = self._sent[0][1]
         self._until_close = (
             not framed and method != b"HEAD" and status not in (101, 204, 304)
@@ -320,9 +331,13 @@ class HttptoolsCodec(Http1Codec):
             return [Body(self._sid, b"", True), ev.ConnectionClosed(self._sid)]
         if not data:
             return self._eof()
-        if not self._server and self._sent and self._sent[0][1] == b"HEAD":
+        if self._server:
+            self._feed(data)
+        elif self._sent and self._sent[0][1] == b"HEAD":
             self._receive_head_response(data)
         else:
+            # A read that starts a response tells its version (asking llhttp costs a str).
+            self._v11 = not self._in_msg and data.startswith(b"HTTP/1.1 ")
             self._feed(data)
         # _drain(), inlined
         if self._head is not None and self._in_msg:
@@ -339,6 +354,7 @@ class HttptoolsCodec(Http1Codec):
         return out
 
     def _feed(self, data: bytes) -> None:
+        self._feed_len = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
