@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from envoi_http.hcm.connection_manager import _RequestIds
+from envoi_http.hcm.connection_manager import _request_id
 
 
 def test_request_ids_are_distinct_version_4_uuids() -> None:
-    ids = _RequestIds()
-    made = [ids() for _ in range(1000)]  # crosses several batches of 256
+    made = [_request_id() for _ in range(1000)]  # crosses several batches of 256
     assert len(set(made)) == len(made)
     for rid in made:
         u = uuid.UUID(rid.decode())

@@ -10,7 +10,6 @@ import asyncio
 import binascii
 import logging
 import os
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -45,41 +44,42 @@ _RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"tra
                         b"upgrade", b"date", b"server"))
 
 _date_cache: list[Any] = [0, b""]
-# uuid4 bits, set on the random bytes of 256 ids at once: version (byte 6) 4, variant (byte 8) 10.
+# uuid4 bits, set on the random bytes of many ids at once: version (byte 6) 4, variant (byte 8) 10.
 _UUID_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
 _UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
-_UUID_GROUPS = re.compile(rb"(.{8})(.{4})(.{4})(.{4})(.{12})", re.S)
 
 
-class _RequestIds:
-    """UUID4 request ids as ``str(uuid.uuid4())`` makes them, made 256 at a time from one
-    ``os.urandom(4096)``: the version and variant bits set by two ``translate`` calls on strided
-    slices, one hexlify, one regex pass for the groups (C loops; a join per id)."""
-
-    __slots__ = ("ids",)
-
-    def __init__(self) -> None:
-        self.ids: list[bytes] = []
-
-    def __call__(self) -> bytes:
-        ids = self.ids
-        if not ids:
-            ids = self.ids = self._make()
-        return ids.pop()
-
-    @staticmethod
-    def _make() -> list[bytes]:
-        raw = bytearray(os.urandom(4096))
-        raw[6::16] = raw[6::16].translate(_UUID_VERSION)
-        raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
-        return [b"-".join(groups) for groups in _UUID_GROUPS.findall(binascii.hexlify(raw))]
-
-    def reset(self) -> None:
-        self.ids = []
+_BATCH = 256
+# The hex digit columns of a 36-byte uuid string (the others are the four dashes).
+_UUID_COLUMNS = [c for c in range(36) if c not in (8, 13, 18, 23)]
 
 
-_request_id = _RequestIds()
-os.register_at_fork(after_in_child=_request_id.reset)  # a child must not reuse the parent's
+def _make_request_ids() -> list[bytes]:
+    """256 uuid4 strings as ``str(uuid.uuid4())`` makes them, from one ``os.urandom``: the
+    version and variant bits set by two ``translate`` calls on strided slices, one hexlify, then
+    each hex column copied into place by one strided slice assignment (C loops only)."""
+    raw = bytearray(os.urandom(16 * _BATCH))
+    raw[6::16] = raw[6::16].translate(_UUID_VERSION)
+    raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
+    hexed = binascii.hexlify(raw)
+    out = bytearray(b"-" * (36 * _BATCH))
+    for src, dst in enumerate(_UUID_COLUMNS):
+        out[dst::36] = hexed[src::32]
+    made = bytes(out)
+    return [made[i:i + 36] for i in range(0, 36 * _BATCH, 36)]
+
+
+_request_ids: list[bytes] = []
+
+
+def _request_id() -> bytes:
+    ids = _request_ids
+    if not ids:
+        ids += _make_request_ids()
+    return ids.pop()
+
+
+os.register_at_fork(after_in_child=_request_ids.clear)  # a child must not reuse the parent's
 
 
 def http_date() -> bytes:
