@@ -1,0 +1,140 @@
+"""Python cost of one proxied HTTP/1.1 request, without sockets or event-loop turns.
+
+Builds the real server from a real config (default: the peer benchmark's HCM + router config,
+``bench/http_hot_path.yaml``), opens one downstream connection on a fake transport and lets the
+router's pool connect through a fake one; then, per request, feeds wrk's request bytes downstream
+and nginx's 100-byte response upstream, and checks a response came out. What it measures is the
+Python work per request that the peer benchmark's CPU figure contains (it leaves out uvloop's
+reads, writes and polling, the same for every Python proxy), with far less noise: use it to tell
+whether a change to the hot path helps before running the peer benchmark.
+
+    .venv/bin/python bench/http_hot_path.py [-n 20000] [--reps 5] [--config FILE] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from envoi.network.connection import Connection
+from envoi.network.listener import ListenerStats
+from envoi.server import Options, Server
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:19000\r\n\r\n"  # what wrk sends
+BODY = b"x" * 100
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 24 Nov 2026 14:17:41 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
+            + BODY)  # what the benchmark's nginx answers
+
+
+class FakeTransport:
+    """Counts writes and keeps the last one; enough of a transport for both sides."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.last = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.last = data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 19000)}.get(
+            name, default)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=20000, help="requests per repetition")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--config", default=str(Path(__file__).with_name("http_hot_path.yaml")))
+    ap.add_argument("--profile", action="store_true", help="cProfile one repetition instead")
+    args = ap.parse_args()
+
+    server = Server(Options(config_path=args.config))
+    server.load()
+    listener = server.listeners[0]
+    listener.stats = ListenerStats(listener.scope.scope("listener.127.0.0.1_19000"))
+    upstreams: list[tuple[Any, FakeTransport]] = []
+    for cluster in server.cluster_manager.clusters.values():
+        async def connect(host: Any, factory: Any, timeout: float | None = None,
+                          cluster: Any = cluster) -> tuple[FakeTransport, Any]:
+            protocol = factory()
+            transport = FakeTransport()
+            protocol.connection_made(transport)
+            cluster.stats.upstream_cx_total.value += 1
+            cluster.stats.upstream_cx_active.inc()
+            upstreams.append((protocol, transport))
+            return transport, protocol
+        cluster.connect = connect  # type: ignore[method-assign]
+
+    downstream = FakeTransport()
+    conn = Connection(listener)
+    conn.connection_made(downstream)  # type: ignore[arg-type]
+    conn.data_received(REQUEST)  # the first request makes the pool connect (a task)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    upstream, up_transport = upstreams[0]
+    if not up_transport.last.startswith(b"GET / HTTP/1.1\r\n"):
+        sys.exit(f"no request went upstream: {up_transport.last!r}")
+    upstream.data_received(RESPONSE)
+    if not downstream.last.startswith(b"HTTP/1.1 200 OK"):
+        sys.exit(f"no response came out: {downstream.last!r}")
+    feed_down, feed_up = conn.data_received, upstream.data_received
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            feed_down(REQUEST)
+            feed_up(RESPONSE)
+
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(run, args.n)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+        return
+    results = []
+    for _ in range(args.reps):
+        before = downstream.writes
+        t0 = time.process_time()
+        run(args.n)
+        results.append((time.process_time() - t0) / args.n * 1e6)
+        if downstream.writes - before != args.n or len(upstreams) != 1:
+            sys.exit("a request did not get its response on the one pooled connection")
+    results.sort()
+    print(f"µs per request (process CPU): min {results[0]:.2f}  "
+          f"median {results[len(results) // 2]:.2f}  max {results[-1]:.2f}  "
+          f"({args.reps} x {args.n})")
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -1,0 +1,17 @@
+"""bench/http_hot_path.py keeps working: it builds the server from its config, proxies through
+fake transports and checks every request got its response on one pooled connection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_hot_path_bench_runs() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "http_hot_path.py"), "-n", "300",
+                          "--reps", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "per request (process CPU): min" in out.stdout
