@@ -58,6 +58,24 @@ class EchoServer:
         self.httpd.server_close()
 
 
+# The start of an envoi config with one HCM listener (format fields ``admin`` and ``port``): a
+# test appends the HCM's own fields (stat_prefix, route_config, ...) and its clusters.
+HCM_LISTENER = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: http_in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
+            http_connection_manager.v3.HttpConnectionManager"
+"""
+
+
 def router_config(listen: int, admin: int, echo_a: int, echo_b: int) -> str:
     """http_router.yaml on our ports; echo_b made STATIC (envoi has no STRICT_DNS yet)."""
     s = ROUTER_YAML.replace("18200", str(listen)).replace("18002", str(admin))

@@ -19,6 +19,7 @@ import h11
 import httpx
 import pytest
 from envoi.testing import EnvoiProcess, free_port, wait_for
+from http_peers import HCM_LISTENER
 
 SIZE = 100 * 1024 * 1024
 RSS_LIMIT_KB = 150 * 1024
@@ -46,19 +47,7 @@ http {{
 }}
 """
 
-ENVOI = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: http_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+ENVOI = HCM_LISTENER + """\
           stat_prefix: s
           http_filters:
           - name: envoy.filters.http.router

@@ -11,21 +11,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from envoi.testing import EnvoiProcess, free_port
-from http_peers import EchoServer
+from http_peers import HCM_LISTENER, EchoServer
 
-CONFIG = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: http_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+CONFIG = HCM_LISTENER + """\
           stat_prefix: ex
           http_filters:
           - name: example.filters.http.add_header

@@ -12,20 +12,9 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port
+from http_peers import HCM_LISTENER
 
-CONFIG = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: http_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+CONFIG = HCM_LISTENER + """\
           stat_prefix: t
           request_headers_timeout: 0.5s
           request_timeout: 2.5s
