@@ -459,8 +459,11 @@ class Router(StreamDecoderFilter):
             stream.hcm.uncork()
 
     def _on_upstream_events(self, events: list[ev.Event]) -> None:
+        up = self.upstream
         for e in events:
-            if self.done:
+            if self.done or self.upstream is not up:
+                # Over, or this attempt was discarded for a retry (the rest of its read --
+                # typically the 503's body -- belongs to no one).
                 return
             t = type(e)
             if t is ev.Body:

@@ -1,0 +1,178 @@
+"""A raw HTTP/1.1 upstream whose answers a test scripts byte by byte, and a raw client.
+
+The upstream reads each request (head, and a ``content-length`` body), records it, and asks the
+test's ``answer(request, attempt)`` for the writes to make: a list of ``(bytes, delay)`` pairs,
+each sent with its own ``sendall`` after sleeping ``delay`` seconds. One write holding a head and
+its body is what a real server's short answer looks like on the wire (one read at the proxy).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names; a repeated name keeps the last value
+    body: bytes
+    raw_head: bytes = b""
+    received: float = field(default_factory=time.monotonic)
+
+
+Answer = Callable[[Request, int], list[tuple[bytes, float]]]
+
+
+class ScriptedUpstream:
+    """``answer(request, attempt)``: ``attempt`` counts the requests seen with the same
+    ``x-test-id`` (1 for the first). ``seen[test_id]`` lists the requests in arrival order."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen: dict[str, list[Request]] = {}
+        self.lock = threading.Lock()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ScriptedUpstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        with c:
+            buf = b""
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        chunk = c.recv(65536)
+                        if not chunk:
+                            return
+                        buf += chunk
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    lines = head.decode("latin-1").split("\r\n")
+                    method, path, _ = lines[0].split(" ", 2)
+                    hdrs = {k.strip().lower(): v.strip()
+                            for k, _, v in (ln.partition(":") for ln in lines[1:])}
+                    n = int(hdrs.get("content-length") or 0)
+                    while len(buf) < n:
+                        chunk = c.recv(65536)
+                        if not chunk:
+                            return
+                        buf += chunk
+                    body, buf = buf[:n], buf[n:]
+                    req = Request(method, path, hdrs, body, head)
+                    tid = hdrs.get("x-test-id", "")
+                    with self.lock:
+                        self.seen.setdefault(tid, []).append(req)
+                        attempt = len(self.seen[tid])
+                    for data, delay in self.answer(req, attempt):
+                        if delay:
+                            time.sleep(delay)
+                        c.sendall(data)
+            except OSError:
+                return
+
+
+def response(status: int, body: bytes = b"", reason: str = "", *,
+             extra: str = "") -> bytes:
+    """One HTTP/1.1 response with a content-length, as bytes."""
+    reason = reason or {200: "OK", 503: "Service Unavailable", 500: "Internal Server Error",
+                        502: "Bad Gateway", 404: "Not Found"}.get(status, "Whatever")
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-length: {len(body)}\r\n{extra}\r\n"
+            .encode() + body)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    closed: bool  # the proxy closed the connection after this reply
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+def read_reply(s: socket.socket, timeout: float = 5.0, head_request: bool = False) -> Reply:
+    """Read one response (content-length or chunked framing, or close-delimited) from ``s``;
+    a proxy that never answers fails the test with ``TimeoutError`` after ``timeout``."""
+    s.settimeout(timeout)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response head: {buf!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = [(k.strip().lower(), v.strip())
+               for k, _, v in (ln.partition(":") for ln in lines[1:])]
+    hd = dict(headers)
+    closed = False
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        body = b""
+    elif "content-length" in hd:
+        n = int(hd["content-length"])
+        while len(rest) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed in the body")
+            rest += chunk
+        body = rest[:n]
+    elif hd.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            while b"\r\n" not in rest:
+                rest += s.recv(65536)
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                rest += s.recv(65536)
+            body += rest[:size]
+            rest = rest[size + 2:]
+            if size == 0:
+                break
+    else:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        body, closed = rest, True
+    if hd.get("connection", "").lower() == "close":
+        closed = True
+    return Reply(status, headers, body, closed)
+
+
+def exchange(port: int, request: bytes, timeout: float = 5.0,
+             head_request: bool = False) -> Reply:
+    """Send one request on a new connection and read the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        return read_reply(s, timeout, head_request)
