@@ -17,6 +17,7 @@ from envoi.config import ConfigError, ConfigIssue, duration_seconds
 from envoi.extensions import FactoryContext
 from envoi.http.headers import HeaderMap
 
+from envoi_http.router.re2_rewrite import RegexRewrite
 from envoi_http.router.stats import RequestStats
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class Route:
     not_found_code: int = 503
     prefix: bytes | None = None  # the matched prefix, for prefix_rewrite
     prefix_rewrite: bytes | None = None
-    regex_rewrite: tuple[re.Pattern[bytes], bytes] | None = None
+    regex_rewrite: RegexRewrite | None = None
     host_rewrite: bytes | None = None
     auto_host_rewrite: bool = False
     timeout: float = 15.0
@@ -417,8 +418,9 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
         if a.prefix_rewrite:
             rt.prefix_rewrite = a.prefix_rewrite.encode()
         if a.HasField("regex_rewrite"):
-            rt.regex_rewrite = (_regex(a.regex_rewrite.pattern.regex, path),
-                                a.regex_rewrite.substitution.encode().replace(b"\\", b"\\\\"))
+            rt.regex_rewrite = RegexRewrite(
+                _regex(a.regex_rewrite.pattern.regex, path + ".route.regex_rewrite.pattern"),
+                a.regex_rewrite.substitution.encode())
         if a.host_rewrite_literal:
             rt.host_rewrite = a.host_rewrite_literal.encode()
         rt.auto_host_rewrite = a.auto_host_rewrite.value

@@ -257,10 +257,9 @@ class Router(StreamDecoderFilter):
                 h.set_bytes(b"x-envoy-original-path", h.path)
             h.path = route.prefix_rewrite + h.path[len(route.prefix):]
         elif route.regex_rewrite is not None:
-            rx, sub = route.regex_rewrite
             path, sep, query = h.path.partition(b"?")
             h.set_bytes(b"x-envoy-original-path", h.path)
-            h.path = rx.sub(sub, path) + sep + query
+            h.path = route.regex_rewrite(path) + sep + query
         if route.host_rewrite is not None:
             h.set_bytes(b"x-envoy-original-host", h.authority)
             h.authority = route.host_rewrite
