@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from envoi.testing import free_port
 from http_peers import HCM_LISTENER
-from scripted_upstream import Request, ScriptedUpstream, exchange, response
+from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_proxy
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: rr
@@ -72,18 +72,14 @@ def upstream() -> Iterator[ScriptedUpstream]:
         yield up
 
 
-@pytest.fixture(params=["envoy", "envoi", "envoi-general"])
+@pytest.fixture(params=PROXIES)
 def proxy(request: pytest.FixtureRequest, upstream: ScriptedUpstream,
           proxy_process: Callable[[str, str, int], Any],
           envoi_process: Callable[..., Any]) -> tuple[str, int, Any]:
     port, admin = free_port(), free_port()
     text = CONFIG.format(admin=admin, port=port, up=upstream.port)
-    if request.param == "envoi-general":
-        import os
-        proc = envoi_process(text, admin, env={**os.environ, "ENVOI_HTTP_EXPRESS": "0"})
-    else:
-        proc = proxy_process(request.param, text, admin)
-    return request.param, port, proc
+    return request.param, port, start_proxy(request.param, text, admin, proxy_process,
+                                            envoi_process)
 
 
 CASES = [(route, kind, shape, method)

@@ -50,6 +50,7 @@ class HcmConfig:
     access_logs: tuple[AccessLogger, ...]
     context: FactoryContext
     enable_trailers: bool = False
+    preserve_external_request_id: bool = False
     drain_timeout: float = 5.0
     upgrade_map: dict[bytes, bool] = field(default_factory=dict)
     underscores_action: int = 0  # hcm/xff.py: ALLOW, REJECT_REQUEST, DROP_HEADER
@@ -180,6 +181,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             access_logs=tuple(context.access_loggers(config.access_log, path + ".access_log")),
             context=context,
             enable_trailers=hpo.enable_trailers,
+            preserve_external_request_id=config.preserve_external_request_id,
             drain_timeout=_dur(config, "drain_timeout", 5.0),
             upgrade_map=upgrade_map(config.upgrade_configs),
             underscores_action=common.headers_with_underscores_action,

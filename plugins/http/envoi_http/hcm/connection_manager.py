@@ -347,8 +347,14 @@ class ConnectionManager(ReadFilter):
                 return None
         client = xff.mutate(h, cfg.use_remote_address, cfg.xff_num_trusted_hops, self.remote_ip,
                             cfg.internal_nets)
-        if cfg.generate_request_id and h.get_bytes(b"x-request-id") is None:
-            h.add_bytes(b"x-request-id", _request_id())
+        if cfg.generate_request_id:
+            if h.get_bytes(b"x-request-id") is None:
+                h.add_bytes(b"x-request-id", _request_id())
+            elif cfg.use_remote_address and not cfg.preserve_external_request_id and \
+                    h.get_bytes(b"x-envoy-internal") is None:
+                # An edge request (xff.mutate marks the internal ones): Envoy does not trust
+                # the client's request id.
+                h.set_bytes(b"x-request-id", _request_id())
         return client
 
     def _underscores(self, e: ev.RequestHeaders) -> bool:
