@@ -77,6 +77,22 @@ class RoutePlan:
         self.hstats_of: Cluster | None = None
 
 
+def _redirect_host(h: HeaderMap, scheme: bytes, port: bytes) -> bytes:
+    """The request's host for a redirect's ``location``, as Envoy's ``processRequestHost``: its
+    port goes when a ``port_redirect`` replaces it, or when the scheme changes and the port is
+    the default of the request's ``x-forwarded-proto``; otherwise it stays."""
+    host = h.authority
+    end = host.rfind(b"]:") + 1 if host[:1] == b"[" else host.rfind(b":")
+    if end <= 0:
+        return host
+    remove = bool(port)
+    proto = h.get_bytes(b"x-forwarded-proto") or b""
+    if not remove and scheme != proto:
+        tail = host[end:]
+        remove = (proto == b"https" and tail == b":443") or (proto == b"http" and tail == b":80")
+    return host[:end] if remove else host
+
+
 def cluster_http_stats(cluster: Cluster) -> ClusterHttpStats:
     s: ClusterHttpStats | None = cluster.extra.get("envoi_http_stats")
     if s is None:
@@ -235,12 +251,10 @@ class Router(StreamDecoderFilter):
     def _redirect(self, route: Route, h: HeaderMap) -> None:
         rd = route.redirect
         assert rd is not None
-        scheme = rd.scheme or h.scheme or b"http"
-        host = rd.host or h.authority
-        if rd.port:
-            host = host.rsplit(b":", 1)[0] + b":%d" % rd.port
-        elif rd.scheme and b":" in host:
-            host = host.rsplit(b":", 1)[0]
+        # Envoy's :scheme of an HTTP/1.1 request is its (trusted) x-forwarded-proto.
+        scheme = rd.scheme or h.get_bytes(b"x-forwarded-proto") or h.scheme or b"http"
+        port = b":%d" % rd.port if rd.port else b""
+        host = rd.host or _redirect_host(h, scheme, port)
         path, sep, query = h.path.partition(b"?")
         if rd.path is not None:
             path = rd.path
@@ -249,7 +263,7 @@ class Router(StreamDecoderFilter):
         if sep and not rd.strip_query and b"?" not in path:
             path = path + b"?" + query
         self.stream.stream_info.response_code_details = "direct_response"  # type: ignore[union-attr]
-        self._reply(rd.response_code, b"", [(b"location", scheme + b"://" + host + path)])
+        self._reply(rd.response_code, b"", [(b"location", scheme + b"://" + host + port + path)])
 
     def _rewrite(self, route: Route, h: HeaderMap) -> None:
         if route.prefix_rewrite is not None and route.prefix is not None:
