@@ -13,15 +13,13 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 from envoi import hookimpl
 from envoi.config import ConfigError, ConfigIssue
-from envoi.extensions import AccessLoggerFactory, FactoryContext, strip_type_url
-
-if TYPE_CHECKING:
-    from envoi.network.connection import StreamInfo
+from envoi.extensions import AccessLoggerFactory, FactoryContext
+from envoi.stream_info import Formatter, LogContext, Operator, OperatorFactory, StreamInfo
 
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
@@ -29,20 +27,6 @@ DEFAULT_FORMAT = (
     '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
     '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
 )
-
-
-class LogContext(Protocol):
-    """What a formatter reads. TCP fills ``stream_info`` only; HTTP adds headers and status."""
-
-    stream_info: StreamInfo
-
-    def request_header(self, name: str) -> str | None: ...
-    def response_header(self, name: str) -> str | None: ...
-    def response_trailer(self, name: str) -> str | None: ...
-    @property
-    def protocol(self) -> str | None: ...
-    @property
-    def response_code(self) -> int: ...
 
 
 class TcpLogContext:
@@ -68,7 +52,6 @@ class TcpLogContext:
         return 0
 
 
-Operator = Callable[[LogContext], str | int | None]
 _OP_RE = re.compile(r"%([A-Z_0-9]+)(?:\(([^)]*)\))?(?::(\d+))?%")
 
 
@@ -140,53 +123,59 @@ def _direct_remote(ctx: LogContext) -> str:
     return direct or info.downstream_remote_address
 
 
-SIMPLE_OPERATORS: dict[str, Operator] = {
-    "BYTES_RECEIVED": _si("bytes_received"),
-    "BYTES_SENT": _si("bytes_sent"),
-    "DURATION": lambda ctx: ctx.stream_info.duration_ms,
-    "RESPONSE_CODE": lambda ctx: ctx.response_code,
-    "RESPONSE_FLAGS": _flags,
-    "PROTOCOL": lambda ctx: ctx.protocol,
-    "UPSTREAM_HOST": _si("upstream_host"),
-    "UPSTREAM_CLUSTER": _si("upstream_cluster"),
-    "UPSTREAM_LOCAL_ADDRESS": _si("upstream_local_address"),
-    "DOWNSTREAM_REMOTE_ADDRESS": _si("downstream_remote_address"),
-    "DOWNSTREAM_LOCAL_ADDRESS": _si("downstream_local_address"),
-    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _host_only("downstream_remote_address"),
-    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _host_only("downstream_local_address"),
-    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _direct_remote,
-    "UPSTREAM_REMOTE_ADDRESS": _si("upstream_host"),
+def _simple(op: Operator) -> OperatorFactory:
+    return lambda arg: op
+
+
+def _header(getter: str) -> OperatorFactory:
+    return lambda arg: _header_op(getter, arg or "")
+
+
+#: The core's command operators (those of a TCP connection); plugins add theirs through the
+#: ``envoi_access_log_operators`` hook (this module registers these through it too).
+CORE_OPERATORS: dict[str, OperatorFactory] = {
+    "START_TIME": _start_time,
+    "REQ": _header("request_header"),
+    "RESP": _header("response_header"),
+    "TRAILER": _header("response_trailer"),
+    "BYTES_RECEIVED": _simple(_si("bytes_received")),
+    "BYTES_SENT": _simple(_si("bytes_sent")),
+    "DURATION": _simple(lambda ctx: ctx.stream_info.duration_ms),
+    "RESPONSE_CODE": _simple(lambda ctx: ctx.response_code),
+    "RESPONSE_FLAGS": _simple(_flags),
+    "PROTOCOL": _simple(lambda ctx: ctx.protocol),
+    "UPSTREAM_HOST": _simple(_si("upstream_host")),
+    "UPSTREAM_CLUSTER": _simple(_si("upstream_cluster")),
+    "UPSTREAM_LOCAL_ADDRESS": _simple(_si("upstream_local_address")),
+    "DOWNSTREAM_REMOTE_ADDRESS": _simple(_si("downstream_remote_address")),
+    "DOWNSTREAM_LOCAL_ADDRESS": _simple(_si("downstream_local_address")),
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _simple(_host_only("downstream_remote_address")),
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _simple(_host_only("downstream_local_address")),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _simple(_direct_remote),
+    "UPSTREAM_REMOTE_ADDRESS": _simple(_si("upstream_host")),
 }
 
-#: Plugins (the HTTP one) may add operators here at import time, e.g. ``%RESPONSE_CODE_DETAILS%``.
-EXTRA_OPERATORS: dict[str, Callable[[str | None], Operator]] = {}
+Operators = Mapping[str, OperatorFactory]
 
 
-def compile_operator(m: re.Match[str], path: str) -> Operator:
+def compile_operator(m: re.Match[str], path: str, operators: Operators = CORE_OPERATORS
+                     ) -> Operator:
     """One ``%NAME(arg):len%`` match to its operator (the length is applied by the caller)."""
     name, arg = m.group(1), m.group(2)
-    if name == "START_TIME":
-        return _start_time(arg)
-    if name in ("REQ", "RESP", "TRAILER"):
-        getter = {"REQ": "request_header", "RESP": "response_header"}.get(
-            name, "response_trailer"
-        )
-        return _header_op(getter, arg or "")
-    if name in SIMPLE_OPERATORS:
-        return SIMPLE_OPERATORS[name]
-    if name in EXTRA_OPERATORS:
-        return EXTRA_OPERATORS[name](arg)
-    raise ConfigError([ConfigIssue(path, f"Not supported field in StreamInfo: {name}")])
+    factory = operators.get(name)
+    if factory is None:
+        raise ConfigError([ConfigIssue(path, f"Not supported field in StreamInfo: {name}")])
+    return factory(arg)
 
 
-def compile_format(fmt: str, path: str = "") -> Callable[[LogContext], str]:
+def compile_format(fmt: str, path: str = "", operators: Operators = CORE_OPERATORS) -> Formatter:
     parts: list[str | tuple[Operator, int | None, bool]] = []
     pos = 0
     for m in _OP_RE.finditer(fmt):
         if m.start() > pos:
             parts.append(fmt[pos : m.start()])
         maxlen = m.group(3)
-        op = compile_operator(m, path)
+        op = compile_operator(m, path, operators)
         parts.append((op, int(maxlen) if maxlen else None, False))
         pos = m.end()
     if pos < len(fmt):
@@ -209,7 +198,8 @@ def compile_format(fmt: str, path: str = "") -> Callable[[LogContext], str]:
     return render
 
 
-def compile_json_format(struct: Any, path: str) -> Callable[[LogContext], str]:
+def compile_json_format(struct: Any, path: str, operators: Operators = CORE_OPERATORS
+                        ) -> Formatter:
     """``json_format``: every string value may hold operators; a value that is exactly one
     numeric operator stays a number, as Envoy writes it."""
 
@@ -220,11 +210,11 @@ def compile_json_format(struct: Any, path: str) -> Callable[[LogContext], str]:
             return lambda ctx: {k: f(ctx) for k, f in items}
         if isinstance(node, str):
             m = _OP_RE.fullmatch(node)
-            render = compile_format(node, path)
+            render = compile_format(node, path, operators)
             if m is not None:
                 # One operator: its own value, typed; no value is null (but RESPONSE_FLAGS
                 # answers "-" itself, as Envoy writes it).
-                op = compile_operator(m, path)
+                op = compile_operator(m, path, operators)
                 maxlen = int(m.group(3)) if m.group(3) else None
 
                 def typed(ctx: LogContext) -> Any:
@@ -291,9 +281,11 @@ def _sink_for(path: str) -> _Sink:
 
 
 class AccessLogger:
+    """A formatted line per log context, to a file or stream."""
+
     __slots__ = ("render", "sink")
 
-    def __init__(self, render: Callable[[LogContext], str], sink: _Sink) -> None:
+    def __init__(self, render: Formatter, sink: _Sink) -> None:
         self.render = render
         self.sink = sink
 
@@ -301,20 +293,20 @@ class AccessLogger:
         self.sink.write(self.render(ctx))
 
 
-def _formatter(config: Any, path: str, legacy_format: str = "") -> Callable[[LogContext], str]:
+def _formatter(config: Any, path: str, operators: Operators,
+               legacy_format: str = "") -> Formatter:
     """From a ``log_format`` (SubstitutionFormatString) or the legacy file fields."""
     from google.protobuf import json_format
 
     if config is not None and config.ListFields():
         if config.HasField("json_format"):
-            return compile_json_format(json_format.MessageToDict(config.json_format), path)
+            return compile_json_format(json_format.MessageToDict(config.json_format), path,
+                                       operators)
         if config.HasField("text_format_source"):
-            return compile_format(config.text_format_source.inline_string, path)
+            return compile_format(config.text_format_source.inline_string, path, operators)
         if config.text_format:
-            return compile_format(config.text_format, path)
-    if legacy_format:
-        return compile_format(legacy_format, path)
-    return compile_format(DEFAULT_FORMAT, path)
+            return compile_format(config.text_format, path, operators)
+    return compile_format(legacy_format or DEFAULT_FORMAT, path, operators)
 
 
 class FileAccessLoggerFactory(AccessLoggerFactory):
@@ -324,12 +316,14 @@ class FileAccessLoggerFactory(AccessLoggerFactory):
     def create_logger(self, config: Any, context: FactoryContext, path: str) -> AccessLogger:
         if not config.path:
             raise ConfigError([ConfigIssue(path + ".path", "value length must be at least 1")])
+        operators = context.access_log_operators
         if config.HasField("json_format"):
             from google.protobuf import json_format
 
-            render = compile_json_format(json_format.MessageToDict(config.json_format), path)
+            render = compile_json_format(json_format.MessageToDict(config.json_format), path,
+                                         operators)
         else:
-            render = _formatter(config.log_format, path, config.format)
+            render = _formatter(config.log_format, path, operators, config.format)
         try:
             sink = _sink_for(config.path)
         except OSError as exc:
@@ -343,7 +337,8 @@ class StdoutAccessLoggerFactory(AccessLoggerFactory):
     stream = "/dev/stdout"
 
     def create_logger(self, config: Any, context: FactoryContext, path: str) -> AccessLogger:
-        return AccessLogger(_formatter(config.log_format, path), _sink_for(self.stream))
+        return AccessLogger(_formatter(config.log_format, path, context.access_log_operators),
+                            _sink_for(self.stream))
 
 
 class StderrAccessLoggerFactory(StdoutAccessLoggerFactory):
@@ -352,31 +347,9 @@ class StderrAccessLoggerFactory(StdoutAccessLoggerFactory):
     stream = "/dev/stderr"
 
 
-def build_access_loggers(
-    context: FactoryContext, entries: Sequence[Any], path: str
-) -> list[AccessLogger]:
-    """Build an ``access_log`` list (``envoy.config.accesslog.v3.AccessLog`` messages)."""
-    from envoi.config import unpack_typed_config
-
-    loggers: list[AccessLogger] = []
-    plugins = context.server.plugins
-    for i, entry in enumerate(entries):
-        p = f"{path}[{i}]"
-        if entry.HasField("filter"):
-            raise ConfigError(
-                [ConfigIssue(p + ".filter", "access log filters are not supported by envoi yet")]
-            )
-        url = entry.typed_config.type_url if entry.HasField("typed_config") else None
-        inner = strip_type_url(url) if url else None
-        factory = plugins.lookup(AccessLoggerFactory, entry.name, url, p)  # type: ignore[type-abstract]
-        config = unpack_typed_config(entry.typed_config, p + ".typed_config") if inner else None
-        if config is None:
-            # Named without typed_config: an empty config of the factory's first type.
-            from google.protobuf import symbol_database
-
-            config = symbol_database.Default().GetSymbol(factory.type_urls[0])()
-        loggers.append(factory.create_logger(config, context, p + ".typed_config"))
-    return loggers
+@hookimpl
+def envoi_access_log_operators() -> Operators:
+    return CORE_OPERATORS
 
 
 @hookimpl

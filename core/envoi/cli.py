@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from envoi import __version__
 from envoi.config import ConfigError
+from envoi.event_loop import new_event_loop
 from envoi.plugins import PluginError, Plugins
 from envoi.server import Options, Server
 
@@ -81,16 +82,6 @@ def _setup_logging(level: str) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(LOG_LEVELS[level])
         logger.propagate = False
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed, the stock loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,18 +10,39 @@ does. A factory turns its validated config into a fast runtime callable once, at
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from envoi.context import ClusterManager, FactoryContext, LocalInfo, Runtime, ServerContext
+from envoi.http.filter import HttpFilterFactoryCb
+from envoi.network.filter import NetworkFilterFactoryCb
+from envoi.stream_info import AccessLogger
 
 if TYPE_CHECKING:
-    import asyncio
+    from envoi.upstream.cluster import Cluster, Host
 
-    from envoi.access_log import AccessLogger
-    from envoi.network.filter import NetworkFilterFactoryCb
-    from envoi.server import Server
-    from envoi.stats import Scope, Store
-    from envoi.upstream.cluster_manager import ClusterManager
+__all__ = [
+    "AccessLogger",
+    "AccessLoggerFactory",
+    "ClusterDiscovery",
+    "ClusterManager",
+    "ClusterTypeFactory",
+    "ConfigSchema",
+    "ExtensionFactory",
+    "FactoryContext",
+    "HealthCheckerFactory",
+    "HttpFilterFactory",
+    "ListenerFilterFactory",
+    "LoadBalancer",
+    "LoadBalancerFactory",
+    "LocalInfo",
+    "NetworkFilterFactory",
+    "Runtime",
+    "ServerContext",
+    "StatsSinkFactory",
+    "strip_type_url",
+]
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
@@ -35,32 +56,29 @@ class ConfigSchema:
     """A config type that ``xds-protos`` does not have (a third-party filter's own config).
 
     ``parse`` gets the ``typed_config`` fields as plain JSON data and returns the factory's config
-    object; it raises :class:`ValueError` (or :class:`envoi.config.ConfigError`) with a message
-    naming the field, which the core reports under the entry's config path.
+    object; it raises :class:`envoi.config.ConfigError` (paths relative to the entry) or
+    :class:`ValueError` with a message naming the field, which the core reports under the
+    entry's config path. :func:`envoi.schema.config_schema` builds one from a dataclass.
     """
 
     type_url: str
     parse: Callable[[Mapping[str, Any]], object]
 
 
-@dataclass
-class FactoryContext:
-    """What a factory may use while it builds its runtime object (Envoy's FactoryContext)."""
+class ClusterDiscovery(Protocol):
+    """What a cluster type returns for a dynamic cluster (DNS, EDS...)."""
 
-    server: Server
-    stats: Store
-    scope: Scope  # the listener's (or the server's) scope
-    cluster_manager: ClusterManager
-    loop: asyncio.AbstractEventLoop | None
-    listener_name: str = ""
-    path: str = ""  # config path of the entry being built, for error messages
-    extra: dict[str, Any] = field(default_factory=dict)
+    def resolve_now(self, cluster: Cluster) -> list[Host]:
+        """The first hosts, at config time."""
 
-    def access_loggers(self, entries: Any, path: str) -> list[AccessLogger]:
-        """Build the ``access_log`` list of a filter's config."""
-        from envoi.access_log import build_access_loggers
+    async def run(self, cluster: Cluster) -> None:
+        """Keep ``cluster`` up to date with ``cluster.set_hosts``; the server runs it as a task
+        in every process that serves traffic."""
 
-        return build_access_loggers(self, entries, path)
+
+class LoadBalancer(Protocol):
+    def hosts_changed(self, hosts: list[Host]) -> None: ...
+    def choose_host(self, context: Any = None) -> Host | None: ...
 
 
 class ExtensionFactory(abc.ABC):  # noqa: B024 - a common base, abstract in its subclasses
@@ -93,15 +111,20 @@ class HttpFilterFactory(ExtensionFactory):
     terminal: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def create_filter_factory(self, config: Any, context: FactoryContext) -> Any:
-        """Return ``Callable[[HttpFilterChainBuilder], None]`` (see :mod:`envoi.http.filter`)."""
+    def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
+        """Validate ``config`` (a protobuf message, or what the plugin's ``ConfigSchema``
+        parsed) once, and return the per-stream callback that adds fresh filter objects to an
+        :class:`envoi.http.filter.HttpFilterChainBuilder`. Raise ``ConfigError`` on bad config."""
 
 
 class ListenerFilterFactory(ExtensionFactory):
+    """Not used yet: ``listener_filters`` are a config error until envoi runs them."""
+
     category = "envoy.filters.listener"
 
     @abc.abstractmethod
-    def create_filter_factory(self, config: Any, context: FactoryContext) -> Any: ...
+    def create_filter_factory(self, config: Any,
+                              context: FactoryContext) -> Callable[[Any], None]: ...
 
 
 class AccessLoggerFactory(ExtensionFactory):
@@ -124,7 +147,8 @@ class ClusterTypeFactory(ExtensionFactory):
     cluster_types: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
-    def create_cluster(self, cluster_config: Any, context: FactoryContext) -> Any: ...
+    def create_cluster(self, cluster_config: Any,
+                       context: FactoryContext) -> Sequence[Host] | ClusterDiscovery: ...
 
 
 class LoadBalancerFactory(ExtensionFactory):
@@ -134,18 +158,23 @@ class LoadBalancerFactory(ExtensionFactory):
     lb_policies: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
-    def create_load_balancer(self, cluster: Any, config: Any) -> Any: ...
+    def create_load_balancer(self, cluster: Cluster, config: Any) -> LoadBalancer: ...
 
 
 class HealthCheckerFactory(ExtensionFactory):
+    """Not used yet: active health checking is not built."""
+
     category = "envoy.health_checkers"
 
     @abc.abstractmethod
-    def create_health_checker(self, cluster: Any, config: Any, context: FactoryContext) -> Any: ...
+    def create_health_checker(self, cluster: Cluster, config: Any,
+                              context: FactoryContext) -> object: ...
 
 
 class StatsSinkFactory(ExtensionFactory):
+    """Not used yet: ``stats_sinks`` are not built."""
+
     category = "envoy.stats_sinks"
 
     @abc.abstractmethod
-    def create_sink(self, config: Any, context: FactoryContext) -> Any: ...
+    def create_sink(self, config: Any, context: FactoryContext) -> object: ...

@@ -4,14 +4,23 @@ Plugins come from three places, as pytest's do: the core's built-ins (registered
 the same hooks), the entry-point group ``envoi`` (skipped when ``ENVOI_DISABLE_PLUGIN_AUTOLOAD`` is
 set), and modules named explicitly (``-p module`` / ``ENVOI_PLUGINS=a,b``). ``-p no:NAME`` blocks
 a plugin by its registration name (the entry-point name, or ``builtin.<x>`` for built-ins).
+
+Every way a plugin can be wrong is a :class:`PluginError` whose message names the plugin (and
+its distribution) and says what to do: an entry point that fails to import, a hook name that
+matches no spec (with the closest spec name), a factory of the wrong kind, a name registered
+twice.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import os
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar, cast
 
 import pluggy
@@ -19,6 +28,7 @@ import pluggy
 from envoi import hookspecs
 from envoi.config import ConfigError, ConfigIssue
 from envoi.extensions import (
+    TYPE_URL_PREFIX,
     AccessLoggerFactory,
     ClusterTypeFactory,
     ConfigSchema,
@@ -31,6 +41,7 @@ from envoi.extensions import (
     StatsSinkFactory,
     strip_type_url,
 )
+from envoi.stream_info import OperatorFactory
 
 ENTRY_POINT_GROUP = "envoi"
 
@@ -62,6 +73,31 @@ class PluginError(Exception):
     """A plugin could not be loaded or is invalid; the message names the plugin."""
 
 
+def _proto_message_names() -> list[str]:
+    """Every top-level message of the loaded Envoy/xds config protos (to suggest a type)."""
+    names: list[str] = []
+    for modname, module in list(sys.modules.items()):
+        if not modname.endswith("_pb2") or not modname.startswith(("envoy.", "xds.", "udpa.")):
+            continue
+        fd = getattr(module, "DESCRIPTOR", None)
+        if fd is not None:
+            names.extend(f"{fd.package}.{m}" for m in fd.message_types_by_name)
+    return names
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, taking module-level ``envoi_*`` functions as hook implementations
+    without ``@hookimpl``, as pytest takes ``pytest_*`` functions."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("envoi_"):
+            method = getattr(plugin, name, None)
+            if inspect.isroutine(method):
+                return {}
+        return opts
+
+
 @dataclass(frozen=True)
 class ExtensionInfo:
     name: str
@@ -81,44 +117,86 @@ class Plugins:
         blocked: Sequence[str] = (),
         extra: Sequence[str] = (),
     ) -> None:
-        self.pm = pluggy.PluginManager("envoi")
+        self.pm = _PluginManager("envoi")
         self.pm.add_hookspecs(hookspecs)
         for name in blocked:
             self.pm.set_blocked(name)
         for name, modname in BUILTIN_PLUGINS.items():
             if not self.pm.is_blocked(name):
-                self.pm.register(importlib.import_module(modname), name=name)
+                self._register(importlib.import_module(modname), name)
         if autoload is None:
             autoload = not os.environ.get("ENVOI_DISABLE_PLUGIN_AUTOLOAD")
         self._dists: dict[str, str] = {}
         if autoload:
-            try:
-                self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-            except Exception as exc:  # a plugin that fails to import
-                raise PluginError(f"could not load an '{ENTRY_POINT_GROUP}' plugin: {exc}") from exc
-            for plugin, dist in self.pm.list_plugin_distinfo():
-                name = self.pm.get_name(plugin) or "?"
-                self._dists[name] = f"{dist.project_name} {dist.version}"
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                self._load_entry_point(ep)
         env_extra = [m for m in os.environ.get("ENVOI_PLUGINS", "").split(",") if m]
         for modname in [*extra, *env_extra]:
             if self.pm.is_blocked(modname) or self.pm.has_plugin(modname):
                 continue
             try:
-                self.pm.register(importlib.import_module(modname), name=modname)
-            except ImportError as exc:
+                module = importlib.import_module(modname)
+            except Exception as exc:
                 raise PluginError(
-                    f"plugin module {modname!r} could not be imported: {exc}"
+                    f"plugin module {modname!r} (from -p or ENVOI_PLUGINS) could not be "
+                    f"imported: {type(exc).__name__}: {exc}"
                 ) from exc
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {exc.plugin!r}: {exc}") from exc
+            self._register(module, modname)
+        self._check_hook_names()
         self._by_category: dict[str, dict[str, ExtensionFactory]] = {}
         self._by_type_url: dict[tuple[str, str], ExtensionFactory] = {}
         self._info: list[ExtensionInfo] = []
         self._owner: dict[int, str] = {}  # id(factory) -> the plugin that registered it
         self.schemas: dict[str, ConfigSchema] = {}
+        self._schema_owner: dict[str, str] = {}
+        self.access_log_operators: dict[str, OperatorFactory] = {}
         self._collect()
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _load_entry_point(self, ep: EntryPoint) -> None:
+        if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
+            return
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a plugin that fails to import must not look like our bug
+            raise PluginError(
+                f"plugin {ep.name!r} (distribution {dist}, entry point {ep.value!r}) could not "
+                f"be imported: {type(exc).__name__}: {exc}. Fix or uninstall it, or start "
+                f"with '-p no:{ep.name}' to skip it."
+            ) from exc
+        self._dists[ep.name] = dist
+        self._register(plugin, ep.name)
+
+    def _register(self, plugin: object, name: str) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except ValueError as exc:  # pluggy: the same object under two names
+            raise PluginError(f"plugin {name!r}: {exc}") from exc
+
+    def _check_hook_names(self) -> None:
+        """Every ``envoi_*`` implementation must match a spec: a typo is named with its plugin
+        (once) and the closest spec name."""
+        specs = sorted(n for n in dir(hookspecs) if n.startswith("envoi_"))
+        problems: list[str] = []
+        for name in dir(self.pm.hook):
+            caller = getattr(self.pm.hook, name)
+            if not isinstance(caller, pluggy.HookCaller) or caller.spec is not None:
+                continue
+            close = difflib.get_close_matches(name, specs, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; hooks are: {', '.join(specs)}"
+            for impl in caller.get_hookimpls():
+                if impl.optionalhook:
+                    continue
+                problems.append(f"plugin {self._describe(impl.plugin_name)} implements "
+                                f"{name!r}, which is not an envoi hook{hint}")
+        if problems:
+            raise PluginError("\n".join(problems))
+
+    def _describe(self, plugin_name: str) -> str:
+        dist = self._dists.get(plugin_name)
+        return f"{plugin_name!r} ({dist})" if dist else repr(plugin_name)
 
     # -- collection ------------------------------------------------------------------------
 
@@ -146,23 +224,40 @@ class Plugins:
         for impl in hook.envoi_config_schemas.get_hookimpls():
             schemas = cast(Iterable[ConfigSchema], impl.function() or ())
             for schema in schemas:
-                self.schemas[strip_type_url(schema.type_url)] = schema
+                if not isinstance(schema, ConfigSchema):
+                    raise PluginError(f"plugin {self._describe(impl.plugin_name)} returned "
+                                      f"{schema!r} from envoi_config_schemas; expected a "
+                                      "ConfigSchema")
+                url = strip_type_url(schema.type_url)
+                self.schemas[url] = schema
+                self._schema_owner[url] = impl.plugin_name
+        operator_owner: dict[str, str] = {}
+        for impl in hook.envoi_access_log_operators.get_hookimpls():
+            operators = cast(Mapping[str, OperatorFactory], impl.function() or {})
+            for op_name, factory in operators.items():
+                if op_name in operator_owner:
+                    raise PluginError(
+                        f"plugin {self._describe(impl.plugin_name)} registers access-log "
+                        f"operator %{op_name}%, already registered by "
+                        f"{self._describe(operator_owner[op_name])}")
+                operator_owner[op_name] = impl.plugin_name
+                self.access_log_operators[op_name] = factory
 
     def _add(self, factory: Any, base: type[ExtensionFactory], plugin_name: str) -> None:
         if isinstance(factory, type):
             factory = factory()
         if not isinstance(factory, base):
             raise PluginError(
-                f"plugin {plugin_name!r} returned {factory!r} from the {base.category} hook; "
-                f"expected a {base.__name__}"
+                f"plugin {self._describe(plugin_name)} returned {factory!r} from the "
+                f"{base.category} hook; expected a {base.__name__}"
             )
         table = self._by_category.setdefault(base.category, {})
         for key in (factory.name, *factory.aliases):
             if key in table and table[key] is not factory:
                 other = self._owner.get(id(table[key]), "?")
                 raise PluginError(
-                    f"plugin {plugin_name!r} registers {base.category} {key!r}, "
-                    f"already registered by {other!r}"
+                    f"plugin {self._describe(plugin_name)} registers {base.category} {key!r}, "
+                    f"already registered by {self._describe(other)}"
                 )
             table[key] = factory
         for url in factory.type_urls:
@@ -184,6 +279,14 @@ class Plugins:
 
             return f"envoi {__version__}"
         return self._dists.get(plugin_name, plugin_name)
+
+    def schema_owner(self, type_url: str) -> str:
+        """The plugin (and distribution) that registered a config schema, for messages."""
+        return self._describe(self._schema_owner.get(strip_type_url(type_url), "?"))
+
+    def owner_of(self, factory: ExtensionFactory) -> str:
+        """The plugin (and distribution) that registered ``factory``, for messages."""
+        return self._describe(self._owner.get(id(factory), "?"))
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -228,8 +331,31 @@ class Plugins:
                 f" ('{name}' is provided by the '{provider}' distribution: "
                 f"pip install {provider})"
             )
-        installed = sorted(
-            f"{i.name} ({i.distribution})" for i in self._info if i.category == category
-        )
+        same = [i for i in self._info if i.category == category]
+        if type_url:
+            known = sorted({u for i in same for u in i.type_urls})
+            close = difflib.get_close_matches(strip_type_url(type_url), known, n=1)
+            if close:
+                msg += f"; did you mean '{TYPE_URL_PREFIX}{close[0]}'?"
+            installed = sorted(f"{u} ({i.distribution})" for i in same for u in i.type_urls)
+            return msg + "; installed types: " + (", ".join(installed) or "none")
+        close = difflib.get_close_matches(name, sorted({i.name for i in same}), n=1)
+        if close and not provider:
+            msg += f"; did you mean '{close[0]}'?"
+        installed = sorted(f"{i.name} ({i.distribution})" for i in same)
         msg += "; installed: " + (", ".join(installed) if installed else "none")
         return msg
+
+    def unknown_type_hint(self, type_url: str) -> str:
+        """For the config loader's "could not find @type": the closest type a plugin or
+        xds-protos knows, and the types plugins registered, with their distributions."""
+        name = strip_type_url(type_url)
+        plugin_types = {u: i.distribution for i in self._info for u in i.type_urls
+                        if not i.plugin.startswith("builtin.")}
+        for url, owner in self._schema_owner.items():
+            plugin_types.setdefault(url, self.distribution_of(owner))
+        candidates = [*plugin_types, *_proto_message_names()]
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+        hint = f"did you mean '{TYPE_URL_PREFIX}{close[0]}'? " if close else ""
+        listed = ", ".join(f"{u} ({d})" for u, d in sorted(plugin_types.items())) or "none"
+        return f"{hint}types registered by plugins: {listed}"

@@ -10,21 +10,20 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from envoi import __version__
 from envoi.config import ConfigError, ConfigIssue, duration_seconds, load_bootstrap
-from envoi.extensions import FactoryContext
+from envoi.context import LocalInfo
+from envoi.factory_context import FactoryContextImpl
 from envoi.network.builder import build_listener
 from envoi.network.listener import ActiveListener
 from envoi.plugins import Plugins
 from envoi.runtime import Runtime
 from envoi.stats import Counter, Gauge, Histogram, StatsGroup, Store
 from envoi.upstream.cluster_manager import ClusterManager
-
-if TYPE_CHECKING:
-    from envoi.workers import WorkerPool
 
 log = logging.getLogger("envoi")
 
@@ -87,6 +86,61 @@ class ListenerManagerStats(StatsGroup):
     workers_started: Gauge
 
 
+class WorkerPoolApi(Protocol):
+    """What the main process asks of its worker processes (``envoi.workers.WorkerPool``)."""
+
+    count: int
+
+    @property
+    def alive(self) -> int: ...
+    def broadcast(self, msg: dict[str, Any]) -> None: ...
+    def reap(self) -> list[Any]: ...
+    def kill(self) -> None: ...
+    def merged_stats(self) -> Store: ...
+    def host_counters(self) -> dict[str, list[list[int]]]: ...
+
+
+class ServerView:
+    """The server as plugins see it: :class:`envoi.context.ServerContext`, and nothing more
+    (the lifecycle hooks' ``server``; every factory context reads through it)."""
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._server.runtime
+
+    @property
+    def draining(self) -> bool:
+        return self._server.draining
+
+    @property
+    def healthcheck_failed(self) -> bool:
+        return self._server.healthcheck_failed
+
+    @property
+    def cluster_manager(self) -> ClusterManager:
+        return self._server.cluster_manager
+
+    @property
+    def stats(self) -> Store:
+        return self._server.stats
+
+    @property
+    def plugin_options(self) -> argparse.Namespace:
+        return self._server.options.plugin_options
+
+    @property
+    def local_info(self) -> LocalInfo:
+        return self._server.local_info
+
+    def __repr__(self) -> str:
+        return f"<envoi server {self._server.state}>"
+
+
 class Server:
     """One envoi process. Implements :class:`envoi.admin.api.AdminServerApi` for the admin."""
 
@@ -107,17 +161,19 @@ class Server:
             extra=options.extra_plugins,
         )
         self.cluster_manager = ClusterManager(self.plugins, self.stats.root)
+        self.local_info = LocalInfo()
+        #: What plugins see: the lifecycle hooks' ``server`` and the root factory context.
+        self.view = ServerView(self)
+        self.factory_context = FactoryContextImpl(self.view, self.plugins)
         self.listeners: list[ActiveListener] = []
         self.bootstrap: Any = None
         self._state = "PRE_INITIALIZING"
         self.healthcheck_failed = False
         self.draining = False
-        #: True when clusters may arrive later (CDS); until then unknown names are config errors.
-        self.dynamic_clusters = False
         self.admin: Any = None
         #: Set in a worker process (0..N-1); None in a single process or the main one.
         self.worker_index: int | None = None
-        self.pool: WorkerPool | None = None
+        self.pool: WorkerPoolApi | None = None
         #: Envoy's layered runtime (feature flags); rebuilt from the bootstrap in ``build``.
         self.runtime = Runtime(None, self.stats.root)
         self.admin_address: tuple[str, int] | None = None
@@ -137,11 +193,25 @@ class Server:
     def load(self) -> None:
         """Parse and build everything; raises ConfigError with every problem found."""
         t0 = time.monotonic()
-        self.bootstrap = load_bootstrap(
-            self.options.config_path, plugin_type_urls=self.plugins.plugin_type_urls
-        )
+        try:
+            self.bootstrap = load_bootstrap(
+                self.options.config_path, plugin_type_urls=self.plugins.plugin_type_urls
+            )
+        except ConfigError as exc:
+            raise self._with_type_hints(exc) from None
         self.build()
         self.server_stats.initialization_time_ms.record((time.monotonic() - t0) * 1000)
+
+    def _with_type_hints(self, exc: ConfigError) -> ConfigError:
+        """An unknown ``@type`` gets the closest known type and the plugins' types."""
+        issues = []
+        for issue in exc.errors:
+            if issue.message.startswith("could not find @type '"):
+                url = issue.message.split("'")[1]
+                issue = ConfigIssue(issue.path, f"{issue.message}; "
+                                    f"{self.plugins.unknown_type_hint(url)}")
+            issues.append(issue)
+        return ConfigError(issues, source=exc.source)
 
     def build(self) -> None:
         bs = self.bootstrap
@@ -161,15 +231,11 @@ class Server:
                             fd.name)
         if bs.HasField("stats_flush_interval"):
             self._flush_interval = duration_seconds(bs.stats_flush_interval) or 5.0
-        ctx = FactoryContext(
-            server=self,
-            stats=self.stats,
-            scope=self.stats.root,
-            cluster_manager=self.cluster_manager,
-            loop=None,
-        )
+        node = bs.node
+        self.local_info = LocalInfo(node_id=node.id, cluster=node.cluster,
+                                    zone=node.locality.zone)
         try:
-            self.cluster_manager.add_static(bs.static_resources.clusters, ctx)
+            self.cluster_manager.add_static(bs.static_resources.clusters, self.factory_context)
         except ConfigError as exc:
             issues.extend(exc.errors)
         names: set[str] = set()
@@ -181,7 +247,9 @@ class Server:
                 continue
             names.add(lcfg.name)
             try:
-                self.listeners.append(build_listener(self, lcfg, path))
+                self.listeners.append(build_listener(
+                    self.factory_context, self, lcfg, path,
+                    reuse_port=self.options.concurrency > 1))
                 self.lm_stats.listener_added.inc()
             except ConfigError as exc:
                 self.lm_stats.listener_create_failure.inc()
@@ -191,7 +259,7 @@ class Server:
             self.admin_address = (sa.address, sa.port_value)
         if issues:
             raise ConfigError(issues)
-        self.plugins.pm.hook.envoi_configured(server=self)
+        self.plugins.pm.hook.envoi_configured(server=self.view)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -222,9 +290,10 @@ class Server:
         self.admin = await start_admin(self, host, port)
         log.info("admin address: %s:%d", host, self.admin.port)
 
-    async def serve(self, *, admin: bool = True, control: Any = None) -> int:
+    async def serve(self, *, admin: bool = True,
+                    control: Callable[[Server], Coroutine[Any, Any, None]] | None = None) -> int:
         """Serve the listeners until a signal (or the main process) says stop, then drain.
-        In a worker process ``admin`` is False and ``control`` is its socket to the main."""
+        In a worker process ``admin`` is False and ``control`` serves its link to the main."""
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._drained = asyncio.Event()
@@ -237,9 +306,7 @@ class Server:
             await self._start_admin()
         control_task = None
         if control is not None:
-            from envoi.workers import serve_control
-
-            control_task = loop.create_task(serve_control(self, *control))
+            control_task = loop.create_task(control(self))
         discovery_tasks = [
             loop.create_task(c.discovery.run(c))
             for c in self.cluster_manager.clusters.values() if c.discovery is not None
@@ -250,7 +317,7 @@ class Server:
         self._update_server_gauges()
         flush = loop.call_later(self._flush_interval, self._flush_stats)
         if self.worker_index is None:
-            self.plugins.pm.hook.envoi_server_started(server=self)
+            self.plugins.pm.hook.envoi_server_started(server=self.view)
         for lst in self.listeners:
             log.info("listener '%s' serving on %s:%d", lst.name, lst.host, lst.port)
         log.info("starting main dispatch loop")
@@ -258,7 +325,7 @@ class Server:
         flush.cancel()
         await self._drain()
         if self.worker_index is None:
-            self.plugins.pm.hook.envoi_stopped(server=self)
+            self.plugins.pm.hook.envoi_stopped(server=self.view)
         if self.admin is not None:
             await self.admin.close()
         if control_task is not None:
@@ -271,7 +338,7 @@ class Server:
         log.info("exiting")
         return 0
 
-    async def serve_main(self, pool: WorkerPool) -> int:
+    async def serve_main(self, pool: WorkerPoolApi) -> int:
         """The main process with worker processes: the admin, signals, and the workers."""
         loop = asyncio.get_running_loop()
         self.pool = pool
@@ -284,7 +351,7 @@ class Server:
         self._state = "LIVE"
         self._update_server_gauges()
         flush = loop.call_later(self._flush_interval, self._flush_stats)
-        self.plugins.pm.hook.envoi_server_started(server=self)
+        self.plugins.pm.hook.envoi_server_started(server=self.view)
         log.info("%d workers started", pool.count)
         failed = False
         while not self._stop_event.is_set():
@@ -300,7 +367,7 @@ class Server:
         self.draining = True
         self._state = "DRAINING"
         self._update_server_gauges()
-        self.plugins.pm.hook.envoi_draining(server=self)
+        self.plugins.pm.hook.envoi_draining(server=self.view)
         pool.broadcast({"op": "shutdown"})
         deadline = loop.time() + self.options.drain_time_s + 5
         while pool.alive and loop.time() < deadline:
@@ -309,7 +376,7 @@ class Server:
         if pool.alive:
             pool.kill()
         flush.cancel()
-        self.plugins.pm.hook.envoi_stopped(server=self)
+        self.plugins.pm.hook.envoi_stopped(server=self.view)
         if self.admin is not None:
             await self.admin.close()
         log.info("exiting")
@@ -339,7 +406,7 @@ class Server:
         self._update_server_gauges()
         for lst in self.listeners:
             lst.stop_accepting()
-        self.plugins.pm.hook.envoi_draining(server=self)
+        self.plugins.pm.hook.envoi_draining(server=self.view)
         if self._open_connections():
             log.info("draining %d connections for up to %gs", self._open_connections(),
                      self.options.drain_time_s)

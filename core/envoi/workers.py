@@ -141,7 +141,7 @@ async def serve_control(server: Server, sock: socket.socket, stats: WorkerStats)
 
 def run_worker(server: Server, index: int, sock: socket.socket) -> int:
     """The body of a forked worker; returns its exit status."""
-    from envoi.cli import new_event_loop
+    from envoi.event_loop import new_event_loop
 
     server.worker_index = index
     # The baseline first: the worker_<index> names made next are then reported even at zero.
@@ -151,7 +151,8 @@ def run_worker(server: Server, index: int, sock: socket.socket) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(server.serve(admin=False, control=(sock, stats)))
+        return loop.run_until_complete(
+            server.serve(admin=False, control=lambda srv: serve_control(srv, sock, stats)))
     finally:
         loop.close()
 

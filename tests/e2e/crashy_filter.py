@@ -31,7 +31,7 @@ class CrashyFactory(NetworkFilterFactory):
     name = "test.filters.network.crashy"
 
     def create_filter_factory(self, config: Any, context: FactoryContext) -> NetworkFilterFactoryCb:
-        word = context.server.options.plugin_options.crashy_word.encode()
+        word = context.plugin_options.crashy_word.encode()
 
         def add(builder: FilterChainBuilder) -> None:
             builder.add_read_filter(Crashy(word))

@@ -1,9 +1,9 @@
 from typing import Any
 
 import pytest
-from envoi.extensions import FactoryContext
 from envoi.http import HeaderMap
 from envoi.stats import Store
+from envoi.testing.context import factory_context
 from envoi_http.router.config import build_route_table
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
@@ -40,8 +40,7 @@ RC = {
 def table() -> Any:
     rc = json_format.ParseDict(RC, route_pb2.RouteConfiguration())
     store = Store()
-    ctx = FactoryContext(server=None, stats=store, scope=store.root,  # type: ignore[arg-type]
-                         cluster_manager=None, loop=None)
+    ctx = factory_context(stats=store)
     return build_route_table(rc, "route_config", ctx)
 
 

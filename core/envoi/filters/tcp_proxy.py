@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from envoi import hookimpl
-from envoi.access_log import AccessLogger, TcpLogContext
+from envoi.access_log import TcpLogContext
 from envoi.config import ConfigError, ConfigIssue, duration_seconds
-from envoi.extensions import FactoryContext, NetworkFilterFactory
-from envoi.network.connection import Connection
+from envoi.extensions import AccessLogger, ClusterManager, FactoryContext, NetworkFilterFactory
 from envoi.network.filter import (
+    Connection,
     ConnectionCloseType,
     ConnectionEvent,
     FilterChainBuilder,
@@ -25,7 +25,6 @@ from envoi.network.filter import (
 )
 from envoi.stats import Counter, Gauge, StatsGroup
 from envoi.upstream.cluster import Cluster, Host, UpstreamConnectError
-from envoi.upstream.cluster_manager import ClusterManager
 
 STOP = FilterStatus.STOP_ITERATION
 DEFAULT_IDLE_TIMEOUT = 3600.0  # Envoy's default: 1 h
@@ -373,7 +372,7 @@ class TcpProxyFactory(NetworkFilterFactory):
         # Envoy accepts a cluster it does not know (it may arrive later over CDS) and counts
         # downstream_cx_no_route per connection. envoi has no CDS yet, so an unknown cluster
         # could never work: say so at config time (a documented difference).
-        if not context.server.dynamic_clusters:
+        if not context.cluster_manager.dynamic_clusters:
             for i, (name, _) in enumerate(clusters):
                 if context.cluster_manager.get(name) is None:
                     where = (f".weighted_clusters.clusters[{i}].name"

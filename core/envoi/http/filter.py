@@ -31,13 +31,11 @@ from __future__ import annotations
 import enum
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from envoi.http.headers import HeaderMap
-from envoi.network.connection import StreamInfo
-
-if TYPE_CHECKING:
-    from envoi.network.connection import Connection
+from envoi.network.filter import Connection
+from envoi.stream_info import StreamInfo
 
 T = TypeVar("T")
 

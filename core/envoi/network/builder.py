@@ -3,45 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from envoi.config import ConfigError, ConfigIssue, PluginTypedConfig, unpack_typed_config
-from envoi.extensions import FactoryContext, NetworkFilterFactory, strip_type_url
-from envoi.network.listener import DEFAULT_BUFFER_LIMIT, ActiveListener, ChainMatch, FilterChain
-
-if TYPE_CHECKING:
-    from envoi.server import Server
-
-
-def resolve_typed_config(server: Server, entry: Any, path: str) -> tuple[str | None, Any]:
-    """The type URL to look a factory up by, and the config object it gets."""
-    if not entry.HasField("typed_config"):
-        return None, None
-    cfg = unpack_typed_config(entry.typed_config, path + ".typed_config")
-    if isinstance(cfg, PluginTypedConfig):
-        url = strip_type_url(cfg.type_url)
-        schema = server.plugins.schemas.get(url)
-        if schema is not None:
-            try:
-                return url, schema.parse(cfg.value)
-            except ConfigError:
-                raise
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ConfigError([ConfigIssue(path + ".typed_config", str(exc))]) from exc
-        return url, cfg
-    return cfg.DESCRIPTOR.full_name, cfg
-
-
-def default_config(factory: Any) -> Any:
-    """The empty config of a factory named without ``typed_config``."""
-    from google.protobuf import symbol_database
-
-    for url in factory.type_urls:
-        try:
-            return symbol_database.Default().GetSymbol(strip_type_url(url))()
-        except KeyError:
-            continue
-    return None
+from envoi.config import ConfigError, ConfigIssue
+from envoi.extensions import NetworkFilterFactory
+from envoi.factory_context import FactoryContextImpl
+from envoi.network.listener import (
+    DEFAULT_BUFFER_LIMIT,
+    ActiveListener,
+    ChainMatch,
+    FilterChain,
+    ListenerOwner,
+)
 
 
 def _enum_name(msg: Any, field: str) -> str:
@@ -77,7 +50,7 @@ def _chain_match(m: Any, path: str) -> ChainMatch:
     )
 
 
-def build_filter_chain(server: Server, chain: Any, path: str, listener_name: str) -> FilterChain:
+def build_filter_chain(context: FactoryContextImpl, chain: Any, path: str) -> FilterChain:
     issues: list[ConfigIssue] = []
     if chain.HasField("transport_socket"):
         issues.append(
@@ -90,13 +63,8 @@ def build_filter_chain(server: Server, chain: Any, path: str, listener_name: str
     for j, f in enumerate(chain.filters):
         fpath = f"{path}.filters[{j}]"
         try:
-            url, cfg = resolve_typed_config(server, f, fpath)
-            factory = server.plugins.lookup(
-                NetworkFilterFactory,  # type: ignore[type-abstract]
-                f.name, url, fpath
-            )
-            if cfg is None:
-                cfg = default_config(factory)
+            factory, cfg = context.resolve_extension(
+                NetworkFilterFactory, f, fpath)  # type: ignore[type-abstract]
             if factory.terminal and j != n - 1:
                 issues.append(
                     ConfigIssue(fpath, f"terminal filter named {f.name} must be the last filter")
@@ -106,16 +74,8 @@ def build_filter_chain(server: Server, chain: Any, path: str, listener_name: str
                     ConfigIssue(fpath, f"non-terminal filter named {f.name} is the last filter "
                                 "in a filter chain")
                 )
-            ctx = FactoryContext(
-                server=server,
-                stats=server.stats,
-                scope=server.stats.root,
-                cluster_manager=server.cluster_manager,
-                loop=None,
-                listener_name=listener_name,
-                path=fpath + ".typed_config",
-            )
-            factories.append(factory.create_filter_factory(cfg, ctx))
+            factories.append(context.create_filter_factory(
+                factory, cfg, context.with_path(fpath + ".typed_config")))
         except ConfigError as exc:
             issues.extend(exc.errors)
     if issues:
@@ -124,7 +84,10 @@ def build_filter_chain(server: Server, chain: Any, path: str, listener_name: str
                                                 path + ".filter_chain_match"), factories)
 
 
-def build_listener(server: Server, cfg: Any, path: str) -> ActiveListener:
+def build_listener(context: FactoryContextImpl, owner: ListenerOwner, cfg: Any, path: str, *,
+                   reuse_port: bool = False) -> ActiveListener:
+    """An ``envoy.config.listener.v3.Listener`` -> an unbound listener; ``owner`` is told of
+    its connections. Raises ConfigError with every problem found."""
     issues: list[ConfigIssue] = []
     if not cfg.address.HasField("socket_address"):
         raise ConfigError([ConfigIssue(path + ".address", "only socket_address is supported")])
@@ -142,16 +105,17 @@ def build_listener(server: Server, cfg: Any, path: str) -> ActiveListener:
             issues.append(ConfigIssue(f"{path}.listener_filters[{k}]",
                                       f"listener filter {lf.name} is not supported yet"))
     chains: list[FilterChain] = []
+    ctx = context.with_path(path, listener_name=cfg.name)
     for i, ch in enumerate(cfg.filter_chains):
         try:
-            chains.append(build_filter_chain(server, ch, f"{path}.filter_chains[{i}]", cfg.name))
+            chains.append(build_filter_chain(ctx, ch, f"{path}.filter_chains[{i}]"))
         except ConfigError as exc:
             issues.extend(exc.errors)
     default = None
     if cfg.HasField("default_filter_chain"):
         try:
-            default = build_filter_chain(server, cfg.default_filter_chain,
-                                         path + ".default_filter_chain", cfg.name)
+            default = build_filter_chain(ctx, cfg.default_filter_chain,
+                                         path + ".default_filter_chain")
         except ConfigError as exc:
             issues.extend(exc.errors)
     if not chains and default is None:
@@ -162,16 +126,16 @@ def build_listener(server: Server, cfg: Any, path: str) -> ActiveListener:
              if cfg.HasField("per_connection_buffer_limit_bytes") else DEFAULT_BUFFER_LIMIT)
     backlog = cfg.tcp_backlog_size.value if cfg.HasField("tcp_backlog_size") else 1024
     return ActiveListener(
-        server,
+        owner,
         cfg.name or f"{sa.address}:{sa.port_value}",
         sa.address,
         sa.port_value,
         chains,
         default,
-        server.stats.root,
+        context.stats.root,
         buffer_limit=limit,
         backlog=backlog,
-        reuse_port=server.options.concurrency > 1,
+        reuse_port=reuse_port,
         traffic_direction=_enum_name(cfg, "traffic_direction"),
         stat_name=cfg.stat_prefix,
     )

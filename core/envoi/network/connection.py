@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from envoi.network.filter import (
     ConnectionCallback,
@@ -24,51 +24,18 @@ from envoi.network.filter import (
     ReadFilter,
     WriteFilter,
 )
-
-if TYPE_CHECKING:
-    from envoi.network.listener import ActiveListener, FilterChain
+from envoi.stream_info import StreamInfo
 
 CONTINUE = FilterStatus.CONTINUE
 log = logging.getLogger("envoi.connection")
 _ids = itertools.count(1)
 
 
-class StreamInfo:
-    """What an access log needs to know about one connection (Envoy's StreamInfo, L4 part)."""
+class ConnectionOwner(Protocol):
+    """What a connection tells the listener that accepted it (or a test's stand-in)."""
 
-    __slots__ = (
-        "bytes_received",
-        "bytes_sent",
-        "downstream_local_address",
-        "downstream_remote_address",
-        "end_time",
-        "extra",
-        "response_flags",
-        "start_monotonic",
-        "start_time",
-        "upstream_cluster",
-        "upstream_host",
-        "upstream_local_address",
-    )
-
-    def __init__(self, remote: str, local: str) -> None:
-        self.start_time = time.time()
-        self.start_monotonic = time.monotonic()
-        self.end_time: float | None = None
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.downstream_remote_address = remote
-        self.downstream_local_address = local
-        self.upstream_host: str | None = None
-        self.upstream_cluster: str | None = None
-        self.upstream_local_address: str | None = None
-        self.response_flags: list[str] = []
-        self.extra: dict[str, Any] = {}
-
-    @property
-    def duration_ms(self) -> int:
-        end = self.end_time if self.end_time is not None else time.monotonic()
-        return int((end - self.start_monotonic) * 1000)
+    def on_connection_made(self, conn: Connection, transport: Any) -> None: ...
+    def on_connection_closed(self, conn: Connection) -> None: ...
 
 
 def _format_peer(peer: Any) -> str:
@@ -127,7 +94,7 @@ class _WriteCallbacks:
 class Connection(asyncio.Protocol):
     """One accepted TCP connection and its network filter chain."""
 
-    def __init__(self, listener: ActiveListener) -> None:
+    def __init__(self, listener: ConnectionOwner) -> None:
         self.id = next(_ids)
         self.listener = listener
         self.transport: asyncio.Transport | None = None
@@ -149,7 +116,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self._local_close = False
         self.above_high_watermark = False
-        self.filter_chain: FilterChain | None = None
+        self.filter_chain: object = None  # the listener's chosen FilterChain
         # Fast path: with a single read filter that never stops, data goes straight to it.
         self._single_on_data: Callable[[bytes, bool], FilterStatus] | None = None
 
@@ -246,7 +213,7 @@ class Connection(asyncio.Protocol):
         info.downstream_remote_address = _format_peer(transport.get_extra_info("peername"))
         info.downstream_local_address = _format_peer(transport.get_extra_info("sockname"))
         try:
-            self.listener.on_connection_made(self, self.transport)  # type: ignore[arg-type]
+            self.listener.on_connection_made(self, self.transport)
         except Exception:
             self._filter_failed("on_new_connection")
 

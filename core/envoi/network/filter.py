@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from envoi.network.connection import Connection
+from envoi.stream_info import StreamInfo
 
 
 class FilterStatus(enum.IntEnum):
@@ -34,6 +33,47 @@ class FilterStatus(enum.IntEnum):
 class ConnectionCloseType(enum.Enum):
     FLUSH_WRITE = "flush_write"  # write out what is buffered, then close
     NO_FLUSH = "no_flush"  # close at once, discarding buffered output (a reset)
+
+
+class ConnectionEvent(enum.Enum):
+    REMOTE_CLOSE = "remote_close"
+    LOCAL_CLOSE = "local_close"
+    CONNECTED = "connected"
+
+
+ConnectionCallback = Callable[[ConnectionEvent], Any]
+
+
+class Connection(Protocol):
+    """What a filter may do with its downstream connection (Envoy's ``Network::Connection``)."""
+
+    @property
+    def id(self) -> int:
+        """Unique within the process; Envoy's ``[C<id>]`` in debug logs."""
+    @property
+    def stream_info(self) -> StreamInfo: ...
+    @property
+    def remote_address(self) -> str:
+        """``ip:port`` of the peer (``[ip]:port`` for IPv6)."""
+    @property
+    def local_address(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def above_high_watermark(self) -> bool:
+        """The write buffer is above its high watermark: the peer is slow to read."""
+    def write(self, data: bytes, end_stream: bool = False) -> None:
+        """Send bytes to the peer through the write filters; ``end_stream`` half-closes."""
+    def close(self, close_type: ConnectionCloseType = ...) -> None:
+        """``FLUSH_WRITE`` (the default) writes what is buffered first; ``NO_FLUSH`` resets."""
+    def read_disable(self, disable: bool) -> None:
+        """Stop (True) or resume (False) reading; nested, like Envoy's ``readDisable``."""
+    def add_connection_callbacks(self, cb: ConnectionCallback) -> None:
+        """``cb(ConnectionEvent)`` when the connection closes."""
+    def add_watermark_callbacks(
+        self, on_high: Callable[[], None], on_low: Callable[[], None]
+    ) -> None:
+        """Called when the write buffer crosses the high / drops below the low watermark."""
 
 
 class ReadFilterCallbacks(Protocol):
@@ -85,12 +125,6 @@ class Filter(ReadFilter, WriteFilter):
     """A filter on both paths (Envoy's ``Network::Filter``)."""
 
 
-class ConnectionEvent(enum.Enum):
-    REMOTE_CLOSE = "remote_close"
-    LOCAL_CLOSE = "local_close"
-    CONNECTED = "connected"
-
-
 class FilterChainBuilder(Protocol):
     """What a network filter factory callback gets: the new connection's filter manager."""
 
@@ -102,4 +136,3 @@ class FilterChainBuilder(Protocol):
 
 
 NetworkFilterFactoryCb = Callable[[FilterChainBuilder], None]
-ConnectionCallback = Callable[[ConnectionEvent], Any]

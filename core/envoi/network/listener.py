@@ -8,16 +8,21 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from envoi.network.connection import Connection
 from envoi.network.filter import NetworkFilterFactoryCb
 from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup
 
-if TYPE_CHECKING:
-    from envoi.server import Server
-
 DEFAULT_BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default
+
+
+class ListenerOwner(Protocol):
+    """What a listener tells the server about its connections."""
+
+    @property
+    def total_connections(self) -> Gauge: ...
+    def on_connection_closed(self, listener: ActiveListener) -> None: ...
 
 
 class ListenerStats(StatsGroup):
@@ -173,7 +178,7 @@ class ActiveListener:
 
     def __init__(
         self,
-        server: Server,
+        server: ListenerOwner,
         name: str,
         host: str,
         port: int,

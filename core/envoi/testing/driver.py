@@ -89,7 +89,7 @@ class NetworkFilterDriver:
             for f in factories:
                 f(conn)
 
-        self.connection = Connection(_NullListener(setup))  # type: ignore[arg-type]
+        self.connection = Connection(_NullListener(setup))
         self.connection.connection_made(self.transport)  # type: ignore[arg-type]
 
     def receive(self, data: bytes, end_stream: bool = False) -> None:

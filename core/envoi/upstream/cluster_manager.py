@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from envoi.config import ConfigError, ConfigIssue, duration_seconds
@@ -30,6 +31,8 @@ class ClusterManager:
         self.plugins = plugins
         self.scope = scope
         self.clusters: dict[str, Cluster] = {}
+        #: True when clusters may arrive later (CDS); until then unknown names are config errors.
+        self.dynamic_clusters = False
         self.stats = ClusterManagerStats(scope.scope("cluster_manager"))
         self.stats.warming_clusters.set(0)
 
@@ -75,23 +78,16 @@ class ClusterManager:
             if t.HasField("max_retries"):
                 th.max_retries = t.max_retries.value
             cluster.thresholds[prio] = th
-        ctx = FactoryContext(
-            server=context.server,
-            stats=context.stats,
-            scope=stats.scope,
-            cluster_manager=self,
-            loop=context.loop,
-            path=path,
-        )
+        ctx = context.with_path(path, scope=stats.scope)
         type_factory = self._cluster_type(cfg, path)
-        result = type_factory.create_cluster(cfg, ctx)
-        if hasattr(result, "run"):
+        result = ctx.run_factory(type_factory, lambda: type_factory.create_cluster(cfg, ctx))
+        if not isinstance(result, Sequence):
             # A discovery (DNS, EDS...): it resolves its first hosts now and refreshes them
             # from a task the server starts.
             cluster.discovery = result
             hosts = result.resolve_now(cluster)
         else:
-            hosts = result
+            hosts = list(result)
         lb_factory = self._lb_policy(cfg, path)
         cluster.hosts = list(hosts) if hosts is not None else []
         cluster.lb = lb_factory.create_load_balancer(cluster, cfg)

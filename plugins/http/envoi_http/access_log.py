@@ -1,17 +1,18 @@
 """HTTP access-log operators that only an HTTP stream can answer, registered with the core's
-format compiler (``envoi.access_log.EXTRA_OPERATORS``)."""
+format compiler through the ``envoi_access_log_operators`` hook (see ``plugin.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from envoi.access_log import EXTRA_OPERATORS, Operator
+from envoi.stream_info import LogContext, Operator, OperatorFactory
 
 
-def _si(attr: str) -> Any:
+def _si(attr: str) -> OperatorFactory:
     def make(arg: str | None) -> Operator:
-        def op(ctx: Any) -> Any:
-            return getattr(ctx.stream_info, attr, None)
+        def op(ctx: LogContext) -> Any:
+            return getattr(ctx.stream_info, attr, None)  # an HttpStreamInfo field; TCP has none
 
         return op
 
@@ -22,10 +23,14 @@ def _route_name(arg: str | None) -> Operator:
     return lambda ctx: getattr(ctx.stream_info, "route_name", None) or None
 
 
-EXTRA_OPERATORS.update({
+def _none(arg: str | None) -> Operator:
+    return lambda ctx: None
+
+
+OPERATORS: Mapping[str, OperatorFactory] = {
     "RESPONSE_CODE_DETAILS": _si("response_code_details"),
     "ROUTE_NAME": _route_name,
-    "VIRTUAL_CLUSTER_NAME": lambda arg: (lambda ctx: None),
+    "VIRTUAL_CLUSTER_NAME": _none,
     "REQUEST_DURATION": _si("duration_ms"),
     "RESPONSE_DURATION": _si("duration_ms"),
-})
+}

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from envoi.context import ServerContext
+
 from envoi_http.codec import Backend
 
 CODEC_ENV = "ENVOI_HTTP1_CODEC"
@@ -24,12 +26,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
              "httptools or auto (httptools when installed); default $ENVOI_HTTP1_CODEC or auto")
 
 
-def http1_codec(context: Any) -> Backend:
-    """The ``--http1-codec`` value from the server's options; without a server options object
-    (factories built with fakes in unit tests) the ``ENVOI_HTTP1_CODEC`` environment variable."""
-    server = getattr(context, "server", None)
-    opts = getattr(getattr(server, "options", None), "plugin_options", None)
-    value = getattr(opts, "http1_codec", None)
+def http1_codec(context: ServerContext) -> Backend:
+    """The ``--http1-codec`` value from the plugin options; without it (a context made without
+    the command line, as in unit tests) the ``ENVOI_HTTP1_CODEC`` environment variable."""
+    value = getattr(context.plugin_options, "http1_codec", None)
     if value is None:
         value = os.environ.get(CODEC_ENV, "auto")
     return _coerce(value)

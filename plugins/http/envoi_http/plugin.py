@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from envoi import hookimpl
 from envoi.extensions import HttpFilterFactory, NetworkFilterFactory
+from envoi.stream_info import OperatorFactory
 
-from envoi_http import access_log  # noqa: F401  (registers the HTTP access-log operators)
+from envoi_http.access_log import OPERATORS
 from envoi_http.hcm.config import HttpConnectionManagerFactory
 from envoi_http.options import add_options
 from envoi_http.router.factory import RouterFactory
@@ -31,3 +32,8 @@ def envoi_http_filters() -> Sequence[HttpFilterFactory]:
     from envoi_http.filters.health_check import HealthCheckFactory
 
     return [RouterFactory(), HealthCheckFactory(), FaultFactory(), BufferFactory()]
+
+
+@hookimpl
+def envoi_access_log_operators() -> Mapping[str, OperatorFactory]:
+    return OPERATORS  # %RESPONSE_CODE_DETAILS%, %ROUTE_NAME%, ...

@@ -32,8 +32,9 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, Protocol
 
+from envoi.context import Runtime as RuntimeApi
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, Filter, FilterStatus
 from envoi.runtime import Runtime
 from envoi.stats import Store
@@ -66,6 +67,15 @@ FIXED_DELAY_PERCENT = "mongo.fault.fixed_delay.percent"
 FIXED_DELAY_DURATION_MS = "mongo.fault.fixed_delay.duration_ms"
 
 
+class _Server(Protocol):
+    """What the filter reads of the server (a part of ``envoi.context.ServerContext``)."""
+
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def runtime(self) -> RuntimeApi: ...
+
+
 class _Standalone:
     """The server of a filter made without one: never draining, a runtime with no layers."""
 
@@ -78,7 +88,7 @@ class _Standalone:
 class MongoProxyShared:
     """Everything one filter config shares across its connections: config, stats, access log."""
 
-    def __init__(self, config: MongoProxyConfig, scope: Any, server: Any = None,
+    def __init__(self, config: MongoProxyConfig, scope: Any, server: _Server | None = None,
                  access_log: AccessLog | None = None) -> None:
         self.config = config
         mongo_scope = scope.scope(f"mongo.{config.stat_prefix}")
@@ -86,12 +96,12 @@ class MongoProxyShared:
         self.ext = ExtensionStats(mongo_scope)
         self.dynamic = DynamicStats(mongo_scope, config.commands)
         self.access_log = access_log
-        #: The core Server (``draining``, ``runtime``); ``runtime`` is read at message time.
-        self.server: Any = server if server is not None else _Standalone()
+        #: The factory context (``draining``, ``runtime``), read at message time.
+        self.server: _Server = server if server is not None else _Standalone()
 
     @property
     def draining(self) -> bool:
-        return bool(getattr(self.server, "draining", False))
+        return self.server.draining
 
 
 class _Active:

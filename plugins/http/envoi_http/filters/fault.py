@@ -113,7 +113,7 @@ class FaultFactory(HttpFilterFactory):
     type_urls = ("envoy.extensions.filters.http.fault.v3.HTTPFault",)
 
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
-        prefix = context.extra.get("hcm_stat_prefix", "")
+        prefix = context.stat_prefix
         stats = FaultStats(context.stats.root.scope(f"http.{prefix}.fault"))
         cfg = FaultConfig(config, stats)
 

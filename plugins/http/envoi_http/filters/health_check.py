@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from envoi.config import ConfigError, ConfigIssue
-from envoi.extensions import FactoryContext, HttpFilterFactory
+from envoi.extensions import FactoryContext, HttpFilterFactory, ServerContext
 from envoi.http.filter import (
     FilterHeadersStatus,
     HttpFilterChainBuilder,
@@ -19,7 +19,8 @@ from envoi_http.router.config import _header_matcher
 
 
 class HealthCheckFilter(StreamFilter):
-    def __init__(self, server: Any, pass_through: bool, matchers: tuple[Any, ...]) -> None:
+    def __init__(self, server: ServerContext, pass_through: bool,
+                 matchers: tuple[Any, ...]) -> None:
         self.server = server
         self.pass_through = pass_through
         self.matchers = matchers
@@ -30,8 +31,7 @@ class HealthCheckFilter(StreamFilter):
             return FilterHeadersStatus.CONTINUE
         self.is_hc = True
         self.decoder_callbacks.stream_info.extra["health_check"] = True
-        failed = bool(getattr(self.server, "healthcheck_failed", False))
-        if failed:
+        if self.server.healthcheck_failed:
             self.decoder_callbacks.send_local_reply(503, b"", details="health_check_failed")
             return FilterHeadersStatus.STOP_ITERATION
         if self.pass_through:
@@ -40,11 +40,9 @@ class HealthCheckFilter(StreamFilter):
         return FilterHeadersStatus.STOP_ITERATION
 
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> Any:
-        if self.is_hc and getattr(self.server, "healthcheck_failed", False):
+        if self.is_hc and self.server.healthcheck_failed:
             headers.status = 503
-        if self.is_hc:
-            headers.set_bytes(b"x-envoy-immediate-health-check-fail", b"true") if getattr(
-                self.server, "healthcheck_failed", False) else None
+            headers.set_bytes(b"x-envoy-immediate-health-check-fail", b"true")
         return FilterHeadersStatus.CONTINUE
 
 
@@ -58,9 +56,7 @@ class HealthCheckFactory(HttpFilterFactory):
         pass_through = config.pass_through_mode.value
         matchers = tuple(_header_matcher(h, f"{context.path}.headers[{i}]")
                          for i, h in enumerate(config.headers))
-        server = context.server
-
         def add(builder: HttpFilterChainBuilder) -> None:
-            builder.add_filter(HealthCheckFilter(server, pass_through, matchers))
+            builder.add_filter(HealthCheckFilter(context, pass_through, matchers))
 
         return add

@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoi.access_log import AccessLogger
 from envoi.config import ConfigError, ConfigIssue, duration_seconds
-from envoi.extensions import FactoryContext, HttpFilterFactory, NetworkFilterFactory
+from envoi.extensions import AccessLogger, FactoryContext, HttpFilterFactory, NetworkFilterFactory
 from envoi.http.filter import HttpFilterFactoryCb
-from envoi.network.builder import default_config, resolve_typed_config
 from envoi.network.filter import FilterChainBuilder, NetworkFilterFactoryCb
 from envoi.stats import Scope
 
@@ -84,7 +82,6 @@ def _dur(msg: Any, name: str, default: float) -> float:
 
 
 def build_http_filters(config: Any, context: FactoryContext) -> list[HttpFilterFactoryCb]:
-    server = context.server
     path = context.path + ".http_filters"
     out: list[HttpFilterFactoryCb] = []
     issues: list[ConfigIssue] = []
@@ -92,23 +89,17 @@ def build_http_filters(config: Any, context: FactoryContext) -> list[HttpFilterF
     for i, f in enumerate(config.http_filters):
         fpath = f"{path}[{i}]"
         try:
-            url, cfg = resolve_typed_config(server, f, fpath)
-            factory = server.plugins.lookup(
-                HttpFilterFactory, f.name, url, fpath)  # type: ignore[type-abstract]
-            if cfg is None:
-                cfg = default_config(factory)
+            factory, cfg = context.resolve_extension(
+                HttpFilterFactory, f, fpath)  # type: ignore[type-abstract]
             if factory.terminal and i != n - 1:
                 issues.append(ConfigIssue(fpath, f"terminal filter named {f.name} must be the "
                                                  "last filter in the http filter chain"))
             elif not factory.terminal and i == n - 1:
                 issues.append(ConfigIssue(fpath, f"non-terminal filter named {f.name} is the "
                                                  "last filter in a http filter chain"))
-            sub = FactoryContext(server=server, stats=context.stats, scope=context.scope,
-                                 cluster_manager=context.cluster_manager, loop=context.loop,
-                                 listener_name=context.listener_name,
-                                 path=fpath + ".typed_config",
-                                 extra={**context.extra, "hcm_stat_prefix": config.stat_prefix})
-            out.append(factory.create_filter_factory(cfg, sub))
+            sub = context.with_path(fpath + ".typed_config", stat_prefix=config.stat_prefix)
+            out.append(sub.run_factory(factory,
+                                       lambda: factory.create_filter_factory(cfg, sub)))  # noqa: B023
         except ConfigError as exc:
             issues.extend(exc.errors)
     if issues:

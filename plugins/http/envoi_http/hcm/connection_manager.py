@@ -24,7 +24,7 @@ from envoi_http.hcm.stream import ActiveStream, reason
 from envoi_http.router import idle as route_idle
 
 if TYPE_CHECKING:
-    from envoi.network.connection import Connection
+    from envoi.network.filter import Connection
 
     from envoi_http.hcm.config import HcmConfig
 
@@ -501,7 +501,7 @@ class ConnectionManager(ReadFilter):
         st.downstream_rq_time.record((info.end_time - s.start) * 1000)
         s.destroy()
         for logger in self.config.access_logs:
-            logger.log(s)  # type: ignore[arg-type]  # LogContext only reads stream_info
+            logger.log(s)
 
     def reset_stream(self, s: ActiveStream, *, local: bool) -> None:
         if s.destroyed:

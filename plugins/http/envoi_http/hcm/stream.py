@@ -24,7 +24,7 @@ from envoi.http.headers import HeaderMap
 from envoi_http.hcm.filter_path import FilterPath
 
 if TYPE_CHECKING:
-    from envoi.network.connection import Connection
+    from envoi.network.filter import Connection
 
     from envoi_http.hcm.connection_manager import ConnectionManager
     from envoi_http.router.config import Route

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from envoi.access_log import compile_format
 from envoi.config import ConfigError, ConfigIssue, duration_seconds
 from envoi.extensions import FactoryContext
 from envoi.http.headers import HeaderMap
@@ -354,7 +353,7 @@ _ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": APPEND, "ADD_IF_ABSENT": ADD_IF_ABSENT,
             "OVERWRITE_IF_EXISTS": OVERWRITE_IF_EXISTS}
 
 
-def _mutations(add: Any, remove: Any, path: str) -> HeaderMutations:
+def _mutations(add: Any, remove: Any, path: str, ctx: FactoryContext) -> HeaderMutations:
     out = []
     for i, opt in enumerate(add):
         action_name = opt.DESCRIPTOR.fields_by_name["append_action"].enum_type.values_by_number[
@@ -364,7 +363,7 @@ def _mutations(add: Any, remove: Any, path: str) -> HeaderMutations:
             action = APPEND if opt.append.value else OVERWRITE_OR_ADD
         value_s = opt.header.value
         value: bytes | Callable[[Any], str]
-        value = compile_format(value_s, f"{path}[{i}]") if "%" in value_s else value_s.encode()
+        value = ctx.format_string(value_s, f"{path}[{i}]") if "%" in value_s else value_s.encode()
         out.append((opt.header.key.lower().encode(), value, action))
     return HeaderMutations(tuple(out), tuple(n.lower().encode() for n in remove))
 
@@ -392,10 +391,10 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
     rt = Route(name=r.name, vhost=vh, match=match, kind="cluster", prefix=prefix,
                request_mutations=_mutations(r.request_headers_to_add,
                                             r.request_headers_to_remove,
-                                            path + ".request_headers_to_add"),
+                                            path + ".request_headers_to_add", ctx),
                response_mutations=_mutations(r.response_headers_to_add,
                                              r.response_headers_to_remove,
-                                             path + ".response_headers_to_add"))
+                                             path + ".response_headers_to_add", ctx))
     if r.stat_prefix:
         rt.stats = RequestStats(ctx.stats.root.scope(f"vhost.{vh.name}.route.{r.stat_prefix}"))
     action = r.WhichOneof("action")
@@ -481,10 +480,10 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
         vh = VirtualHost(
             name=v.name,
             request_mutations=_mutations(v.request_headers_to_add, v.request_headers_to_remove,
-                                         vpath + ".request_headers_to_add"),
+                                         vpath + ".request_headers_to_add", ctx),
             response_mutations=_mutations(v.response_headers_to_add,
                                           v.response_headers_to_remove,
-                                          vpath + ".response_headers_to_add"),
+                                          vpath + ".response_headers_to_add", ctx),
             retry_policy=_retry_policy(v.retry_policy) if v.HasField("retry_policy") else None,
             include_request_attempt_count=v.include_request_attempt_count,
             include_attempt_count_in_response=v.include_attempt_count_in_response,
@@ -525,9 +524,9 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
     return RouteTable(
         exact, suffixes, prefixes, default,
         _mutations(rc.request_headers_to_add, rc.request_headers_to_remove,
-                   path + ".request_headers_to_add"),
+                   path + ".request_headers_to_add", ctx),
         _mutations(rc.response_headers_to_add, rc.response_headers_to_remove,
-                   path + ".response_headers_to_add"),
+                   path + ".response_headers_to_add", ctx),
     )
 
 

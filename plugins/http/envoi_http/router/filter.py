@@ -24,7 +24,7 @@ from envoi_http.router.pool import Http1Pool, UpstreamConnection, pool_for
 from envoi_http.router.stats import ClusterHttpStats
 
 if TYPE_CHECKING:
-    from envoi.upstream.cluster_manager import ClusterManager
+    from envoi.context import ClusterManager
 
     from envoi_http.hcm.stream import ActiveStream
     from envoi_http.router.config import RetryPolicy, Route

@@ -1,0 +1,184 @@
+"""The core's implementation of :class:`envoi.context.FactoryContext` (internal).
+
+One :class:`FactoryContextImpl` per config entry being built: it holds the server's
+:class:`~envoi.context.ServerContext`, the loaded plugins (to resolve nested extensions and
+access-log operators), the entry's config path, scope and stat prefix. Plugins only ever see it
+through the Protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from envoi.access_log import compile_format
+from envoi.config import ConfigError, ConfigIssue, PluginTypedConfig, unpack_typed_config
+from envoi.context import ClusterManager, FactoryContext, LocalInfo, Runtime, ServerContext
+from envoi.extensions import (
+    AccessLoggerFactory,
+    ExtensionFactory,
+    NetworkFilterFactory,
+    strip_type_url,
+)
+from envoi.network.filter import NetworkFilterFactoryCb
+from envoi.stream_info import AccessLogger, Formatter, OperatorFactory
+
+if TYPE_CHECKING:
+    from envoi.plugins import Plugins
+    from envoi.stats import Scope, Store
+
+F = TypeVar("F")
+T = TypeVar("T")
+
+
+class FactoryContextImpl:
+    """A :class:`~envoi.context.FactoryContext` over a server context and the plugins."""
+
+    __slots__ = ("_plugins", "_server", "listener_name", "path", "scope", "stat_prefix")
+
+    def __init__(self, server: ServerContext, plugins: Plugins, *, scope: Scope | None = None,
+                 path: str = "", listener_name: str = "", stat_prefix: str = "") -> None:
+        self._server = server
+        self._plugins = plugins
+        self.scope = scope if scope is not None else server.stats.root
+        self.path = path
+        self.listener_name = listener_name
+        self.stat_prefix = stat_prefix
+
+    # -- ServerContext --------------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._server.runtime
+
+    @property
+    def draining(self) -> bool:
+        return self._server.draining
+
+    @property
+    def healthcheck_failed(self) -> bool:
+        return self._server.healthcheck_failed
+
+    @property
+    def cluster_manager(self) -> ClusterManager:
+        return self._server.cluster_manager
+
+    @property
+    def stats(self) -> Store:
+        return self._server.stats
+
+    @property
+    def plugin_options(self) -> argparse.Namespace:
+        return self._server.plugin_options
+
+    @property
+    def local_info(self) -> LocalInfo:
+        return self._server.local_info
+
+    # -- FactoryContext --------------------------------------------------------------------------
+
+    def with_path(self, path: str, *, scope: Scope | None = None, stat_prefix: str | None = None,
+                  listener_name: str | None = None) -> FactoryContextImpl:
+        return FactoryContextImpl(
+            self._server, self._plugins, scope=scope if scope is not None else self.scope,
+            path=path,
+            listener_name=self.listener_name if listener_name is None else listener_name,
+            stat_prefix=self.stat_prefix if stat_prefix is None else stat_prefix)
+
+    def resolve_extension(self, base: type[F], entry: Any, path: str) -> tuple[F, Any]:
+        url, config = self._typed_config(entry, path)
+        factory = self._plugins.lookup(cast(type[ExtensionFactory], base), entry.name, url, path)
+        if config is None:
+            config = default_config(factory)
+        elif isinstance(config, PluginTypedConfig):
+            config = self._parse_plugin_config(config, path + ".typed_config")
+        return cast(F, factory), config
+
+    def _typed_config(self, entry: Any, path: str) -> tuple[str | None, Any]:
+        if not entry.HasField("typed_config"):
+            return None, None
+        cfg = unpack_typed_config(entry.typed_config, path + ".typed_config")
+        if isinstance(cfg, PluginTypedConfig):
+            return strip_type_url(cfg.type_url), cfg
+        return cfg.DESCRIPTOR.full_name, cfg
+
+    def _parse_plugin_config(self, cfg: PluginTypedConfig, path: str) -> Any:
+        schema = self._plugins.schemas.get(strip_type_url(cfg.type_url))
+        if schema is None:
+            return cfg  # a factory that takes the plain data itself
+        try:
+            return schema.parse(cfg.value)
+        except ConfigError as exc:
+            # Paths in a schema's errors are relative to its typed_config.
+            raise ConfigError([ConfigIssue(_join(path, i.path), i.message)
+                               for i in exc.errors]) from exc
+        except (ValueError, TypeError) as exc:
+            raise ConfigError([ConfigIssue(path, str(exc))]) from exc
+        except Exception as exc:  # a bug in the plugin's parser: say whose, and what
+            owner = self._plugins.schema_owner(cfg.type_url)
+            raise ConfigError([ConfigIssue(path, (
+                f"the config parser of plugin {owner} raised {type(exc).__name__}: {exc}"
+                " (a bug in that plugin; the config may still be wrong)"))]) from exc
+
+    def run_factory(self, factory: object, create: Callable[[], T]) -> T:
+        try:
+            return create()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            owner = (self._plugins.owner_of(factory) if isinstance(factory, ExtensionFactory)
+                     else repr(factory))
+            name = getattr(factory, "name", "") or type(factory).__name__
+            raise ConfigError([ConfigIssue(self.path, (
+                f"{name} (plugin {owner}) failed to build its config: "
+                f"{type(exc).__name__}: {exc}"))]) from exc
+
+    def create_filter_factory(self, factory: NetworkFilterFactory, config: Any,
+                              context: FactoryContextImpl) -> NetworkFilterFactoryCb:
+        return context.run_factory(factory,
+                                   lambda: factory.create_filter_factory(config, context))
+
+    def access_loggers(self, entries: Sequence[Any], path: str) -> list[AccessLogger]:
+        loggers: list[AccessLogger] = []
+        for i, entry in enumerate(entries):
+            p = f"{path}[{i}]"
+            if entry.HasField("filter"):
+                raise ConfigError([ConfigIssue(
+                    p + ".filter", "access log filters are not supported by envoi yet")])
+            factory, config = self.resolve_extension(
+                AccessLoggerFactory, entry, p)  # type: ignore[type-abstract]
+            ctx = self.with_path(p + ".typed_config")
+            # Called at once, so the closure sees this iteration's values.
+            loggers.append(ctx.run_factory(
+                factory, lambda: factory.create_logger(config, ctx, ctx.path)))  # noqa: B023
+        return loggers
+
+    @property
+    def access_log_operators(self) -> Mapping[str, OperatorFactory]:
+        return self._plugins.access_log_operators
+
+    def format_string(self, fmt: str, path: str) -> Formatter:
+        return compile_format(fmt, path, self._plugins.access_log_operators)
+
+
+def _join(base: str, rel: str) -> str:
+    if not rel:
+        return base
+    return f"{base}{rel}" if rel.startswith("[") else f"{base}.{rel}"
+
+
+def default_config(factory: ExtensionFactory) -> Any:
+    """The empty config of a factory named without ``typed_config`` (its first proto type)."""
+    from google.protobuf import symbol_database
+
+    for url in factory.type_urls:
+        try:
+            return symbol_database.Default().GetSymbol(strip_type_url(url))()
+        except KeyError:
+            continue
+    return None
+
+
+def _check(ctx: FactoryContextImpl) -> FactoryContext:
+    return ctx  # mypy: the implementation satisfies the Protocol
