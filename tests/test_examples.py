@@ -56,3 +56,32 @@ def test_http_router_example_serves(envoi_process: Callable[..., EnvoiProcess]) 
         raise AssertionError("expected 404")
     except urllib.error.HTTPError as exc:
         assert exc.code == 404
+
+
+def test_readme_demo_commands_work_as_written(envoi_process: Callable[..., EnvoiProcess]) -> None:
+    """The commands the README's first paragraph gives for the demo, run by bash as written
+    (only the ports are moved to free ones): curl through tcp_proxy and the HCM, and nc, which
+    on Debian 12 (netcat-openbsd) needs -N to half-close after its input."""
+    import re
+
+    readme = (ROOT / "README.md").read_text().split("\n## ", 1)[0]
+    commands = re.findall(r"`((?:curl|printf) [^`]+)`", readme)
+    assert len(commands) == 3, commands
+    ports = {"9901": free_port(), "10000": free_port(), "10001": free_port(),
+             "10002": free_port()}
+    text = (ROOT / "examples/demo.yaml").read_text()
+    for old, new in ports.items():
+        text = text.replace(old, str(new))
+    envoi_process(text, ports["9901"])
+    outputs = []
+    for command in commands:
+        for old, new in ports.items():
+            command = command.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+            command = command.replace(f"127.0.0.1 {old}", f"127.0.0.1 {new}")
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                             timeout=20)
+        assert out.returncode == 0, (command, out.stderr)
+        outputs.append(out.stdout)
+    assert "server.live: 1" in outputs[0]  # the admin's /stats, through tcp_proxy
+    assert outputs[1] == "HI\n"
+    assert outputs[2] == "hello from envoi over HTTP\n"

@@ -43,8 +43,8 @@ def secantusd_command() -> str:
     exe = Path(sys.executable).with_name("secantusd-py")
     found = str(exe) if exe.exists() else shutil.which("secantusd-py")
     if not found:
-        # A missing peer is a failure, never a skip: see requirements/mongo.txt.
-        raise RuntimeError("secantusd-py not installed (pip install -r requirements/mongo.txt)")
+        # A missing peer is a failure, never a skip: see requirements/test.txt.
+        raise RuntimeError("secantusd-py not installed (pip install -r requirements/test.txt)")
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,8 +45,23 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 20.0, interval:
                        + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+class EnvoiExited(AssertionError):
+    """The proxy process exited while it was starting; the message is its own output."""
+
+    def __init__(self, returncode: int, output: str) -> None:
+        super().__init__(f"envoi exited with status {returncode} while starting:\n"
+                         f"{output.rstrip()}")
+        self.returncode = returncode
+        self.output = output
+
+
 class EnvoiProcess:
-    """``python -m envoi -c <file>`` in a subprocess, with helpers to read its admin."""
+    """``python -m envoi -c <file>`` in a subprocess, with helpers to read its admin.
+
+    Its output goes to a temporary log file (``log()``), removed by ``stop()`` (``log()`` still
+    answers afterwards). A process that exits while starting fails ``start()`` at once with
+    :class:`EnvoiExited`, whose message is the proxy's own error.
+    """
 
     def __init__(self, config: str | Path, admin_port: int, *,
                  args: Sequence[str] = (), env: dict[str, str] | None = None,
@@ -61,6 +77,7 @@ class EnvoiProcess:
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="envoi-", suffix=".log", delete=False
         )
+        self._final_log: str | None = None
 
     @classmethod
     def from_yaml(cls, text: str, directory: str | Path, admin_port: int,
@@ -84,20 +101,27 @@ class EnvoiProcess:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        def ready() -> bool:
+        """Wait for ``/ready``; raise :class:`EnvoiExited` as soon as the process exits."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"envoi exited with {self.proc.returncode}:\n{self.log()}")
-            return self.get("/ready")[0] == 200
+                output = self.log()
+                self.stop()
+                raise EnvoiExited(self.proc.returncode, output)
+            try:
+                if self.get("/ready", timeout=1.0)[0] == 200:
+                    return
+            except OSError as exc:  # not listening yet
+                last = exc
+            time.sleep(0.02)
+        raise TimeoutError(f"envoi was not ready after {timeout}s (last error: {last}); "
+                           f"its output:\n{self.log()}")
 
-        try:
-            wait_for(ready, timeout, what="envoi /ready")
-        except RuntimeError as exc:
-            raise AssertionError(str(exc)) from None
-
-    def get(self, path: str, method: str = "GET") -> tuple[int, str]:
+    def get(self, path: str, method: str = "GET", timeout: float = 10.0) -> tuple[int, str]:
         req = urllib.request.Request(self.admin_url + path, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -130,10 +154,18 @@ class EnvoiProcess:
         return wait_for(probe, timeout, what=f"stat {name}")[0]
 
     def log(self) -> str:
+        if self._final_log is not None:
+            return self._final_log
         try:
             return Path(self._log.name).read_text(errors="replace")
         except OSError:
             return ""
+
+    def _remove_log(self) -> None:
+        self._final_log = self.log()
+        self._log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._log.name)
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
@@ -144,7 +176,10 @@ class EnvoiProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> int | None:
+        """SIGTERM (then SIGKILL after 10 s), and remove the log file."""
         if self.proc is None:
+            if self._final_log is None:
+                self._remove_log()
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -153,6 +188,8 @@ class EnvoiProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self._final_log is None:
+            self._remove_log()
         return self.proc.returncode
 
     def __enter__(self) -> EnvoiProcess:

@@ -1,13 +1,14 @@
 """Two third-party HTTP filters: ``example.filters.http.add_header`` (sync: a response header)
 and ``example.filters.http.ext_auth`` (async: asks an HTTP auth service before the request goes
-on). Each has a config schema, a factory that turns config into a per-stream callback once, and
-a filter object per stream; the hooks at the bottom register them."""
+on). Each has a config dataclass (``envoi.schema.config_schema`` turns it into the parser and
+checks every field), a factory that turns config into a per-stream callback once, and a filter
+object per stream; the hooks at the bottom register them."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from envoi.http import (
     StreamDecoderFilter,
     StreamEncoderFilter,
 )
+from envoi.schema import config_schema
 from envoi.stats import Counter, StatsGroup
 
 ADD_HEADER_URL = "example.filters.http.add_header.v1.AddHeader"
@@ -32,20 +34,13 @@ EXT_AUTH_URL = "example.filters.http.ext_auth.v1.ExtAuth"
 
 @dataclass(frozen=True)
 class AddHeaderConfig:
-    header: str
-    value: str
+    header: str  # required: no default
+    value: str = ""
 
-
-def parse_add_header(data: Mapping[str, Any]) -> AddHeaderConfig:
-    unknown = set(data) - {"header", "value"}
-    if unknown:
-        raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    header, value = data.get("header"), data.get("value", "")
-    if not isinstance(header, str) or not header:
-        raise ValueError("header: a non-empty string is required")
-    if not isinstance(value, str):
-        raise ValueError("value: must be a string")
-    return AddHeaderConfig(header.lower(), value)
+    def __post_init__(self) -> None:
+        if not self.header:
+            raise ValueError("header: must not be empty")
+        object.__setattr__(self, "header", self.header.lower())
 
 
 class AddHeader(StreamEncoderFilter):
@@ -76,26 +71,26 @@ class AddHeaderFactory(HttpFilterFactory):
 
 @dataclass(frozen=True)
 class ExtAuthConfig:
-    host: str
-    port: int
-    path: str
-    timeout: float
+    auth_url: str
+    timeout_ms: float = 1000
+    # Worked out once from auth_url (init=False: not config fields).
+    host: str = field(init=False, default="")
+    port: int = field(init=False, default=80)
+    path: str = field(init=False, default="/")
 
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.auth_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("auth_url: an http:// URL is required")
+        if self.timeout_ms <= 0:
+            raise ValueError("timeout_ms: must be positive")
+        object.__setattr__(self, "host", parts.hostname)
+        object.__setattr__(self, "port", parts.port or 80)
+        object.__setattr__(self, "path", parts.path or "/")
 
-def parse_ext_auth(data: Mapping[str, Any]) -> ExtAuthConfig:
-    unknown = set(data) - {"auth_url", "timeout_ms"}
-    if unknown:
-        raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    url = data.get("auth_url")
-    if not isinstance(url, str):
-        raise ValueError("auth_url: an http:// URL is required")
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError("auth_url: an http:// URL is required")
-    timeout = data.get("timeout_ms", 1000)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise ValueError("timeout_ms: must be positive")
-    return ExtAuthConfig(parts.hostname, parts.port or 80, parts.path or "/", timeout / 1000)
+    @property
+    def timeout(self) -> float:
+        return self.timeout_ms / 1000
 
 
 class ExtAuthStats(StatsGroup):
@@ -171,5 +166,5 @@ def envoi_http_filters() -> Sequence[HttpFilterFactory]:
 
 @hookimpl
 def envoi_config_schemas() -> Sequence[ConfigSchema]:
-    return [ConfigSchema(ADD_HEADER_URL, parse_add_header),
-            ConfigSchema(EXT_AUTH_URL, parse_ext_auth)]
+    return [config_schema(ADD_HEADER_URL, AddHeaderConfig),
+            config_schema(EXT_AUTH_URL, ExtAuthConfig)]
