@@ -79,29 +79,25 @@ class H2Codec(H2Sender):
             return []
         out: list[Event] = []
         if not data:
-            self.dead = True
-            for sid in list(self._open):
-                self._close_stream(sid)
-                out.append(ev.StreamReset(sid, CONNECTION_TERMINATION))
+            out += [ev.StreamReset(sid, CONNECTION_TERMINATION) for sid in self._open]
+            self._die()
             out.append(ev.ConnectionClosed())
             return out
         guard = self._guard
-        pieces, goaways = guard.scan(data)
         conn = self._conn
         try:
-            for piece in pieces:
-                events = conn.receive_data(piece)
-                if events:
-                    self._translate(events, out)
-                    if self.dead:
-                        return out
+            for item in guard.scan(data):
+                if type(item) is GoAwayFrame:
+                    self._on_goaway(item, out)
+                else:
+                    events = conn.receive_data(item)
+                    if events:
+                        self._translate(events, out)
+                if self.dead:
+                    return out
         except h2.exceptions.ProtocolError as exc:
             self._connection_error(exc, out)
             return out
-        for goaway in goaways:
-            self._on_goaway(goaway, out)
-            if self.dead:
-                return out
         if guard.flood:
             self._flood(guard.flood, out)
             return out
@@ -281,7 +277,7 @@ class H2Codec(H2Sender):
     def _on_goaway(self, g: GoAwayFrame, out: list[Event]) -> None:
         if g.error:
             self._conn.close_connection(PROTOCOL_ERROR if "stream" in g.error else FRAME_SIZE_ERROR)
-            self.dead = True
+            self._die()
             out.append(ev.ProtocolError(0, 400, "http2.goaway_invalid", g.error))
             return
         event = hev.GoAwayReceived(g.last_stream_id, g.error_code, g.debug)
@@ -299,12 +295,10 @@ class H2Codec(H2Sender):
 
     def _connection_error(self, exc: h2.exceptions.ProtocolError, out: list[Event]) -> None:
         """h2 refused the bytes and queued a GOAWAY with its error code."""
-        self.dead = True
         if isinstance(exc, h2.exceptions.InvalidBodyLengthError):
             self.stats.rx_messaging_error.value += 1
         self._frames += 1
-        for sid in list(self._open):
-            self._close_stream(sid)
+        self._die()
         out.append(ev.ProtocolError(0, 400, "http2.codec_error", str(exc)))
 
     def _messaging_error(self, sid: int, err: MessagingError, out: list[Event]) -> None:
@@ -313,10 +307,7 @@ class H2Codec(H2Sender):
             self._reset(sid, PROTOCOL_ERROR)
             out.append(ev.StreamReset(sid, PROTOCOL_ERROR_RESET))
             return
-        # Envoy ends the connection, without a GOAWAY.
-        self.dead = True
-        for s in list(self._open):
-            self._close_stream(s)
+        self._die()  # Envoy ends the connection, without a GOAWAY
         out.append(ev.ProtocolError(sid, 400, err.details, str(err)))
 
     def _refuse_headers(self, sid: int, reason: str, out: list[Event]) -> None:
@@ -337,9 +328,7 @@ class H2Codec(H2Sender):
                    "http2.outbound_frames_flood": st.outbound_flood,
                    "http2.outbound_control_frames_flood": st.outbound_control_flood}[details]
         counter.value += 1
-        self.dead = True
-        for sid in list(self._open):
-            self._close_stream(sid)
+        self._die()
         flood = hev.Flood(details)
         self.failed = flood
         out.append(flood)

@@ -96,17 +96,16 @@ class InboundGuard:
         self.flood = ""
         self.too_large = False  # a frame over SETTINGS_MAX_FRAME_SIZE: FRAME_SIZE_ERROR
 
-    def scan(self, data: bytes) -> tuple[list[bytes], list[GoAwayFrame]]:
-        """The pieces of ``data`` for ``h2`` and the GOAWAY frames removed from it. After a
-        flood (``self.flood`` set) or an oversized frame (``self.too_large``) the pieces end
-        before the offending frame. A frame header cut
-        by the end of a read is held back until it is whole, so ``h2`` never sees half of a
-        frame header the guard may still take out."""
+    def scan(self, data: bytes) -> list[bytes | GoAwayFrame]:
+        """The pieces of ``data`` for ``h2`` in order, with the GOAWAY frames taken out of it
+        where they were (usually one item: ``data`` itself). After a flood (``self.flood``) or an
+        oversized frame (``self.too_large``) the list ends before the offending frame. A frame
+        header cut by the end of a read is held back until it is whole, so ``h2`` never sees
+        half of a frame header the guard may still take out."""
         n = len(data)
         pos = keep = 0
-        pieces: list[bytes] = []
-        goaways: list[GoAwayFrame] = []
-        prefix = b""  # held-back header bytes that go before the first piece
+        items: list[bytes | GoAwayFrame] = []
+        prefix = b""  # held-back header bytes that go before the next piece
         if self.preface:
             pos = min(self.preface, n)
             self.preface -= pos
@@ -116,13 +115,13 @@ class InboundGuard:
             self.left -= take
             pos = keep = take
             if not self.left:
-                goaways.append(self._goaway_done())
+                items.append(self._goaway_done())
         elif self.left:
             if self.pad_frame is not None and n:
                 length, flags = self.pad_frame
                 self.pad_frame = None
                 if self._count_payload(length, flags, data[0] + 1):
-                    return pieces, goaways
+                    return items
             pos = min(self.left, n)
             self.left -= pos
         elif self.head:
@@ -130,20 +129,21 @@ class InboundGuard:
             need = 9 - len(head)
             if n < need:
                 self.head = head + data
-                return pieces, goaways
-            hd = head + data[:need]
+                return items
             self.head = b""
             pos = need
-            verdict = self._frame(hd, 0, data, pos, n, goaways)
+            verdict = self._frame(head + data[:need], 0, data, pos, n)
             if verdict < 0:
-                return pieces, goaways
+                return items
             if verdict == 0:
                 prefix = head  # an ordinary frame: h2 gets its whole header
                 take = min(self.left, n - pos)
                 pos += take
                 self.left -= take
-            else:
-                keep = pos = verdict  # a GOAWAY: neither its header nor its payload go to h2
+            else:  # a GOAWAY: neither its header nor its payload go to h2
+                keep = pos = verdict
+                if self.goaway_buf is not None and not self.left:
+                    items.append(self._goaway_done())
         while not self.left and self.goaway_buf is None:
             if n - pos < 9:
                 if pos < n:
@@ -151,32 +151,32 @@ class InboundGuard:
                 break
             start = pos
             pos += 9
-            verdict = self._frame(data, start, data, pos, n, goaways)
-            if verdict < 0:
-                if start > keep:
-                    pieces.append(prefix + data[keep:start])
-                return pieces, goaways
-            if verdict:
-                if start > keep:
-                    pieces.append(prefix + data[keep:start])
-                    prefix = b""
-                keep = pos = verdict
-            else:
+            verdict = self._frame(data, start, data, pos, n)
+            if verdict == 0:
                 take = min(self.left, n - pos)
                 pos += take
                 self.left -= take
+                continue
+            if start > keep or prefix:  # what came before goes to h2 first
+                items.append(prefix + data[keep:start])
+                prefix = b""
+            if verdict < 0:
+                return items
+            keep = pos = verdict
+            if self.goaway_buf is not None and not self.left:
+                items.append(self._goaway_done())
         end = n - len(self.head)
         if keep == 0 and end == n and not prefix:
-            pieces.append(data)
+            items.append(data)
         elif end > keep or prefix:
-            pieces.append(prefix + data[keep:end])
-        return pieces, goaways
+            items.append(prefix + data[keep:end])
+        return items
 
-    def _frame(self, hd: bytes, at: int, data: bytes, pos: int, n: int,
-               goaways: list[GoAwayFrame]) -> int:
+    def _frame(self, hd: bytes, at: int, data: bytes, pos: int, n: int) -> int:
         """One frame header at ``hd[at:at+9]``, its payload from ``data[pos]``. Returns -1 on a
         flood or an oversized frame, 0 for a frame for h2 (``self.left`` = its payload length),
-        or, for a GOAWAY, the position in ``data`` after the part of it taken out."""
+        or, for a GOAWAY, the position in ``data`` after the part of it taken out (its payload
+        collects in ``goaway_buf`` until whole)."""
         hi, lo, ftype, flags = _unpack_head(hd, at)
         length: int = (hi << 16) | lo
         if length > self.max_frame_size:
@@ -188,8 +188,6 @@ class InboundGuard:
             self.goaway_buf = bytearray(data[pos:pos + length])
             taken = min(length, n - pos)
             self.left = length - taken
-            if not self.left:
-                goaways.append(self._goaway_done())
             return pos + taken
         if self._track(ftype, flags, length, data, pos, n):
             return -1

@@ -135,6 +135,12 @@ class H2Sender:
             # Give the connection window back (Envoy recoups unconsumed bytes on close).
             self._conn.acknowledge_received_data(left, sid)
 
+    def _die(self) -> None:
+        """Nothing more is parsed or sent; the streams are gone with the connection."""
+        self.dead = True
+        for sid in list(self._open):
+            self._close_stream(sid)
+
     def _reset(self, sid: int, code: int) -> None:
         left = self._unacked.pop(sid, 0)  # returned after the RST: no stream WINDOW_UPDATE
         self._close_stream(sid)
@@ -330,7 +336,7 @@ class H2Sender:
                            else self.stats.outbound_control_flood)
                 counter.value += 1
                 self.failed = hev.Flood(flood)
-                self.dead = True
+                self._die()
         return data
 
     def transport_buffered(self, nbytes: int) -> None:
