@@ -267,8 +267,9 @@ class H2Codec(H2Sender):
                                                  self.options.hpack_table_size)
         if sc.INITIAL_WINDOW_SIZE in changed and self._pending:
             self._flush_pending(out)
-        if not self.server and (sc.MAX_CONCURRENT_STREAMS in changed or
-                                sc.INITIAL_WINDOW_SIZE in changed):
+        if not self.server:
+            # Every SETTINGS frame is news for a pool: the first one says the connection is
+            # ready and how many streams it takes.
             remote = self._conn.remote_settings
             limit = remote.get(sc.MAX_CONCURRENT_STREAMS)
             self.peer_max_streams = limit

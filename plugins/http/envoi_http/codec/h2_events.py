@@ -24,8 +24,9 @@ class GoAwayReceived:
 
 @dataclass(frozen=True, slots=True)
 class PeerSettings:
-    """The peer's SETTINGS changed what envoi may do: ``max_concurrent_streams`` is how many
-    streams envoi may open (``None`` while the peer sets no limit)."""
+    """Client side: the peer sent SETTINGS (every SETTINGS frame, the first one included: it
+    says the connection is ready). ``max_concurrent_streams`` is how many streams envoi may open
+    (``None`` while the peer sets no limit)."""
 
     max_concurrent_streams: int | None
     initial_window_size: int

@@ -153,6 +153,10 @@ class H2Sender:
                 conn.acknowledge_received_data(left, sid)
         self.stats.tx_reset.value += 1
 
+    def is_open(self, stream_id: int) -> bool:
+        """The stream is not yet closed both ways (nor reset)."""
+        return stream_id in self._open
+
     @property
     def open_streams(self) -> int:
         return len(self._open)
