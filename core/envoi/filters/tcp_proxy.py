@@ -159,16 +159,16 @@ class TcpProxyFilter(ReadFilter):
                 conn.stream_info.response_flags.append("UH")
                 conn.close(ConnectionCloseType.NO_FLUSH)
                 return
-            # Envoy's TCP connection pool counts each proxied connection as one request.
+            # Envoy's TCP connection pool counts each proxied connection as one request, pending
+            # while it connects and counted in upstream_rq_total once it has a connection.
             cstats = cluster.stats
-            cstats.upstream_rq_total.value += 1
             cstats.upstream_rq_pending_total.value += 1
             cstats.upstream_rq_pending_active.inc()
-            host.rq_total += 1
             try:
                 transport, upstream = await cluster.connect(host, lambda: _Upstream(self))
             except UpstreamConnectError:
                 cstats.upstream_rq_pending_active.dec()
+                cstats.upstream_rq_pending_failure_eject.value += 1
                 if conn.closed:
                     return
                 if attempt + 1 < attempts:
@@ -180,7 +180,9 @@ class TcpProxyFilter(ReadFilter):
                 conn.close(ConnectionCloseType.NO_FLUSH)
                 return
             cstats.upstream_rq_pending_active.dec()
+            cstats.upstream_rq_total.value += 1
             cstats.upstream_rq_active.inc()
+            host.rq_total += 1
             break
         else:  # pragma: no cover - loop always breaks or returns
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -207,12 +208,20 @@ class Cluster:
 
     def set_hosts(self, hosts: list[Host]) -> None:
         changed = [h.address_string for h in hosts] != [h.address_string for h in self.hosts]
+        known = {id(h) for h in self.hosts}
+        self.count_new_hosts(sum(1 for h in hosts if id(h) not in known))
         self.hosts = hosts
         if changed:
             self.stats.membership_change.inc()
         self.update_membership()
         if self.lb is not None:
             self.lb.hosts_changed(hosts)
+
+    def count_new_hosts(self, n: int) -> None:
+        """Envoy resolves each new host's transport socket (the default one: envoi has no
+        ``transport_socket_matches``) and counts the match."""
+        if n:
+            self.stats.scope.counter("default.total_match_count").value += n
 
     def update_membership(self) -> None:
         self.stats.membership_total.set(len(self.hosts))
@@ -231,10 +240,17 @@ class Cluster:
         *,
         timeout: float | None = None,
     ) -> tuple[asyncio.Transport, P]:
-        """Open a TCP connection to ``host``, counting Envoy's connect stats."""
+        """Open a TCP connection to ``host``, counting Envoy's connect stats. As in Envoy, a
+        connection counts (``upstream_cx_total``, ``_active``, the host's ``cx_total``) from the
+        attempt on; one that fails to connect is destroyed (remotely when refused, locally on
+        the connect timeout)."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         stats = self.stats
+        stats.upstream_cx_total.value += 1
+        stats.upstream_cx_active.inc()
+        host.cx_total += 1
+        host.cx_active += 1
         try:
             transport, protocol = await asyncio.wait_for(
                 loop.create_connection(protocol_factory, host.address, host.port),
@@ -244,19 +260,21 @@ class Cluster:
             stats.upstream_cx_connect_fail.value += 1
             stats.upstream_cx_connect_timeout.value += 1
             host.cx_connect_fail += 1
+            self.connection_closed(host, started, local=True)
             raise UpstreamConnectError(host, "connection timeout", timeout=True) from exc
         except OSError as exc:
             stats.upstream_cx_connect_fail.value += 1
             host.cx_connect_fail += 1
-            raise UpstreamConnectError(host, exc.strerror or str(exc)) from exc
+            self.connection_closed(host, started, local=False)
+            reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+            raise UpstreamConnectError(host, reason) from exc
+        except BaseException:  # cancelled while connecting
+            self.connection_closed(host, started, local=True)
+            raise
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=self.buffer_limit, low=self.buffer_limit // 2)
-        stats.upstream_cx_total.value += 1
-        stats.upstream_cx_active.inc()
-        host.cx_total += 1
-        host.cx_active += 1
         stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)
         return transport, protocol
 

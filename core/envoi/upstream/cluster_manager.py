@@ -92,6 +92,7 @@ class ClusterManager:
         cluster.hosts = list(hosts) if hosts is not None else []
         cluster.lb = lb_factory.create_load_balancer(cluster, cfg)
         cluster.set_hosts(cluster.hosts)
+        cluster.count_new_hosts(len(cluster.hosts))
         stats.membership_change.value = 1 if cluster.hosts else 0
         self.clusters[cfg.name] = cluster
         self.stats.cluster_added.inc()

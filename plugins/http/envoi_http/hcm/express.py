@@ -173,9 +173,7 @@ class Express:
         host = self.host = lb.choose_host(None)  # lb.healthy is not empty: never None
         # The HCM stamped last_activity when it read this request (or started the next cycle).
         self.started = self.attempt_start = self.last_activity = hcm.last_activity
-        cst.upstream_rq_total.value += 1
         active.inc()
-        host.rq_total += 1
         host.rq_active += 1
         pools = self.pools
         pool = pools.get(host)
@@ -195,6 +193,8 @@ class Express:
             if not conn.closed:
                 conn.handler = self
                 self.upstream = conn
+                cst.upstream_rq_total.value += 1  # counted once attached, as Envoy does
+                host.rq_total += 1
                 conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers,
                                True)
                 return True
@@ -208,12 +208,16 @@ class Express:
             conn.release()
             return
         self.upstream = conn
+        self.cluster.stats.upstream_rq_total.value += 1
+        host = self.host
+        assert host is not None
+        host.rq_total += 1
         h = self.headers
         assert h is not None
         conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers, True)
 
-    def on_pool_failure(self, reason: str, host: Host) -> None:
-        self.promote("pool failure").on_pool_failure(reason, host)
+    def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None:
+        self.promote("pool failure").on_pool_failure(reason, host, detail)
 
     def on_upstream_closed(self) -> None:
         self.promote("upstream closed").on_upstream_closed()
@@ -415,6 +419,7 @@ class Express:
         if self.response_raw is not None:
             router.response_started = s.response_started = True
             info.response_code = self.status
+            info.response_code_details = "via_upstream"
             s.response_headers = HeaderMap(self.response_raw, status=self.status)
             info.bytes_sent = self.bytes_sent
         self._clear()

@@ -312,11 +312,8 @@ class Router(StreamDecoderFilter):
         if self.count_attempts or self.attempts > 1:
             retry_headers.on_attempt(self)
         self.attempt_start = time.monotonic()
-        st = cluster.stats
-        st.upstream_rq_total.value += 1
-        st.upstream_rq_active.inc()
+        cluster.stats.upstream_rq_active.inc()
         self.rq_active = True
-        host.rq_total += 1
         host.rq_active += 1
         if self.plan is None or self.plan.stats:
             for rs in self._request_stats():
@@ -352,6 +349,9 @@ class Router(StreamDecoderFilter):
             conn.release()
             return
         self.upstream = conn
+        # Envoy counts a request when it is attached to a connection (not while it waits).
+        self.cluster.stats.upstream_rq_total.value += 1  # type: ignore[union-attr]
+        self.host.rq_total += 1  # type: ignore[union-attr]
         h = self.headers
         assert h is not None
         pending = self.pending_body
@@ -375,7 +375,7 @@ class Router(StreamDecoderFilter):
             self.try_timer = self.stream.hcm.loop.call_later(  # type: ignore[union-attr]
                 self.per_try, self._on_per_try_timeout)
 
-    def on_pool_failure(self, reason: str, host: Host) -> None:
+    def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None:
         if self.done:
             return
         self._end_attempt(success=False)
@@ -388,9 +388,25 @@ class Router(StreamDecoderFilter):
         if self._maybe_retry(None, reset=True):
             return
         stream.stream_info.response_flags.append("UF")
-        self._fail(503, (RESET_BEFORE + ("connection timeout" if reason == "timeout"
-                                         else "remote connection failure")).encode(),
-                   "upstream_reset_before_response_started{connection_failure}")
+        self._charge_abort(503)
+        if reason == "timeout":
+            why, details = "connection timeout", "connection_timeout"
+        else:
+            why = "remote connection failure"
+            # Envoy adds the transport's failure reason: the socket error of the connect.
+            details = "remote_connection_failure" + (
+                "|delayed_connect_error:_" + detail.replace(" ", "_") if detail else "")
+        self._fail(503, (RESET_BEFORE + why).encode(),
+                   "upstream_reset_before_response_started{" + details + "}")
+
+    def _charge_abort(self, code: int) -> None:
+        """Envoy's ``chargeUpstreamAbort``: a local answer for an upstream that failed before
+        the response started counts as that upstream's answer."""
+        hs = self.hstats
+        if hs is not None:
+            hs.answered(code)
+        for rs in self._request_stats():
+            rs.codes.record(code)
 
     def _overflow(self) -> None:
         self.stream.stream_info.response_flags.append("UO")  # type: ignore[union-attr]
@@ -549,6 +565,7 @@ class Router(StreamDecoderFilter):
                 raw = [(k, v) for k, v in raw if k not in _RESP_DROP]
                 break
         hm = HeaderMap(raw, status=status)
+        self.stream.stream_info.response_code_details = "via_upstream"  # type: ignore[union-attr]
         if not self.config.suppress_envoy_headers and status != 101:
             hm.add_bytes(b"x-envoy-upstream-service-time", b"%d" % int(elapsed))
         if self.attempt_count_in_response:
@@ -591,6 +608,7 @@ class Router(StreamDecoderFilter):
         if self._maybe_retry(None, reset=True):
             return
         self.stream.stream_info.response_flags.append("UC")  # type: ignore[union-attr]
+        self._charge_abort(503)
         self._fail(503, (RESET_BEFORE + reason).encode(),
                    "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}")
 

@@ -20,7 +20,7 @@ from envoi_http.codec import events as ev
 
 class PoolCallbacks(Protocol):
     def on_pool_ready(self, conn: UpstreamConnection) -> None: ...
-    def on_pool_failure(self, reason: str, host: Host) -> None: ...
+    def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None: ...
     def on_upstream_events(self, events: list[ev.Event]) -> None: ...
     def on_upstream_closed(self) -> None: ...
     def on_upstream_above_high_watermark(self) -> None: ...
@@ -185,18 +185,20 @@ class Http1Pool:
         self.cluster.stats.upstream_rq_cancelled.value += 1
 
     async def _connect(self) -> None:
+        st = self.cluster.stats
+        st.upstream_cx_http1_total.value += 1  # Envoy counts the attempt, as upstream_cx_total
         try:
             _, conn = await self.cluster.connect(self.host, lambda: UpstreamConnection(self))
         except UpstreamConnectError as exc:
             self.connecting -= 1
             if self.pending:
                 cb = self.pending.popleft()
-                self.cluster.stats.upstream_rq_pending_active.dec()
+                st.upstream_rq_pending_active.dec()
+                st.upstream_rq_pending_failure_eject.value += 1
                 cb.on_pool_failure("timeout" if exc.timeout else "connection_failure",
-                                   self.host)
+                                   self.host, exc.reason)
             return
         self.connecting -= 1
-        self.cluster.stats.upstream_cx_http1_total.value += 1
         self.on_idle(conn)
 
     def on_idle(self, conn: UpstreamConnection) -> None:
