@@ -126,6 +126,9 @@ class FactoryContextImpl:
             return create()
         except ConfigError:
             raise
+        except ValueError as exc:  # the documented way to refuse a config (extensions.py)
+            name = getattr(factory, "name", "") or type(factory).__name__
+            raise ConfigError([ConfigIssue(self.path, f"{name}: {exc}")]) from exc
         except Exception as exc:
             owner = (self._plugins.owner_of(factory) if isinstance(factory, ExtensionFactory)
                      else repr(factory))

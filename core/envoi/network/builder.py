@@ -118,7 +118,7 @@ def build_listener(context: FactoryContextImpl, owner: ListenerOwner, cfg: Any, 
                                          path + ".default_filter_chain")
         except ConfigError as exc:
             issues.extend(exc.errors)
-    if not chains and default is None:
+    if not cfg.filter_chains and not cfg.HasField("default_filter_chain"):
         issues.append(ConfigIssue(path + ".filter_chains", "no filter chains specified"))
     if issues:
         raise ConfigError(issues)

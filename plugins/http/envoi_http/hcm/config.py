@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,25 @@ class HcmConfig:
     # lane (hcm/express.py) may then run plain exchanges.
     express_router: Any = None
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
+    filter_names: tuple[str, ...] = ()  # the config name of each of filter_factories
+    _names_by_type: dict[type, str] | None = None
+
+    def filter_name(self, filt: object) -> str:
+        """The configured name (``http_filters[i].name``) of the factory that makes filters of
+        ``filt``'s class; worked out the first time a filter fails (the factories' callbacks
+        are run against a builder that only notes the classes), so the hot path pays nothing."""
+        names = self._names_by_type
+        if names is None:
+            names = self._names_by_type = {}
+            for cb, name in zip(self.filter_factories, self.filter_names, strict=False):
+                probe = _ClassNotingBuilder()
+                # A callback that needs the real stream gives no name.
+                with contextlib.suppress(Exception):
+                    cb(probe)
+                for cls in probe.classes:
+                    names.setdefault(cls, name)
+        cls = type(filt)
+        return names.get(cls) or f"{cls.__module__}.{cls.__qualname__}"
 
     @property
     def tick(self) -> float | None:
@@ -75,6 +95,18 @@ class HcmConfig:
             found = ListenerHttpStats(self.root.scope(f"listener.{name}.http.{self.stat_prefix}"))
             self._listener_stats[key] = found
         return found
+
+
+class _ClassNotingBuilder:
+    """An ``HttpFilterChainBuilder`` that only notes the classes of the filters added."""
+
+    def __init__(self) -> None:
+        self.classes: list[type] = []
+
+    def add_decoder_filter(self, f: object) -> None:
+        self.classes.append(type(f))
+
+    add_encoder_filter = add_filter = add_decoder_filter
 
 
 def _dur(msg: Any, name: str, default: float) -> float:
@@ -168,6 +200,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             request_headers_timeout=_dur(config, "request_headers_timeout", 0.0),
             idle_timeout=_dur(common, "idle_timeout", 3600.0),
             filter_factories=tuple(filters),
+            filter_names=tuple(f.name for f in config.http_filters),
             route_table=table,
             access_logs=tuple(context.access_loggers(config.access_log, path + ".access_log")),
             context=context,

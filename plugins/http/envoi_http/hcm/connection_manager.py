@@ -673,8 +673,11 @@ class ConnectionManager(ReadFilter):
         s.local_complete = True
         s.send_local_reply(408, b"request header timeout", details="request_header_timeout")
 
-    def log_filter_error(self, exc: BaseException) -> None:
-        log.error("HTTP filter failed: %r", exc, exc_info=exc)
+    def log_filter_error(self, exc: BaseException, filt: object, method: str) -> None:
+        name = self.config.filter_name(filt)
+        log.error("HTTP filter %s raised in %s: %s: %s", name, method, type(exc).__name__, exc,
+                  exc_info=exc)
+        self.stats.scope.counter("envoi.filter_exception").value += 1
 
     @property
     def conn(self) -> Connection:

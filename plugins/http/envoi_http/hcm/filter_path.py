@@ -120,7 +120,11 @@ class FilterPath:
         n = len(fns)
         stream = self.stream
         while i < n:
-            st = fns[i](headers, end)
+            try:
+                st = fns[i](headers, end)
+            except Exception as exc:  # free in 3.11 until something raises
+                stream.filter_raised(exc, fns[i])
+                return
             if stream.local_complete and self.decode:
                 return
             if end and self.buf is not None and self.stop < 0:
@@ -164,7 +168,11 @@ class FilterPath:
                 if self.stop_all:
                     self._hold(data, end)
                     return
-                st = fns[i](data, end)
+                try:
+                    st = fns[i](data, end)
+                except Exception as exc:
+                    stream.filter_raised(exc, fns[i])
+                    return
                 if st == _PENDING:
                     return
                 if st == D_CONTINUE:
@@ -176,7 +184,11 @@ class FilterPath:
                     self.watermark = st == D_WATERMARK
                     self._hold(data, end)
                 return
-            st = fns[i](data, end)
+            try:
+                st = fns[i](data, end)
+            except Exception as exc:
+                stream.filter_raised(exc, fns[i])
+                return
             if stream.local_complete and self.decode:
                 return
             if st == D_CONTINUE:
@@ -205,11 +217,19 @@ class FilterPath:
                 self.trailers = trailers
                 if self.stop_all:
                     return
-                st = fns[i](trailers)
+                try:
+                    st = fns[i](trailers)
+                except Exception as exc:
+                    self.stream.filter_raised(exc, fns[i])
+                    return
                 if st == T_CONTINUE:
                     self.resume()
                 return
-            st = fns[i](trailers)
+            try:
+                st = fns[i](trailers)
+            except Exception as exc:
+                self.stream.filter_raised(exc, fns[i])
+                return
             if self.stream.local_complete and self.decode:
                 return
             if st == T_CONTINUE:
@@ -319,12 +339,12 @@ class FilterPath:
                 self.trailers = args[0]
             self.stop = i
             self.stop_all = True  # nothing reaches the filter until its status is known
-            task.add_done_callback(lambda t: self._async_done(t, i, kind))
+            task.add_done_callback(lambda t: self._async_done(t, i, kind, fn))
             return _PENDING
 
         return start
 
-    def _async_done(self, task: asyncio.Task[Any], i: int, kind: str) -> None:
+    def _async_done(self, task: asyncio.Task[Any], i: int, kind: str, fn: Fn) -> None:
         stream = self.stream
         try:
             stream.tasks.discard(task)
@@ -334,7 +354,7 @@ class FilterPath:
             return
         exc = task.exception()
         if exc is not None:
-            stream.filter_failed(exc)
+            stream.filter_raised(exc, fn)
             return
         if stream.local_complete and self.decode:
             return

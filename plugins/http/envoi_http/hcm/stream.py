@@ -164,7 +164,10 @@ class ActiveStream:
             self.hcm.request_done(self)
         lone = self.lone
         if lone is not None:
-            lone.decode_headers(self.request_headers, end_stream)
+            try:
+                lone.decode_headers(self.request_headers, end_stream)
+            except Exception as exc:
+                self.filter_raised(exc, lone.decode_headers)
         else:
             self.dec.run_headers(0, self.request_headers, end_stream)
 
@@ -176,7 +179,10 @@ class ActiveStream:
         if not self.local_complete:
             lone = self.lone
             if lone is not None:
-                lone.decode_data(data, end_stream)
+                try:
+                    lone.decode_data(data, end_stream)
+                except Exception as exc:
+                    self.filter_raised(exc, lone.decode_data)
             else:
                 self.dec.run_data(0, data, end_stream)
 
@@ -186,7 +192,10 @@ class ActiveStream:
         if not self.local_complete:
             lone = self.lone
             if lone is not None:
-                lone.decode_trailers(trailers)
+                try:
+                    lone.decode_trailers(trailers)
+                except Exception as exc:
+                    self.filter_raised(exc, lone.decode_trailers)
             else:
                 self.dec.run_trailers(0, trailers)
 
@@ -251,9 +260,14 @@ class ActiveStream:
     def reset_stream(self) -> None:
         self.hcm.reset_stream(self, local=True)
 
-    def filter_failed(self, exc: BaseException) -> None:
-        self.hcm.log_filter_error(exc)
-        self.send_local_reply(500, b"", details="filter_failed")
+    def filter_raised(self, exc: BaseException, method: Any) -> None:
+        """A filter's ``method`` raised: log it with the filter's name, count it, and answer
+        500 (or reset the stream when the response has started); the connection goes on."""
+        if self.destroyed:
+            return
+        self.hcm.log_filter_error(exc, getattr(method, "__self__", None),
+                                  getattr(method, "__name__", "?"))
+        self.send_local_reply(500, b"", details="filter_raised_exception")
 
     # -- callbacks: decoder --------------------------------------------------------------------
 
