@@ -25,6 +25,7 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame
 from . import events as ev
 from . import h2_events as hev
 from .h2_guard import OUTBOUND_FLOOD, PREFACE, InboundGuard, OutboundCounter
+from .h2_hpack import MemoDecoder, MemoEncoder
 from .h2_options import DEFAULT_OPTIONS, Http2Options, local_settings
 from .h2_stats import Http2CodecStats, detached_stats
 
@@ -55,7 +56,7 @@ class H2Sender:
     def __init__(self, role: Role, options: Http2Options = DEFAULT_OPTIONS, *,
                  max_headers_kb: int = 60, max_headers_count: int = 100,
                  stats: Http2CodecStats | None = None,
-                 stream_buffer_limit: int | None = None) -> None:
+                 stream_buffer_limit: int | None = None, memo_hpack: bool = True) -> None:
         self.role: Role = role
         self.server = server = role == "server"
         self.options = options
@@ -68,6 +69,9 @@ class H2Sender:
             normalize_outbound_headers=False, split_outbound_cookies=False,
             validate_inbound_headers=False, normalize_inbound_headers=False)
         conn = self._conn = h2.connection.H2Connection(config)
+        if memo_hpack:
+            conn.encoder = MemoEncoder()
+            conn.decoder = MemoDecoder()
         sc = h2.settings.SettingCodes
         own = {sc.HEADER_TABLE_SIZE: options.hpack_table_size,
                sc.INITIAL_WINDOW_SIZE: options.initial_stream_window_size,

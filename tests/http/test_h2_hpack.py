@@ -1,0 +1,46 @@
+"""The remembering HPACK coder gives exactly what hpack gives, block for block."""
+
+from __future__ import annotations
+
+from envoi_http.codec.h2_hpack import MemoDecoder, MemoEncoder
+from hpack import Decoder, Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+names = st.sampled_from([b":status", b"server", b"date", b"content-type", b"x-a", b"x-b"])
+values = st.sampled_from([b"200", b"404", b"envoy", b"text/plain", b"1", b"2", b"x" * 40])
+blocks = st.lists(st.lists(st.tuples(names, values), min_size=1, max_size=6), max_size=40)
+steps = st.lists(st.one_of(st.integers(0, 39), st.sampled_from([0, 100, 4096, 64])),
+                 max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=blocks, order=steps, huffman=st.booleans())
+def test_same_bytes_and_headers_as_hpack(blocks: list[list[tuple[bytes, bytes]]],
+                                         order: list[int], huffman: bool) -> None:
+    if not blocks:
+        return
+    plain_e, memo_e = Encoder(), MemoEncoder()
+    plain_d, memo_d = Decoder(), MemoDecoder()
+    for i, step in enumerate(order):
+        if i % 7 == 6:  # the peer's SETTINGS_HEADER_TABLE_SIZE changes now and then
+            size = [0, 100, 4096, 64][step % 4]
+            plain_e.header_table_size = memo_e.header_table_size = size
+            continue
+        headers = blocks[step % len(blocks)]
+        a = plain_e.encode(headers, huffman)
+        b = memo_e.encode(headers, huffman)
+        assert a == b
+        assert plain_d.decode(a, raw=True) == memo_d.decode(b, raw=True)
+
+
+def test_repeated_block_is_remembered() -> None:
+    e, d = MemoEncoder(), MemoDecoder()
+    hs = [(b":status", b"200"), (b"server", b"envoy")]
+    first = e.encode(hs)
+    second = e.encode(hs)  # now all indexed
+    assert second != first and e.encode(hs) is second
+    d.decode(first, raw=True)
+    got = d.decode(second, raw=True)
+    assert d.decode(second, raw=True) is got
+    assert [(bytes(k), bytes(v)) for k, v in got] == hs
