@@ -247,6 +247,14 @@ def test_eof_resets_open_streams() -> None:
 
 # ---- Envoy's limits -----------------------------------------------------------------------
 
+def test_max_concurrent_streams_after_settings_ack_is_a_connection_error() -> None:
+    s, p, _ = server(Http2Options(max_concurrent_streams=2))
+    raws = [p.request(end_stream=False)[1] for _ in range(3)]
+    events, out = talk(s, p, p.settings_ack(), *raws)
+    assert [type(e) for e in events] == [ev.RequestHeaders, ev.RequestHeaders, ev.ProtocolError]
+    assert not out.of(GoAwayFrame) and s.dead
+
+
 def test_max_concurrent_streams_refuses_extra_streams() -> None:
     s, p, out = server(Http2Options(max_concurrent_streams=2))
     assert out.frames[0].settings[3] == 2

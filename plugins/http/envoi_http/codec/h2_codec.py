@@ -132,6 +132,8 @@ class H2Codec(H2Sender):
                 self._on_informational(e, out)
             elif t is he.RemoteSettingsChanged:
                 self._on_settings(e, out)
+            elif t is he.SettingsAcknowledged:
+                self.settings_acked = True
             if self.dead:
                 return
             # StreamEnded rides on the event that carried END_STREAM (``stream_ended``);
@@ -140,8 +142,17 @@ class H2Codec(H2Sender):
     def _on_request(self, e: he.RequestReceived, out: list[Event]) -> None:
         sid = e.stream_id
         opts = self.options
+        if len(self._open) >= opts.max_concurrent_streams and self.settings_acked and \
+                self.goaway_sent_last is None:
+            # The peer knew the limit (it acknowledged our SETTINGS): a connection error, as
+            # Envoy 1.39.3 treats it (closed, no GOAWAY, downstream_cx_protocol_error).
+            self._die()
+            out.append(ev.ProtocolError(sid, 400, "http2.too_many_streams",
+                                        "stream over MAX_CONCURRENT_STREAMS"))
+            return
         if len(self._open) >= opts.max_concurrent_streams or (
                 self.goaway_sent_last is not None and sid > self.goaway_sent_last):
+            # Not acknowledged yet (the peer may not know the limit): refuse this stream only.
             self._conn.reset_stream(sid, REFUSED_STREAM)
             self._control += 1
             self._frames += 1

@@ -106,6 +106,7 @@ class H2Sender:
         self.goaway_sent_last: int | None = None  # last_stream_id of our final GOAWAY
         self.failed: hev.Flood | None = None  # an outbound flood found by data_to_send()
         self.peer_max_streams: int | None = None
+        self.settings_acked = False  # the peer acknowledged our SETTINGS
 
     # ---- stream bookkeeping ----------------------------------------------------------------
 
