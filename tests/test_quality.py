@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,56 @@ def test_import_circle_check_finds_a_circle(tmp_path: Path) -> None:
         assert import_circles("circ") == [["circ.a", "circ.b"]]
     finally:
         sys.path.remove(str(tmp_path))
+
+
+_SYSTEM = {"usr", "etc", "tmp", "dev", "proc", "sys", "var", "bin", "opt", "lib", "run", "srv"}
+_ABS_PATH = re.compile(rb"(?<![\w.~/-])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def checkout_paths(root: Path, files: list[str]) -> list[str]:
+    """Absolute paths in ``files`` (relative to ``root``) that name a place in a checkout of
+    this repository, so the file works only on the machine that wrote it: ``root`` itself, the
+    top directory ``root`` lives under (the first part of its path) unless it is a system one,
+    and any absolute path that ends in a tracked path or in ``.venv/``."""
+    tracked = set(files)
+    tracked_dirs = {str(Path(f).parents[i]) for f in files
+                    for i in range(len(Path(f).parts) - 1)}
+    top = root.parts[1] if len(root.parts) > 1 else ""
+    found: list[str] = []
+    for name in files:
+        try:
+            data = (root / name).read_bytes()
+        except OSError:
+            continue
+        if b"\0" in data[:4096]:
+            continue  # binary
+        for m in _ABS_PATH.finditer(data):
+            path = m.group().decode("latin-1").rstrip(".")
+            parts = path.strip("/").split("/")
+            suffixes = {"/".join(parts[i:]) for i in range(1, len(parts))}
+            if (path.startswith(str(root)) or (top and top not in _SYSTEM and parts[0] == top)
+                    or any(s in tracked or s in tracked_dirs or s.startswith(".venv/")
+                           for s in suffixes)):
+                found.append(f"{name}: {path}")
+    return found
+
+
+def test_no_tracked_file_names_a_checkout_path() -> None:
+    files = run("git", "ls-files").stdout.split()
+    assert files, "git ls-files found nothing"
+    found = checkout_paths(ROOT, files)
+    assert not found, "\n".join(found)
+
+
+def test_checkout_path_check_finds_them(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    (root / "tests").mkdir(parents=True)
+    venv = "/".join(("", "elsewhere", "main", ".venv", "bin", "envoy"))  # not a literal here
+    other = "/".join(("", "srv", "other", "tests", "a.py"))
+    (root / "tests" / "a.py").write_text(f'ENVOY = "{venv}"\n'
+                                         f'CFG = "{root}/tests/x.yaml"\n'
+                                         'OK = "/usr/bin/env python3"\n'
+                                         'REL = "../shared/bench/run-peers.sh"\n')
+    (root / "b.md").write_text(f"see {other} and /dev/null\n")
+    assert checkout_paths(root, ["tests/a.py", "b.md"]) == [
+        f"tests/a.py: {venv}", f"tests/a.py: {root}/tests/x.yaml", f"b.md: {other}"]

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from envoi.testing import free_port
 
-ROUTER_YAML = (Path("/work/shared/reference/envoy-configs/http_router.yaml")).read_text()
+# The reference Envoy config of the HTTP router tests (kept in the repo: tests read no file
+# outside it).
+ROUTER_YAML = (Path(__file__).parent / "http_router.yaml").read_text()
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):

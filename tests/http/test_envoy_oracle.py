@@ -3,17 +3,13 @@ bodies, the headers each adds (upstream and downstream) and the stat names must 
 
 from __future__ import annotations
 
-import random
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
-from envoi.testing import EnvoiProcess, free_port, wait_for
+from envoi.testing import free_port
 from http_peers import EchoServer, router_config
 
-ENVOY = "/work/main/.venv/bin/envoy"
 REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/exact", {}), ("GET", "/v1/foo", {}), ("GET", "/items/42", {}),
     ("GET", "/items/4x", {}), ("GET", "/any", {"x-canary": "1"}), ("GET", "/any?backend=b", {}),
@@ -47,27 +43,15 @@ def run_all(port: int) -> list[dict[str, Any]]:
     return out
 
 
-def test_envoy_and_envoi_agree(tmp_path: Path,
-                               envoi_process: Callable[..., EnvoiProcess]) -> None:
+def test_envoy_and_envoi_agree(proxy_process: Callable[..., Any]) -> None:
     with EchoServer() as a, EchoServer() as b:
         eport, eadmin = free_port(), free_port()
-        cfg = tmp_path / "envoy.yaml"
-        cfg.write_text(router_config(eport, eadmin, a.port, b.port))
-        log = open(tmp_path / "envoy.log", "wb")  # noqa: SIM115
-        envoy = subprocess.Popen([ENVOY, "-c", str(cfg), "--base-id",
-                                  str(random.randint(1000, 60000)), "--concurrency", "1"],
-                                 stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: httpx.get(f"http://127.0.0.1:{eadmin}/ready").status_code == 200,
-                     30, what="envoy ready")
-            from_envoy = run_all(eport)
-            envoy_stats = {s["name"] for s in httpx.get(
-                f"http://127.0.0.1:{eadmin}/stats?format=json").json()["stats"] if "name" in s}
-        finally:
-            envoy.terminate()
-            envoy.wait(10)
+        envoy = proxy_process("envoy", router_config(eport, eadmin, a.port, b.port), eadmin)
+        from_envoy = run_all(eport)
+        envoy_stats = set(envoy.stats())
+        envoy.stop()
         port, admin = free_port(), free_port()
-        proc = envoi_process(router_config(port, admin, a.port, b.port), admin)
+        proc = proxy_process("envoi", router_config(port, admin, a.port, b.port), admin)
         from_envoi = run_all(port)
         envoi_stats = set(proc.stats())
     for e, o in zip(from_envoy, from_envoi, strict=True):
