@@ -163,12 +163,13 @@ class H2Codec(H2Sender):
         end = e.stream_ended is not None
         self._open[sid] = REMOTE_END if end else 0
         self.stats.streams_active.inc()
+        block = e.headers or ()
         try:
-            req = split_request(e.headers or (), opts.allow_connect)
+            req = split_request(block, opts.allow_connect)
         except MessagingError as err:
             self._messaging_error(sid, err, out)
             return
-        if len(e.headers or ()) > self.max_headers_count:
+        if len(block) > self.max_headers_count:
             self._refuse_headers(sid, TOO_MANY_HEADERS, out)
             return
         if req.size > self.max_headers_bytes:

@@ -10,6 +10,7 @@ request or response needs present. A failure is an HTTP messaging error
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ from .events import Headers
 # Bytes allowed in a field name: RFC 9110 token characters, lower-case only.
 _NAME_OK = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 # Bytes refused in a value (RFC 9113 §8.2.1: NUL, CR, LF; Envoy allows the rest).
-_VALUE_BAD = b"\x00\r\n"
+_bad_value = re.compile(rb"[\x00\r\n]").search
 
 _HOST, _COOKIE, _TE, _BAD, _EXPECT = range(5)
 _SPECIAL = {
@@ -63,14 +64,10 @@ class MessagingError(Exception):
         self.details = details
 
 
-def _check_name(name: bytes) -> None:
+def _bad_field(name: bytes, value: bytes) -> MessagingError:
     if not name or name.translate(None, _NAME_OK):
-        raise MessagingError(INVALID_FIELD, f"invalid header name {name[:64]!r}")
-
-
-def _check_value(name: bytes, value: bytes) -> None:
-    if value.translate(None, _VALUE_BAD) != value:
-        raise MessagingError(INVALID_FIELD, f"invalid character in value of {name[:64]!r}")
+        return MessagingError(INVALID_FIELD, f"invalid header name {name[:64]!r}")
+    return MessagingError(INVALID_FIELD, f"invalid character in value of {name[:64]!r}")
 
 
 def split_request(block: Iterable[tuple[bytes, bytes]], allow_connect: bool) -> Request:
@@ -100,10 +97,11 @@ def split_request(block: Iterable[tuple[bytes, bytes]], allow_connect: bool) -> 
                 protocol = value
             else:
                 raise MessagingError(MESSAGING, f"unexpected pseudo-header field {name!r}")
-            _check_value(name, value)
+            if _bad_value(value):
+                raise _bad_field(name, value)
             continue
-        _check_name(name)
-        _check_value(name, value)
+        if not name or name.translate(None, _NAME_OK) or _bad_value(value):
+            raise _bad_field(name, value)
         kind = _special(name)
         if kind is None:
             regular.append((name, value))
@@ -152,8 +150,8 @@ def split_response(block: Iterable[tuple[bytes, bytes]]) -> Response:
                 raise MessagingError(MESSAGING, f"unexpected pseudo-header field {name!r}")
             status = value
             continue
-        _check_name(name)
-        _check_value(name, value)
+        if not name or name.translate(None, _NAME_OK) or _bad_value(value):
+            raise _bad_field(name, value)
         if _special(name) == _BAD:
             raise MessagingError(MESSAGING, f"connection-specific header {name!r}")
         regular.append((name, value))
@@ -170,8 +168,8 @@ def split_trailers(block: Iterable[tuple[bytes, bytes]]) -> tuple[Headers, int]:
         size += len(name) + len(value)
         if name[:1] == b":":
             raise MessagingError(MESSAGING, "pseudo-header field in trailers")
-        _check_name(name)
-        _check_value(name, value)
+        if not name or name.translate(None, _NAME_OK) or _bad_value(value):
+            raise _bad_field(name, value)
         if _special(name) == _BAD:
             raise MessagingError(MESSAGING, f"connection-specific header {name!r}")
         out.append((name, value))
