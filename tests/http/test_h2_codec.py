@@ -75,6 +75,7 @@ def test_client_greeting() -> None:
 def test_detect_preface() -> None:
     assert detect_preface(PREFACE + b"x") is True
     assert detect_preface(PREFACE[:5]) is None
+    assert detect_preface(PREFACE[:12]) is True  # Envoy decides on "PRI * HTTP/2"
     assert detect_preface(b"GET / HTTP/1.1\r\n") is False
     assert detect_preface(b"PRI * HTTP/1.1") is False
 

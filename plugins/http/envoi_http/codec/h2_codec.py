@@ -47,6 +47,7 @@ from .h2_send import (
 )
 
 Event = ev.Event | hev.H2Event
+MAGIC = PREFACE[:12]  # Envoy's CLIENT_MAGIC_PREFIX
 
 # StreamReset reasons (Envoy's StreamResetReason names).
 REMOTE_RESET = "remote_reset"
@@ -60,12 +61,13 @@ HEADERS_TOO_LARGE = "http2.headers_too_large"
 
 
 def detect_preface(data: bytes) -> bool | None:
-    """codec_type AUTO: True when ``data`` starts with the HTTP/2 client preface, None while it
-    could still be one (fewer bytes than the preface, all matching), False otherwise."""
-    n = min(len(data), len(PREFACE))
-    if data[:n] != PREFACE[:n]:
+    """codec_type AUTO: True when ``data`` starts as HTTP/2's client preface does, None while
+    it still could (fewer bytes, all matching), False otherwise. Like Envoy, only the first 12
+    bytes (``PRI * HTTP/2``) decide; the codec checks the rest of the preface."""
+    n = min(len(data), len(MAGIC))
+    if data[:n] != MAGIC[:n]:
         return False
-    return True if n == len(PREFACE) else None
+    return True if n == len(MAGIC) else None
 
 
 class H2Codec(H2Sender):
