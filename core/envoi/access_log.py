@@ -2,8 +2,8 @@
 
 A format is compiled once, at config time, into a list of literal strings and operator callables;
 logging a connection or request is then one pass over that list. Envoy writes through a buffer
-flushed every ``--file-flush-interval-msec`` (10 s); envoi flushes within a second, so tests and
-operators see lines promptly.
+flushed every ``--file-flush-interval-msec`` (10 s by default); envoi's default is 0.2 s, so
+tests and operators see lines promptly.
 """
 
 from __future__ import annotations
@@ -233,8 +233,17 @@ def compile_json_format(struct: Any, path: str, operators: Operators = CORE_OPER
     return lambda ctx: json.dumps(top(ctx), separators=(",", ":")) + "\n"
 
 
+_flush_interval = 0.2
+
+
+def set_flush_interval(seconds: float) -> None:
+    """``--file-flush-interval-msec``: how long written lines may wait in memory."""
+    global _flush_interval
+    _flush_interval = max(0.0, seconds)
+
+
 class _Sink:
-    """A line sink that batches writes and flushes within a second."""
+    """A line sink that batches writes and flushes them within the flush interval."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
@@ -250,7 +259,7 @@ class _Sink:
                 self.flush()
                 return
             self._scheduled = True
-            loop.call_later(0.2, self.flush)
+            loop.call_later(_flush_interval, self.flush)
 
     def flush(self) -> None:
         self._scheduled = False

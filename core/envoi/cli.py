@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import sys
-import time
 from collections.abc import Sequence
 
 from envoi import __version__
 from envoi.config import ConfigError
 from envoi.event_loop import new_event_loop
+from envoi.log import DEFAULT_FORMAT, LEVELS, LogSetupError, setup_logging
 from envoi.plugins import PluginError, Plugins
 from envoi.server import Options, Server
-
-LOG_LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-    "off": logging.CRITICAL + 10,
-}
-
-
-class _EnvoyFormatter(logging.Formatter):
-    """Envoy's default log line: ``[2026-11-24 10:00:00.123][1234][info][main] message``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        level = {"WARNING": "warning", "CRITICAL": "critical"}.get(
-            record.levelname, record.levelname.lower()
-        )
-        component = record.name.split(".", 1)[-1] if "." in record.name else "main"
-        msg = record.getMessage()
-        if record.exc_info:
-            msg += "\n" + self.formatException(record.exc_info)
-        return f"[{t}.{int(record.msecs):03d}][{os.getpid()}][{level}][{component}] {msg}"
 
 
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -49,11 +21,30 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
         description="An Envoy-style L4/L7 proxy whose filters are Python plugins.",
     )
-    p.add_argument("-c", "--config-path", help="path to an Envoy v3 bootstrap (YAML or JSON)")
+    p.add_argument("-c", "--config-path", default="",
+                   help="path to an Envoy v3 bootstrap (YAML or JSON)")
+    p.add_argument("--config-yaml", default="",
+                   help="inline YAML bootstrap, merged over --config-path's as Envoy merges "
+                        "it (fields set here win; lists are appended)")
     p.add_argument("--mode", choices=["serve", "validate"], default="serve",
                    help="serve (default), or validate the config and exit 0/1 as Envoy does")
-    p.add_argument("-l", "--log-level", default="info", choices=sorted(LOG_LEVELS),
+    p.add_argument("-l", "--log-level", default="info", choices=sorted(LEVELS),
                    help="log level (default info)")
+    p.add_argument("--component-log-level", default="",
+                   help="comma-separated component:level list, e.g. upstream:debug,http:trace")
+    p.add_argument("--log-path", default="", help="write the log to this file (default stderr)")
+    p.add_argument("--log-format", default=DEFAULT_FORMAT,
+                   help=f"log line format in Envoy's (spdlog's) flags (default {DEFAULT_FORMAT!r})"
+                        .replace("%", "%%"))
+    p.add_argument("--service-cluster", default="",
+                   help="the node's cluster (overrides the bootstrap's node.cluster)")
+    p.add_argument("--service-node", default="",
+                   help="the node's id (overrides the bootstrap's node.id)")
+    p.add_argument("--service-zone", default="",
+                   help="the node's zone (overrides the bootstrap's node.locality.zone)")
+    p.add_argument("--file-flush-interval-msec", type=int, default=None,
+                   help="how often access-log files are flushed (envoi's default 200; "
+                        "Envoy's 10000)")
     p.add_argument("--drain-time-s", type=float, default=600.0,
                    help="on SIGTERM/SIGINT, how long open connections get to finish (600)")
     p.add_argument("--concurrency", type=int, default=1,
@@ -72,16 +63,6 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "(also ENVOI_DISABLE_PLUGIN_AUTOLOAD=1)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_EnvoyFormatter())
-    for name in ("envoi", "asyncio"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(LOG_LEVELS[level])
-        logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,16 +84,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         print(f"envoi version: {__version__}/Python/{sys.version.split()[0]}")
         return 0
-    if not args.config_path:
-        print("envoi: error: a config file is required (-c FILE)", file=sys.stderr)
+    if not args.config_path and not args.config_yaml:
+        print("envoi: error: a config is required (-c FILE and/or --config-yaml YAML)",
+              file=sys.stderr)
         return 1
-    _setup_logging(args.log_level)
-    logging.getLogger("envoi")
+    try:
+        setup_logging(args.log_level, path=args.log_path, fmt=args.log_format,
+                      component_levels=args.component_log_level)
+    except LogSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.concurrency < 1:
         print("envoi: error: --concurrency must be at least 1", file=sys.stderr)
         return 1
     options = Options(
         config_path=args.config_path,
+        config_yaml=args.config_yaml,
         mode=args.mode,
         log_level=args.log_level,
         drain_time_s=args.drain_time_s,
@@ -122,6 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_plugins=[p for p in args.plugins if not p.startswith("no:")],
         autoload=False if args.disable_plugin_autoload else None,
         plugin_options=args,
+        component_log_level=args.component_log_level,
+        log_path=args.log_path,
+        log_format=args.log_format,
+        service_cluster=args.service_cluster,
+        service_node=args.service_node,
+        service_zone=args.service_zone,
+        file_flush_interval_ms=args.file_flush_interval_msec,
     )
     try:
         server = Server(options, plugins)

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from envoi import __version__
-from envoi.config import ConfigError, ConfigIssue, duration_seconds, load_bootstrap
+from envoi.access_log import set_flush_interval
+from envoi.config import (
+    ConfigError,
+    ConfigIssue,
+    duration_seconds,
+    load_bootstrap,
+    parse_bootstrap,
+)
 from envoi.context import LocalInfo
 from envoi.factory_context import FactoryContextImpl
 from envoi.network.builder import build_listener
@@ -49,6 +56,27 @@ class Options:
     autoload: bool | None = None
     #: Values of the options plugins added with ``envoi_addoption``.
     plugin_options: argparse.Namespace = field(default_factory=argparse.Namespace)
+    #: Inline YAML merged over the file's bootstrap (Envoy's ``--config-yaml``).
+    config_yaml: str = ""
+    component_log_level: str = ""
+    log_path: str = ""
+    log_format: str = ""
+    service_cluster: str = ""
+    service_node: str = ""
+    service_zone: str = ""
+    file_flush_interval_ms: int | None = None
+
+
+def flush_interval_s(options: Options) -> float:
+    """Access-log files are flushed this often: ``--file-flush-interval-msec``, else 0.2 s
+    (Envoy's default is 10 s; envoi's shorter one is a documented difference)."""
+    ms = options.file_flush_interval_ms
+    return 0.2 if ms is None else ms / 1000
+
+
+def _duration_text(seconds: float) -> str:
+    """``10s``, ``0.200s``: a Duration as /server_info writes it."""
+    return f"{seconds:g}s" if seconds == int(seconds) else f"{seconds:.3f}s"
 
 
 class ServerStats(StatsGroup):
@@ -162,6 +190,7 @@ class Server:
         )
         self.cluster_manager = ClusterManager(self.plugins, self.stats.root)
         self.local_info = LocalInfo()
+        set_flush_interval(flush_interval_s(options))
         #: What plugins see: the lifecycle hooks' ``server`` and the root factory context.
         self.view = ServerView(self)
         self.factory_context = FactoryContextImpl(self.view, self.plugins)
@@ -186,6 +215,14 @@ class Server:
             "log_level": options.log_level,
             "drain_time": f"{options.drain_time_s:g}s",
             "concurrency": options.concurrency,
+            "config_yaml": options.config_yaml,
+            "component_log_level": options.component_log_level,
+            "log_path": options.log_path,
+            "log_format": options.log_format,
+            "service_cluster": options.service_cluster,
+            "service_node": options.service_node,
+            "service_zone": options.service_zone,
+            "file_flush_interval": _duration_text(flush_interval_s(options)),
         }
 
     # -- config ------------------------------------------------------------------------------
@@ -194,13 +231,25 @@ class Server:
         """Parse and build everything; raises ConfigError with every problem found."""
         t0 = time.monotonic()
         try:
-            self.bootstrap = load_bootstrap(
-                self.options.config_path, plugin_type_urls=self.plugins.plugin_type_urls
-            )
+            self.bootstrap = self._load_bootstrap()
         except ConfigError as exc:
             raise self._with_type_hints(exc) from None
         self.build()
         self.server_stats.initialization_time_ms.record((time.monotonic() - t0) * 1000)
+
+    def _load_bootstrap(self) -> Any:
+        """``-c`` and/or ``--config-yaml``: the inline YAML is merged over the file as Envoy
+        merges it (protobuf MergeFrom: scalars set there win, lists are appended)."""
+        opts, urls = self.options, self.plugins.plugin_type_urls
+        bootstrap = (load_bootstrap(opts.config_path, plugin_type_urls=urls)
+                     if opts.config_path else None)
+        if opts.config_yaml:
+            inline = parse_bootstrap(opts.config_yaml, source="--config-yaml",
+                                     plugin_type_urls=urls)
+            if bootstrap is None:
+                return inline
+            bootstrap.MergeFrom(inline)
+        return bootstrap
 
     def _with_type_hints(self, exc: ConfigError) -> ConfigError:
         """An unknown ``@type`` gets the closest known type and the plugins' types."""
@@ -231,6 +280,14 @@ class Server:
                             fd.name)
         if bs.HasField("stats_flush_interval"):
             self._flush_interval = duration_seconds(bs.stats_flush_interval) or 5.0
+        # --service-* override the bootstrap's node, as in Envoy (and /server_info shows it).
+        opts = self.options
+        if opts.service_node:
+            bs.node.id = opts.service_node
+        if opts.service_cluster:
+            bs.node.cluster = opts.service_cluster
+        if opts.service_zone:
+            bs.node.locality.zone = opts.service_zone
         node = bs.node
         self.local_info = LocalInfo(node_id=node.id, cluster=node.cluster,
                                     zone=node.locality.zone)

@@ -232,12 +232,21 @@ def test_help_lists_every_endpoint(admin: Admin) -> None:
     body = admin.get("/help")
     lines = body.splitlines()
     assert lines[0] == "admin commands are:"
-    paths = [line.split(":")[0].strip() for line in lines[1:]]
+    endpoints = [line.split(":")[0].strip() for line in lines[1:] if line.startswith("  /")]
+    paths = [e.removesuffix(" (POST)") for e in endpoints]
     assert paths == sorted(paths)
     for path in ("/clusters", "/config_dump", "/drain_listeners", "/healthcheck/fail",
                  "/healthcheck/ok", "/listeners", "/quitquitquit", "/ready",
                  "/reset_counters", "/server_info", "/stats", "/stats/prometheus"):
         assert path in paths
+    # As Envoy's: POST-only endpoints are marked, query parameters listed under each.
+    posts = {e.removesuffix(" (POST)") for e in endpoints if e.endswith(" (POST)")}
+    assert posts == {"/drain_listeners", "/healthcheck/fail", "/healthcheck/ok",
+                     "/quitquitquit", "/reset_counters", "/runtime_modify"}
+    stats = lines.index("  /stats: print server stats")
+    params = [ln.split(":")[0].strip() for ln in lines[stats + 1:stats + 5]]
+    assert params == ["usedonly", "filter", "format", "type"]
+    assert "      inboundonly: Drains all inbound listeners." in body
 
 
 def test_drain_listeners_passes_flags(admin: Admin) -> None:
@@ -362,7 +371,7 @@ def test_malformed_request_gets_400_and_close(admin: Admin) -> None:
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    assert data.startswith(b"HTTP/1.1 400 ")
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
 
 
 def test_close_drops_open_connections() -> None:
@@ -373,7 +382,7 @@ def test_close_drops_open_connections() -> None:
         writer.write(b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\n")
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200 ")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")  # with a reason phrase, as Envoy
         await handle.close()
         assert await asyncio.wait_for(reader.read(), 10) == b"LIVE\n"
         writer.close()

@@ -31,6 +31,14 @@ class Endpoint:
     help: str
     handler: Callable[[AdminServerApi, Request], Response]
     mutates: bool = False
+    #: The query parameters envoi acts on, with Envoy's help text for them.
+    params: tuple[tuple[str, str], ...] = ()
+
+
+_FORMAT_TEXT_JSON = ("format", "File format to use; One of (text, json)")
+_USEDONLY = ("usedonly", "Only include stats that have been written by system since restart")
+_FILTER = ("filter", "Regular expression (Python re, where Envoy uses Google re2) for "
+                     "filtering stats")
 
 
 def _text(body: str, status: int = 200) -> Response:
@@ -177,15 +185,23 @@ def handle_help(server: AdminServerApi, request: Request) -> Response:
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("/clusters", "upstream cluster status", handle_clusters),
+    Endpoint("/clusters", "upstream cluster status", handle_clusters,
+             params=(_FORMAT_TEXT_JSON,)),
     Endpoint("/config_dump", "dump current Envoy configs", handle_config_dump),
-    Endpoint("/drain_listeners", "drain listeners", handle_drain_listeners, mutates=True),
+    Endpoint("/drain_listeners", "drain listeners", handle_drain_listeners, mutates=True,
+             params=(("graceful", "When draining listeners, enter a graceful drain period "
+                      "prior to closing listeners. This behaviour and duration is configurable "
+                      "via server options or CLI"),
+                     ("inboundonly", "Drains all inbound listeners. traffic_direction field in "
+                      "envoy_v3_api_msg_config.listener.v3.Listener is used to determine "
+                      "whether a listener is inbound or outbound."))),
     Endpoint("/healthcheck/fail", "cause the server to fail health checks",
              handle_healthcheck_fail, mutates=True),
     Endpoint("/healthcheck/ok", "cause the server to pass health checks",
              handle_healthcheck_ok, mutates=True),
     Endpoint("/help", "print out list of admin commands", handle_help),
-    Endpoint("/listeners", "print listener info", handle_listeners),
+    Endpoint("/listeners", "print listener info", handle_listeners,
+             params=(_FORMAT_TEXT_JSON,)),
     Endpoint("/quitquitquit", "exit the server", handle_quit, mutates=True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503",
              handle_ready),
@@ -193,18 +209,31 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              mutates=True),
     Endpoint("/runtime", "print runtime values", handle_runtime),
     Endpoint("/runtime_modify", "Adds or modifies runtime values as passed in query parameters. "
-             "To delete a previously added key, use an empty string as the value.",
+             "To delete a previously added key, use an empty string as the value. "
+             "E.g. ?key1=value1&key2=value2...",
              handle_runtime_modify, mutates=True),
     Endpoint("/server_info", "print server version/status information", handle_server_info),
-    Endpoint("/stats", "print server stats", handle_stats),
-    Endpoint("/stats/prometheus", "print server stats in prometheus format", handle_prometheus),
+    Endpoint("/stats", "print server stats", handle_stats, params=(
+        _USEDONLY, _FILTER,
+        ("format", "Format to use; One of (text, json, prometheus)"),
+        ("type", "Stat types to include.; One of (All, Counters, Histograms, Gauges, "
+                 "TextReadouts)"))),
+    Endpoint("/stats/prometheus", "print server stats in prometheus format", handle_prometheus,
+             params=(_USEDONLY, ("text_readouts", "Render text_readouts as new gaugues with "
+                                 "value 0 (increases Prometheus data size)"), _FILTER)),
 )
 
 _BY_PATH = {e.path: e for e in ENDPOINTS}
 
 
 def help_text() -> str:
-    return "admin commands are:\n" + "".join(f"  {e.path}: {e.help}\n" for e in ENDPOINTS)
+    """Envoy's ``/help``: each endpoint, ``(POST)`` after the ones that change state, and the
+    query parameters each takes."""
+    lines = ["admin commands are:"]
+    for e in ENDPOINTS:
+        lines.append(f"  {e.path}{' (POST)' if e.mutates else ''}: {e.help}")
+        lines.extend(f"      {name}: {text}" for name, text in e.params)
+    return "\n".join(lines) + "\n"
 
 
 def dispatch(server: AdminServerApi, request: Request) -> Response:

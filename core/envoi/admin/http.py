@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
@@ -21,6 +22,14 @@ from envoi.stats.store import Scope
 MAX_HEAD_BYTES = 64 * 1024
 #: Largest request body we accept; admin requests carry (almost) none.
 MAX_BODY_BYTES = 1024 * 1024
+
+
+def reason_phrase(status: int) -> bytes:
+    """``OK`` for 200 and so on: the status line Envoy's admin writes."""
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 @dataclass
@@ -195,7 +204,8 @@ class AdminHttpProtocol(asyncio.Protocol):
             ("server", "envoi"),
         ]
         try:
-            data = self._conn.send(h11.Response(status_code=response.status, headers=headers))
+            data = self._conn.send(h11.Response(status_code=response.status, headers=headers,
+                                                reason=reason_phrase(response.status)))
             data = (data or b"") + (self._conn.send(h11.Data(data=response.body)) or b"")
             data += self._conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
@@ -222,6 +232,7 @@ class AdminHttpProtocol(asyncio.Protocol):
                 data = self._conn.send(
                     h11.Response(
                         status_code=status,
+                        reason=reason_phrase(status),
                         headers=[("content-length", str(len(reason) + 1)),
                                  ("connection", "close")],
                     )

@@ -4,6 +4,7 @@ and copy bytes both ways, with backpressure, half-close, idle timeout and Envoy'
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from envoi import hookimpl
 from envoi.access_log import TcpLogContext
 from envoi.config import ConfigError, ConfigIssue, duration_seconds
 from envoi.extensions import AccessLogger, ClusterManager, FactoryContext, NetworkFilterFactory
+from envoi.log import conn_debug
 from envoi.network.filter import (
     Connection,
     ConnectionCloseType,
@@ -27,6 +29,7 @@ from envoi.stats import Counter, Gauge, StatsGroup
 from envoi.upstream.cluster import Cluster, Host, UpstreamConnectError
 
 STOP = FilterStatus.STOP_ITERATION
+log = logging.getLogger("envoi.filter")
 DEFAULT_IDLE_TIMEOUT = 3600.0  # Envoy's default: 1 h
 
 
@@ -164,9 +167,15 @@ class TcpProxyFilter(ReadFilter):
             cstats = cluster.stats
             cstats.upstream_rq_pending_total.value += 1
             cstats.upstream_rq_pending_active.inc()
+            debug = log.isEnabledFor(logging.DEBUG)
+            if debug:
+                conn_debug(log, conn.id, "Creating connection to cluster %s (%s)", cluster.name,
+                           host.address_string)
             try:
                 transport, upstream = await cluster.connect(host, lambda: _Upstream(self))
-            except UpstreamConnectError:
+            except UpstreamConnectError as exc:
+                if debug:
+                    conn_debug(log, conn.id, "upstream connect failed: %s", exc)
                 cstats.upstream_rq_pending_active.dec()
                 cstats.upstream_rq_pending_failure_eject.value += 1
                 if conn.closed:
@@ -186,6 +195,8 @@ class TcpProxyFilter(ReadFilter):
             break
         else:  # pragma: no cover - loop always breaks or returns
             return
+        if log.isEnabledFor(logging.DEBUG):
+            conn_debug(log, conn.id, "upstream connected: %s", host.address_string)
         self.host = host
         self.upstream = upstream
         self.upstream_transport = transport

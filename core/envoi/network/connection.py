@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from envoi.log import conn_debug
 from envoi.network.filter import (
     ConnectionCallback,
     ConnectionCloseType,
@@ -28,6 +29,7 @@ from envoi.stream_info import StreamInfo
 
 CONTINUE = FilterStatus.CONTINUE
 log = logging.getLogger("envoi.connection")
+handler_log = logging.getLogger("envoi.conn_handler")
 _ids = itertools.count(1)
 
 
@@ -212,6 +214,9 @@ class Connection(asyncio.Protocol):
         info = self.stream_info
         info.downstream_remote_address = _format_peer(transport.get_extra_info("peername"))
         info.downstream_local_address = _format_peer(transport.get_extra_info("sockname"))
+        if handler_log.isEnabledFor(logging.DEBUG):
+            conn_debug(handler_log, self.id, "new connection from %s",
+                       info.downstream_remote_address)
         try:
             self.listener.on_connection_made(self, self.transport)
         except Exception:
@@ -245,8 +250,8 @@ class Connection(asyncio.Protocol):
             self._filter_failed("on_data")
 
     def _filter_failed(self, where: str) -> None:
-        log.exception("connection %d: a filter raised in %s; closing the connection",
-                      self.id, where)
+        log.exception('[Tags: "ConnectionId":"%d"] a filter raised in %s; closing the '
+                      "connection", self.id, where)
         self.close(ConnectionCloseType.NO_FLUSH)
 
     def _data_received(self, data: bytes) -> None:
@@ -297,6 +302,10 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.stream_info.end_time = time.monotonic()
         event = ConnectionEvent.LOCAL_CLOSE if self._local_close else ConnectionEvent.REMOTE_CLOSE
+        if log.isEnabledFor(logging.DEBUG):
+            if not self._local_close:
+                conn_debug(log, self.id, "remote close")
+            conn_debug(log, self.id, "closing socket: %d", 0 if exc is None else 1)
         for cb in self._callbacks:
             cb(event)
         self.listener.on_connection_closed(self)

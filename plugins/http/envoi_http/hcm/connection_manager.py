@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from envoi.http.headers import HeaderMap
+from envoi.log import conn_debug, header_lines, stream_debug
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter
 
 from envoi_http.codec import events as ev
@@ -124,6 +125,7 @@ class ConnectionManager(ReadFilter):
         rc = config.express_router
         self.plain = False  # the last request had no header _mutate_request had to look at
         self.express: Express | None = Express(self, rc) if rc is not None else None
+        self.debug = False  # log stream life at debug level ([C<id>][S<id>]); see on_new_connection
 
     # -- network filter ---------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class ConnectionManager(ReadFilter):
             "[]").encode()
         conn.add_connection_callbacks(self.on_event)
         conn.add_watermark_callbacks(self.on_high_watermark, self.on_low_watermark)
+        self.debug = log.isEnabledFor(logging.DEBUG)  # asked once: free when debug is off
         self.last_activity = time.monotonic()
         self._arm_timer()
         return FilterStatus.CONTINUE
@@ -293,6 +296,8 @@ class ConnectionManager(ReadFilter):
                         client: bytes | None) -> None:
         """A plain HTTP/1.1 request (no upgrade, no expect) the express lane did not take."""
         s = ActiveStream(self, e.stream_id, headers)
+        if self.debug:
+            conn_debug(log, self.conn.id, "new stream")
         self.stream = s
         self._run_stream(s, e.end_stream, client)
 
@@ -307,6 +312,10 @@ class ConnectionManager(ReadFilter):
             factory(s)
         if cfg.request_timeout:
             s.filter_state  # noqa: B018  (timer is checked from the connection timer)
+        if self.debug:
+            stream_debug(log, self.conn.id, s.stream_id, "request headers complete "
+                         "(end_stream=%s):%s", str(end_stream).lower(),
+                         header_lines(s.request_headers))
         s.decode_headers(end_stream)
 
     def _express_busy(self) -> bool:
@@ -409,6 +418,11 @@ class ConnectionManager(ReadFilter):
         raw.append((b"server", self.config.server_name))
         if (self.closing or self.conn.closed or not s.request_complete) and not switching:
             raw.append((b"connection", b"close"))
+        if self.debug:
+            stream_debug(log, self.conn.id, s.stream_id, "encoding headers via codec "
+                         "(end_stream=%s):%s", str(end).lower(),
+                         header_lines([(":status", str(headers.status))] + [
+                             (k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]))
         data = self.codec.send_response_head(s.stream_id, headers.status, raw, end)
         s.last_activity = time.monotonic()
         self._write(data)
@@ -506,6 +520,9 @@ class ConnectionManager(ReadFilter):
     def reset_stream(self, s: ActiveStream, *, local: bool) -> None:
         if s.destroyed:
             return
+        if self.debug:
+            stream_debug(log, self.conn.id, s.stream_id, "stream reset (%s)",
+                         "local" if local else "remote")
         st = self.stats
         if local:
             st.downstream_rq_tx_reset.value += 1
