@@ -83,7 +83,7 @@ async def main() -> None:
     upstreams: list[tuple[Any, FakeTransport]] = []
     for cluster in server.cluster_manager.clusters.values():
         async def connect(host: Any, factory: Any, timeout: float | None = None,
-                          cluster: Any = cluster) -> tuple[FakeTransport, Any]:
+                          cluster: Any = cluster, **_: Any) -> tuple[FakeTransport, Any]:
             protocol = factory()
             transport = FakeTransport()
             protocol.connection_made(transport)

@@ -20,6 +20,7 @@ from envoi.network.filter import NetworkFilterFactoryCb
 from envoi.stream_info import AccessLogger
 
 if TYPE_CHECKING:
+    from envoi.upstream.assignment import LoadAssignment
     from envoi.upstream.cluster import Cluster, Host
 
 __all__ = [
@@ -138,7 +139,8 @@ class ClusterTypeFactory(ExtensionFactory):
     """``envoy.clusters.*``: discovery types. ``cluster_types`` names the built-in enum values
     (``STATIC``, ``STRICT_DNS``...) a factory serves when a cluster uses ``type:``.
 
-    ``create_cluster`` returns the hosts (a list), or a discovery object with
+    ``create_cluster`` returns the hosts (a list, or an ``envoi.upstream.assignment.
+    LoadAssignment`` with priorities and locality weights), or a discovery object with
     ``resolve_now(cluster) -> list[Host]`` (the first hosts, at config time) and
     ``async run(cluster)`` (keeps ``cluster`` up to date with ``cluster.set_hosts``; the server
     runs it as a task in every process that serves traffic)."""
@@ -147,8 +149,8 @@ class ClusterTypeFactory(ExtensionFactory):
     cluster_types: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
-    def create_cluster(self, cluster_config: Any,
-                       context: FactoryContext) -> Sequence[Host] | ClusterDiscovery: ...
+    def create_cluster(self, cluster_config: Any, context: FactoryContext
+                       ) -> Sequence[Host] | LoadAssignment | ClusterDiscovery: ...
 
 
 class LoadBalancerFactory(ExtensionFactory):
@@ -162,9 +164,18 @@ class LoadBalancerFactory(ExtensionFactory):
 
 
 class HealthCheckerFactory(ExtensionFactory):
-    """Not used yet: active health checking is not built."""
+    """``envoy.health_checkers.*``: active health checks. ``health_check_fields`` names the
+    ``HealthCheck`` oneof fields a factory serves (``http_health_check``,
+    ``grpc_health_check``...); a ``custom_health_check`` is found by its name or ``@type``.
+
+    ``create_health_checker(cluster, config, context)`` gets the ``HealthCheck`` message and
+    returns a probe factory, ``factory(host) -> probe``, where ``await probe.check()`` does one
+    check and returns one of ``envoi.upstream.health_check.RESULT_*`` and ``probe.close()`` drops
+    any connection it keeps. The core runs the timers, the timeout, the thresholds, the stats
+    and the host's health flags (see :mod:`envoi.upstream.health_check` for the contract)."""
 
     category = "envoy.health_checkers"
+    health_check_fields: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def create_health_checker(self, cluster: Cluster, config: Any,

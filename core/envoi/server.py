@@ -31,6 +31,7 @@ from envoi.plugins import Plugins
 from envoi.runtime import Runtime
 from envoi.stats import Counter, Gauge, Histogram, StatsGroup, Store
 from envoi.upstream.cluster_manager import ClusterManager
+from envoi.upstream.host import health_flags_string
 
 log = logging.getLogger("envoi")
 
@@ -354,6 +355,10 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._drained = asyncio.Event()
+        # Health checks and outlier detection run before the listeners open, and the first
+        # round of checks is awaited (bounded), as Envoy warms its clusters.
+        self.cluster_manager.start(loop)
+        await self.cluster_manager.warm()
         for lst in self.listeners:
             await lst.start()
         if self.worker_index is None:  # with workers, the main process owns these gauges
@@ -389,6 +394,7 @@ class Server:
             control_task.cancel()
         for task in discovery_tasks:
             task.cancel()
+        self.cluster_manager.stop()
         from envoi.access_log import flush_all
 
         flush_all()
@@ -540,16 +546,21 @@ class Server:
                     else list(own)
                 hosts.append(HostInfo(
                     host=h.address, port=h.port, hostname=h.hostname,
-                    health_flags="".join(sorted(h.health_flags)) or "healthy",
+                    health_flags=health_flags_string(h.health_flags),
+                    success_rate=h.success_rate,
+                    local_origin_success_rate=h.local_origin_success_rate,
                     weight=h.weight, priority=h.priority, region=h.locality[0],
                     zone=h.locality[1], sub_zone=h.locality[2], cx_active=n[0],
                     cx_connect_fail=n[1], cx_total=n[2], rq_active=n[3], rq_error=n[4],
                     rq_success=n[5], rq_timeout=n[6], rq_total=n[7], rq_pending_active=n[8],
                 ))
+            det = c.outlier_detector
             out.append(ClusterInfo(
                 name=c.name, observability_name=c.observability_name,
                 added_via_api=c.added_via_api, default_priority=th["DEFAULT"],
                 high_priority=th["HIGH"], hosts=hosts,
+                outlier=None if det is None else (*det.success_rate_nums,
+                                                  *det.local_success_rate_nums),
             ))
         return out
 

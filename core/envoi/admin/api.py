@@ -61,6 +61,9 @@ class HostInfo:
     rq_timeout: int = 0
     rq_pending_active: int = 0
     rq_total: int = 0
+    #: Outlier detection's success rates of the last interval (-1: not computed).
+    success_rate: float = -1.0
+    local_origin_success_rate: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class ClusterInfo:
     default_priority: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     high_priority: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     hosts: list[HostInfo] = field(default_factory=list)
+    #: With outlier detection: (success_rate_average, success_rate_ejection_threshold,
+    #: local_origin_success_rate_average, local_origin_success_rate_ejection_threshold).
+    outlier: tuple[float, float, float, float] | None = None
 
 
 class AdminServerApi(Protocol):

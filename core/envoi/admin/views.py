@@ -92,17 +92,29 @@ def _host_text(cluster: str, h: HostInfo) -> list[str]:
         f"{prefix}sub_zone::{h.sub_zone}",
         f"{prefix}canary::false",
         f"{prefix}priority::{h.priority}",
-        # No outlier detection data yet: Envoy prints -1 for "not computed".
-        f"{prefix}success_rate::-1",
-        f"{prefix}local_origin_success_rate::-1",
+        # Outlier detection's last success rates; -1 for "not computed", as Envoy prints.
+        f"{prefix}success_rate::{_g(h.success_rate)}",
+        f"{prefix}local_origin_success_rate::{_g(h.local_origin_success_rate)}",
     ]
     return lines
+
+
+def _g(v: float) -> str:
+    """A double as Envoy's ``{:g}`` prints it (-1, 99.5, 87.6543)."""
+    return f"{v:g}"
 
 
 def clusters_text(server: AdminServerApi) -> str:
     lines: list[str] = []
     for c in sorted(server.clusters_info(), key=lambda c: c.name):
         lines.append(f"{c.name}::observability_name::{c.observability_name or c.name}")
+        if c.outlier is not None:
+            sr, thr, lsr, lthr = c.outlier
+            lines += [f"{c.name}::outlier::success_rate_average::{_g(sr)}",
+                      f"{c.name}::outlier::success_rate_ejection_threshold::{_g(thr)}",
+                      f"{c.name}::outlier::local_origin_success_rate_average::{_g(lsr)}",
+                      f"{c.name}::outlier::local_origin_success_rate_ejection_threshold::"
+                      f"{_g(lthr)}"]
         lines += _thresholds_text(c.name, "default", c.default_priority)
         lines += _thresholds_text(c.name, "high", c.high_priority)
         lines.append(f"{c.name}::added_via_api::{'true' if c.added_via_api else 'false'}")

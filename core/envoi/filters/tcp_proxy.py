@@ -27,6 +27,7 @@ from envoi.network.filter import (
 )
 from envoi.stats import Counter, Gauge, StatsGroup
 from envoi.upstream.cluster import Cluster, Host, UpstreamConnectError
+from envoi.upstream.outlier import LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL
 
 STOP = FilterStatus.STOP_ITERATION
 log = logging.getLogger("envoi.filter")
@@ -136,8 +137,7 @@ class TcpProxyFilter(ReadFilter):
         self.cluster = cluster
         self._cstats = cluster.stats
         conn.stream_info.upstream_cluster = cluster.name
-        th = cluster.thresholds["DEFAULT"]
-        if cluster.stats.upstream_cx_active.value >= th.max_connections:
+        if not cluster.resources["DEFAULT"].connections.can_create():  # max_connections
             cluster.stats.upstream_cx_overflow.value += 1
             conn.stream_info.response_flags.append("UO")
             conn.close(ConnectionCloseType.NO_FLUSH)
@@ -192,6 +192,8 @@ class TcpProxyFilter(ReadFilter):
             cstats.upstream_rq_total.value += 1
             cstats.upstream_rq_active.inc()
             host.rq_total += 1
+            if host.outlier is not None:  # (a failed connect was reported by Cluster.connect)
+                host.outlier.put_result(LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL)
             break
         else:  # pragma: no cover - loop always breaks or returns
             return

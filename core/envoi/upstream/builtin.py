@@ -1,4 +1,5 @@
-"""The core's built-in cluster type (STATIC) and load balancers, registered like any plugin."""
+"""The core's built-in cluster types (STATIC, STRICT_DNS, LOGICAL_DNS), load balancers
+and health checkers, registered like any plugin's."""
 
 from __future__ import annotations
 
@@ -6,65 +7,33 @@ from collections.abc import Sequence
 from typing import Any
 
 from envoi import hookimpl
-from envoi.config import ConfigError, ConfigIssue
-from envoi.extensions import ClusterTypeFactory, FactoryContext, LoadBalancerFactory
-from envoi.upstream.cluster import Host
-from envoi.upstream.lb import LeastRequest, LoadBalancer, Random, RoundRobin
-
-
-def hosts_from_load_assignment(assignment: Any, path: str) -> list[Host]:
-    """Turn a ClusterLoadAssignment into hosts; STATIC needs IP addresses, not names."""
-    import ipaddress
-
-    hosts: list[Host] = []
-    for i, locality_eps in enumerate(assignment.endpoints):
-        loc = locality_eps.locality
-        for j, lb_ep in enumerate(locality_eps.lb_endpoints):
-            ep_path = f"{path}.endpoints[{i}].lb_endpoints[{j}].endpoint.address"
-            sa = lb_ep.endpoint.address.socket_address
-            if not sa.address:
-                raise ConfigError([ConfigIssue(ep_path, "a socket_address is required")])
-            try:
-                ipaddress.ip_address(sa.address)
-            except ValueError:
-                raise ConfigError(
-                    [
-                        ConfigIssue(
-                            ep_path + ".socket_address.address",
-                            f"malformed IP address: {sa.address} (STATIC clusters take IP "
-                            "addresses; use STRICT_DNS for names)",
-                        )
-                    ]
-                ) from None
-            weight = lb_ep.load_balancing_weight.value if lb_ep.HasField(
-                "load_balancing_weight"
-            ) else 1
-            host = Host(
-                sa.address,
-                sa.port_value,
-                hostname=lb_ep.endpoint.hostname,
-                weight=weight,
-                priority=locality_eps.priority,
-                locality=(loc.region, loc.zone, loc.sub_zone),
-            )
-            hosts.append(host)
-    return hosts
+from envoi.extensions import (
+    ClusterTypeFactory,
+    FactoryContext,
+    HealthCheckerFactory,
+    LoadBalancerFactory,
+)
+from envoi.upstream.assignment import LoadAssignment, parse_load_assignment
+from envoi.upstream.hash_lb import Maglev, RingHash
+from envoi.upstream.lb import LbParams, LeastRequest, LoadBalancer, Random, RoundRobin
 
 
 class StaticCluster(ClusterTypeFactory):
     name = "envoy.cluster.static"
     cluster_types = ("STATIC",)
 
-    def create_cluster(self, cluster_config: Any, context: FactoryContext) -> list[Host]:
-        return hosts_from_load_assignment(cluster_config.load_assignment, context.path +
-                                          ".load_assignment")
+    def create_cluster(self, cluster_config: Any, context: FactoryContext) -> LoadAssignment:
+        la, _ = parse_load_assignment(cluster_config.load_assignment,
+                                      context.path + ".load_assignment")
+        return la
 
 
 class _PolicyFactory(LoadBalancerFactory):
     lb_class: type[LoadBalancer] = RoundRobin
 
     def create_load_balancer(self, cluster: Any, config: Any) -> LoadBalancer:
-        return self.lb_class(cluster.hosts)
+        params = getattr(cluster, "lb_params", None) or LbParams()
+        return self.lb_class(cluster.hosts, params, cluster)
 
 
 class RoundRobinPolicy(_PolicyFactory):
@@ -88,6 +57,20 @@ class LeastRequestPolicy(_PolicyFactory):
     lb_class = LeastRequest
 
 
+class RingHashPolicy(_PolicyFactory):
+    name = "envoy.load_balancing_policies.ring_hash"
+    lb_policies = ("RING_HASH",)
+    type_urls = ("envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",)
+    lb_class = RingHash
+
+
+class MaglevPolicy(_PolicyFactory):
+    name = "envoy.load_balancing_policies.maglev"
+    lb_policies = ("MAGLEV",)
+    type_urls = ("envoy.extensions.load_balancing_policies.maglev.v3.Maglev",)
+    lb_class = Maglev
+
+
 @hookimpl
 def envoi_cluster_types() -> Sequence[ClusterTypeFactory]:
     from envoi.upstream.dns import LogicalDnsCluster, StrictDnsCluster
@@ -97,4 +80,12 @@ def envoi_cluster_types() -> Sequence[ClusterTypeFactory]:
 
 @hookimpl
 def envoi_load_balancers() -> Sequence[LoadBalancerFactory]:
-    return [RoundRobinPolicy(), RandomPolicy(), LeastRequestPolicy()]
+    return [RoundRobinPolicy(), RandomPolicy(), LeastRequestPolicy(), RingHashPolicy(),
+            MaglevPolicy()]
+
+
+@hookimpl
+def envoi_health_checkers() -> Sequence[HealthCheckerFactory]:
+    from envoi.upstream.health_checkers import HttpHealthChecker, TcpHealthChecker
+
+    return [HttpHealthChecker(), TcpHealthChecker()]

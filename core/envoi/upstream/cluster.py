@@ -11,8 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup
+from envoi.upstream.host import Host, HostSet, health_flags_string
+from envoi.upstream.outlier import LOCAL_ORIGIN_CONNECT_FAILED, LOCAL_ORIGIN_TIMEOUT
+from envoi.upstream.resource import ResourceManager, Thresholds
+
+__all__ = ["Cluster", "ClusterStats", "Host", "HostSet", "MemberUpdateCb", "Thresholds",
+           "UpstreamConnectError", "health_flags_string"]
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
+#: ``cb(hosts_added, hosts_removed)``: a cluster's membership changed.
+MemberUpdateCb = Callable[[list[Host], list[Host]], None]
 
 
 class ClusterStats(StatsGroup):
@@ -100,79 +108,6 @@ class ClusterStats(StatsGroup):
             scope.gauge(name).set(0)
 
 
-@dataclass
-class Thresholds:
-    """One ``circuit_breakers.thresholds`` entry; Envoy's defaults."""
-
-    max_connections: int = 1024
-    max_pending_requests: int = 1024
-    max_requests: int = 1024
-    max_retries: int = 3
-
-
-class Host:
-    """One upstream endpoint. The per-host counters are what ``/clusters`` shows."""
-
-    __slots__ = (
-        "address",
-        "cx_active",
-        "cx_connect_fail",
-        "cx_total",
-        "health_flags",
-        "hostname",
-        "locality",
-        "port",
-        "priority",
-        "rq_active",
-        "rq_error",
-        "rq_pending_active",
-        "rq_success",
-        "rq_timeout",
-        "rq_total",
-        "weight",
-    )
-
-    def __init__(
-        self,
-        address: str,
-        port: int,
-        *,
-        hostname: str = "",
-        weight: int = 1,
-        priority: int = 0,
-        locality: tuple[str, str, str] = ("", "", ""),
-    ) -> None:
-        self.address = address
-        self.port = port
-        self.hostname = hostname
-        self.weight = weight
-        self.priority = priority
-        self.locality = locality
-        self.health_flags: set[str] = set()
-        self.cx_active = 0
-        self.cx_connect_fail = 0
-        self.cx_total = 0
-        self.rq_active = 0
-        self.rq_error = 0
-        self.rq_pending_active = 0
-        self.rq_success = 0
-        self.rq_timeout = 0
-        self.rq_total = 0
-
-    @property
-    def healthy(self) -> bool:
-        return not self.health_flags
-
-    @property
-    def address_string(self) -> str:
-        if ":" in self.address:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
-
-    def __repr__(self) -> str:
-        return f"Host({self.address_string})"
-
-
 class UpstreamConnectError(Exception):
     """A connect attempt failed; ``timeout`` tells a timeout from a refusal."""
 
@@ -185,12 +120,14 @@ class UpstreamConnectError(Exception):
 
 @dataclass
 class Cluster:
-    """A named set of hosts with a load balancer and Envoy's stats."""
+    """A named set of hosts, by priority, with a load balancer, circuit breakers and Envoy's
+    stats. Every source of hosts goes through :meth:`update_hosts` (or :meth:`set_hosts`)."""
 
     name: str
     stats: ClusterStats
     connect_timeout: float = 5.0
     buffer_limit: int = 1024 * 1024
+    #: Every host, priority 0 first (what ``/clusters`` lists); see ``priority_set``.
     hosts: list[Host] = field(default_factory=list)
     thresholds: dict[str, Thresholds] = field(
         default_factory=lambda: {"DEFAULT": Thresholds(), "HIGH": Thresholds()}
@@ -201,21 +138,108 @@ class Cluster:
     discovery: Any = None  # keeps ``hosts`` up to date (``async run(cluster)``), if dynamic
     config: Any = None  # the envoy.config.cluster.v3.Cluster proto
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The hosts of each priority (index = priority).
+    priority_set: list[HostSet] = field(default_factory=list)
+    #: Active health checkers (``envoi.upstream.health_check``), started by the server.
+    health_checkers: list[Any] = field(default_factory=list)
+    #: The outlier detector (``envoi.upstream.outlier.Detector``), with ``outlier_detection``.
+    outlier_detector: Any = None
+    #: The load-balancing settings (``envoi.upstream.lb.LbParams``), read from the config.
+    lb_params: Any = None
 
     def __post_init__(self) -> None:
         if not self.observability_name:
             self.observability_name = self.name
+        self._member_cbs: list[MemberUpdateCb] = []
+        self._health_cbs: list[Callable[[Cluster], None]] = []
+        self.resources: dict[str, ResourceManager] = {}
+        self.set_thresholds(self.thresholds)
+
+    # -- circuit breakers ------------------------------------------------------------------
+
+    def set_thresholds(self, thresholds: dict[str, Thresholds]) -> None:
+        """Set the circuit-breaker limits per priority (``DEFAULT``, ``HIGH``)."""
+        self.thresholds = {"DEFAULT": Thresholds(), "HIGH": Thresholds(), **thresholds}
+        self.resources = {prio: ResourceManager(th, self.stats.scope, prio.lower())
+                          for prio, th in self.thresholds.items()}
+
+    def resource_manager(self, priority: str = "DEFAULT") -> ResourceManager:
+        return self.resources[priority]
+
+    # -- membership: the one update path ---------------------------------------------------
+
+    def add_member_update_cb(self, cb: MemberUpdateCb) -> None:
+        """``cb(added, removed)`` after every membership change (health checkers, outlier
+        detection and connection pools follow the host set this way)."""
+        self._member_cbs.append(cb)
+
+    def add_health_change_cb(self, cb: Callable[[Cluster], None]) -> None:
+        """``cb(cluster)`` after the health flags of some host changed (see ``health_changed``)."""
+        self._health_cbs.append(cb)
+
+    def update_hosts(
+        self,
+        priority: int,
+        hosts: list[Host],
+        *,
+        locality_weights: dict[tuple[str, str, str], int] | None = None,
+        overprovisioning_factor: int | None = None,
+    ) -> tuple[list[Host], list[Host]]:
+        """Replace the hosts of ``priority`` (from STATIC config, DNS, EDS...).
+
+        A host whose address was there before keeps its object, so its counters, health flags
+        and in-flight requests carry on; its weight, locality and hostname come from the update.
+        Returns ``(added, removed)``.
+        """
+        while len(self.priority_set) <= priority:
+            self.priority_set.append(HostSet(len(self.priority_set)))
+        hs = self.priority_set[priority]
+        old: dict[tuple[str, int], Host] = {}
+        for h in hs.hosts:
+            old.setdefault(h.key, h)
+        kept: list[Host] = []
+        added: list[Host] = []
+        for h in hosts:
+            o = old.pop(h.key, None)
+            if o is None:
+                h.priority = priority
+                added.append(h)
+                kept.append(h)
+                continue
+            o.weight, o.locality, o.hostname = h.weight, h.locality, h.hostname
+            o.health_check_address = h.health_check_address
+            # The flags a discovery source owns (EDS health status) follow the update.
+            for flag in ("failed_eds_health", "degraded_eds_health", "eds_status_draining"):
+                if flag in h.health_flags:
+                    o.health_flags.add(flag)
+                else:
+                    o.health_flags.discard(flag)
+            kept.append(o)
+        removed = list(old.values())
+        hs.hosts = kept
+        hs.locality_weights = dict(locality_weights or {})
+        if overprovisioning_factor is not None:
+            hs.overprovisioning_factor = overprovisioning_factor
+        self.hosts = [h for s in self.priority_set for h in s.hosts]
+        self.count_new_hosts(len(added))
+        if added or removed:
+            self.stats.membership_change.inc()
+            for cb in self._member_cbs:
+                cb(added, removed)
+        self._refresh()
+        return added, removed
 
     def set_hosts(self, hosts: list[Host]) -> None:
-        changed = [h.address_string for h in hosts] != [h.address_string for h in self.hosts]
-        known = {id(h) for h in self.hosts}
-        self.count_new_hosts(sum(1 for h in hosts if id(h) not in known))
-        self.hosts = hosts
-        if changed:
-            self.stats.membership_change.inc()
-        self.update_membership()
-        if self.lb is not None:
-            self.lb.hosts_changed(hosts)
+        """Replace every host; each goes to the priority it names (``Host.priority``)."""
+        by_priority: dict[int, list[Host]] = {}
+        for h in hosts:
+            by_priority.setdefault(h.priority, []).append(h)
+        top = max([len(self.priority_set) - 1, *by_priority]) if by_priority else \
+            len(self.priority_set) - 1
+        for p in range(top + 1):
+            self.update_hosts(p, by_priority.get(p, []))
+        if top < 0:
+            self._refresh()
 
     def count_new_hosts(self, n: int) -> None:
         """Envoy resolves each new host's transport socket (the default one: envoi has no
@@ -223,9 +247,25 @@ class Cluster:
         if n:
             self.stats.scope.counter("default.total_match_count").value += n
 
+    def health_changed(self) -> None:
+        """Some host's health flags changed (active health check, outlier detection): update
+        the membership gauges and rebuild the load balancer's view."""
+        self._refresh()
+        for cb in self._health_cbs:
+            cb(self)
+
+    def _refresh(self) -> None:
+        self.update_membership()
+        if self.lb is not None:
+            self.lb.hosts_changed(self.hosts)
+
     def update_membership(self) -> None:
-        self.stats.membership_total.set(len(self.hosts))
-        self.stats.membership_healthy.set(sum(1 for h in self.hosts if h.healthy))
+        st = self.stats
+        hosts = self.hosts
+        st.membership_total.set(len(hosts))
+        st.membership_healthy.set(sum(1 for h in hosts if h.healthy))
+        st.membership_degraded.set(sum(1 for h in hosts if h.degraded))
+        st.membership_excluded.set(sum(1 for h in hosts if h.excluded))
 
     def choose_host(self, context: Any = None) -> Host | None:
         host: Host | None = self.lb.choose_host(context) if self.lb is not None else None
@@ -239,14 +279,21 @@ class Cluster:
         protocol_factory: Callable[[], P],
         *,
         timeout: float | None = None,
+        priority: str = "DEFAULT",
+        reserved: bool = False,
     ) -> tuple[asyncio.Transport, P]:
         """Open a TCP connection to ``host``, counting Envoy's connect stats. As in Envoy, a
-        connection counts (``upstream_cx_total``, ``_active``, the host's ``cx_total``) from the
-        attempt on; one that fails to connect is destroyed (remotely when refused, locally on
-        the connect timeout)."""
+        connection counts (``upstream_cx_total``, ``_active``, the host's ``cx_total``, the
+        priority's ``max_connections`` resource) from the attempt on; one that fails to
+        connect is destroyed (remotely when refused, locally on the connect timeout) and
+        reported to outlier detection as a local-origin failure. Callers check
+        ``resource_manager(priority).connections.can_create()`` first; ``reserved``: the caller
+        already took the connection (``connections.inc()``)."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         stats = self.stats
+        if not reserved:
+            self.resources[priority].connections.inc()
         stats.upstream_cx_total.value += 1
         stats.upstream_cx_active.inc()
         host.cx_total += 1
@@ -260,16 +307,20 @@ class Cluster:
             stats.upstream_cx_connect_fail.value += 1
             stats.upstream_cx_connect_timeout.value += 1
             host.cx_connect_fail += 1
-            self.connection_closed(host, started, local=True)
+            self.connection_closed(host, started, local=True, priority=priority)
+            if host.outlier is not None:
+                host.outlier.put_result(LOCAL_ORIGIN_TIMEOUT)
             raise UpstreamConnectError(host, "connection timeout", timeout=True) from exc
         except OSError as exc:
             stats.upstream_cx_connect_fail.value += 1
             host.cx_connect_fail += 1
-            self.connection_closed(host, started, local=False)
+            self.connection_closed(host, started, local=False, priority=priority)
+            if host.outlier is not None:
+                host.outlier.put_result(LOCAL_ORIGIN_CONNECT_FAILED)
             reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
             raise UpstreamConnectError(host, reason) from exc
         except BaseException:  # cancelled while connecting
-            self.connection_closed(host, started, local=True)
+            self.connection_closed(host, started, local=True, priority=priority)
             raise
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -279,7 +330,7 @@ class Cluster:
         return transport, protocol
 
     def connection_closed(self, host: Host, started: float, *, local: bool,
-                          active_rq: bool = False) -> None:
+                          active_rq: bool = False, priority: str = "DEFAULT") -> None:
         """Account for an upstream connection that ``connect`` opened; ``active_rq`` when a
         request (for tcp_proxy: the proxied connection itself) was still using it."""
         stats = self.stats
@@ -295,5 +346,6 @@ class Cluster:
             else:
                 stats.upstream_cx_destroy_remote_with_active_rq.value += 1
         stats.upstream_cx_active.dec()
+        self.resources[priority].connections.dec()
         host.cx_active -= 1
         stats.upstream_cx_length_ms.record((time.monotonic() - started) * 1000)

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from envoi.config import ConfigError, ConfigIssue, duration_seconds
-from envoi.extensions import ClusterTypeFactory, FactoryContext, LoadBalancerFactory
+from envoi.extensions import (
+    ClusterTypeFactory,
+    FactoryContext,
+    HealthCheckerFactory,
+    LoadBalancerFactory,
+)
 from envoi.stats import Counter, Gauge, Scope, StatsGroup
-from envoi.upstream.cluster import Cluster, ClusterStats, Thresholds
+from envoi.upstream import outlier
+from envoi.upstream.assignment import LoadAssignment
+from envoi.upstream.cluster import Cluster, ClusterStats, Host, Thresholds
+from envoi.upstream.health_check import (
+    CHANGED,
+    ActiveHealthChecker,
+    HealthCheckStats,
+    HealthCheckTiming,
+)
+from envoi.upstream.health_check import IMPLEMENTED_FIELDS as HC_FIELDS
+from envoi.upstream.lb_config import lb_params
+from envoi.upstream.resource import IMPLEMENTED_FIELDS as BREAKER_FIELDS
+from envoi.upstream.resource import thresholds_from_proto
 
 if TYPE_CHECKING:
     from envoi.plugins import Plugins
+
+log = logging.getLogger("envoi.upstream")
 
 
 class ClusterManagerStats(StatsGroup):
@@ -35,6 +57,7 @@ class ClusterManager:
         self.dynamic_clusters = False
         self.stats = ClusterManagerStats(scope.scope("cluster_manager"))
         self.stats.warming_clusters.set(0)
+        self._tasks: list[asyncio.Task[None]] = []
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
@@ -56,48 +79,186 @@ class ClusterManager:
     def add(self, cfg: Any, context: FactoryContext, path: str) -> Cluster:
         stat_name = cfg.alt_stat_name or cfg.name
         stats = ClusterStats(self.scope.scope(f"cluster.{stat_name}"))
+        issues: list[ConfigIssue] = []
+        thresholds: dict[str, Thresholds] = {}
+        cb = cfg.circuit_breakers
+        if cb.per_host_thresholds:
+            issues.append(ConfigIssue(path + ".circuit_breakers.per_host_thresholds",
+                                      "is not supported by envoi"))
+        for i, t in enumerate(cb.thresholds):
+            prio = "HIGH" if t.priority == 1 else "DEFAULT"
+            issues += [ConfigIssue(f"{path}.circuit_breakers.thresholds[{i}].{fd.name}",
+                                   "is not supported by envoi")
+                       for fd, _ in t.ListFields() if fd.name not in BREAKER_FIELDS]
+            if prio in thresholds:
+                issues.append(ConfigIssue(f"{path}.circuit_breakers.thresholds[{i}].priority",
+                                          f"a second {prio} entry"))
+            thresholds[prio] = thresholds_from_proto(t)
         cluster = Cluster(
             name=cfg.name,
             stats=stats,
             observability_name=stat_name,
             config=cfg,
+            thresholds=thresholds,
         )
         if cfg.HasField("connect_timeout"):
             cluster.connect_timeout = duration_seconds(cfg.connect_timeout)
         if cfg.HasField("per_connection_buffer_limit_bytes"):
             cluster.buffer_limit = cfg.per_connection_buffer_limit_bytes.value
-        for t in cfg.circuit_breakers.thresholds:
-            prio = "HIGH" if t.priority == 1 else "DEFAULT"
-            th = Thresholds()
-            if t.HasField("max_connections"):
-                th.max_connections = t.max_connections.value
-            if t.HasField("max_pending_requests"):
-                th.max_pending_requests = t.max_pending_requests.value
-            if t.HasField("max_requests"):
-                th.max_requests = t.max_requests.value
-            if t.HasField("max_retries"):
-                th.max_retries = t.max_retries.value
-            cluster.thresholds[prio] = th
         ctx = context.with_path(path, scope=stats.scope)
-        type_factory = self._cluster_type(cfg, path)
-        result = ctx.run_factory(type_factory, lambda: type_factory.create_cluster(cfg, ctx))
-        if not isinstance(result, Sequence):
+        try:
+            cluster.lb_params = lb_params(cfg, path)
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+        try:
+            lb_factory: LoadBalancerFactory | None = self._lb_policy(cfg, path)
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+            lb_factory = None
+        try:
+            type_factory: ClusterTypeFactory | None = self._cluster_type(cfg, path)
+            assert type_factory is not None
+            tf = type_factory
+            result = ctx.run_factory(tf, lambda: tf.create_cluster(cfg, ctx))
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+            type_factory = result = None
+        try:
+            probes = self._health_checks(cluster, cfg, ctx, path)
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+            probes = []
+        if cfg.HasField("outlier_detection"):
+            od = cfg.outlier_detection
+            issues += [ConfigIssue(f"{path}.outlier_detection.{fd.name}",
+                                   "is not supported by envoi")
+                       for fd, _ in od.ListFields()
+                       if fd.name not in outlier.IMPLEMENTED_FIELDS]
+            ocfg = outlier.OutlierConfig.from_proto(od)
+            if ocfg.max_ejection_time < ocfg.base_ejection_time:
+                issues.append(ConfigIssue(path + ".outlier_detection.max_ejection_time",
+                                          "cannot be smaller than base_ejection_time"))
+        if issues:
+            raise ConfigError(issues)
+        assert lb_factory is not None
+        if not isinstance(result, LoadAssignment | Sequence):
             # A discovery (DNS, EDS...): it resolves its first hosts now and refreshes them
             # from a task the server starts.
             cluster.discovery = result
-            hosts = result.resolve_now(cluster)
-        else:
-            hosts = list(result)
-        lb_factory = self._lb_policy(cfg, path)
-        cluster.hosts = list(hosts) if hosts is not None else []
+            result = result.resolve_now(cluster)
         cluster.lb = lb_factory.create_load_balancer(cluster, cfg)
-        cluster.set_hosts(cluster.hosts)
-        cluster.count_new_hosts(len(cluster.hosts))
+        if isinstance(result, LoadAssignment):
+            result.apply(cluster)
+        else:
+            cluster.set_hosts(list(result) if result is not None else [])
+        if cfg.HasField("outlier_detection"):
+            det = outlier.Detector(ocfg, stats.scope, clock=time.monotonic,
+                                   on_change=lambda _h: cluster.health_changed())
+            for h in cluster.hosts:
+                det.add_host(h)
+            cluster.add_member_update_cb(det.hosts_changed)
+            cluster.outlier_detector = det
+        ignore_new = cluster.lb_params.ignore_new_hosts_until_first_hc
+        for hc_cfg, probe_factory, kind in probes:
+            hstats = HealthCheckStats(stats.scope.scope("health_check"))
+            checker = ActiveHealthChecker(cluster, HealthCheckTiming.from_proto(hc_cfg),
+                                          probe_factory, hstats, kind=kind,
+                                          exclude_new_hosts=ignore_new)
+            cluster.add_member_update_cb(checker.hosts_changed)
+            checker.callbacks.append(self._on_health_check(cluster))
+            cluster.health_checkers.append(checker)
+        if probes:
+            cluster.health_changed()  # every host starts /failed_active_hc
         stats.membership_change.value = 1 if cluster.hosts else 0
         self.clusters[cfg.name] = cluster
         self.stats.cluster_added.inc()
         self.stats.active_clusters.set(len(self.clusters))
         return cluster
+
+    @staticmethod
+    def _on_health_check(cluster: Cluster) -> Callable[[Host, str, bool], None]:
+        def done(host: Host, transition: str, healthy: bool) -> None:
+            det = cluster.outlier_detector
+            if det is not None:
+                det.on_health_check(host, healthy)  # a pass may un-eject (that rebuilds too)
+            if transition == CHANGED:
+                cluster.health_changed()
+
+        return done
+
+    def _health_checks(self, cluster: Cluster, cfg: Any, ctx: FactoryContext,
+                       path: str) -> list[tuple[Any, Any, str]]:
+        """(HealthCheck message, probe factory, kind) per ``health_checks`` entry."""
+        out = []
+        issues: list[ConfigIssue] = []
+        for i, hc in enumerate(cfg.health_checks):
+            p = f"{path}.health_checks[{i}]"
+            issues += [ConfigIssue(f"{p}.{fd.name}", "is not supported by envoi")
+                       for fd, _ in hc.ListFields() if fd.name not in HC_FIELDS]
+            for name in ("timeout", "interval"):
+                if not hc.HasField(name):
+                    issues.append(ConfigIssue(f"{p}.{name}", "required"))
+            for name in ("unhealthy_threshold", "healthy_threshold"):
+                if not hc.HasField(name):
+                    issues.append(ConfigIssue(f"{p}.{name}", "required"))
+            kind = hc.WhichOneof("health_checker")
+            if kind is None:
+                issues.append(ConfigIssue(p, "one of http_health_check, tcp_health_check, "
+                                          "grpc_health_check, custom_health_check is required"))
+                continue
+            hc_ctx = ctx.with_path(p)
+            try:
+                factory = self._health_checker(hc, kind, p)
+                out.append((hc, hc_ctx.run_factory(
+                    factory, lambda f=factory, c=hc_ctx, h=hc:  # type: ignore[misc]
+                    f.create_health_checker(cluster, h, c)), kind))
+            except ConfigError as exc:
+                issues.extend(exc.errors)
+        if issues:
+            raise ConfigError(issues)
+        return out
+
+    def _health_checker(self, hc: Any, kind: str, path: str) -> HealthCheckerFactory:
+        if kind == "custom_health_check":
+            c = hc.custom_health_check
+            url = c.typed_config.type_url if c.HasField("typed_config") else None
+            return self.plugins.lookup(
+                HealthCheckerFactory,  # type: ignore[type-abstract]
+                c.name, url, path + ".custom_health_check")
+        known: list[str] = []
+        for factory in self.plugins.factories(HealthCheckerFactory.category):
+            assert isinstance(factory, HealthCheckerFactory)
+            if kind in factory.health_check_fields:
+                return factory
+            known.extend(factory.health_check_fields)
+        hint = " (the envoi-grpc plugin provides it)" if kind == "grpc_health_check" else ""
+        raise ConfigError([ConfigIssue(
+            f"{path}.{kind}", f"no installed health checker handles {kind}{hint}; installed: "
+            + ", ".join(sorted(known)))])
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start health checking and outlier detection (once per server: the main process)."""
+        for c in self.clusters.values():
+            for hc in c.health_checkers:
+                hc.start(loop)
+            det = c.outlier_detector
+            if det is not None:
+                self._tasks.append(loop.create_task(_run_detector(det)))
+
+    async def warm(self, limit: float = 5.0) -> None:
+        """Wait until every health-checked host had its first check (bounded)."""
+        waits = [hc.first_round(min(limit, hc.timing.timeout + 0.5))
+                 for c in self.clusters.values() for hc in c.health_checkers]
+        if waits:
+            await asyncio.gather(*waits)
+
+    def stop(self) -> None:
+        for c in self.clusters.values():
+            for hc in c.health_checkers:
+                hc.stop()
+        for t in self._tasks:
+            t.cancel()
+        self._tasks.clear()
 
     def _cluster_type(self, cfg: Any, path: str) -> ClusterTypeFactory:
         if cfg.HasField("cluster_type"):
@@ -117,11 +278,42 @@ class ClusterManager:
         )
 
     def _lb_policy(self, cfg: Any, path: str) -> LoadBalancerFactory:
+        factories = [f for f in self.plugins.factories(LoadBalancerFactory.category)
+                     if isinstance(f, LoadBalancerFactory)]
+        if cfg.HasField("load_balancing_policy"):
+            # The first policy of the list that envoi has, as Envoy picks.
+            names = []
+            for pol in cfg.load_balancing_policy.policies:
+                ext = pol.typed_extension_config
+                url = ext.typed_config.type_url.rsplit("/", 1)[-1]
+                names.append(url or ext.name)
+                for f in factories:
+                    if url in f.type_urls or ext.name == f.name:
+                        if ext.typed_config.value:
+                            raise ConfigError([ConfigIssue(
+                                path + ".load_balancing_policy",
+                                f"settings inside {url or ext.name} are not supported by envoi; "
+                                "use lb_policy and the cluster's *_lb_config fields")])
+                        return f
+            raise ConfigError([ConfigIssue(
+                path + ".load_balancing_policy",
+                f"no installed load balancing policy among {', '.join(names) or '(none)'}; "
+                "installed: " + ", ".join(sorted(f.name for f in factories)))])
         policy = cfg.LbPolicy.Name(cfg.lb_policy)
-        for factory in self.plugins.factories(LoadBalancerFactory.category):
-            assert isinstance(factory, LoadBalancerFactory)
+        for factory in factories:
             if policy in factory.lb_policies:
                 return factory
-        raise ConfigError(
-            [ConfigIssue(path + ".lb_policy", f"lb_policy {policy} is not supported by envoi")]
-        )
+        known = sorted(p for f in factories for p in f.lb_policies)
+        raise ConfigError([ConfigIssue(
+            path + ".lb_policy", f"lb_policy {policy} is not supported by envoi; known: "
+            + ", ".join(known))])
+
+
+async def _run_detector(det: outlier.Detector) -> None:
+    """Outlier detection's ``interval`` tick."""
+    while True:
+        await asyncio.sleep(det.config.interval)
+        try:
+            det.on_interval(det.clock())
+        except Exception:  # a bug here must not stop later rounds
+            log.exception("outlier detection round failed")

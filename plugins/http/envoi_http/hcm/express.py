@@ -147,8 +147,8 @@ class Express:
                     return False
         cst = cluster.stats
         active = cst.upstream_rq_active
-        if hcm.conn.above_high_watermark or \
-                active.value >= cluster.thresholds["DEFAULT"].max_requests:
+        requests = cluster.resources["DEFAULT"].requests  # max_requests circuit breaker
+        if hcm.conn.above_high_watermark or not requests.can_create():
             return False
         # Committed: from here on this is the router's decode_headers and first attempt.
         if self.trace:
@@ -174,6 +174,7 @@ class Express:
         # The HCM stamped last_activity when it read this request (or started the next cycle).
         self.started = self.attempt_start = self.last_activity = hcm.last_activity
         active.inc()
+        requests.inc()
         host.rq_active += 1
         pools = self.pools
         pool = pools.get(host)
@@ -301,6 +302,8 @@ class Express:
             host.rq_error += 1
         else:
             host.rq_success += 1
+        if host.outlier is not None:  # outlier detection hears every response
+            host.outlier.put_http_response_code(status)
         raw = [kv for kv in e.headers if kv[0] not in _RESP_DROP]
         if not self.suppress:
             raw.append((_SERVICE_TIME, b"%d" % int(elapsed)))
@@ -331,6 +334,7 @@ class Express:
         host = self.host
         assert host is not None
         cluster.stats.upstream_rq_active.value -= 1  # (inc()ed in start: already marked used)
+        cluster.resources["DEFAULT"].requests.dec()
         host.rq_active -= 1
         hcm = self.hcm
         if hcm.deadline_router is self:

@@ -16,6 +16,7 @@ from envoi.config import ConfigError, ConfigIssue, duration_seconds
 from envoi.extensions import FactoryContext
 from envoi.http.headers import HeaderMap
 
+from envoi_http.router.hash_policy import HashPolicy, build_hash_policy
 from envoi_http.router.re2_rewrite import RegexRewrite
 from envoi_http.router.stats import RequestStats
 
@@ -114,6 +115,8 @@ class Route:
     stats: RequestStats | None = None
     upgrade_map: dict[bytes, bool] | None = None  # route.upgrade_configs (hcm/upgrade.py)
     plain_prefix: bytes | None = None  # the match is this case-sensitive prefix and nothing else
+    hash_policy: HashPolicy | None = None  # RING_HASH/MAGLEV request hash (router/hash_policy.py)
+    priority: str = "DEFAULT"  # routing priority: which circuit breakers apply (DEFAULT, HIGH)
 
     def __post_init__(self) -> None:
         if isinstance(self.match, _PlainPrefix):
@@ -431,6 +434,10 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
             rt.retry_policy = _retry_policy(a.retry_policy)
         else:
             rt.retry_policy = vh.retry_policy
+        if a.hash_policy:
+            rt.hash_policy = build_hash_policy(a.hash_policy, path + ".route.hash_policy")
+        if a.priority == 1:
+            rt.priority = "HIGH"
         if a.upgrade_configs:
             from envoi_http.hcm.upgrade import upgrade_map
 

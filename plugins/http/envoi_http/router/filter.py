@@ -16,6 +16,8 @@ from envoi.http.filter import (
 )
 from envoi.http.headers import HeaderMap
 from envoi.upstream.cluster import Cluster, Host
+from envoi.upstream.lb import LoadBalancerContext
+from envoi.upstream.outlier import LOCAL_ORIGIN_CONNECT_FAILED, LOCAL_ORIGIN_TIMEOUT
 
 from envoi_http.codec import Backend
 from envoi_http.codec import events as ev
@@ -69,6 +71,7 @@ class RoutePlan:
         self.expected_ms = b"%d" % int(route.timeout * 1000)  # x-envoy-expected-rq-timeout-ms
         # The HCM's express lane (hcm/express.py) may run this route's plain requests.
         self.express = (route.kind == "cluster" and route.retry_policy is None
+                        and route.hash_policy is None and route.priority == "DEFAULT"
                         and not vh.include_request_attempt_count
                         and not vh.include_attempt_count_in_response
                         and not (self.request_work or self.response_work or self.stats))
@@ -131,6 +134,7 @@ class Router(StreamDecoderFilter):
     count_attempts = False  # vhost include_request_attempt_count
     attempt_count_in_response = False
     retry_exhausted = False  # a retry was wanted but none was left: not a retry success
+    retry_reserved = False  # holds one of the cluster's max_retries while a retry is pending
     plan: RoutePlan | None = None
     # decode_* always return CONTINUE and never add data: a stream may call them directly.
     always_continues = True
@@ -297,17 +301,18 @@ class Router(StreamDecoderFilter):
         cluster = self.cluster
         stream = self.stream
         assert cluster is not None and stream is not None
-        host = cluster.choose_host()
+        host = cluster.choose_host(self._lb_context())
         if host is None:
             stream.stream_info.response_flags.append("UH")
             self._fail(503, b"no healthy upstream", "no_healthy_upstream")
             return
         self.host = host
-        th = cluster.thresholds["DEFAULT"]
-        if cluster.stats.upstream_rq_active.value >= th.max_requests:
+        requests = cluster.resources[self.route.priority].requests  # type: ignore[union-attr]
+        if not requests.can_create():  # max_requests (Envoy counts it as a pending overflow)
             cluster.stats.upstream_rq_pending_overflow.value += 1
             self._overflow()
             return
+        requests.inc()
         self.attempts += 1
         if self.count_attempts or self.attempts > 1:
             retry_headers.on_attempt(self)
@@ -318,9 +323,26 @@ class Router(StreamDecoderFilter):
         if self.plan is None or self.plan.stats:
             for rs in self._request_stats():
                 rs.upstream_rq_total.value += 1
-        pool = self.pool = pool_for(cluster, host, self.config.backend)
+        pool = self.pool = pool_for(cluster, host, self.config.backend,
+                                    priority=self.route.priority)  # type: ignore[union-attr]
         stream.stream_info.upstream_host = pool.address_string
         pool.request(self)
+
+    # -- upstream hooks: load-balancer context and outlier reports (keep these small) -------
+
+    def _lb_context(self) -> LoadBalancerContext | None:
+        """The route's ``hash_policy`` hash for RING_HASH/MAGLEV clusters (None: no policy)."""
+        hp = self.route.hash_policy if self.route is not None else None
+        if hp is None or self.headers is None:
+            return None
+        info = self.stream.stream_info  # type: ignore[union-attr]
+        return LoadBalancerContext(hp.compute(self.headers, info.downstream_remote_address))
+
+    def _outlier(self, result: int) -> None:
+        """Report a local-origin result (timeout, reset) to the host's outlier detector."""
+        host = self.host
+        if host is not None and host.outlier is not None:
+            host.outlier.put_result(result)
 
     def _request_stats(self) -> list[Any] | tuple[()]:
         route = self.route
@@ -431,6 +453,7 @@ class Router(StreamDecoderFilter):
             self.rq_active = False
             assert self.cluster is not None and self.host is not None
             self.cluster.stats.upstream_rq_active.dec()
+            self.cluster.resources[self.route.priority].requests.dec()  # type: ignore[union-attr]
             self.host.rq_active -= 1
             if not success:
                 self.host.rq_error += 1
@@ -460,6 +483,13 @@ class Router(StreamDecoderFilter):
                 rs.upstream_rq_retry_limit_exceeded.value += 1
             self.retry_exhausted = True
             return False
+        retries = cluster.resources[route.priority].retries  # type: ignore[union-attr]
+        if not retries.can_create():  # max_retries / retry_budget
+            cluster.stats.upstream_rq_retry_overflow.value += 1
+            self.retry_exhausted = True
+            return False
+        retries.inc()
+        self.retry_reserved = True
         self.retries_left -= 1
         cluster.stats.upstream_rq_retry.value += 1
         cluster.stats.upstream_rq_retry_backoff_exponential.value += 1
@@ -470,8 +500,14 @@ class Router(StreamDecoderFilter):
         self.retry_timer = asyncio.get_running_loop().call_later(delay, self._retry)
         return True
 
+    def _release_retry(self) -> None:
+        if self.retry_reserved:
+            self.retry_reserved = False
+            self.cluster.resources[self.route.priority].retries.dec()  # type: ignore[union-attr]
+
     def _retry(self) -> None:
         self.retry_timer = None
+        self._release_retry()
         if not self.done:
             self._start_attempt()
 
@@ -531,6 +567,8 @@ class Router(StreamDecoderFilter):
         cluster = self.cluster
         hs = self.hstats
         assert cluster is not None and hs is not None
+        if self.host is not None and self.host.outlier is not None:
+            self.host.outlier.put_http_response_code(status)
         if (status >= 500 or status == 409 or (
                 self.route is not None and self.retry_policy is not None
                 and status >= 400)) and self._maybe_retry(status, reset=False):
@@ -595,6 +633,7 @@ class Router(StreamDecoderFilter):
         self.upstream = None
         if up is not None:
             up.abort()
+        self._outlier(LOCAL_ORIGIN_CONNECT_FAILED)
         self._end_attempt(success=False)
         if self.response_started:
             self.done = True
@@ -658,6 +697,7 @@ class Router(StreamDecoderFilter):
         cluster = self.cluster
         assert cluster is not None
         cluster.stats.upstream_rq_per_try_timeout.value += 1
+        self._outlier(LOCAL_ORIGIN_TIMEOUT)
         up = self.upstream
         self.upstream = None
         if up is not None:
@@ -677,6 +717,8 @@ class Router(StreamDecoderFilter):
             cluster.stats.upstream_rq_timeout.value += 1
             if self.host is not None:
                 self.host.rq_timeout += 1
+            if self.rq_active:
+                self._outlier(LOCAL_ORIGIN_TIMEOUT)
         for rs in self._request_stats():
             rs.upstream_rq_timeout.value += 1
         up = self.upstream
@@ -708,6 +750,7 @@ class Router(StreamDecoderFilter):
         if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
+        self._release_retry()
 
     def on_destroy(self) -> None:
         if self.done and self.upstream is None and not self.rq_active and \

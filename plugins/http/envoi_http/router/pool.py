@@ -78,7 +78,8 @@ class UpstreamConnection(asyncio.Protocol):
                 st.upstream_cx_destroy_local_with_active_rq.value += 1
             else:
                 st.upstream_cx_destroy_remote_with_active_rq.value += 1
-        pool.cluster.connection_closed(pool.host, self.started, local=self.local_close)
+        pool.cluster.connection_closed(pool.host, self.started, local=self.local_close,
+                                       priority=pool.priority)
         pool.on_closed(self)
         h = self.handler
         self.handler = None
@@ -141,9 +142,11 @@ class UpstreamConnection(asyncio.Protocol):
 
 class Http1Pool:
     def __init__(self, cluster: Cluster, host: Host, backend: Backend,
-                 max_requests: int) -> None:
+                 max_requests: int, priority: str = "DEFAULT") -> None:
         self.cluster = cluster
         self.host = host
+        self.priority = priority
+        self.resources = cluster.resources[priority]  # the priority's circuit breakers
         self.address_string = host.address_string  # formatted once, not per request
         self.backend = backend
         self.max_requests = max_requests
@@ -161,39 +164,48 @@ class Http1Pool:
                 return
         cluster = self.cluster
         st = cluster.stats
-        th = cluster.thresholds["DEFAULT"]
-        if len(self.pending) >= th.max_pending_requests or \
-                st.upstream_rq_pending_active.value >= th.max_pending_requests:
+        rm = self.resources
+        if not rm.pending_requests.can_create():
             st.upstream_rq_pending_overflow.value += 1
             cb.on_pool_failure("overflow", self.host)
             return
         st.upstream_rq_pending_total.value += 1
         st.upstream_rq_pending_active.inc()
+        rm.pending_requests.inc()
         self.pending.append(cb)
-        if st.upstream_cx_active.value + self.connecting >= th.max_connections:
+        if not rm.connections.can_create():
             st.upstream_cx_overflow.value += 1
             return  # waits for a connection to come back
+        self._start_connect()
+
+    def _start_connect(self) -> None:
+        self.resources.connections.inc()  # reserved now; Cluster.connect takes it over
         self.connecting += 1
         asyncio.get_running_loop().create_task(self._connect())
+
+    def _unpend(self) -> None:
+        self.cluster.stats.upstream_rq_pending_active.dec()
+        self.resources.pending_requests.dec()
 
     def cancel(self, cb: PoolCallbacks) -> None:
         try:
             self.pending.remove(cb)
         except ValueError:
             return
-        self.cluster.stats.upstream_rq_pending_active.dec()
+        self._unpend()
         self.cluster.stats.upstream_rq_cancelled.value += 1
 
     async def _connect(self) -> None:
         st = self.cluster.stats
         st.upstream_cx_http1_total.value += 1  # Envoy counts the attempt, as upstream_cx_total
         try:
-            _, conn = await self.cluster.connect(self.host, lambda: UpstreamConnection(self))
+            _, conn = await self.cluster.connect(self.host, lambda: UpstreamConnection(self),
+                                                 priority=self.priority, reserved=True)
         except UpstreamConnectError as exc:
             self.connecting -= 1
             if self.pending:
                 cb = self.pending.popleft()
-                st.upstream_rq_pending_active.dec()
+                self._unpend()
                 st.upstream_rq_pending_failure_eject.value += 1
                 cb.on_pool_failure("timeout" if exc.timeout else "connection_failure",
                                    self.host, exc.reason)
@@ -204,7 +216,7 @@ class Http1Pool:
     def on_idle(self, conn: UpstreamConnection) -> None:
         if self.pending:
             cb = self.pending.popleft()
-            self.cluster.stats.upstream_rq_pending_active.dec()
+            self._unpend()
             conn.handler = cb
             cb.on_pool_ready(conn)
         else:
@@ -214,26 +226,40 @@ class Http1Pool:
         if conn in self.idle:
             self.idle.remove(conn)
         # A queued request may now fit under max_connections.
-        if self.pending:
-            th = self.cluster.thresholds["DEFAULT"]
-            if self.cluster.stats.upstream_cx_active.value + self.connecting < \
-                    th.max_connections:
-                self.connecting += 1
-                asyncio.get_running_loop().create_task(self._connect())
+        if self.pending and self.resources.connections.can_create():
+            self._start_connect()
+
+    def close_idle(self) -> None:
+        """The host left the cluster: close the idle connections (busy ones finish first)."""
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
 
 
 def pool_for(cluster: Cluster, host: Host, backend: Backend,
-             max_requests: int | None = None) -> Http1Pool:
-    """The pool of (cluster, host); ``max_requests`` defaults to the cluster's
+             max_requests: int | None = None, priority: str = "DEFAULT") -> Http1Pool:
+    """The pool of (cluster, host, priority); ``max_requests`` defaults to the cluster's
     ``max_requests_per_connection`` (read once, when the pool is made)."""
     pools: dict[Any, Http1Pool] | None = cluster.extra.get("envoi_http1_pools")
     if pools is None:
         pools = cluster.extra["envoi_http1_pools"] = {}
-    p = pools.get(host)
+        cluster.add_member_update_cb(lambda _added, removed: _drop_pools(pools, removed))
+    key = host if priority == "DEFAULT" else (host, priority)
+    p = pools.get(key)
     if p is None:
         if max_requests is None:
             cfg = cluster.config
             max_requests = (cfg.max_requests_per_connection.value if cfg is not None
                             and cfg.HasField("max_requests_per_connection") else 0)
-        p = pools[host] = Http1Pool(cluster, host, backend, max_requests)
+        p = pools[key] = Http1Pool(cluster, host, backend, max_requests, priority)
+        p.resources.connection_pools.inc()  # (max_connection_pools is not enforced: no limit)
     return p
+
+
+def _drop_pools(pools: dict[Any, Http1Pool], removed: list[Host]) -> None:
+    """Hosts that left the cluster: their pools go (requests in flight keep their pool)."""
+    gone = set(removed)
+    for key in [k for k, p in pools.items() if p.host in gone]:
+        p = pools.pop(key)
+        p.close_idle()
+        p.resources.connection_pools.dec()
