@@ -140,7 +140,7 @@ class ClusterManager:
                                           "cannot be smaller than base_ejection_time"))
         if issues:
             raise ConfigError(issues)
-        assert lb_factory is not None
+        assert lb_factory is not None and result is not None
         if not isinstance(result, LoadAssignment | Sequence):
             # A discovery (DNS, EDS...): it resolves its first hosts now and refreshes them
             # from a task the server starts.
@@ -150,7 +150,7 @@ class ClusterManager:
         if isinstance(result, LoadAssignment):
             result.apply(cluster)
         else:
-            cluster.set_hosts(list(result) if result is not None else [])
+            cluster.set_hosts(list(result))
         if cfg.HasField("outlier_detection"):
             det = outlier.Detector(ocfg, stats.scope, clock=time.monotonic,
                                    on_change=lambda _h: cluster.health_changed())
