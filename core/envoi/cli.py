@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,10 +49,14 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "Envoy's 10000)")
     p.add_argument("--drain-time-s", type=float, default=600.0,
                    help="on SIGTERM/SIGINT, how long open connections get to finish (600)")
-    p.add_argument("--concurrency", type=int, default=1,
+    p.add_argument("--concurrency", type=int, default=None,
                    help="worker processes, each with its own event loop and a SO_REUSEPORT "
-                        "socket per listener; the main process keeps the admin (default 1: "
-                        "a single process)")
+                        "socket per listener; the main process keeps the admin and replaces a "
+                        "worker that dies (default: one per core, as Envoy; 1: a single "
+                        "process)")
+    p.add_argument("--cpuset-threads", action="store_true",
+                   help="without --concurrency, one worker per CPU this process may run on "
+                        "(its cpuset / affinity) instead of one per core of the machine")
     p.add_argument("--base-id", help="accepted for Envoy compatibility; ignored")
     p.add_argument("--disable-hot-restart", action="store_true",
                    help="accepted for Envoy compatibility; envoi has no hot restart")
@@ -63,6 +69,14 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "(also ENVOI_DISABLE_PLUGIN_AUTOLOAD=1)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
+
+
+def default_concurrency(cpuset: bool = False) -> int:
+    """Envoy's default: one worker per hardware thread (or per CPU of the cpuset)."""
+    if cpuset:
+        with contextlib.suppress(AttributeError, OSError):
+            return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LogSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.concurrency is None:
+        args.concurrency = default_concurrency(args.cpuset_threads)
     if args.concurrency < 1:
         print("envoi: error: --concurrency must be at least 1", file=sys.stderr)
         return 1
@@ -135,18 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    pool = None
     if args.concurrency > 1:
         from envoi.workers import WorkerPool
 
         # Fork before any event loop exists: a loop does not survive a fork.
         pool = WorkerPool(server, args.concurrency)
-        pool.fork()
+        pool.start()
+        try:
+            return pool.run()
+        except OSError as exc:  # the admin port in use, for one
+            print(f"envoi: {exc}", file=sys.stderr)
+            return 1
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        if pool is not None:
-            return loop.run_until_complete(server.serve_main(pool))
         return loop.run_until_complete(_serve(server))
     except OSError as exc:  # the admin port in use, for one
         print(f"envoi: {exc}", file=sys.stderr)

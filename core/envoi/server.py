@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import resource
@@ -97,6 +96,8 @@ class ServerStats(StatsGroup):
     static_unknown_fields: Counter
     envoy_bug_failures: Counter
     debug_assertion_failures: Counter
+    #: envoi's own: worker processes started again after one died (``--concurrency`` > 1).
+    worker_restarts: Counter
     initialization_time_ms: Histogram
 
 
@@ -122,11 +123,16 @@ class WorkerPoolApi(Protocol):
 
     @property
     def alive(self) -> int: ...
+    async def supervise(self, poll_interval: float) -> None: ...
+    async def wait_ready(self) -> None: ...
+    async def stop(self, grace: float) -> None: ...
     def broadcast(self, msg: dict[str, Any]) -> None: ...
-    def reap(self) -> list[Any]: ...
+    def apply_update(self, name: str, payload: Any) -> str | None: ...
     def kill(self) -> None: ...
     def merged_stats(self) -> Store: ...
     def host_counters(self) -> dict[str, list[list[int]]]: ...
+    def reset_counters(self) -> None: ...
+    def drain_listeners(self, graceful: bool, inbound_only: bool) -> None: ...
 
 
 class ServerView:
@@ -360,7 +366,8 @@ class Server:
         self.cluster_manager.start(loop)
         await self.cluster_manager.warm()
         for lst in self.listeners:
-            await lst.start()
+            if lst.sock is not None:  # None: drained before this worker was forked
+                await lst.start()
         if self.worker_index is None:  # with workers, the main process owns these gauges
             self.lm_stats.total_listeners_active.set(len(self.listeners))
             self.lm_stats.workers_started.set(1)
@@ -373,7 +380,10 @@ class Server:
             loop.create_task(c.discovery.run(c))
             for c in self.cluster_manager.clusters.values() if c.discovery is not None
         ]
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # A worker leaves SIGINT to the main process (Ctrl-C reaches the whole process group);
+        # SIGTERM sent to a worker alone drains it, and the main process starts a new one.
+        signals = (signal.SIGTERM,) if control is not None else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self._state = "LIVE"
         self._update_server_gauges()
@@ -402,48 +412,42 @@ class Server:
         return 0
 
     async def serve_main(self, pool: WorkerPoolApi) -> int:
-        """The main process with worker processes: the admin, signals, and the workers."""
+        """The main process with worker processes: the admin, signals, and the workers (see
+        :mod:`envoi.workers.pool`, which forks and replaces them)."""
         loop = asyncio.get_running_loop()
         self.pool = pool
         self._stop_event = asyncio.Event()
+        self._state = "INITIALIZING"  # until every worker accepts: /ready answers 503
         await self._start_admin()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.lm_stats.total_listeners_active.set(len(self.listeners))
         self.lm_stats.workers_started.set(pool.count)
-        self._state = "LIVE"
         self._update_server_gauges()
         flush = loop.call_later(self._flush_interval, self._flush_stats)
-        self.plugins.pm.hook.envoi_server_started(server=self.view)
-        log.info("%d workers started", pool.count)
-        failed = False
-        while not self._stop_event.is_set():
-            # Poll the children: a worker that dies on its own takes the server down (exit 1),
-            # as a crashed Envoy worker thread would.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), 0.2)
-            gone = [w for w in pool.reap() if not self.draining]
-            if gone:
-                log.critical("worker %d exited unexpectedly; shutting down", gone[0].index)
-                failed = True
-                break
+        supervise = loop.create_task(pool.supervise(self._flush_interval))
+        stop = loop.create_task(self._stop_event.wait())
+        ready = loop.create_task(pool.wait_ready())
+        await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            self._state = "LIVE"
+            self._update_server_gauges()
+            self.plugins.pm.hook.envoi_server_started(server=self.view)
+            log.info("%d workers started", pool.count)
+        ready.cancel()
+        await stop
         self.draining = True
         self._state = "DRAINING"
         self._update_server_gauges()
         self.plugins.pm.hook.envoi_draining(server=self.view)
-        pool.broadcast({"op": "shutdown"})
-        deadline = loop.time() + self.options.drain_time_s + 5
-        while pool.alive and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-            pool.reap()
-        if pool.alive:
-            pool.kill()
+        await pool.stop(self.options.drain_time_s + 5)
+        supervise.cancel()
         flush.cancel()
         self.plugins.pm.hook.envoi_stopped(server=self.view)
         if self.admin is not None:
             await self.admin.close()
         log.info("exiting")
-        return 1 if failed else 0
+        return 0
 
     def _on_signal(self, sig: int) -> None:
         if self.draining:
@@ -568,10 +572,11 @@ class Server:
         return self.runtime.to_json()
 
     def runtime_modify(self, updates: dict[str, str]) -> str | None:
-        error = self.runtime.modify(updates)
-        if error is None and self.pool is not None:
-            self.pool.broadcast({"op": "runtime_modify", "updates": updates})
-        return error
+        from envoi.workers.updates import RUNTIME_MODIFY, apply_here
+
+        if self.pool is not None:  # every worker, or none
+            return self.pool.apply_update(RUNTIME_MODIFY.name, updates)
+        return apply_here(self, RUNTIME_MODIFY.name, updates)
 
     def stats_snapshot(self) -> Store:
         return self.pool.merged_stats() if self.pool is not None else self.stats
@@ -579,7 +584,7 @@ class Server:
     def reset_counters(self) -> None:
         self.stats.reset_counters()
         if self.pool is not None:
-            self.pool.broadcast({"op": "reset_counters"})
+            self.pool.reset_counters()
 
     def healthcheck_fail(self) -> None:
         self.healthcheck_failed = True
@@ -595,8 +600,7 @@ class Server:
 
     def drain_listeners(self, graceful: bool, inbound_only: bool) -> None:
         if self.pool is not None:
-            self.pool.broadcast({"op": "drain_listeners", "graceful": graceful,
-                                 "inbound_only": inbound_only})
+            self.pool.drain_listeners(graceful, inbound_only)
             self.lm_stats.listener_stopped.inc(sum(
                 1 for lst in self.listeners
                 if not inbound_only or lst.traffic_direction == "INBOUND"))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,17 +82,6 @@ def test_sigterm_drains_every_worker(envoi_process: Start, peer: Callable[[str],
     assert proc.wait(30) == 0
 
 
-def test_a_crashed_worker_stops_the_server(envoi_process: Start,
-                                           peer: Callable[[str], int]) -> None:
-    up = peer("echo")
-    admin, port = free_port(), free_port()
-    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin, args=["--concurrency", "2"])
-    os.kill(worker_pids(proc)[0], signal.SIGKILL)
-    assert proc.wait(30) == 1
-    assert "exited unexpectedly" in proc.log()
-    wait_for(lambda: not worker_pids(proc) or None, what="the other worker gone")
-
-
 def test_port_in_use_with_workers(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -101,3 +94,285 @@ def test_port_in_use_with_workers(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "Address already in use" in out.stderr
+
+
+# -- supervision ---------------------------------------------------------------------------------
+
+
+class Monotonic:
+    """Polls ``/stats?type=Counters`` and ``/stats/prometheus`` and notes every counter (and
+    histogram series) that ever went down."""
+
+    def __init__(self, proc: EnvoiProcess) -> None:
+        self.proc = proc
+        self.last: dict[str, float] = {}
+        self.backwards: list[str] = []
+        self.polls = 0
+
+    def _counters(self) -> dict[str, float]:
+        status, body = self.proc.get("/stats?format=json&type=Counters")
+        assert status == 200, body
+        out: dict[str, float] = {e["name"]: e["value"] for e in json.loads(body)["stats"]
+                                 if "name" in e}
+        status, body = self.proc.get("/stats/prometheus")
+        assert status == 200, body
+        kinds: dict[str, str] = {}
+        for line in body.splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split()
+                kinds[name] = kind
+            elif line and not line.startswith("#"):
+                series, value = line.rsplit(" ", 1)
+                base = series.split("{", 1)[0]
+                family = base.rsplit("_", 1)[0] if base.endswith(("_bucket", "_sum", "_count")) \
+                    else base
+                if kinds.get(base) == "counter" or kinds.get(family) == "histogram":
+                    out["prom:" + series] = float(value)
+        return out
+
+    def poll(self) -> None:
+        now = self._counters()
+        for name, v in now.items():
+            if v < self.last.get(name, 0):
+                self.backwards.append(f"{name}: {self.last[name]} -> {v}")
+        self.last.update(now)
+        self.polls += 1
+
+
+class EchoLoad:
+    """``clients`` threads, each connecting, echoing one byte and closing, until stopped."""
+
+    def __init__(self, port: int, clients: int = 4) -> None:
+        self.port = port
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                echo_once(self.port)
+                self.ok += 1
+            except (OSError, AssertionError) as exc:  # reset, or closed before the echo
+                self.failed.append(repr(exc))
+
+    def __enter__(self) -> EchoLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def test_a_killed_worker_is_replaced_and_no_counter_goes_back(
+        envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin,
+                         args=["--concurrency", "2", "--drain-time-s", "20"])
+    before = worker_pids(proc)
+    assert len(before) == 2
+    mono = Monotonic(proc)
+    with EchoLoad(port) as load:
+        wait_for(lambda: load.ok >= 200, what="load running")
+        ok_before_kill = load.ok
+        mono.poll()
+        victim = before[0]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        def replaced() -> list[int] | None:
+            mono.poll()
+            pids = worker_pids(proc)
+            return pids if len(pids) == 2 and victim not in pids else None
+
+        after = wait_for(replaced, timeout=10, what="a replacement worker")
+        took = time.monotonic() - killed_at
+        assert took < 3.0, f"replacement took {took:.1f}s"
+        wait_for(lambda: "started again" in proc.log(), what="the restart logged")
+        ok_then = load.ok
+        wait_for(lambda: mono.poll() or load.ok >= ok_then + 300, timeout=30,
+                 what="load after the restart")
+    assert proc.proc is not None and proc.proc.poll() is None  # the server stayed up
+    assert len(load.failed) <= 8, load.failed  # only what was in flight on the dead worker
+    mono.poll()
+    assert mono.backwards == [], mono.backwards
+    assert mono.polls >= 3
+    log = proc.log()
+    assert f"(pid {victim}) was killed by signal 9 (SIGKILL)" in log, log
+    stats = proc.stats()
+    assert stats["server.worker_restarts"] == 1
+    # Counted up to the last report of the dead worker (what it counted after that is lost).
+    assert stats["tcp.tcp_echo.downstream_cx_total"] >= ok_before_kill
+    # Both workers take connections after the restart.
+    per_worker = [stats[f"listener.tcp_in.worker_{i}.downstream_cx_total"] for i in (0, 1)]
+    for _ in range(60):
+        echo_once(port)
+    stats = proc.stats()
+    grown = [stats[f"listener.tcp_in.worker_{i}.downstream_cx_total"] - per_worker[i]
+             for i in (0, 1)]
+    assert all(g > 0 for g in grown), grown
+    assert sorted(after) == sorted(worker_pids(proc))
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def _failing_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+
+
+def test_a_worker_that_cannot_start_is_retried_with_backoff(
+        envoi_process: Start, peer: Callable[[str], int], tmp_path: Path) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin, env=_failing_env(),
+                         wait_ready=False,
+                         args=["--concurrency", "2", "-p", "failing_worker_plugin",
+                               "--fail-worker-starts", "100000",
+                               "--fail-worker-ledger", str(tmp_path / "ledger")])
+    reason = "RuntimeError: failing_worker_plugin refuses to start this worker"
+    wait_for(lambda: ", 4 times in a row" in proc.log(), timeout=30, what="four failures")
+    log = proc.log()
+    assert "worker 0 (pid " in log and f"exited with status 1 while starting ({reason})" in log
+    # The admin answers, and says the server is not live.
+    assert proc.get("/ready")[0] == 503
+    assert proc.stats()["server.state"] == 3  # INITIALIZING
+    # Backoff: 0, 0.25, 0.5, 1, 2 ... s, so a few seconds hold only a handful of attempts.
+    time.sleep(2)
+    attempts = (tmp_path / "ledger").read_text().count("x")
+    assert attempts <= 2 * 7, attempts
+    delays = [float(m) for m in re.findall(r"starting a replacement in ([0-9.]+)s", proc.log())]
+    assert max(delays) >= 1.0, delays
+    # SIGTERM while both wait for their next attempt: exits at once, with 0.
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert not worker_pids(proc)
+
+
+def test_workers_that_fail_at_first_then_serve(envoi_process: Start, peer: Callable[[str], int],
+                                                tmp_path: Path) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin, env=_failing_env(),
+                         args=["--concurrency", "2", "-p", "failing_worker_plugin",
+                               "--fail-worker-starts", "3",
+                               "--fail-worker-ledger", str(tmp_path / "ledger")])
+    for _ in range(20):
+        echo_once(port)
+    stats = proc.stats()
+    assert stats["server.worker_restarts"] == 3
+    assert stats["tcp.tcp_echo.downstream_cx_total"] == 20
+    assert len(worker_pids(proc)) == 2
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_sigterm_right_after_a_worker_died_drains_and_exits_0(
+        envoi_process: Start, peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin,
+                         args=["--concurrency", "2", "--drain-time-s", "30"])
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    for s in held:
+        s.sendall(b"a")
+        assert s.recv(1) == b"a"
+    pids = worker_pids(proc)
+    os.kill(pids[0], signal.SIGKILL)
+    proc.signal(signal.SIGTERM)
+    # Connections on the surviving worker keep working while it drains.
+    alive = []
+    for s in held:
+        try:
+            s.sendall(b"b")
+            if s.recv(1) == b"b":
+                alive.append(s)
+        except OSError:
+            pass
+    assert alive, "no connection survived on the other worker"
+    for s in held:
+        s.close()
+    assert proc.wait(30) == 0
+    assert not worker_pids(proc)
+
+
+def test_ctrl_c_stops_every_process_quietly(envoi_process: Start,
+                                            peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin, args=["--concurrency", "2"])
+    assert proc.proc is not None
+    echo_once(port)
+    # A terminal's Ctrl-C sends SIGINT to the whole process group: main and workers at once.
+    for pid in (*worker_pids(proc), proc.proc.pid):
+        os.kill(pid, signal.SIGINT)
+    assert proc.wait(30) == 0
+    log = proc.log()
+    assert "did not answer" not in log, log
+    assert "[error]" not in log and "[critical]" not in log, log
+
+
+def test_default_concurrency_is_one_worker_per_core(envoi_process: Start,
+                                                    peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin, concurrency=None)
+    cores = os.cpu_count() or 1
+    assert proc.stats()["server.concurrency"] == cores
+    assert len(worker_pids(proc)) == (cores if cores > 1 else 0)
+    echo_once(port)
+
+
+def _socket_inode(port: int, peer_port: int = 0) -> str:
+    """The inode of the socket on local ``port``: listening, or connected to ``peer_port``."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        local, remote = int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16)
+        if local == port and (remote == peer_port if peer_port else f[3] == "0A"):
+            return f[9]
+    raise AssertionError(f"no socket on {port} (peer {peer_port})")
+
+
+def _holds_socket(pid: int, inode: str) -> bool:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) == f"socket:[{inode}]" for fd in fd_dir.iterdir())
+
+
+def test_replacements_start_clean(envoi_process: Start, peer: Callable[[str], int]) -> None:
+    """Workers forked from the running main process: DNS refreshes work in them (their own
+    event loop and resolver) and they hold none of the main's admin sockets."""
+    from test_dns_cluster import config as dns_config
+
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(dns_config(admin, port, up, "STRICT_DNS"), admin,
+                         args=["--concurrency", "2"])
+    assert proc.proc is not None
+    # An admin connection held open by a client while the workers are replaced.
+    held = socket.create_connection(("127.0.0.1", admin), timeout=10)
+    held.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert held.recv(100).startswith(b"HTTP/1.1 200")
+    first = worker_pids(proc)
+    for pid in first:
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda pid=pid: len(worker_pids(proc)) == 2 and pid not in worker_pids(proc),
+                 what="a replacement")
+    new = worker_pids(proc)
+    assert not set(new) & set(first)
+    main_only = [_socket_inode(admin), _socket_inode(admin, held.getsockname()[1])]
+    for inode in main_only:
+        assert _holds_socket(proc.proc.pid, inode)
+        for pid in new:
+            assert not _holds_socket(pid, inode), "a worker holds the main's admin sockets"
+    held.close()
+    base = proc.stats()["cluster.named.update_success"]
+    proc.wait_stat("cluster.named.update_success", lambda v: v >= base + 6)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"dns")
+        assert s.recv(3) == b"dns"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

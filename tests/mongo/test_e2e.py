@@ -84,7 +84,8 @@ def envoi_to_secantus(tmp_path: Path) -> Iterator[Envoi]:
         log = tmp_path / "mongo_access.log"
         cfg = tmp_path / "envoi.yaml"
         cfg.write_text(CONFIG.format(admin=admin, listen=listen, db=db, log=log))
-        proc = subprocess.Popen([sys.executable, "-m", "envoi", "-c", str(cfg)],
+        proc = subprocess.Popen([sys.executable, "-m", "envoi", "-c", str(cfg),
+                                 "--concurrency", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 env={**os.environ})
         try:

@@ -260,7 +260,8 @@ class ActiveListener:
         for i, s in enumerate(self.worker_socks):
             if i != index:
                 s.close()
-        self.sock = self.worker_socks[index]
+        # No sockets: the main process drained this listener before forking this worker.
+        self.sock = self.worker_socks[index] if self.worker_socks else None
         self.worker_socks = []
         if self.stats is not None:
             self.stats.set_worker(index)

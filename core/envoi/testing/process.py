@@ -61,14 +61,21 @@ class EnvoiProcess:
     Its output goes to a temporary log file (``log()``), removed by ``stop()`` (``log()`` still
     answers afterwards). A process that exits while starting fails ``start()`` at once with
     :class:`EnvoiExited`, whose message is the proxy's own error.
-    """
+
+    It runs ``--concurrency 1`` (one process, as a test usually wants: stats and load-balancing
+    order are then exact) unless ``args`` says ``--concurrency`` or ``concurrency`` is given;
+    ``concurrency=None`` leaves envoi's default (one worker per core)."""
 
     def __init__(self, config: str | Path, admin_port: int, *,
                  args: Sequence[str] = (), env: dict[str, str] | None = None,
-                 cwd: str | Path | None = None, command: Sequence[str] | None = None) -> None:
+                 cwd: str | Path | None = None, command: Sequence[str] | None = None,
+                 concurrency: int | None = 1) -> None:
         self.config_path = Path(config)
         self.admin_port = admin_port
         self.args = list(args)
+        if concurrency is not None and not any(
+                a == "--concurrency" or a.startswith("--concurrency=") for a in self.args):
+            self.args += ["--concurrency", str(concurrency)]
         self.env = env
         self.cwd = cwd
         self.command = list(command) if command else [sys.executable, "-m", "envoi"]

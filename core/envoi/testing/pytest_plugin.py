@@ -28,12 +28,13 @@ from envoi.testing.process import EnvoiProcess
 def envoi_process(tmp_path: Path) -> Iterator[Callable[..., EnvoiProcess]]:
     started: list[EnvoiProcess] = []
 
-    def start(yaml_text: str, admin_port: int, **kw: Any) -> EnvoiProcess:
+    def start(yaml_text: str, admin_port: int, *, wait_ready: bool = True,
+              **kw: Any) -> EnvoiProcess:
         d = tmp_path / f"envoi{len(started)}"
         d.mkdir()
         proc = EnvoiProcess.from_yaml(yaml_text, d, admin_port, **kw)
         started.append(proc)
-        return proc.start()
+        return proc.start(wait_ready=wait_ready)
 
     yield start
     for proc in started:
