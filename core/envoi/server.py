@@ -572,11 +572,9 @@ class Server:
         return self.runtime.to_json()
 
     def runtime_modify(self, updates: dict[str, str]) -> str | None:
-        from envoi.workers.updates import RUNTIME_MODIFY, apply_here
-
-        if self.pool is not None:  # every worker, or none
-            return self.pool.apply_update(RUNTIME_MODIFY.name, updates)
-        return apply_here(self, RUNTIME_MODIFY.name, updates)
+        if self.pool is not None:  # every worker, or none (envoi.workers.updates)
+            return self.pool.apply_update("runtime_modify", updates)
+        return self.runtime.modify(updates)
 
     def stats_snapshot(self) -> Store:
         return self.pool.merged_stats() if self.pool is not None else self.stats

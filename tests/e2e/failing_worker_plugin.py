@@ -25,7 +25,7 @@ def _refuse(*args: Any, **kwargs: Any) -> Any:
 
 @hookimpl
 def envoi_configured(server: Any) -> None:
-    opts = server.options.plugin_options
+    opts = server.plugin_options
     limit = opts.fail_worker_starts
     ledger = Path(opts.fail_worker_ledger)
 
@@ -35,8 +35,10 @@ def envoi_configured(server: Any) -> None:
             f.seek(0)
             starts = len(f.read())
             f.write("x")
-        if starts < limit:
-            server.serve = _refuse
+        if starts < limit:  # the worker's first step, making its event loop, fails
+            import envoi.event_loop
+
+            envoi.event_loop.new_event_loop = _refuse
 
     if limit:
         os.register_at_fork(after_in_child=in_child)
