@@ -376,3 +376,32 @@ def test_replacements_start_clean(envoi_process: Start, peer: Callable[[str], in
         assert s.recv(3) == b"dns"
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def test_a_stuck_worker_does_not_hold_up_the_admin(envoi_process: Start,
+                                                   peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    admin, port = free_port(), free_port()
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up), admin, args=["--concurrency", "2"])
+    for _ in range(20):
+        echo_once(port)
+    before = proc.stats()["tcp.tcp_echo.downstream_cx_total"]
+    assert before == 20
+    stuck = worker_pids(proc)[0]
+    os.kill(stuck, signal.SIGSTOP)  # as a worker spinning in a filter would be
+    try:
+        t0 = time.monotonic()
+        assert proc.stats()["tcp.tcp_echo.downstream_cx_total"] == 20  # its last answer counts
+        first = time.monotonic() - t0
+        t0 = time.monotonic()
+        assert proc.stats()["tcp.tcp_echo.downstream_cx_total"] == 20
+        second = time.monotonic() - t0
+        assert first < 8 and second < 2, (first, second)
+        assert "did not answer stats: timed out" in proc.log()
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    proc.wait_stat("tcp.tcp_echo.downstream_cx_total", 20)
+    for _ in range(10):
+        echo_once(port)
+    proc.wait_stat("tcp.tcp_echo.downstream_cx_total", 30)
+    assert stuck in worker_pids(proc)  # a slow answer is no reason to replace it

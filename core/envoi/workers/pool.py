@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("envoi.workers")
 
 REPLY_TIMEOUT = 5.0
+SLOW_REPLY_TIMEOUT = 0.25
 REAP_INTERVAL = 0.1
 BACKOFF_STEP = 0.25
 BACKOFF_MAX = 30.0
@@ -95,6 +96,8 @@ class Worker:
     ready_at: float | None = None
     error: str | None = None
     closed: bool = False
+    #: It let a request time out and has not answered anything since.
+    slow: bool = False
     exited: bool = False
     #: The last stats report it sent.
     report: dict[str, Any] | None = None
@@ -346,6 +349,7 @@ class WorkerPool:
         w.control.close()
 
     def _dispatch(self, w: Worker, frame: dict[str, Any]) -> None:
+        w.slow = False
         event = frame.get("event")
         if event == "ready":
             w.ready_at = time.monotonic()
@@ -376,15 +380,22 @@ class WorkerPool:
                 w.waiting = None
                 continue
             targets.append(w)
-        deadline = time.monotonic() + REPLY_TIMEOUT
+        start = time.monotonic()
+        # A worker that let the last request time out (wedged in a filter, say) gets a short
+        # wait until it answers again, so it cannot hold the admin up on every request.
+        deadlines = {w: start + (SLOW_REPLY_TIMEOUT if w.slow else REPLY_TIMEOUT)
+                     for w in targets}
         with selectors.DefaultSelector() as sel:
             for w in targets:
                 sel.register(w.control, selectors.EVENT_READ, w)
             pending = set(targets)
             while pending:
-                left = deadline - time.monotonic()
+                left = min(deadlines[w] for w in pending) - time.monotonic()
                 if left <= 0:
-                    break
+                    for w in [w for w in pending if deadlines[w] <= time.monotonic()]:
+                        pending.discard(w)
+                        sel.unregister(w.control)
+                    continue
                 for key, _ in sel.select(left):
                     w = key.data
                     self._read_once(w)
@@ -395,6 +406,7 @@ class WorkerPool:
         for w in targets:
             w.waiting = None
             if w.answer is None:
+                w.slow = not w.closed
                 self._no_answer(w, msg, "closed" if w.closed else "timed out", quiet)
                 continue
             answers[w] = w.answer
