@@ -117,6 +117,11 @@ class FactoryContext(ServerContext, Protocol):
         default config when the entry has no ``typed_config``. Raises ``ConfigError`` naming
         ``path``, and the installed alternatives when nothing matches."""
 
+    def per_filter_configs(self, configs: Mapping[str, Any], path: str) -> dict[str, object]:
+        """A ``typed_per_filter_config`` map (filter name -> ``Any``) -> the per-route config
+        objects, each made by that HTTP filter's factory (``create_route_config``); a filter
+        that has no per-route config, or a type it does not take, is a config error."""
+
     def run_factory(self, factory: object, create: Callable[[], T]) -> T:
         """``create()`` (a nested factory's ``create_*`` call): an exception other than
         ``ConfigError`` becomes a config error at this context's path that names the plugin of

@@ -111,11 +111,22 @@ class HttpFilterFactory(ExtensionFactory):
     category = "envoy.filters.http"
     terminal: ClassVar[bool] = False
 
+    #: Config types of the filter's per-route config (a route's ``typed_per_filter_config``
+    #: under the filter's name); empty when it has none.
+    route_type_urls: ClassVar[tuple[str, ...]] = ()
+
     @abc.abstractmethod
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
         """Validate ``config`` (a protobuf message, or what the plugin's ``ConfigSchema``
         parsed) once, and return the per-stream callback that adds fresh filter objects to an
         :class:`envoi.http.filter.HttpFilterChainBuilder`. Raise ``ConfigError`` on bad config."""
+
+    def create_route_config(self, config: Any, context: FactoryContext) -> object:
+        """A route's (virtual host's, route config's) ``typed_per_filter_config`` for this
+        filter, once at config time (Envoy's ``createRouteSpecificFilterConfig``): return the
+        object filters get from ``callbacks.route().per_filter_config(<filter name>)``. Only
+        called for a type in ``route_type_urls``; the default returns ``config`` as parsed."""
+        return config
 
 
 class ListenerFilterFactory(ExtensionFactory):

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from envoi.access_log import compile_format
 from envoi.config import ConfigError, ConfigIssue, PluginTypedConfig, unpack_typed_config
+from envoi.config.typed import unpack_any
 from envoi.context import ClusterManager, FactoryContext, LocalInfo, Runtime, ServerContext
 from envoi.extensions import (
     AccessLoggerFactory,
     ExtensionFactory,
+    HttpFilterFactory,
     NetworkFilterFactory,
     strip_type_url,
 )
@@ -120,6 +122,37 @@ class FactoryContextImpl:
             raise ConfigError([ConfigIssue(path, (
                 f"the config parser of plugin {owner} raised {type(exc).__name__}: {exc}"
                 " (a bug in that plugin; the config may still be wrong)"))]) from exc
+
+    def per_filter_configs(self, configs: Mapping[str, Any], path: str) -> dict[str, object]:
+        out: dict[str, object] = {}
+        issues: list[ConfigIssue] = []
+        for name, any_msg in configs.items():
+            p = f"{path}[{name}]"
+            try:
+                out[name] = self._route_config(name, any_msg, p)
+            except ConfigError as exc:
+                issues.extend(exc.errors)
+        if issues:
+            raise ConfigError(issues)
+        return out
+
+    def _route_config(self, name: str, any_msg: Any, path: str) -> object:
+        factory = self._plugins.lookup(HttpFilterFactory, name, None,  # type: ignore[type-abstract]
+                                       path)
+        cfg, value_path = unpack_any(any_msg, path)
+        url = strip_type_url(cfg.type_url) if isinstance(cfg, PluginTypedConfig) \
+            else cfg.DESCRIPTOR.full_name
+        accepted = {strip_type_url(u) for u in factory.route_type_urls}
+        if not accepted:
+            raise ConfigError([ConfigIssue(path, f"The filter {name} doesn't support virtual "
+                                                 "host or route specific configurations")])
+        if url not in accepted:
+            raise ConfigError([ConfigIssue(path, f"the per-route config of {name} must be one "
+                                                 f"of {', '.join(sorted(accepted))}, not {url}")])
+        if isinstance(cfg, PluginTypedConfig):
+            cfg = self._parse_plugin_config(cfg, value_path)
+        ctx = self.with_path(value_path)
+        return ctx.run_factory(factory, lambda: factory.create_route_config(cfg, ctx))
 
     def run_factory(self, factory: object, create: Callable[[], T]) -> T:
         try:

@@ -125,6 +125,10 @@ class RouteInfo(Protocol):
     def cluster_name(self) -> str | None: ...
     @property
     def virtual_host_name(self) -> str: ...
+    def per_filter_config(self, name: str) -> object | None:
+        """The most specific ``typed_per_filter_config`` for the filter configured as ``name``
+        (route, else virtual host, else route config), as its factory's
+        ``create_route_config`` made it; None when none is set."""
 
 
 class _Callbacks(Protocol):

@@ -110,6 +110,8 @@ class HttpFilterDriver:
     """
 
     def __init__(self, factory: HttpFilterFactory, config: Any = None, *,
+                 route_config: Any = None, route_name: str = "route",
+                 cluster: str | None = "cluster",
                  context: FactoryContext | None = None,
                  loop: asyncio.AbstractEventLoop | None = None,
                  remote_address: str = "127.0.0.1:40000",
@@ -130,8 +132,15 @@ class HttpFilterDriver:
         self.response = Message()
         self.local_reply: LocalReply | None = None
         self.was_reset = False
-        self.cluster_name: str | None = None
-        self.route_info: RouteInfo | None = None
+        self.cluster_name: str | None = cluster
+        per_filter = {}
+        if route_config is not None:
+            parsed = _parse_config(factory, route_config, self.context, route=True)
+            per_filter[factory.name] = self.context.run_factory(
+                factory, lambda: factory.create_route_config(parsed, self.context))
+        #: What ``callbacks.route()`` answers; ``route_config`` is the per-route config of this
+        #: filter (what a route's ``typed_per_filter_config`` would hold under its name).
+        self.route_info: RouteInfo | None = DriverRoute(route_name, cluster, "vhost", per_filter)
         self.route_cache_cleared = 0
         self.buffer_limit = 1024 * 1024
         self.watermark_callbacks: list[DownstreamWatermarkCallbacks] = []
@@ -383,18 +392,35 @@ async def _settle(result: Any) -> Any:
     return result
 
 
-def _parse_config(factory: HttpFilterFactory, config: Any, context: FactoryContext) -> Any:
+@dataclass
+class DriverRoute:
+    """The route a driven stream is on (``callbacks.route()``)."""
+
+    name: str
+    cluster_name: str | None
+    virtual_host_name: str
+    per_filter: dict[str, object] = field(default_factory=dict)
+
+    def per_filter_config(self, name: str) -> object | None:
+        return self.per_filter.get(name)
+
+
+def _parse_config(factory: HttpFilterFactory, config: Any, context: FactoryContext,
+                  route: bool = False) -> Any:
+    urls = factory.route_type_urls if route else factory.type_urls
     if config is None or not isinstance(config, Mapping):
-        if config is None:
+        if config is None and not route:
             from envoi.factory_context import default_config
 
             return default_config(factory)
         return config
-    if not factory.type_urls:
+    if not urls:
+        if route:
+            raise ValueError(f"{factory.name} has no per-route config (route_type_urls)")
         return config
     from envoi.testing.context import installed_plugins
 
-    type_url = factory.type_urls[0].rsplit("/", 1)[-1]
+    type_url = urls[0].rsplit("/", 1)[-1]
     schema = installed_plugins().schemas.get(type_url)
     if schema is not None:
         from envoi.config import ConfigError, ConfigIssue

@@ -86,6 +86,8 @@ class VirtualHost:
     vcluster_other: RequestStats | None = None
     include_request_attempt_count: bool = False  # router/retry_headers.py
     include_attempt_count_in_response: bool = False
+    #: typed_per_filter_config of the virtual host, over the route config's (merged once).
+    per_filter: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -117,6 +119,7 @@ class Route:
     plain_prefix: bytes | None = None  # the match is this case-sensitive prefix and nothing else
     hash_policy: HashPolicy | None = None  # RING_HASH/MAGLEV request hash (router/hash_policy.py)
     priority: str = "DEFAULT"  # routing priority: which circuit breakers apply (DEFAULT, HIGH)
+    per_filter: dict[str, object] = field(default_factory=dict)  # typed_per_filter_config
 
     def __post_init__(self) -> None:
         if isinstance(self.match, _PlainPrefix):
@@ -129,6 +132,10 @@ class Route:
     @property
     def virtual_host_name(self) -> str:
         return self.vhost.name
+
+    def per_filter_config(self, name: str) -> object | None:
+        found = self.per_filter.get(name)
+        return found if found is not None else self.vhost.per_filter.get(name)
 
     def pick_cluster(self, h: HeaderMap) -> str | None:
         if self.cluster is not None:
@@ -400,6 +407,9 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
                                              path + ".response_headers_to_add", ctx))
     if r.stat_prefix:
         rt.stats = RequestStats(ctx.stats.root.scope(f"vhost.{vh.name}.route.{r.stat_prefix}"))
+    if r.typed_per_filter_config:
+        rt.per_filter = ctx.per_filter_configs(r.typed_per_filter_config,
+                                               path + ".typed_per_filter_config")
     action = r.WhichOneof("action")
     if action == "route":
         a = r.route
@@ -475,6 +485,18 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
     return rt
 
 
+def _per_filter(msg: Any, path: str, ctx: FactoryContext,
+                issues: list[ConfigIssue]) -> dict[str, object]:
+    if not msg.typed_per_filter_config:
+        return {}
+    try:
+        return ctx.per_filter_configs(msg.typed_per_filter_config,
+                                      path + ".typed_per_filter_config")
+    except ConfigError as exc:
+        issues.extend(exc.errors)
+        return {}
+
+
 def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
     issues: list[ConfigIssue] = []
     exact: dict[bytes, VirtualHost] = {}
@@ -482,6 +504,7 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
     prefixes: list[tuple[bytes, VirtualHost]] = []
     default = None
     root = ctx.stats.root
+    top_per_filter = _per_filter(rc, path, ctx, issues)
     for i, v in enumerate(rc.virtual_hosts):
         vpath = f"{path}.virtual_hosts[{i}]"
         vh = VirtualHost(
@@ -494,6 +517,7 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
             retry_policy=_retry_policy(v.retry_policy) if v.HasField("retry_policy") else None,
             include_request_attempt_count=v.include_request_attempt_count,
             include_attempt_count_in_response=v.include_attempt_count_in_response,
+            per_filter={**top_per_filter, **_per_filter(v, vpath, ctx, issues)},
         )
         if v.virtual_clusters:
             vcs = []
