@@ -1,0 +1,1 @@
+"""envoi's benchmark suite (``python -m bench``); see bench/README.md."""

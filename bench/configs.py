@@ -1,0 +1,136 @@
+"""The configs of a benchmark run. Envoy and envoi get the very same rendered YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: What the backend answers on ``GET /``: exactly 100 bytes.
+SMALL_BODY = (b"envoi benchmark backend: a fixed body of exactly one hundred bytes, "
+              b"padded to length...............\n")
+assert len(SMALL_BODY) == 100
+LARGE_SIZE = 64 * 1024
+HCM_TYPE = ("envoy.extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager")
+
+
+def _admin(admin: int) -> str:
+    return f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+"""
+
+
+def _cluster(name: str, port: int, extra: str = "") -> str:
+    return f"""  - name: {name}
+    type: STATIC
+    connect_timeout: 5s
+    lb_policy: ROUND_ROBIN
+{extra}    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"""
+
+
+def http_proxy(admin: int, listen: int, backend: int) -> str:
+    """One listener with the http_connection_manager (HTTP/1.1 and h2c: codec_type AUTO) and the
+    router to one STATIC cluster, everything else at its default."""
+    return _admin(admin) + f"""static_resources:
+  listeners:
+  - name: ingress
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/{HCM_TYPE}
+          stat_prefix: ingress_http
+          codec_type: AUTO
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: backend}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+""" + _cluster("backend", backend)
+
+
+def tcp_proxy(admin: int, listen: int, backend: int) -> str:
+    return _admin(admin) + f"""static_resources:
+  listeners:
+  - name: tcp_in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: bench
+          cluster: backend
+  clusters:
+""" + _cluster("backend", backend)
+
+
+def mongo_proxy(admin: int, listen: int, backend: int) -> str:
+    """mongo_proxy (decoding every message, per-command stats) in front of tcp_proxy."""
+    return _admin(admin) + f"""static_resources:
+  listeners:
+  - name: mongo_in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.mongo_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy
+          stat_prefix: bench
+          commands: [insert, find, getMore, update, delete]
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: bench_tcp
+          cluster: backend
+  clusters:
+""" + _cluster("backend", backend)
+
+
+def nginx_backend(tmp: Path, port: int, h2_port: int) -> str:
+    """The origin for the HTTP scenarios: one nginx worker; ``GET /`` answers SMALL_BODY,
+    ``GET /64k`` a 64 KiB file; ``h2_port`` speaks h2c with prior knowledge."""
+    www = tmp / "www"
+    www.mkdir(exist_ok=True)
+    (www / "64k.bin").write_bytes(bytes(range(256)) * (LARGE_SIZE // 256))
+    for path in (tmp, www, www / "64k.bin"):  # nginx's worker may run as another user
+        path.chmod(0o755)
+    body = SMALL_BODY.decode().rstrip("\n").replace('"', '\\"')
+    temp = "\n".join(f"    {kind}_temp_path {tmp}/nginx-{kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+{temp}
+    sendfile on;
+    tcp_nodelay on;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{h2_port} http2 backlog=4096;
+        http2_max_concurrent_streams 1024;
+        root {www};
+        location = / {{ default_type text/plain; return 200 "{body}\\n"; }}
+        location = /64k {{ try_files /64k.bin =404; }}
+    }}
+}}
+"""

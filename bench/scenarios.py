@@ -1,0 +1,132 @@
+"""The scenarios of the benchmark suite, one entry each.
+
+A scenario names the config Envoy and envoi both get (``config(admin, listen, backend)``), the
+backend it proxies to, a check that a proxy answers correctly, and the load that measures it.
+Adding one is adding an entry here (plus its load, if it is a new kind). A slot whose protocol
+envoi does not speak yet carries ``pending`` (why) and is listed, not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench import configs
+from bench.load import LoadResult, run_h2load, run_mongo, run_wrk
+from bench.procs import BenchError, http_get
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things run for one ``--concurrency``: with one worker the proxy gets CPU 0 and the
+    load generator and backend the rest; with more, nobody is pinned (same cores for all)."""
+
+    concurrency: int
+    proxy_cpus: set[int] | None
+    load_cpus: set[int] | None
+
+    @property
+    def name(self) -> str:
+        return f"c{self.concurrency}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    seconds: float
+    layout: Layout
+
+
+LoadFn = Callable[[int, RunSpec, int | None], LoadResult]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    #: The backend it needs: "http" (nginx, HTTP/1.1 port), "h2" (nginx's h2c port for the
+    #: direct row; proxies still use HTTP/1.1 upstream), "mongo" (SecantusDB).
+    backend: str
+    config: Callable[[int, int, int], str]
+    load: LoadFn | None
+    verify: Callable[[int], None] | None = None
+    pending: str = ""
+
+
+def _verify_http(path: str, size: int, body: bytes | None = None) -> Callable[[int], None]:
+    def verify(port: int) -> None:
+        status, got = http_get(port, path)
+        if status != 200 or len(got) != size or (body is not None and got != body):
+            raise BenchError(f"GET {path} through the proxy: {status}, {len(got)} bytes")
+    return verify
+
+
+def _verify_mongo(port: int) -> None:
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, object]] = MongoClient(
+        f"mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=10000")
+    try:
+        client.admin.command("ping")
+    finally:
+        client.close()
+
+
+def _wrk(path: str) -> LoadFn:
+    def load(port: int, spec: RunSpec, proxy_pid: int | None) -> LoadResult:
+        c = spec.layout.concurrency
+        return run_wrk(f"http://127.0.0.1:{port}{path}", spec.seconds, threads=min(c, 2),
+                       conns=32 * c, cpus=spec.layout.load_cpus, proxy_pid=proxy_pid)
+    return load
+
+
+def _h2load(path: str) -> LoadFn:
+    def load(port: int, spec: RunSpec, proxy_pid: int | None) -> LoadResult:
+        c = spec.layout.concurrency
+        # More connections than workers, so that every worker gets some.
+        return run_h2load(f"http://127.0.0.1:{port}{path}", spec.seconds, clients=4 * c,
+                          streams=8, cpus=spec.layout.load_cpus, proxy_pid=proxy_pid)
+    return load
+
+
+def _mongo(port: int, spec: RunSpec, proxy_pid: int | None) -> LoadResult:
+    return run_mongo(port, spec.seconds, warmup=min(1.0, spec.seconds / 2),
+                     clients=4 * spec.layout.concurrency, cpus=spec.layout.load_cpus,
+                     proxy_pid=proxy_pid)
+
+
+SMALL = _verify_http("/", len(configs.SMALL_BODY), configs.SMALL_BODY)
+LARGE = _verify_http("/64k", configs.LARGE_SIZE)
+
+SCENARIOS: list[Scenario] = [
+    Scenario("h1-small", "HTTP/1.1 GET, 100-byte response (HCM + router), wrk keep-alive",
+             "http", configs.http_proxy, _wrk("/"), SMALL),
+    Scenario("h1-64k", "HTTP/1.1 GET, 64 KiB response (HCM + router), wrk keep-alive",
+             "http", configs.http_proxy, _wrk("/64k"), LARGE),
+    Scenario("tcp_proxy", "the h1-small load through tcp_proxy (bytes only)",
+             "http", configs.tcp_proxy, _wrk("/"), SMALL),
+    Scenario("mongo", "pymongo insert_one + find_one loop through mongo_proxy + tcp_proxy "
+             "to SecantusDB", "mongo", configs.mongo_proxy, _mongo, _verify_mongo),
+    Scenario("h2-small", "h2c (prior knowledge) GET, 100-byte response, h2load 8 streams per "
+             "connection", "h2", configs.http_proxy, _h2load("/"), SMALL,
+             pending="envoi does not serve HTTP/2 yet (issue 14)"),
+    Scenario("h2-64k", "h2c GET, 64 KiB response, h2load", "h2", configs.http_proxy,
+             _h2load("/64k"), LARGE, pending="envoi does not serve HTTP/2 yet (issue 14)"),
+    Scenario("grpc-unary", "gRPC unary calls (grpcio client and server)", "grpc",
+             configs.http_proxy, None,
+             pending="needs envoi-grpc (issue 15): a gRPC backend and load loop to add here"),
+    Scenario("dynamodb", "boto3 DynamoDB PutItem/GetItem loop through the dynamo filter",
+             "dynamodb", configs.http_proxy, None,
+             pending="needs envoi-dynamodb (issue 18): a DynamoDB backend and boto3 loop to add "
+                     "here"),
+]
+
+
+def by_name(names: list[str] | None) -> list[Scenario]:
+    if not names:
+        return SCENARIOS
+    known = {s.name: s for s in SCENARIOS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(known)}")
+    return [known[n] for n in names]

@@ -1,0 +1,48 @@
+"""The benchmark suite's short mode (``python -m bench --short``) runs every scenario against
+the direct path, Envoy and envoi at --concurrency 1 and 2, and the memory scaling tests, and
+fails if any of them errors or a peer is missing. No figures are asserted: those are compared
+in a full run, as ratios against Envoy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(900)
+def test_short_benchmark_suite_runs_everything(tmp_path: Path) -> None:
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    run = subprocess.run([sys.executable, "-m", "bench", "--short", "--json", str(out_json),
+                          "--markdown", str(out_md)], capture_output=True, text=True,
+                         timeout=880, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    doc = json.loads(out_json.read_text())
+    assert doc["failed"] == []
+    meta = doc["meta"]
+    assert meta["event_loop"] and meta["http1_codec"] and "1.39.3" in meta["envoy"]
+    ran = {(r["scenario"], r["concurrency"], r["peer"]) for r in doc["rows"]}
+    pending = {p["scenario"] for p in doc["pending"]}
+    assert doc["concurrency"] == [1, 2]
+    assert {"h1-small", "h1-64k", "tcp_proxy", "mongo"} <= set(doc["scenarios"]) - pending
+    for name in doc["scenarios"]:
+        if name in pending:
+            continue
+        for c in (1, 2):
+            for peer in ("direct", "envoy", "envoi"):
+                assert (name, c, peer) in ran, (name, c, peer)
+    for r in doc["rows"]:
+        assert not r["error"] and r["errors"] == 0 and r["rps"] > 0, r
+        if r["peer"] != "direct":
+            assert r["cpu_us_per_req"] > 0 and r["rss_bytes"] > 0, r
+    tests = {(m["test"], m["concurrency"], m["peer"]) for m in doc["memory"]}
+    assert {("idle", 1, "envoi"), ("idle", 2, "envoi"), ("upload", 1, "envoi"),
+            ("idle", 1, "envoy"), ("upload", 1, "envoy")} <= tests
+    assert not any(m.get("error") for m in doc["memory"])
+    table = out_md.read_text()
+    assert "| h1-small |" in table and "Envoy" in table
