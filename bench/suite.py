@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-connections", type=int)
     ap.add_argument("--upload-mib", type=int)
     ap.add_argument("--no-memory", action="store_true", help="skip the memory scaling part")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory scaling part")
     ap.add_argument("--include-pending", action="store_true",
                     help="also run the slots marked pending (to try a new protocol)")
     ap.add_argument("--json", type=Path, help="write every measurement here")
@@ -394,10 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         idle_connections=args.idle_connections or base.idle_connections,
         upload_bytes=(args.upload_mib * MIB) if args.upload_mib else base.upload_bytes,
         upload_rate_mib=base.upload_rate_mib, short=base.short)
-    scenarios = by_name([s for s in args.scenarios.split(",") if s])
+    scenarios = [] if args.memory_only else by_name([s for s in args.scenarios.split(",") if s])
     layouts = layouts_for([int(c) for c in args.concurrency.split(",") if c])
-    limit = memory.raise_fd_limit(settings.idle_connections * 3 + 1024)
-    if not args.no_memory and limit < settings.idle_connections * 2 + 1024:
+    # The suite holds the client end of each idle connection and the proxy the other end (plus
+    # its upstream pool): each process needs about one descriptor per connection.
+    limit = memory.raise_fd_limit(settings.idle_connections + 2048)
+    if not args.no_memory and limit < settings.idle_connections + 1024:
         raise SystemExit(f"the open-files limit ({limit}) is too low for "
                          f"{settings.idle_connections} idle connections")
     os.chdir(ROOT)  # python -m bench.<module> in child processes
