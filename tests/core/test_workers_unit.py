@@ -119,3 +119,17 @@ def test_updates_run_both_phases_or_neither() -> None:
 def test_runtime_modify_without_an_admin_layer_is_refused() -> None:
     server: Any = SimpleNamespace(runtime=SimpleNamespace(layers=[]))
     assert apply_here(server, "runtime_modify", {"a": "1"}) == "No admin layer specified"
+
+
+def test_worker_operations_are_registered_once() -> None:
+    from envoi.workers.control import register_worker_op, worker_op
+
+    def op(ctx: Any, msg: dict[str, Any]) -> Any:
+        return msg["x"]
+
+    register_worker_op("test.echo", op)
+    register_worker_op("test.echo", op)
+    assert worker_op("test.echo") is op
+    assert worker_op("stats") is not None and worker_op("update_prepare") is not None
+    with pytest.raises(ValueError, match="registered twice"):
+        register_worker_op("test.echo", lambda ctx, msg: None)

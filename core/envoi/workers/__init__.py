@@ -8,18 +8,14 @@ to all of them or none (:mod:`envoi.workers.updates`). What a worker does is in
 :mod:`envoi.workers.worker`; the frames they exchange in :mod:`envoi.workers.control`.
 """
 
+from envoi.workers.control import OpContext, register_worker_op
 from envoi.workers.pool import WorkerPool, backoff, describe_status
 from envoi.workers.updates import UpdateRejected, WorkerUpdate, apply_here, register_update
-from envoi.workers.worker import (
-    MAIN_ONLY_PREFIXES,
-    WorkerContext,
-    WorkerStats,
-    register_worker_op,
-    serve_control,
-)
+from envoi.workers.worker import MAIN_ONLY_PREFIXES, WorkerContext, WorkerStats, serve_control
 
 __all__ = [
     "MAIN_ONLY_PREFIXES",
+    "OpContext",
     "UpdateRejected",
     "WorkerContext",
     "WorkerPool",

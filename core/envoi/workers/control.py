@@ -11,11 +11,41 @@ from __future__ import annotations
 
 import pickle
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 _LEN = struct.Struct("!I")
 #: A frame larger than this is a broken peer, not a stats report.
 MAX_FRAME = 256 * 1024 * 1024
+
+
+class OpContext(Protocol):
+    """What a worker operation sees (``envoi.workers.worker.WorkerContext``): ``server`` is the
+    worker's :class:`envoi.server.Server` (typed ``Any`` here so that a module registering an
+    operation need not import the server)."""
+
+    server: Any
+    index: int
+    #: Updates prepared and not yet committed or aborted, by transaction id.
+    prepared: dict[int, tuple[str, Any]]
+
+
+WorkerOp = Callable[[OpContext, dict[str, Any]], Any]
+_OPS: dict[str, WorkerOp] = {}
+
+
+def register_worker_op(name: str, op: WorkerOp) -> None:
+    """Make ``op(ctx, msg)`` answer the main process's requests ``{"op": name, ...}`` in every
+    worker; its return value (plain, picklable data) is the reply. Register at import time:
+    workers are forked from the main process, so they have every operation the main one has.
+    The main process sends the request with ``WorkerPool.broadcast`` / ``request``."""
+    if name in _OPS and _OPS[name] is not op:
+        raise ValueError(f"worker operation {name!r} is registered twice")
+    _OPS[name] = op
+
+
+def worker_op(name: str) -> WorkerOp | None:
+    return _OPS.get(name)
 
 
 def encode(msg: Any) -> bytes:

@@ -17,7 +17,7 @@ has committed by then, so it starts with the update too. With one process
 The payload crosses a process boundary (pickled), the prepared state never does. xDS updates
 (a listener or cluster arriving over LDS/CDS) are meant to come through here; state that the
 main process pushes without a vote (host health from the main's health checker) uses
-:func:`envoi.workers.worker.register_worker_op` and ``WorkerPool.broadcast`` instead, after
+:func:`envoi.workers.control.register_worker_op` and ``WorkerPool.broadcast`` instead, after
 changing the main's own copy first so that replacement workers inherit it.
 """
 
@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from envoi.config import ConfigError
-from envoi.workers.worker import WorkerContext, register_worker_op
+from envoi.workers.control import OpContext, register_worker_op
 
-if TYPE_CHECKING:
-    from envoi.server import Server
+#: The worker's or main process's ``envoi.server.Server`` (not imported: a module that
+#: registers an update must not need the server, which imports it in turn).
+Server = Any
 
 
 class UpdateRejected(Exception):
@@ -81,19 +82,19 @@ def apply_here(server: Server, name: str, payload: Any) -> str | None:
 # -- in a worker ------------------------------------------------------------------------------
 
 
-def _op_prepare(ctx: WorkerContext, msg: dict[str, Any]) -> str | None:
+def _op_prepare(ctx: OpContext, msg: dict[str, Any]) -> str | None:
     prepared, error = prepare_here(ctx.server, msg["update"], msg["payload"])
     if error is None:
         ctx.prepared[msg["txn"]] = (msg["update"], prepared)
     return error
 
 
-def _op_commit(ctx: WorkerContext, msg: dict[str, Any]) -> None:
+def _op_commit(ctx: OpContext, msg: dict[str, Any]) -> None:
     name, prepared = ctx.prepared.pop(msg["txn"])
     get_update(name).commit(ctx.server, prepared)
 
 
-def _op_abort(ctx: WorkerContext, msg: dict[str, Any]) -> None:
+def _op_abort(ctx: OpContext, msg: dict[str, Any]) -> None:
     ctx.prepared.pop(msg["txn"], None)
 
 

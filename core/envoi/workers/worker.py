@@ -2,7 +2,8 @@
 
 A worker is forked from the main process (see :mod:`envoi.workers.pool`). It keeps its own
 SO_REUSEPORT socket of each listener, runs its own event loop, and answers the main process on
-its control socket. The operations it answers are a registry (:func:`register_worker_op`) so a
+its control socket. The operations it answers are a registry
+(:func:`envoi.workers.control.register_worker_op`) so a
 feature that pushes state from the main process to every worker (host health, say) adds its own
 operation without touching the control loop.
 """
@@ -18,12 +19,11 @@ import pickle
 import signal
 import socket
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from envoi.stats import Counter, Gauge, Histogram, Store, TextReadout
-from envoi.workers.control import encode
+from envoi.workers.control import OpContext, encode, register_worker_op, worker_op
 
 if TYPE_CHECKING:
     from envoi.server import Server
@@ -101,39 +101,28 @@ class WorkerContext:
     prepared: dict[int, tuple[str, Any]] = field(default_factory=dict)
 
 
-WorkerOp = Callable[[WorkerContext, dict[str, Any]], Any]
-_OPS: dict[str, WorkerOp] = {}
-
-
-def register_worker_op(name: str, op: WorkerOp) -> None:
-    """Make ``op(ctx, msg)`` answer the main process's requests ``{"op": name, ...}``. Its
-    return value (plain, picklable data) is the reply. Register at import time: workers are
-    forked from the main process, so they have every operation the main one has."""
-    if name in _OPS and _OPS[name] is not op:
-        raise ValueError(f"worker operation {name!r} is registered twice")
-    _OPS[name] = op
-
-
-def _op_stats(ctx: WorkerContext, msg: dict[str, Any]) -> Any:
+def _op_stats(ctx: OpContext, msg: dict[str, Any]) -> Any:
+    assert isinstance(ctx, WorkerContext)
     return ctx.stats.report(ctx.server)
 
 
-def _op_reset_counters(ctx: WorkerContext, msg: dict[str, Any]) -> Any:
+def _op_reset_counters(ctx: OpContext, msg: dict[str, Any]) -> Any:
+    assert isinstance(ctx, WorkerContext)
     ctx.stats.reset_counters()
     return None
 
 
-def _op_healthcheck(ctx: WorkerContext, msg: dict[str, Any]) -> Any:
+def _op_healthcheck(ctx: OpContext, msg: dict[str, Any]) -> Any:
     ctx.server.healthcheck_failed = bool(msg["failed"])
     return None
 
 
-def _op_drain_listeners(ctx: WorkerContext, msg: dict[str, Any]) -> Any:
+def _op_drain_listeners(ctx: OpContext, msg: dict[str, Any]) -> Any:
     ctx.server.drain_listeners(msg["graceful"], msg["inbound_only"])
     return None
 
 
-def _op_shutdown(ctx: WorkerContext, msg: dict[str, Any]) -> Any:
+def _op_shutdown(ctx: OpContext, msg: dict[str, Any]) -> Any:
     ctx.server.shutdown()
     return None
 
@@ -155,7 +144,7 @@ async def serve_control(server: Server, sock: socket.socket, stats: WorkerStats)
         while True:
             head = await reader.readexactly(4)
             msg = pickle.loads(await reader.readexactly(int.from_bytes(head, "big")))
-            op = _OPS.get(msg.get("op", ""))
+            op = worker_op(msg.get("op", ""))
             answer: dict[str, Any] = {"id": msg.get("id")}
             if op is None:
                 answer["error"] = f"unknown worker operation {msg.get('op')!r}"
