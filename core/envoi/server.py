@@ -28,7 +28,7 @@ from envoi.network.builder import build_listener
 from envoi.network.listener import ActiveListener
 from envoi.plugins import Plugins
 from envoi.runtime import Runtime
-from envoi.stats import Counter, Gauge, Histogram, StatsGroup, Store
+from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup, Store
 from envoi.upstream.cluster_manager import ClusterManager
 from envoi.upstream.host import health_flags_string
 
@@ -98,7 +98,15 @@ class ServerStats(StatsGroup):
     debug_assertion_failures: Counter
     #: envoi's own: worker processes started again after one died (``--concurrency`` > 1).
     worker_restarts: Counter
+    dropped_stat_flushes: Counter
+    envoy_notifications: Counter
+    wip_protos: Counter
+    seconds_until_first_ocsp_response_expiring: Gauge
     initialization_time_ms: Histogram
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope)
+        scope.gauge("compilation_settings.fips_mode")  # not a FIPS build: 0, as Envoy's
 
 
 class ListenerManagerStats(StatsGroup):
@@ -114,6 +122,7 @@ class ListenerManagerStats(StatsGroup):
     total_listeners_draining: Gauge
     total_filter_chains_draining: Gauge
     workers_started: Gauge
+    workers_pinned: Gauge
 
 
 class WorkerPoolApi(Protocol):

@@ -60,29 +60,97 @@ def parse_target(target: str) -> tuple[str, dict[str, str]]:
     return parts.path or "/", query
 
 
+# Every name Envoy 1.39.3 shows for its admin's HTTP connection manager (``http.admin.*``) and
+# listener (``listener.admin.*``); the ones the admin server never moves stay at 0.
+_HTTP_COUNTERS = (
+    "downstream_cx_delayed_close_timeout", "downstream_cx_destroy",
+    "downstream_cx_destroy_active_rq", "downstream_cx_destroy_local",
+    "downstream_cx_destroy_local_active_rq",
+    "downstream_cx_destroy_remote", "downstream_cx_destroy_remote_active_rq",
+    "downstream_cx_drain_close", "downstream_cx_http1_total", "downstream_cx_http2_total",
+    "downstream_cx_http3_total", "downstream_cx_idle_timeout",
+    "downstream_cx_max_duration_reached", "downstream_cx_max_requests_reached",
+    "downstream_cx_overload_disable_keepalive", "downstream_cx_protocol_error",
+    "downstream_cx_rx_bytes_total", "downstream_cx_ssl_total", "downstream_cx_total",
+    "downstream_cx_tx_bytes_total", "downstream_cx_upgrades_total",
+    "downstream_flow_control_paused_reading_total",
+    "downstream_flow_control_resumed_reading_total", "downstream_rq_1xx", "downstream_rq_2xx",
+    "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_completed",
+    "downstream_rq_failed_path_normalization", "downstream_rq_header_timeout",
+    "downstream_rq_http1_total", "downstream_rq_http2_total", "downstream_rq_http3_total",
+    "downstream_rq_idle_timeout", "downstream_rq_max_duration_reached",
+    "downstream_rq_non_relative_path", "downstream_rq_overload_close",
+    "downstream_rq_redirected_with_normalized_path", "downstream_rq_rejected_via_ip_detection",
+    "downstream_rq_response_before_rq_complete", "downstream_rq_rx_reset",
+    "downstream_rq_timeout", "downstream_rq_too_large", "downstream_rq_too_many_premature_resets",
+    "downstream_rq_total", "downstream_rq_tx_reset", "downstream_rq_ws_on_non_ws_route",
+    "rs_too_large",
+)
+_HTTP_GAUGES = (
+    "downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http1_soft_drain",
+    "downstream_cx_http2_active", "downstream_cx_http3_active", "downstream_cx_rx_bytes_buffered",
+    "downstream_cx_ssl_active", "downstream_cx_tx_bytes_buffered", "downstream_cx_upgrades_active",
+    "downstream_rq_active",
+)
+_LISTENER_COUNTERS = (
+    "downstream_cx_destroy", "downstream_cx_overflow", "downstream_cx_overload_reject",
+    "downstream_cx_total", "downstream_cx_transport_socket_connect_timeout",
+    "downstream_global_cx_overflow", "downstream_listener_filter_error",
+    "downstream_listener_filter_remote_close", "downstream_pre_cx_timeout",
+    "no_filter_chain_match", "http.admin.downstream_rq_1xx", "http.admin.downstream_rq_2xx",
+    "http.admin.downstream_rq_3xx", "http.admin.downstream_rq_4xx", "http.admin.downstream_rq_5xx",
+    "http.admin.downstream_rq_completed", "main_thread.downstream_cx_total",
+)
+_LISTENER_GAUGES = ("downstream_cx_active", "downstream_pre_cx_active",
+                    "main_thread.downstream_cx_active")
+
+
 class AdminHttpStats:
-    """``http.admin.*`` and ``listener.admin.*``, as Envoy counts its own admin traffic."""
+    """``http.admin.*`` and ``listener.admin.*``, as Envoy counts its own admin traffic (the
+    admin runs on Envoy's main thread: ``listener.admin.main_thread.*``)."""
 
     def __init__(self, http: Scope, listener: Scope) -> None:
-        self.cx_total = http.counter("downstream_cx_total")
-        self.cx_active = http.gauge("downstream_cx_active")
-        self.cx_http1_total = http.counter("downstream_cx_http1_total")
-        self.cx_destroy = http.counter("downstream_cx_destroy")
-        self.rq_total = http.counter("downstream_rq_total")
-        self.rq_http1_total = http.counter("downstream_rq_http1_total")
-        self.rq_active = http.gauge("downstream_rq_active")
-        self.rq_completed = http.counter("downstream_rq_completed")
-        self.rq_class = {c: http.counter(f"downstream_rq_{c}xx") for c in range(1, 6)}
+        c = {n: http.counter(n) for n in _HTTP_COUNTERS}
+        g = {n: http.gauge(n) for n in _HTTP_GAUGES}
+        lc = {n: listener.counter(n) for n in _LISTENER_COUNTERS}
+        lg = {n: listener.gauge(n) for n in _LISTENER_GAUGES}
+        self.rq_total = c["downstream_rq_total"]
+        self.rq_http1_total = c["downstream_rq_http1_total"]
+        self.rq_active = g["downstream_rq_active"]
         self.rq_time = http.histogram("downstream_rq_time")
-        self.listener_cx_total = listener.counter("downstream_cx_total")
-        self.listener_cx_active = listener.gauge("downstream_cx_active")
-        self.listener_cx_destroy = listener.counter("downstream_cx_destroy")
+        self.rx_bytes = c["downstream_cx_rx_bytes_total"]
+        self.tx_bytes = c["downstream_cx_tx_bytes_total"]
+        self.protocol_error = c["downstream_cx_protocol_error"]
+        self.on_open = (c["downstream_cx_total"], c["downstream_cx_http1_total"],
+                        lc["downstream_cx_total"], lc["main_thread.downstream_cx_total"])
+        self.open_gauges = (g["downstream_cx_active"], g["downstream_cx_http1_active"],
+                            lg["downstream_cx_active"], lg["main_thread.downstream_cx_active"])
+        self.cx_destroy = (c["downstream_cx_destroy"], lc["downstream_cx_destroy"])
+        self.destroy_local = c["downstream_cx_destroy_local"]
+        self.destroy_remote = c["downstream_cx_destroy_remote"]
+        self.rq_completed = (c["downstream_rq_completed"],
+                             lc["http.admin.downstream_rq_completed"])
+        self.rq_class = {k: (c[f"downstream_rq_{k}xx"], lc[f"http.admin.downstream_rq_{k}xx"])
+                         for k in range(1, 6)}
+
+    def opened(self) -> None:
+        for counter in self.on_open:
+            counter.inc()
+        for gauge in self.open_gauges:
+            gauge.inc()
+
+    def closed(self, local: bool) -> None:
+        for gauge in self.open_gauges:
+            gauge.dec()
+        for counter in self.cx_destroy:
+            counter.inc()
+        (self.destroy_local if local else self.destroy_remote).inc()
 
     def response_sent(self, status: int) -> None:
-        self.rq_completed.inc()
-        klass = status // 100
-        if klass in self.rq_class:
-            self.rq_class[klass].inc()
+        for counter in self.rq_completed:
+            counter.inc()
+        for counter in self.rq_class.get(status // 100, ()):
+            counter.inc()
 
 
 class AdminHttpProtocol(asyncio.Protocol):
@@ -93,6 +161,7 @@ class AdminHttpProtocol(asyncio.Protocol):
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
         self._request: Request | None = None
+        self._closing = self._peer_eof = False  # who ended the connection (the stats)
         self._body: list[bytes] = []
         self._body_size = 0
         self.closed = asyncio.Event()
@@ -104,17 +173,10 @@ class AdminHttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports are not asyncio.Transport subclasses: no isinstance check.
         self._transport = transport  # type: ignore[assignment]
-        for stat in (self._stats.cx_total, self._stats.cx_http1_total,
-                     self._stats.listener_cx_total):
-            stat.inc()
-        self._stats.cx_active.inc()
-        self._stats.listener_cx_active.inc()
+        self._stats.opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stats.cx_active.dec()
-        self._stats.cx_destroy.inc()
-        self._stats.listener_cx_active.dec()
-        self._stats.listener_cx_destroy.inc()
+        self._stats.closed(local=self._closing and not self._peer_eof)
         self._transport = None
         self.closed.set()
         if self.on_closed is not None:
@@ -122,13 +184,16 @@ class AdminHttpProtocol(asyncio.Protocol):
 
     def abort(self) -> None:
         if self._transport is not None:
+            self._closing = True
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self._stats.rx_bytes.inc(len(data))
         self._conn.receive_data(data)
         self._drain_events()
 
     def eof_received(self) -> bool | None:
+        self._peer_eof = True
         self._conn.receive_data(b"")
         self._drain_events()
         return None
@@ -140,6 +205,7 @@ class AdminHttpProtocol(asyncio.Protocol):
             try:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
+                self._stats.protocol_error.inc()
                 self._fail(exc.error_status_hint, str(exc))
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
@@ -213,6 +279,7 @@ class AdminHttpProtocol(asyncio.Protocol):
             return
         self._stats.response_sent(response.status)
         if self._transport is not None:
+            self._stats.tx_bytes.inc(len(data))
             self._transport.write(data)
         self._next_cycle_or_close()
 
@@ -240,10 +307,12 @@ class AdminHttpProtocol(asyncio.Protocol):
                 data = (data or b"") + (self._conn.send(h11.Data(data=reason.encode() + b"\n"))
                                         or b"")
                 if self._transport is not None:
+                    self._stats.tx_bytes.inc(len(data))
                     self._transport.write(data)
                 self._stats.response_sent(status)
         self._close()
 
     def _close(self) -> None:
         if self._transport is not None:
+            self._closing = True
             self._transport.close()

@@ -82,6 +82,31 @@ class ClusterStats(StatsGroup):
     assignment_timeout_received: Counter
     bind_errors: Counter
     lb_healthy_panic: Counter
+    # Envoy's names for what envoi never does (no subsets, zone routing, HTTP/3, 0-RTT,
+    # internal redirects, ORIGINAL_DST, EDS caching): always 0, kept so dashboards find them.
+    assignment_use_cached: Counter
+    lb_local_cluster_not_ok: Counter
+    lb_recalculate_zone_structures: Counter
+    lb_subsets_created: Counter
+    lb_subsets_fallback: Counter
+    lb_subsets_fallback_panic: Counter
+    lb_subsets_removed: Counter
+    lb_subsets_selected: Counter
+    lb_zone_cluster_too_small: Counter
+    lb_zone_no_capacity_left: Counter
+    lb_zone_routing_all_directly: Counter
+    lb_zone_routing_cross_zone: Counter
+    lb_zone_routing_sampled: Counter
+    original_dst_host_invalid: Counter
+    upstream_cx_connect_with_0_rtt: Counter
+    upstream_cx_http3_total: Counter
+    upstream_http3_broken: Counter
+    upstream_internal_redirect_failed_total: Counter
+    upstream_internal_redirect_succeeded_total: Counter
+    upstream_rq_0rtt: Counter
+    upstream_rq_active_overflow: Counter
+    upstream_rq_rx_reset_no_error: Counter
+    lb_subsets_active: Gauge
     upstream_cx_active: Gauge
     upstream_cx_rx_bytes_buffered: Gauge
     upstream_cx_tx_bytes_buffered: Gauge

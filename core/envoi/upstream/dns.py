@@ -93,7 +93,9 @@ class DnsDiscovery:
             cluster.stats.update_failure.inc()
         else:
             cluster.stats.update_success.inc()
-        return self._hosts(resolved, {})
+        hosts = self._hosts(resolved, {})
+        _note_max_weight(cluster, hosts)
+        return hosts
 
     async def run(self, cluster: Cluster) -> None:
         """Refresh every ``dns_refresh_rate`` for as long as the server runs."""
@@ -118,6 +120,13 @@ class DnsDiscovery:
                 cluster.stats.update_no_rebuild.inc()
                 continue
             cluster.set_hosts(hosts)
+            _note_max_weight(cluster, hosts)
+
+
+def _note_max_weight(cluster: Cluster, hosts: list[Host]) -> None:
+    """Envoy's dynamic host lists (DNS, EDS) set the ``max_host_weight`` gauge; STATIC leaves
+    it at 0."""
+    cluster.stats.max_host_weight.set(max((h.weight for h in hosts), default=0))
 
 
 class _DnsClusterFactory(ClusterTypeFactory):

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 
 from envoi import hookimpl
-from envoi.extensions import HttpFilterFactory, NetworkFilterFactory
+from envoi.extensions import HttpFilterFactory, NetworkFilterFactory, ServerContext
 from envoi.stream_info import OperatorFactory
 
 from envoi_http.access_log import OPERATORS
@@ -37,3 +37,12 @@ def envoi_http_filters() -> Sequence[HttpFilterFactory]:
 @hookimpl
 def envoi_access_log_operators() -> Mapping[str, OperatorFactory]:
     return OPERATORS  # %RESPONSE_CODE_DETAILS%, %ROUTE_NAME%, ...
+
+
+@hookimpl
+def envoi_draining(server: ServerContext) -> None:
+    """Envoy's drain close: idle HTTP connections close at once, busy ones after their current
+    response (which says ``connection: close``)."""
+    from envoi_http.hcm.connection_manager import drain_all
+
+    drain_all()

@@ -51,6 +51,7 @@ class HcmConfig:
     enable_trailers: bool = False
     preserve_external_request_id: bool = False
     drain_timeout: float = 5.0
+    delayed_close_timeout: float = 1.0
     upgrade_map: dict[bytes, bool] = field(default_factory=dict)
     underscores_action: int = 0  # hcm/xff.py: ALLOW, REJECT_REQUEST, DROP_HEADER
     http1_stats: Any = None
@@ -207,6 +208,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             enable_trailers=hpo.enable_trailers,
             preserve_external_request_id=config.preserve_external_request_id,
             drain_timeout=_dur(config, "drain_timeout", 5.0),
+            delayed_close_timeout=_dur(config, "delayed_close_timeout", 1.0),
             upgrade_map=upgrade_map(config.upgrade_configs),
             underscores_action=common.headers_with_underscores_action,
             http1_stats=http1_stats,

@@ -11,6 +11,7 @@ import binascii
 import logging
 import os
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from envoi.http.headers import HeaderMap
@@ -83,6 +84,16 @@ def _request_id() -> bytes:
 os.register_at_fork(after_in_child=_request_ids.clear)  # a child must not reuse the parent's
 
 
+# This process's open HTTP connections, for the server's drain (plugin.envoi_draining).
+_LIVE: weakref.WeakSet[ConnectionManager] = weakref.WeakSet()
+
+
+def drain_all() -> None:
+    """Start the drain of every open HTTP connection of this process."""
+    for hcm in list(_LIVE):
+        hcm.drain()
+
+
 def http_date() -> bytes:
     now = int(time.time())
     if _date_cache[0] != now:
@@ -105,6 +116,18 @@ class ConnectionManager(ReadFilter):
         self.stream: ActiveStream | None = None
         self.first = True
         self.closing = False
+        # Envoy's accounting of how a connection ended: the peer's FIN makes the close remote
+        # (the HCM has no half-close); bytes of a request head not yet complete make a request
+        # that the close resets; a reply to a protocol error closes after the peer does or
+        # after delayed_close_timeout (Envoy's FlushWriteAndDelay).
+        self.peer_eof = False
+        self.head_pending = False
+        self.http1_counted = False
+        self.delay_close = False
+        self.reset_on_close = False
+        # Draining (idle timeout after a request, or the server shutting down): the next
+        # response says ``connection: close`` and the connection closes after it.
+        self.drain_close = False
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.headers_timer: asyncio.TimerHandle | None = None
@@ -121,6 +144,7 @@ class ConnectionManager(ReadFilter):
         self.deadline_router: Any = None
         self.deadline = 0.0
         self.deadline_timer: asyncio.TimerHandle | None = None
+        self.delay_timer: asyncio.TimerHandle | None = None
         self.deadline_when = 0.0
         rc = config.express_router
         self.plain = False  # the last request had no header _mutate_request had to look at
@@ -136,15 +160,14 @@ class ConnectionManager(ReadFilter):
         cfg = self.config
         st = self.stats
         st.downstream_cx_total.value += 1
-        st.downstream_cx_http1_total.value += 1
         st.downstream_cx_active.inc()
-        st.downstream_cx_http1_active.inc()
         listener = getattr(conn, "listener", None)
         self.buffer_limit = getattr(listener, "buffer_limit", self.buffer_limit)
         self.listener_stats = cfg.listener_stats_for(listener)
         self.remote_ip = conn.stream_info.downstream_remote_address.rsplit(":", 1)[0].strip(
             "[]").encode()
         conn.add_connection_callbacks(self.on_event)
+        _LIVE.add(self)
         conn.add_watermark_callbacks(self.on_high_watermark, self.on_low_watermark)
         self.debug = log.isEnabledFor(logging.DEBUG)  # asked once: free when debug is off
         self.last_activity = time.monotonic()
@@ -161,6 +184,11 @@ class ConnectionManager(ReadFilter):
             self.uncork()
 
     def _on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        if end_stream:
+            self.peer_eof = True
+            if self.delay_close:  # the peer closed first: done waiting
+                self._close(ConnectionCloseType.FLUSH_WRITE)
+                return STOP
         if data:
             self.stats.downstream_cx_rx_bytes_total.value += len(data)
             self.last_activity = time.monotonic()
@@ -170,16 +198,52 @@ class ConnectionManager(ReadFilter):
                         data[:3] == b"PRI":
                     self._refuse_h2()
                     return STOP
+                # Envoy's AUTO codec counts the protocol once the first bytes show it.
+                st = self.stats
+                st.downstream_cx_http1_total.value += 1
+                st.downstream_cx_http1_active.inc()
+                self.http1_counted = True
             if self.config.request_headers_timeout and self.stream is None and \
                     self.headers_timer is None and not self._express_busy():
                 self.headers_timer = self.loop.call_later(
                     self.config.request_headers_timeout, self._on_headers_timeout)
             if self.closing:
                 return STOP
+            if self.stream is None and not self.head_pending and data.strip(b"\r\n") and \
+                    not self._express_busy():
+                self.head_pending = True  # cleared when the head is complete (_new_stream)
             self.dispatch(self.codec.receive(data))
         if end_stream and not self.closing:
             self.dispatch(self.codec.receive(b""))
         return STOP
+
+    def drain(self) -> None:
+        """The server is draining (Envoy's drain close): an idle connection closes now, a busy
+        one answers its current request with ``connection: close`` and then closes."""
+        if self.closing or self.conn.closed:
+            return
+        self.drain_close = True
+        if self.stream is None and not self._express_busy() and not self.head_pending:
+            self.stats.downstream_cx_drain_close.value += 1
+            self.closing = True
+            self._close(ConnectionCloseType.FLUSH_WRITE)
+
+    def _drain_timeout(self) -> None:
+        self.timer = None
+        if self.conn.closed or self.closing:
+            return
+        if self.stream is None and not self._express_busy():
+            self.closing = True
+            self._close(ConnectionCloseType.FLUSH_WRITE)
+        else:
+            self._arm_timer()  # the request in the drain window keeps its timeouts
+
+    def _on_delayed_close_timeout(self) -> None:
+        self.delay_timer = None
+        if not self.conn.closed:
+            self.stats.downstream_cx_delayed_close_timeout.value += 1
+            self.reset_on_close = False
+            self._close(ConnectionCloseType.FLUSH_WRITE)
 
     def _refuse_h2(self) -> None:
         self.stats.downstream_cx_protocol_error.value += 1
@@ -232,6 +296,7 @@ class ConnectionManager(ReadFilter):
     # -- requests ----------------------------------------------------------------------------
 
     def _new_stream(self, e: ev.RequestHeaders) -> None:
+        self.head_pending = False
         if self.headers_timer is not None:
             self.headers_timer.cancel()
             self.headers_timer = None
@@ -385,6 +450,8 @@ class ConnectionManager(ReadFilter):
     def _protocol_error(self, e: ev.ProtocolError) -> None:
         st = self.stats
         st.downstream_cx_protocol_error.value += 1
+        self.head_pending = False
+        self.delay_close = True
         s = self.stream
         if s is not None and s.response_started:
             self.closing = True
@@ -416,7 +483,8 @@ class ConnectionManager(ReadFilter):
         raw = [kv for kv in headers.headers if kv[0] not in drop]
         raw.append((b"date", http_date()))
         raw.append((b"server", self.config.server_name))
-        if (self.closing or self.conn.closed or not s.request_complete) and not switching:
+        if (self.closing or self.drain_close or self.conn.closed or not s.request_complete) \
+                and not switching:
             raw.append((b"connection", b"close"))
         if self.debug:
             stream_debug(log, self.conn.id, s.stream_id, "encoding headers via codec "
@@ -494,8 +562,20 @@ class ConnectionManager(ReadFilter):
         """A response is complete: close, or serve the next request. ``now``: the caller's
         monotonic clock reading, if it just took one."""
         self.last_activity = now or time.monotonic()
-        if self.closing or not self.codec.keep_alive or not request_complete:
+        if self.closing or self.drain_close or not self.codec.keep_alive or \
+                not request_complete:
+            if self.drain_close and not self.closing:
+                self.stats.downstream_cx_drain_close.value += 1
             self.closing = True
+            if self.delay_close and not self.peer_eof:
+                # Envoy's FlushWriteAndDelay after a protocol error: the reply is flushed and
+                # the peer gets delayed_close_timeout to close first (so the unread rest of its
+                # request does not turn our close into a reset that loses the reply).
+                self.reset_on_close = not request_complete
+                self._flush()
+                self.delay_timer = self.loop.call_later(self.config.delayed_close_timeout,
+                                                        self._on_delayed_close_timeout)
+                return
             self._close(ConnectionCloseType.FLUSH_WRITE)
             return
         events = self.codec.start_next_cycle()
@@ -543,27 +623,38 @@ class ConnectionManager(ReadFilter):
         if event is ConnectionEvent.CONNECTED:
             return
         self._promote_express("connection event")
+        _LIVE.discard(self)
         st = self.stats
         st.downstream_cx_destroy.value += 1
-        remote = event is ConnectionEvent.REMOTE_CLOSE
+        remote = event is ConnectionEvent.REMOTE_CLOSE or self.peer_eof
         if remote:
             st.downstream_cx_destroy_remote.value += 1
         else:
             st.downstream_cx_destroy_local.value += 1
         s = self.stream
-        if s is not None and not s.destroyed:
+        active = s is not None and not s.destroyed
+        if active or (self.head_pending and s is None):
             st.downstream_cx_destroy_active_rq.value += 1
             if remote:
                 st.downstream_cx_destroy_remote_active_rq.value += 1
             else:
                 st.downstream_cx_destroy_local_active_rq.value += 1
-            self.reset_stream(s, local=False)
+        if active:
+            self.reset_stream(s, local=False)  # type: ignore[arg-type]
+        elif self.head_pending and s is None:
+            # Envoy's stream began with the first byte of its head: the close resets it.
+            st.downstream_rq_total.value += 1
+            st.downstream_rq_http1_total.value += 1
+            st.downstream_rq_rx_reset.value += 1
+        elif self.reset_on_close and remote:
+            st.downstream_rq_rx_reset.value += 1  # answered before its request was complete
         st.downstream_cx_active.dec()
-        st.downstream_cx_http1_active.dec()
+        if self.http1_counted:
+            st.downstream_cx_http1_active.dec()
         st.downstream_cx_length_ms.record(
             (time.monotonic() - self.conn.stream_info.start_monotonic) * 1000)
         self.deadline_router = None
-        for handle in (self.timer, self.headers_timer, self.deadline_timer):
+        for handle in (self.timer, self.headers_timer, self.deadline_timer, self.delay_timer):
             if handle is not None:
                 handle.cancel()
 
@@ -625,14 +716,14 @@ class ConnectionManager(ReadFilter):
             left = self.last_activity + cfg.idle_timeout - now
             if left <= 0:
                 self.stats.downstream_cx_idle_timeout.value += 1
-                self.closing = True
                 if self.first or not cfg.drain_timeout:
+                    self.closing = True
                     self.conn.close(ConnectionCloseType.FLUSH_WRITE)
                 else:
                     # Envoy drains an HTTP/1 connection that has seen a request: a request in
                     # the drain window is answered with connection: close, then it closes.
-                    self.timer = asyncio.get_running_loop().call_later(
-                        cfg.drain_timeout, self.conn.close, ConnectionCloseType.FLUSH_WRITE)
+                    self.drain_close = True
+                    self.timer = self.loop.call_later(cfg.drain_timeout, self._drain_timeout)
                 return
             nxt.append(left)
         if cfg.tick is not None:

@@ -311,7 +311,7 @@ class Express:
         hcm = self.hcm
         raw.append((b"date", hcm.date()))
         raw.append((b"server", self.server_name))
-        if hcm.closing or hcm.conn.closed:
+        if hcm.closing or hcm.drain_close or hcm.conn.closed:
             raw.append((b"connection", b"close"))
         return raw
 

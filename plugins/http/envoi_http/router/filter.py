@@ -164,8 +164,7 @@ class Router(StreamDecoderFilter):
         assert table is not None
         if route.kind != "cluster":
             hstats.rq_direct_response.value += 1
-            if route.kind == "redirect":
-                hstats.rq_redirect.value += 1
+            if route.kind == "redirect":  # (rq_redirect counts internal redirects only)
                 self._redirect(route, headers)
             else:
                 self._direct(route)
@@ -577,7 +576,10 @@ class Router(StreamDecoderFilter):
             up = self.upstream
             self.upstream = None
             if up is not None:
-                up.abort()  # the rest of this response is not wanted
+                if e.end_stream:
+                    up.release()  # a complete answer: the connection is reusable, as in Envoy
+                else:
+                    up.abort()  # the rest of this response is not wanted
             return
         if self.attempts > 1 and not self.retry_exhausted:
             cluster.stats.upstream_rq_retry_success.value += 1

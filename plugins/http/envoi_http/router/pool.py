@@ -27,6 +27,10 @@ class PoolCallbacks(Protocol):
     def on_upstream_below_low_watermark(self) -> None: ...
 
 
+_CODEC_STATS = ("http1.dropped_headers_with_underscores", "http1.metadata_not_supported_error",
+                "http1.requests_rejected_with_underscores_in_headers", "http1.response_flood")
+
+
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: Http1Pool) -> None:
         self.pool = pool
@@ -197,6 +201,9 @@ class Http1Pool:
 
     async def _connect(self) -> None:
         st = self.cluster.stats
+        scope = st.scope
+        for name in _CODEC_STATS:  # the HTTP/1 client codec's stats, made with the first one
+            scope.counter(name)
         st.upstream_cx_http1_total.value += 1  # Envoy counts the attempt, as upstream_cx_total
         try:
             _, conn = await self.cluster.connect(self.host, lambda: UpstreamConnection(self),

@@ -12,13 +12,20 @@ from envoi.stats import Counter, Histogram, Scope, StatsGroup
 class CodeStats:
     """``<prefix>upstream_rq_<code>``, ``_<class>xx`` and ``_completed``, made on first use."""
 
-    __slots__ = ("_by_code", "completed", "prefix", "scope")
+    __slots__ = ("_by_code", "_completed", "prefix", "scope")
 
     def __init__(self, scope: Scope, prefix: str = "") -> None:
         self.scope = scope
         self.prefix = prefix
         self._by_code: dict[int, tuple[Counter, Counter]] = {}
-        self.completed = scope.counter(prefix + "upstream_rq_completed")
+        self._completed: Counter | None = None  # made with the first code, as Envoy does
+
+    @property
+    def completed(self) -> Counter:
+        c = self._completed
+        if c is None:
+            c = self._completed = self.scope.counter(self.prefix + "upstream_rq_completed")
+        return c
 
     def record(self, code: int) -> None:
         pair = self._by_code.get(code)
