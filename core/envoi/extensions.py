@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from envoi.context import ClusterManager, FactoryContext, LocalInfo, Runtime, ServerContext
 from envoi.http.filter import HttpFilterFactoryCb
 from envoi.network.filter import NetworkFilterFactoryCb
+from envoi.network.listener_filter import ListenerFilterFactoryCb
 from envoi.stream_info import AccessLogger
 
 if TYPE_CHECKING:
@@ -130,13 +131,17 @@ class HttpFilterFactory(ExtensionFactory):
 
 
 class ListenerFilterFactory(ExtensionFactory):
-    """Not used yet: ``listener_filters`` are a config error until envoi runs them."""
+    """``envoy.filters.listener.*`` (``tls_inspector``, ``http_inspector``): filters that look
+    at an accepted socket's first bytes before its filter chain is chosen. The contract is
+    :mod:`envoi.network.listener_filter`."""
 
     category = "envoy.filters.listener"
 
     @abc.abstractmethod
     def create_filter_factory(self, config: Any,
-                              context: FactoryContext) -> Callable[[Any], None]: ...
+                              context: FactoryContext) -> ListenerFilterFactoryCb:
+        """Validate ``config`` once; return a callable that makes a fresh
+        :class:`~envoi.network.listener_filter.ListenerFilter` per accepted socket."""
 
 
 class AccessLoggerFactory(ExtensionFactory):

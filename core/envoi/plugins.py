@@ -50,6 +50,8 @@ BUILTIN_PLUGINS = {
     "builtin.tcp_proxy": "envoi.filters.tcp_proxy",
     "builtin.upstream": "envoi.upstream.builtin",
     "builtin.access_log": "envoi.access_log",
+    "builtin.tls_inspector": "envoi.filters.tls_inspector",
+    "builtin.http_inspector": "envoi.filters.http_inspector",
 }
 
 #: Names we know but which live in a plugin distribution: said in the error when it is missing.

@@ -332,7 +332,29 @@ class Server:
             self.admin_address = (sa.address, sa.port_value)
         if issues:
             raise ConfigError(issues)
+        self._update_cert_expiry()
         self.plugins.pm.hook.envoi_configured(server=self.view)
+
+    @property
+    def tls_contexts(self) -> list[Any]:
+        """Every TLS context of the config: the clusters', then the listeners' chains'."""
+        out = [c.tls for c in self.cluster_manager.clusters.values() if c.tls is not None]
+        for lst in self.listeners:
+            out += [ch.tls for ch in lst.all_chains if ch.tls is not None]
+        return out
+
+    def _update_cert_expiry(self) -> None:
+        """``server.days_until_first_cert_expiring``: the fewest days any certificate in the
+        config (a chain or a trusted CA) has left; the largest uint32 without TLS."""
+        contexts = self.tls_contexts
+        if not contexts:
+            return
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        days = min(c.days_until_expiration(now) for ctx in contexts
+                   for c in (*ctx.cert_chain, *ctx.ca_certs))
+        self.server_stats.days_until_first_cert_expiring.set(days)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -576,6 +598,13 @@ class Server:
                                                   *det.local_success_rate_nums),
             ))
         return out
+
+    def certs_info(self) -> list[Any]:
+        """Every TLS context's certificates, in config order (``/certs``)."""
+        from envoi.admin.api import CertificateInfo
+
+        return [CertificateInfo(cert_chain=list(ctx.cert_chain), ca_certs=list(ctx.ca_certs[:1]))
+                for ctx in self.tls_contexts]
 
     def runtime_json(self) -> str:
         return self.runtime.to_json()

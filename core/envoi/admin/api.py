@@ -81,6 +81,15 @@ class ClusterInfo:
     outlier: tuple[float, float, float, float] | None = None
 
 
+@dataclass(frozen=True)
+class CertificateInfo:
+    """One TLS context as ``/certs`` shows it: its certificate chain(s) and its trusted CA.
+    The entries are ``envoi.tls.certs.CertInfo`` objects."""
+
+    cert_chain: list[Any] = field(default_factory=list)
+    ca_certs: list[Any] = field(default_factory=list)
+
+
 class AdminServerApi(Protocol):
     """The server as the admin sees it. Methods are called on the event loop thread and must
     not block; ``shutdown`` and ``drain_listeners`` start the work and return at once."""
@@ -117,6 +126,10 @@ class AdminServerApi(Protocol):
     def listeners_info(self) -> list[ListenerInfo]: ...
 
     def clusters_info(self) -> list[ClusterInfo]: ...
+
+    def certs_info(self) -> list[CertificateInfo]:
+        """Every TLS context of the config (listeners' and clusters'), for ``/certs``."""
+        ...
 
     def healthcheck_fail(self) -> None: ...
 

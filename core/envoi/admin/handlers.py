@@ -180,11 +180,16 @@ def handle_config_dump(server: AdminServerApi, request: Request) -> Response:
     return _json(views.config_dump_json(server))
 
 
+def handle_certs(server: AdminServerApi, request: Request) -> Response:
+    return _json(views.certs_json(server))
+
+
 def handle_help(server: AdminServerApi, request: Request) -> Response:
     return _text(help_text())
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/certs", "print certs on machine", handle_certs),
     Endpoint("/clusters", "upstream cluster status", handle_clusters,
              params=(_FORMAT_TEXT_JSON,)),
     Endpoint("/config_dump", "dump current Envoy configs", handle_config_dump),

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from envoy.admin.v3 import (
+    certs_pb2,
     clusters_pb2,
     config_dump_pb2,
     config_dump_shared_pb2,
@@ -256,3 +257,34 @@ def config_dump(server: AdminServerApi) -> config_dump_pb2.ConfigDump:
 
 def config_dump_json(server: AdminServerApi) -> str:
     return to_json(config_dump(server))
+
+
+# ------------------------------------------------------------------------------------ /certs
+
+
+def _cert_details(cert: Any, now: float) -> certs_pb2.CertificateDetails:
+    d = certs_pb2.CertificateDetails(
+        path=cert.path,
+        serial_number=cert.serial_number,
+        days_until_expiration=max(0, int((cert.not_after.timestamp() - now) // 86400)),
+    )
+    for kind, value in cert.subject_alt_names:
+        d.subject_alt_names.add(**{kind: value})
+    d.valid_from.FromDatetime(cert.not_before)
+    d.expiration_time.FromDatetime(cert.not_after)
+    return d
+
+
+def certs_json(server: AdminServerApi) -> str:
+    """Envoy's ``/certs``: one entry per TLS context; printed, as Envoy does, with empty lists
+    shown."""
+    now = time.time()
+    msg = certs_pb2.Certificates()
+    for info in server.certs_info():
+        entry = msg.certificates.add()
+        for cert in info.ca_certs:
+            entry.ca_cert.append(_cert_details(cert, now))
+        for cert in info.cert_chain:
+            entry.cert_chain.append(_cert_details(cert, now))
+    return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=1,
+                                     always_print_fields_with_no_presence=True) + "\n"

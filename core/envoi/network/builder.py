@@ -5,16 +5,19 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from envoi.config import ConfigError, ConfigIssue
-from envoi.extensions import NetworkFilterFactory
+from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.extensions import ListenerFilterFactory, NetworkFilterFactory
 from envoi.factory_context import FactoryContextImpl
 from envoi.network.listener import (
     DEFAULT_BUFFER_LIMIT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_LISTENER_FILTERS_TIMEOUT,
     ActiveListener,
     ChainMatch,
     FilterChain,
     ListenerOwner,
 )
+from envoi.network.listener_filter import ListenerFilterFactoryCb
 
 
 def _enum_name(msg: Any, field: str) -> str:
@@ -52,10 +55,21 @@ def _chain_match(m: Any, path: str) -> ChainMatch:
 
 def build_filter_chain(context: FactoryContextImpl, chain: Any, path: str) -> FilterChain:
     issues: list[ConfigIssue] = []
+    tls = None
     if chain.HasField("transport_socket"):
-        issues.append(
-            ConfigIssue(path + ".transport_socket", "TLS transport sockets are not supported yet")
-        )
+        from envoi.tls.context import DOWNSTREAM_TYPE, build_server_context, unpack_transport_socket
+
+        try:
+            tls_cfg = unpack_transport_socket(chain.transport_socket, path + ".transport_socket",
+                                              DOWNSTREAM_TYPE)
+            if tls_cfg is not None:
+                tls = build_server_context(tls_cfg, path + ".transport_socket.typed_config")
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+    handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
+    if chain.HasField("transport_socket_connect_timeout"):
+        handshake_timeout = duration_seconds(chain.transport_socket_connect_timeout) or \
+            DEFAULT_HANDSHAKE_TIMEOUT
     factories = []
     n = len(chain.filters)
     if n == 0:
@@ -81,7 +95,33 @@ def build_filter_chain(context: FactoryContextImpl, chain: Any, path: str) -> Fi
     if issues:
         raise ConfigError(issues)
     return FilterChain(chain.name, _chain_match(chain.filter_chain_match,
-                                                path + ".filter_chain_match"), factories)
+                                                path + ".filter_chain_match"), factories,
+                       tls=tls, handshake_timeout=handshake_timeout)
+
+
+def _create_listener_filter(ctx: FactoryContextImpl, factory: ListenerFilterFactory,
+                            config: Any) -> ListenerFilterFactoryCb:
+    return ctx.run_factory(factory, lambda: factory.create_filter_factory(config, ctx))
+
+
+def build_listener_filters(context: FactoryContextImpl, cfg: Any, path: str
+                           ) -> tuple[list[ListenerFilterFactoryCb], list[ConfigIssue]]:
+    """``listener_filters``: each resolved like a network filter (by ``@type``, else name)."""
+    out: list[ListenerFilterFactoryCb] = []
+    issues: list[ConfigIssue] = []
+    for k, lf in enumerate(cfg.listener_filters):
+        lpath = f"{path}.listener_filters[{k}]"
+        for unsupported in ("config_discovery", "filter_disabled"):
+            if lf.HasField(unsupported):
+                issues.append(ConfigIssue(f"{lpath}.{unsupported}", "not implemented by envoi"))
+        try:
+            factory, lcfg = context.resolve_extension(
+                ListenerFilterFactory, lf, lpath)  # type: ignore[type-abstract]
+            ctx = context.with_path(lpath + ".typed_config")
+            out.append(_create_listener_filter(ctx, factory, lcfg))
+        except ConfigError as exc:
+            issues.extend(exc.errors)
+    return out, issues
 
 
 def build_listener(context: FactoryContextImpl, owner: ListenerOwner, cfg: Any, path: str, *,
@@ -100,12 +140,13 @@ def build_listener(context: FactoryContextImpl, owner: ListenerOwner, cfg: Any, 
     except ValueError:
         issues.append(ConfigIssue(path + ".address.socket_address.address",
                                   f"malformed IP address: {sa.address}"))
-    if cfg.listener_filters:
-        for k, lf in enumerate(cfg.listener_filters):
-            issues.append(ConfigIssue(f"{path}.listener_filters[{k}]",
-                                      f"listener filter {lf.name} is not supported yet"))
     chains: list[FilterChain] = []
     ctx = context.with_path(path, listener_name=cfg.name)
+    listener_filters, lf_issues = build_listener_filters(ctx, cfg, path)
+    issues.extend(lf_issues)
+    lf_timeout = DEFAULT_LISTENER_FILTERS_TIMEOUT
+    if cfg.HasField("listener_filters_timeout"):
+        lf_timeout = duration_seconds(cfg.listener_filters_timeout)  # 0: no timeout
     for i, ch in enumerate(cfg.filter_chains):
         try:
             chains.append(build_filter_chain(ctx, ch, f"{path}.filter_chains[{i}]"))
@@ -138,4 +179,7 @@ def build_listener(context: FactoryContextImpl, owner: ListenerOwner, cfg: Any, 
         reuse_port=reuse_port,
         traffic_direction=_enum_name(cfg, "traffic_direction"),
         stat_name=cfg.stat_prefix,
+        listener_filters=listener_filters,
+        listener_filters_timeout=lf_timeout,
+        continue_on_listener_filters_timeout=cfg.continue_on_listener_filters_timeout,
     )

@@ -9,8 +9,10 @@ crossing them calls the watermark callbacks, which is how a filter pauses the *o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,6 +28,7 @@ from envoi.network.filter import (
     WriteFilter,
 )
 from envoi.stream_info import StreamInfo
+from envoi.tls.info import SslConnectionInfo
 
 CONTINUE = FilterStatus.CONTINUE
 log = logging.getLogger("envoi.connection")
@@ -118,9 +121,19 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self._local_close = False
         self.above_high_watermark = False
-        self.filter_chain: object = None  # the listener's chosen FilterChain
+        self.filter_chain: Any = None  # the listener's chosen FilterChain
         # Fast path: with a single read filter that never stops, data goes straight to it.
         self._single_on_data: Callable[[bytes, bool], FilterStatus] | None = None
+        #: The SNI the client asked for ("" when none or not known): from ``tls_inspector``,
+        #: else from the TLS handshake (Envoy's ``requestedServerName()``).
+        self.requested_server_name = ""
+        #: The negotiated ALPN protocol ("" without TLS or ALPN): Envoy's ``nextProtocol()``.
+        #: The HTTP connection manager's ``codec_type: AUTO`` picks HTTP/2 for ``h2``.
+        self.next_protocol = ""
+        #: TLS facts of this connection (Envoy's ``connection.ssl()``); None in plaintext.
+        self.ssl: SslConnectionInfo | None = None
+        #: The accepted socket while its TLS handshake runs (closed on close()).
+        self.pending_socket: socket.socket | None = None
 
     # -- FilterChainBuilder --------------------------------------------------------------------
 
@@ -199,7 +212,15 @@ class Connection(asyncio.Protocol):
             self._raw_write(data, end_stream)
 
     def close(self, close_type: ConnectionCloseType = ConnectionCloseType.FLUSH_WRITE) -> None:
-        if self.closed or self.transport is None:
+        if self.closed:
+            return
+        if self.transport is None:
+            pending = self.pending_socket
+            if pending is not None:
+                # Still in the TLS handshake: ending the socket fails the handshake, and the
+                # listener accounts for the connection then.
+                with contextlib.suppress(OSError):
+                    pending.shutdown(socket.SHUT_RDWR)
             return
         self._local_close = True
         if close_type is ConnectionCloseType.NO_FLUSH:
@@ -208,6 +229,13 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def set_ssl(self, ssl_object: Any) -> None:
+        """Called by the listener when the TLS handshake completed."""
+        self.ssl = SslConnectionInfo(ssl_object)
+        self.next_protocol = ssl_object.selected_alpn_protocol() or ""
+        if not self.requested_server_name:
+            self.requested_server_name = getattr(ssl_object, "requested_server_name", "")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass

@@ -44,6 +44,34 @@ class ConnectionEvent(enum.Enum):
 ConnectionCallback = Callable[[ConnectionEvent], Any]
 
 
+class SslInfo(Protocol):
+    """The TLS facts of a connection (Envoy's ``Ssl::ConnectionInfo``), read when asked for."""
+
+    @property
+    def tls_version(self) -> str:
+        """``TLSv1.2``, ``TLSv1.3``."""
+    @property
+    def ciphersuite(self) -> str: ...
+    @property
+    def alpn(self) -> str: ...
+    @property
+    def sni(self) -> str: ...
+    @property
+    def session_reused(self) -> bool: ...
+    @property
+    def peer_certificate_presented(self) -> bool: ...
+    @property
+    def peer_certificate_validated(self) -> bool: ...
+    @property
+    def sha256_peer_certificate_digest(self) -> str: ...
+    @property
+    def uri_san_peer_certificate(self) -> list[str]: ...
+    @property
+    def dns_san_peer_certificate(self) -> list[str]: ...
+    @property
+    def subject_peer_certificate(self) -> str: ...
+
+
 class Connection(Protocol):
     """What a filter may do with its downstream connection (Envoy's ``Network::Connection``)."""
 
@@ -59,6 +87,15 @@ class Connection(Protocol):
     def local_address(self) -> str: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def ssl(self) -> SslInfo | None:
+        """TLS facts when the filter chain terminates TLS; None in plaintext."""
+    @property
+    def next_protocol(self) -> str:
+        """The ALPN protocol TLS negotiated (``h2``, ``http/1.1``); "" without TLS or ALPN."""
+    @property
+    def requested_server_name(self) -> str:
+        """The SNI the client sent ("" when none, or in plaintext)."""
     @property
     def above_high_watermark(self) -> bool:
         """The write buffer is above its high watermark: the peer is slow to read."""

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from envoi.network.connection import Connection
+from envoi.network.acceptor import Acceptor
+from envoi.network.connection import Connection, _format_peer
 from envoi.network.filter import NetworkFilterFactoryCb
+from envoi.network.listener_filter import ListenerFilterFactoryCb
 from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup
+
+if TYPE_CHECKING:
+    from envoi.tls.context import ServerTlsContext
+    from envoi.tls.stats import SslStats
+
+log = logging.getLogger("envoi.listener")
+#: How long a TLS handshake may take when the filter chain sets no
+#: ``transport_socket_connect_timeout`` (Envoy waits without limit; envoi bounds it).
+DEFAULT_HANDSHAKE_TIMEOUT = 60.0
+#: Envoy's ``listener_filters_timeout`` default.
+DEFAULT_LISTENER_FILTERS_TIMEOUT = 15.0
 
 DEFAULT_BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default
 
@@ -79,6 +94,10 @@ class FilterChain:
     name: str
     match: ChainMatch
     factories: list[NetworkFilterFactoryCb]
+    #: The chain's ``DownstreamTlsContext``; None for plaintext.
+    tls: ServerTlsContext | None = None
+    #: ``transport_socket_connect_timeout``: how long the TLS handshake may take.
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
 
 @dataclass
@@ -130,7 +149,12 @@ def _score(level: int, m: ChainMatch, c: ConnectionMeta) -> int:
     if level == 4:
         if not m.application_protocols:
             return 0
-        return 1 if set(m.application_protocols) & set(c.application_protocols) else -1
+        # Envoy tries the connection's protocols in order: the chain with the first one wins.
+        offered = c.application_protocols
+        for i, proto in enumerate(offered):
+            if proto in m.application_protocols:
+                return len(offered) - i
+        return -1
     if level == 5:
         return _cidr_score(m.direct_source_prefix_ranges, c.src_ip)
     if level == 6:
@@ -191,6 +215,9 @@ class ActiveListener:
         reuse_port: bool = False,
         traffic_direction: str = "UNSPECIFIED",
         stat_name: str = "",
+        listener_filters: list[ListenerFilterFactoryCb] | None = None,
+        listener_filters_timeout: float = DEFAULT_LISTENER_FILTERS_TIMEOUT,
+        continue_on_listener_filters_timeout: bool = False,
     ) -> None:
         self.server = server
         self.name = name
@@ -213,6 +240,23 @@ class ActiveListener:
         self._single_chain = chains[0] if len(chains) == 1 and default_chain is None else None
         if self._single_chain is not None and self._single_chain.match != ChainMatch():
             self._single_chain = None
+        self.listener_filters = list(listener_filters or ())
+        self.listener_filters_timeout = listener_filters_timeout
+        self.continue_on_listener_filters_timeout = continue_on_listener_filters_timeout
+        self._acceptor: Acceptor | None = None
+        self._connecting: set[asyncio.Task[None]] = set()
+        #: ``listener.<addr>.ssl.*``, made when the listener is bound (TLS chains only).
+        self.ssl_stats: SslStats | None = None
+
+    @property
+    def all_chains(self) -> list[FilterChain]:
+        return [*self.chains, *([self.default_chain] if self.default_chain else [])]
+
+    @property
+    def inspects(self) -> bool:
+        """Whether connections need work before their chain is chosen (listener filters, TLS):
+        then envoi accepts them itself (``envoi.network.acceptor``)."""
+        return bool(self.listener_filters) or any(c.tls is not None for c in self.all_chains)
 
     def _socket(self, port: int, reuse_port: bool) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -254,6 +298,19 @@ class ActiveListener:
             self.stat_name = listener_stat_name(self.host, self.port)
         self.stats = ListenerStats(self.scope.scope(f"listener.{self.stat_name}"))
         self.stats.downstream_pre_cx_active.set(0)
+        tls = [c.tls for c in self.all_chains if c.tls is not None]
+        if tls:
+            from envoi.tls.stats import CertificateGauges, SocketFactoryStats, SslStats
+
+            scope = self.stats.scope
+            self.ssl_stats = SslStats(scope.scope("ssl"))
+            SocketFactoryStats(scope.scope("server_ssl_socket_factory"))
+            gauges = CertificateGauges(scope.scope("ssl"))
+            for ctx in tls:
+                for cert in ctx.cert_chain:
+                    gauges.set_expiry(gauges.LEAF, int(cert.not_after.timestamp()))
+                for cert in ctx.ca_certs[:1]:
+                    gauges.set_expiry(gauges.CA, int(cert.not_after.timestamp()))
 
     def use_worker_socket(self, index: int) -> None:
         """In worker ``index``: keep its socket, close the others, name its worker stats."""
@@ -275,43 +332,144 @@ class ActiveListener:
 
     async def start(self) -> None:
         assert self.sock is not None
-        loop = asyncio.get_running_loop()
-        self._aserver = await loop.create_server(
-            lambda: Connection(self), sock=self.sock, backlog=self.backlog
-        )
+        if self.inspects:
+            self._acceptor = Acceptor(self, self.sock, self.listener_filters,
+                                      self.listener_filters_timeout,
+                                      self.continue_on_listener_filters_timeout)
+        else:
+            loop = asyncio.get_running_loop()
+            self._aserver = await loop.create_server(
+                lambda: Connection(self), sock=self.sock, backlog=self.backlog
+            )
         self.accepting = True
 
     def stop_accepting(self) -> None:
         if self._aserver is not None:
             self._aserver.close()
             self._aserver = None
+        if self._acceptor is not None:
+            self._acceptor.stop()
+            self._acceptor = None
         self.accepting = False
 
-    # -- called by Connection ------------------------------------------------------------
+    # -- called by the acceptor ----------------------------------------------------------
 
-    def on_connection_made(self, conn: Connection, transport: asyncio.Transport) -> None:
+    def on_socket_ready(self, sock: socket.socket, info: Any) -> None:
+        """Listener filters are done with an accepted socket (``info`` holds what they found):
+        choose its filter chain and hand it to the event loop, through TLS if the chain says
+        so. As in Envoy, a socket no chain matches is closed and counts only
+        ``no_filter_chain_match``."""
+        stats = self.stats
+        assert stats is not None
+        local, remote = info.local_address, info.remote_address
+        meta = ConnectionMeta(_ip(local[0]), local[1], _ip(remote[0]), remote[1],
+                              server_name=info.requested_server_name,
+                              transport_protocol=info.detected_transport_protocol or "raw_buffer",
+                              application_protocols=info.requested_application_protocols)
+        chain = select_filter_chain(self.chains, self.default_chain, meta)
+        if chain is None:
+            stats.no_filter_chain_match.value += 1
+            sock.close()
+            return
+        conn = Connection(self)
+        conn.filter_chain = chain
+        conn.requested_server_name = info.requested_server_name
+        conn.stream_info.downstream_remote_address = _format_peer(remote)
+        conn.stream_info.downstream_local_address = _format_peer(local)
+        self._account(conn)
+        loop = asyncio.get_running_loop()
+        conn.pending_socket = sock
+        task = loop.create_task(self._connect_plain(conn, sock) if chain.tls is None
+                                else self._handshake(conn, sock, chain))
+        # The loop keeps only weak references to tasks.
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect_plain(self, conn: Connection, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: conn, sock)
+        except OSError:
+            self._handshake_failed(conn, sock)
+
+    async def _handshake(self, conn: Connection, sock: socket.socket, chain: FilterChain) -> None:
+        loop = asyncio.get_running_loop()
+        assert chain.tls is not None
+        try:
+            await loop.connect_accepted_socket(
+                lambda: conn, sock, ssl=chain.tls.ssl_context,
+                ssl_handshake_timeout=chain.handshake_timeout)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            stats = self.stats
+            assert stats is not None
+            if _is_handshake_timeout(exc):
+                stats.downstream_cx_transport_socket_connect_timeout.value += 1
+            elif self.ssl_stats is not None:
+                self.ssl_stats.record_failure(exc)
+            log.debug("listener '%s': TLS handshake with %s failed: %r", self.name,
+                      conn.stream_info.downstream_remote_address, exc)
+            self._handshake_failed(conn, sock)
+
+    def _handshake_failed(self, conn: Connection, sock: socket.socket) -> None:
+        conn.pending_socket = None
+        if conn.transport is None:
+            conn.closed = True
+            sock.close()
+            self.on_connection_closed(conn)
+
+    def _account(self, conn: Connection) -> None:
         stats = self.stats
         assert stats is not None
         stats.downstream_cx_total.value += 1
         stats.worker_cx_total.value += 1
-        chain = self._single_chain
-        if chain is None:
-            chain = self._select(transport)
-        if chain is None:
-            stats.no_filter_chain_match.value += 1
-            stats.downstream_cx_destroy.value += 1
-            conn.closed = True
-            transport.abort()
-            return
         stats.downstream_cx_active.inc()
         stats.worker_cx_active.inc()
         self.server.total_connections.inc()
         self.connections.add(conn)
+
+    # -- called by Connection ------------------------------------------------------------
+
+    def on_connection_made(self, conn: Connection, transport: asyncio.Transport) -> None:
+        chain = conn.filter_chain
+        if chain is None:
+            # asyncio's accept loop: no listener filters, no TLS; choose the chain now.
+            chain = self._single_chain
+            if chain is None:
+                chain = self._select(transport)
+            if chain is None:
+                stats = self.stats
+                assert stats is not None
+                stats.no_filter_chain_match.value += 1
+                conn.closed = True
+                transport.abort()
+                return
+            conn.filter_chain = chain
+            self._account(conn)
+        else:
+            conn.pending_socket = None
+            if chain.tls is not None and not self._tls_established(conn, chain, transport):
+                return
         transport.set_write_buffer_limits(high=self.buffer_limit, low=self.buffer_limit // 2)
-        conn.filter_chain = chain
         for factory in chain.factories:
             factory(conn)
         conn.start_filters()
+
+    def _tls_established(self, conn: Connection, chain: FilterChain,
+                         transport: asyncio.Transport) -> bool:
+        """The handshake finished: make the checks ``ssl`` could not, count it, and give the
+        connection its TLS facts. False when the peer failed a check (it is disconnected)."""
+        tls = chain.tls
+        ssl_stats = self.ssl_stats
+        assert tls is not None and ssl_stats is not None
+        ssl_object = transport.get_extra_info("ssl_object")
+        failure = tls.check_peer(ssl_object)
+        if failure is not None:
+            getattr(ssl_stats, failure).value += 1
+            transport.abort()
+            return False
+        ssl_stats.record_handshake(ssl_object, tls.curve)
+        conn.set_ssl(ssl_object)
+        return True
 
     def _select(self, transport: asyncio.Transport) -> FilterChain | None:
         sock = transport.get_extra_info("sockname") or ("", 0)
@@ -333,3 +491,10 @@ class ActiveListener:
             (time.monotonic() - conn.stream_info.start_monotonic) * 1000
         )
         self.server.on_connection_closed(self)
+
+
+def _is_handshake_timeout(exc: BaseException) -> bool:
+    # asyncio and uvloop abort a handshake that outlives ssl_handshake_timeout with
+    # ConnectionAbortedError("SSL handshake is taking longer than ... seconds").
+    return isinstance(exc, TimeoutError | asyncio.TimeoutError) or (
+        isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc))

@@ -546,6 +546,10 @@ class _DriverConnection:
         self.above_high_watermark = False
         self.read_disabled = 0
         self.transport = FakeTransport()
+        # A plaintext connection: no TLS facts (set ``ssl`` to an SslInfo to test TLS paths).
+        self.ssl: Any = None
+        self.next_protocol = ""
+        self.requested_server_name = ""
 
     @property
     def remote_address(self) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup
 from envoi.upstream.host import Host, HostSet, health_flags_string
@@ -171,6 +172,11 @@ class Cluster:
     outlier_detector: Any = None
     #: The load-balancing settings (``envoi.upstream.lb.LbParams``), read from the config.
     lb_params: Any = None
+    #: The cluster's ``UpstreamTlsContext`` (an ``envoi.tls.context.ClientTlsContext``); every
+    #: connection ``connect`` opens goes through it. None: plaintext.
+    tls: Any = None
+    #: ``cluster.<name>.ssl.*`` when ``tls`` is set.
+    ssl_stats: Any = None
 
     def __post_init__(self) -> None:
         if not self.observability_name:
@@ -306,14 +312,23 @@ class Cluster:
         timeout: float | None = None,
         priority: str = "DEFAULT",
         reserved: bool = False,
+        alpn_fallback: tuple[str, ...] = (),
     ) -> tuple[asyncio.Transport, P]:
-        """Open a TCP connection to ``host``, counting Envoy's connect stats. As in Envoy, a
-        connection counts (``upstream_cx_total``, ``_active``, the host's ``cx_total``, the
-        priority's ``max_connections`` resource) from the attempt on; one that fails to
-        connect is destroyed (remotely when refused, locally on the connect timeout) and
-        reported to outlier detection as a local-origin failure. Callers check
-        ``resource_manager(priority).connections.can_create()`` first; ``reserved``: the caller
-        already took the connection (``connections.inc()``)."""
+        """Open a connection to ``host`` through the cluster's transport socket, counting
+        Envoy's connect stats. As in Envoy, a connection counts (``upstream_cx_total``,
+        ``_active``, the host's ``cx_total``, the priority's ``max_connections`` resource) from
+        the attempt on; one that fails to connect is destroyed (remotely when refused, locally
+        on the connect timeout) and reported to outlier detection as a local-origin failure.
+        Callers check ``resource_manager(priority).connections.can_create()`` first;
+        ``reserved``: the caller already took the connection (``connections.inc()``).
+
+        With an ``UpstreamTlsContext`` the TLS handshake, the certificate checks and the
+        ``ssl.*`` stats happen here, so every caller gets them; ``timeout`` (default
+        ``connect_timeout``) covers the handshake too, as Envoy's connect timer does, and a
+        failed handshake or check is a connect failure. ``alpn_fallback`` is what the caller
+        speaks (the HTTP/1 pool: ``("http/1.1",)``), offered by ALPN when the cluster configures
+        none, as Envoy's pools do; the negotiated protocol is
+        ``envoi.tls.info.negotiated_protocol(transport)``."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         stats = self.stats
@@ -323,11 +338,28 @@ class Cluster:
         stats.upstream_cx_active.inc()
         host.cx_total += 1
         host.cx_active += 1
+        limit = timeout if timeout is not None else self.connect_timeout
+        tls = self.tls
+        checked: _PeerCheck[P] | None = None
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(protocol_factory, host.address, host.port),
-                timeout if timeout is not None else self.connect_timeout,
-            )
+            if tls is None:
+                transport, protocol = await asyncio.wait_for(
+                    loop.create_connection(protocol_factory, host.address, host.port), limit)
+            else:
+                factory: Callable[[], Any] = protocol_factory
+                if tls.peer_checks:
+                    checked = _PeerCheck(protocol_factory, tls)
+                    factory = lambda: checked  # noqa: E731
+                transport, protocol = await asyncio.wait_for(
+                    loop.create_connection(
+                        factory, host.address, host.port, ssl=tls.context_for(alpn_fallback),
+                        server_hostname=tls.server_hostname(host.hostname) or host.address,
+                        ssl_handshake_timeout=limit or None),
+                    limit)
+                if checked is not None:
+                    if checked.failure is not None:
+                        raise _PeerCheckFailed(checked.failure)
+                    protocol = checked.inner
         except TimeoutError as exc:
             stats.upstream_cx_connect_fail.value += 1
             stats.upstream_cx_connect_timeout.value += 1
@@ -336,17 +368,26 @@ class Cluster:
             if host.outlier is not None:
                 host.outlier.put_result(LOCAL_ORIGIN_TIMEOUT)
             raise UpstreamConnectError(host, "connection timeout", timeout=True) from exc
-        except OSError as exc:
+        except (OSError, _PeerCheckFailed) as exc:
             stats.upstream_cx_connect_fail.value += 1
             host.cx_connect_fail += 1
             self.connection_closed(host, started, local=False, priority=priority)
             if host.outlier is not None:
                 host.outlier.put_result(LOCAL_ORIGIN_CONNECT_FAILED)
+            if isinstance(exc, _PeerCheckFailed):
+                getattr(self.ssl_stats, exc.stat).value += 1
+                raise UpstreamConnectError(host, f"TLS error: the peer certificate failed "
+                                                 f"{exc.stat}") from exc
+            if tls is not None and isinstance(exc, ssl.SSLError):
+                self.ssl_stats.record_failure(exc)
+                raise UpstreamConnectError(host, f"TLS error: {exc}") from exc
             reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
             raise UpstreamConnectError(host, reason) from exc
         except BaseException:  # cancelled while connecting
             self.connection_closed(host, started, local=True, priority=priority)
             raise
+        if tls is not None:
+            self.ssl_stats.record_handshake(transport.get_extra_info("ssl_object"), tls.curve)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -374,3 +415,32 @@ class Cluster:
         self.resources[priority].connections.dec()
         host.cx_active -= 1
         stats.upstream_cx_length_ms.record((time.monotonic() - started) * 1000)
+
+
+class _PeerCheckFailed(Exception):
+    def __init__(self, stat: str) -> None:
+        super().__init__(stat)
+        self.stat = stat
+
+
+class _PeerCheck(asyncio.Protocol, Generic[P]):
+    """Stands in for the caller's protocol until the checks ``ssl`` cannot make during the
+    handshake (subject alt names, certificate hashes) passed; then hands the transport over,
+    so the caller's protocol never sees a connection that failed them."""
+
+    def __init__(self, factory: Callable[[], P], tls: Any) -> None:
+        self.inner = factory()
+        self.tls = tls
+        self.failure: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        failure = self.tls.check_peer(transport.get_extra_info("ssl_object"))
+        if failure is not None:
+            self.failure = failure
+            transport.abort()  # type: ignore[attr-defined]  # a Transport (uvloop's is not one)
+            return
+        transport.set_protocol(self.inner)
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # only after a failed check: the caller's protocol was never connected

@@ -106,6 +106,14 @@ class ClusterManager:
         if cfg.HasField("per_connection_buffer_limit_bytes"):
             cluster.buffer_limit = cfg.per_connection_buffer_limit_bytes.value
         ctx = context.with_path(path, scope=stats.scope)
+        if cfg.HasField("transport_socket"):
+            try:
+                self._transport_socket(cluster, cfg.transport_socket, path + ".transport_socket")
+            except ConfigError as exc:
+                issues.extend(exc.errors)
+        if cfg.transport_socket_matches:
+            issues.append(ConfigIssue(path + ".transport_socket_matches",
+                                      "not implemented by envoi"))
         try:
             cluster.lb_params = lb_params(cfg, path)
         except ConfigError as exc:
@@ -259,6 +267,24 @@ class ClusterManager:
         for t in self._tasks:
             t.cancel()
         self._tasks.clear()
+    def _transport_socket(self, cluster: Cluster, ts: Any, path: str) -> None:
+        """The cluster's ``UpstreamTlsContext``: every connection to its hosts uses it."""
+        from envoi.tls.context import UPSTREAM_TYPE, build_client_context, unpack_transport_socket
+        from envoi.tls.stats import CertificateGauges, SocketFactoryStats, SslStats
+
+        cfg = unpack_transport_socket(ts, path, UPSTREAM_TYPE)
+        if cfg is None:
+            return  # raw_buffer: plaintext
+        tls = build_client_context(cfg, path + ".typed_config")
+        cluster.tls = tls
+        scope = cluster.stats.scope
+        cluster.ssl_stats = SslStats(scope.scope("ssl"))
+        SocketFactoryStats(scope.scope("client_ssl_socket_factory"))
+        gauges = CertificateGauges(scope.scope("ssl"))
+        for cert in tls.cert_chain:
+            gauges.set_expiry(gauges.LEAF, int(cert.not_after.timestamp()))
+        for cert in tls.ca_certs[:1]:
+            gauges.set_expiry(gauges.CA, int(cert.not_after.timestamp()))
 
     def _cluster_type(self, cfg: Any, path: str) -> ClusterTypeFactory:
         if cfg.HasField("cluster_type"):

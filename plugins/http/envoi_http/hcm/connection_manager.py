@@ -134,6 +134,7 @@ class ConnectionManager(ReadFilter):
         self.buffer_limit = 1024 * 1024
         self.listener_stats: Any = None
         self.remote_ip = b""
+        self.tls = False  # the connection terminates TLS (x-forwarded-proto: https)
         self.upgrade_stream: ActiveStream | None = None  # an accepted upgrade (hcm/upgrade.py)
         # Writes made while handling one read (downstream or upstream) are joined into one
         # transport write: a response head and its body leave in one syscall.
@@ -161,6 +162,10 @@ class ConnectionManager(ReadFilter):
         st = self.stats
         st.downstream_cx_total.value += 1
         st.downstream_cx_active.inc()
+        if conn.ssl is not None:
+            self.tls = True
+            st.downstream_cx_ssl_total.value += 1
+            st.downstream_cx_ssl_active.inc()
         listener = getattr(conn, "listener", None)
         self.buffer_limit = getattr(listener, "buffer_limit", self.buffer_limit)
         self.listener_stats = cfg.listener_stats_for(listener)
@@ -415,12 +420,12 @@ class ConnectionManager(ReadFilter):
                     break
             else:  # what xff.mutate and the request id come to when none of their headers is set
                 self.plain = True
-                raw.append((b"x-forwarded-proto", b"http"))
+                raw.append((b"x-forwarded-proto", b"https" if self.tls else b"http"))
                 if cfg.generate_request_id:
                     raw.append((b"x-request-id", _request_id()))
                 return None
         client = xff.mutate(h, cfg.use_remote_address, cfg.xff_num_trusted_hops, self.remote_ip,
-                            cfg.internal_nets)
+                            cfg.internal_nets, b"https" if self.tls else b"http")
         if cfg.generate_request_id:
             if h.get_bytes(b"x-request-id") is None:
                 h.add_bytes(b"x-request-id", _request_id())
@@ -651,6 +656,8 @@ class ConnectionManager(ReadFilter):
         st.downstream_cx_active.dec()
         if self.http1_counted:
             st.downstream_cx_http1_active.dec()
+        if self.tls:
+            st.downstream_cx_ssl_active.dec()
         st.downstream_cx_length_ms.record(
             (time.monotonic() - self.conn.stream_info.start_monotonic) * 1000)
         self.deadline_router = None

@@ -79,7 +79,8 @@ def xff_address(h: HeaderMap, skip: int) -> bytes | None:
 
 
 def mutate(h: HeaderMap, use_remote_address: bool, hops: int, peer_ip: bytes,
-           internal_nets: tuple[internal.Network, ...] = ()) -> bytes | None:
+           internal_nets: tuple[internal.Network, ...] = (), proto: bytes = b"http"
+           ) -> bytes | None:
     """Apply the address headers; return the client address when it came from XFF. Requests
     that are not internal (``hcm/internal.py``) lose the internal-only ``x-envoy-*`` headers."""
     if use_remote_address:
@@ -87,7 +88,7 @@ def mutate(h: HeaderMap, use_remote_address: bool, hops: int, peer_ip: bytes,
         xff = h.get_bytes(XFF)
         append = local_address() if _is_loopback(peer_ip) else peer_ip
         h.set_bytes(XFF, xff + b"," + append if xff else append)
-        h.set_bytes(b"x-forwarded-proto", b"http")
+        h.set_bytes(b"x-forwarded-proto", proto)
         final = client if client is not None else peer_ip
         if internal.is_internal(final, internal_nets):
             h.set_bytes(b"x-envoy-internal", b"true")
@@ -97,7 +98,7 @@ def mutate(h: HeaderMap, use_remote_address: bool, hops: int, peer_ip: bytes,
         return client
     internal.clean(h)
     if h.get_bytes(b"x-forwarded-proto") is None:
-        h.add_bytes(b"x-forwarded-proto", b"http")
+        h.add_bytes(b"x-forwarded-proto", proto)
     return xff_address(h, hops)
 
 

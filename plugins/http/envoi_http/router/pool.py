@@ -207,7 +207,8 @@ class Http1Pool:
         st.upstream_cx_http1_total.value += 1  # Envoy counts the attempt, as upstream_cx_total
         try:
             _, conn = await self.cluster.connect(self.host, lambda: UpstreamConnection(self),
-                                                 priority=self.priority, reserved=True)
+                                                 priority=self.priority, reserved=True,
+                                                 alpn_fallback=("http/1.1",))
         except UpstreamConnectError as exc:
             self.connecting -= 1
             if self.pending:
