@@ -110,3 +110,31 @@ def test_upstream_tls_envoy_and_envoi(proxy_process: Proxy, pki: Pki,
     for name in ("downstream_context_secrets_not_ready", "ssl_context_update_by_sds",
                  "upstream_context_secrets_not_ready"):
         assert f"cluster.good.client_ssl_socket_factory.{name}" in runs["envoi"]["stats"]
+
+
+def test_health_checks_use_the_cluster_tls(envoi_process: Callable[..., Any], pki: Pki,
+                                           upstreams: dict[str, TlsEchoServer]) -> None:
+    """Health checks go through the cluster's transport socket, as in Envoy: a check of a TLS
+    upstream passes through TLS, and one whose certificate is untrusted fails, counted."""
+    ca = str(pki.ca.pem)
+    hc = """\
+    health_checks:
+    - timeout: 1s
+      interval: 0.2s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      http_health_check: {path: /health}
+"""
+    clusters = {
+        "good": (upstreams["good"].port, upstream_tls(sni="upstream.local", ca=ca) + hc),
+        "untrusted": (upstreams["untrusted"].port,
+                      upstream_tls(sni="upstream.local", ca=ca) + hc),
+    }
+    admin_port, port = free_port(), free_port()
+    proc = envoi_process(upstream_routing(admin_port, port, clusters), admin_port)
+    proc.wait_stat("cluster.good.health_check.success", lambda v: v >= 1)
+    proc.wait_stat("cluster.untrusted.health_check.network_failure", lambda v: v >= 1)
+    stats = proc.stats()
+    assert stats["cluster.good.ssl.handshake"] >= 1
+    assert stats["cluster.untrusted.ssl.fail_verify_error"] >= 1
+    assert stats["cluster.untrusted.health_check.success"] == 0

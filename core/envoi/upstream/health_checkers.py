@@ -40,16 +40,24 @@ def unimplemented(msg: Any, implemented: frozenset[str] | set[str], path: str) -
 
 
 class _Stream:
-    """A connection a probe may keep between checks."""
+    """A connection a probe may keep between checks; through the cluster's TLS context when
+    it has one (as Envoy's health checks use the cluster's transport socket)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: Any = None, alpn: tuple[str, ...] = ()) -> None:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.cluster = cluster
+        self.alpn = alpn
 
     async def open(self, host: Host) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.reader is None or self.writer is None or self.writer.is_closing():
             addr, port = probe_address(host)
-            self.reader, self.writer = await asyncio.open_connection(addr, port)
+            tls = getattr(self.cluster, "tls", None)
+            if tls is None:
+                self.reader, self.writer = await asyncio.open_connection(addr, port)
+            else:
+                self.reader, self.writer = await _open_tls(self.cluster, tls, host, addr, port,
+                                                           self.alpn)
         return self.reader, self.writer
 
     def close(self) -> None:
@@ -58,6 +66,28 @@ class _Stream:
         if w is not None:
             with contextlib.suppress(Exception):
                 w.transport.abort()
+
+
+async def _open_tls(cluster: Any, tls: Any, host: Host, addr: str, port: int,
+                    alpn: tuple[str, ...]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection for a probe, checked and counted as ``Cluster.connect`` does."""
+    import ssl
+
+    try:
+        reader, writer = await asyncio.open_connection(
+            addr, port, ssl=tls.context_for(alpn),
+            server_hostname=tls.server_hostname(host.hostname) or addr)
+    except ssl.SSLError as exc:
+        cluster.ssl_stats.record_failure(exc)
+        raise
+    ssl_object = writer.get_extra_info("ssl_object")
+    failure = tls.check_peer(ssl_object)
+    if failure is not None:
+        getattr(cluster.ssl_stats, failure).value += 1
+        writer.transport.abort()
+        raise ConnectionError(f"the peer certificate failed {failure}")
+    cluster.ssl_stats.record_handshake(ssl_object, tls.curve)
+    return reader, writer
 
 
 # -- HTTP ----------------------------------------------------------------------------------
@@ -81,10 +111,10 @@ def _in(ranges: tuple[tuple[int, int], ...], status: int) -> bool:
 class HttpProbe:
     """GET ``path`` over HTTP/1.1; the status decides (``expected_statuses``, default 200)."""
 
-    def __init__(self, host: Host, check: HttpCheck) -> None:
+    def __init__(self, host: Host, check: HttpCheck, cluster: Any = None) -> None:
         self.host = host
         self.check_cfg = check
-        self.stream = _Stream()
+        self.stream = _Stream(cluster, ("http/1.1",))
         self.conn: h11.Connection | None = None
         self.authority = check.host
 
@@ -175,7 +205,7 @@ class HttpHealthChecker(HealthCheckerFactory):
             if config.HasField("reuse_connection") else True)
 
         def probe(host: Host) -> Probe:
-            return HttpProbe(host, check)
+            return HttpProbe(host, check, cluster)
 
         return probe
 
@@ -197,12 +227,13 @@ class TcpProbe:
     """Connect; send ``send``; healthy once every ``receive`` payload arrived, in order.
     With neither, a successful connect is a pass."""
 
-    def __init__(self, host: Host, send: bytes, receive: tuple[bytes, ...], reuse: bool) -> None:
+    def __init__(self, host: Host, send: bytes, receive: tuple[bytes, ...], reuse: bool,
+                 cluster: Any = None) -> None:
         self.host = host
         self.send = send
         self.receive = receive
         self.reuse = reuse
-        self.stream = _Stream()
+        self.stream = _Stream(cluster)
 
     @staticmethod
     def matches(expected: tuple[bytes, ...], data: bytes) -> bool:
@@ -254,6 +285,6 @@ class TcpHealthChecker(HealthCheckerFactory):
         reuse = config.reuse_connection.value if config.HasField("reuse_connection") else True
 
         def probe(host: Host) -> Probe:
-            return TcpProbe(host, send, receive, reuse)
+            return TcpProbe(host, send, receive, reuse, cluster)
 
         return probe

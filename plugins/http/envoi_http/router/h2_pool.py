@@ -382,7 +382,8 @@ class H2Pool:
 
     async def _connect(self) -> None:
         try:
-            await self.cluster.connect(self.host, lambda: H2UpstreamConnection(self))
+            await self.cluster.connect(self.host, lambda: H2UpstreamConnection(self),
+                                       alpn_fallback=("h2",))
         except UpstreamConnectError as exc:
             self.connecting -= 1
             reason = "timeout" if exc.timeout else "connection_failure"
