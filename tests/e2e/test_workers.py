@@ -405,3 +405,28 @@ def test_a_stuck_worker_does_not_hold_up_the_admin(envoi_process: Start,
         echo_once(port)
     proc.wait_stat("tcp.tcp_echo.downstream_cx_total", 30)
     assert stuck in worker_pids(proc)  # a slow answer is no reason to replace it
+
+
+def test_admin_port_in_use_with_workers_leaves_no_worker(tmp_path: Path,
+                                                         peer: Callable[[str], int]) -> None:
+    up = peer("echo")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        admin = busy.getsockname()[1]
+        port = free_port()
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(tcp_proxy_yaml(admin, port, up))
+        out = subprocess.run([sys.executable, "-m", "envoi", "-c", str(cfg), "--concurrency", "2"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "address already in use" in out.stderr.lower()
+
+    def refused() -> bool:  # no worker left holding the listener
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return True
+        return False
+
+    wait_for(refused, timeout=10, what="the listener closed")

@@ -168,6 +168,8 @@ class WorkerPool:
                 loop.run_until_complete(
                     asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED))
                 if main.done():
+                    if main.exception() is not None:  # the admin could not start, say
+                        self._abandon()
                     return main.result()
                 wanted, self._wanted = sorted(self._wanted), set()
                 for index in wanted:
@@ -178,6 +180,15 @@ class WorkerPool:
                     log.info("worker %d started again (pid %d)", index, w.pid)
         finally:
             loop.close()
+
+    def _abandon(self) -> None:
+        """The main process cannot go on: take the workers down with it, now."""
+        self.stopping = True
+        self.kill()
+        deadline = time.monotonic() + 5
+        while self.alive and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.02)
 
     # -- supervision ----------------------------------------------------------------------
 
