@@ -123,6 +123,22 @@ def _direct_remote(ctx: LogContext) -> str:
     return direct or info.downstream_remote_address
 
 
+def _ssl(attr: str, join: bool = False) -> Operator:
+    """A TLS fact of the downstream connection (Envoy's ``%DOWNSTREAM_TLS_*%`` and
+    ``%DOWNSTREAM_PEER_*%``): ``-`` in plaintext or when empty."""
+
+    def op(ctx: LogContext) -> str | None:
+        ssl = ctx.stream_info.downstream_ssl
+        if ssl is None:
+            return None
+        value = getattr(ssl, attr)
+        if join:
+            value = ",".join(value)
+        return str(value) or None
+
+    return op
+
+
 def _simple(op: Operator) -> OperatorFactory:
     return lambda arg: op
 
@@ -153,6 +169,13 @@ CORE_OPERATORS: dict[str, OperatorFactory] = {
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _simple(_host_only("downstream_local_address")),
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _simple(_direct_remote),
     "UPSTREAM_REMOTE_ADDRESS": _simple(_si("upstream_host")),
+    "REQUESTED_SERVER_NAME": _simple(lambda ctx: ctx.stream_info.requested_server_name or None),
+    "DOWNSTREAM_TLS_VERSION": _simple(_ssl("tls_version")),
+    "DOWNSTREAM_TLS_CIPHER": _simple(_ssl("ciphersuite")),
+    "DOWNSTREAM_PEER_URI_SAN": _simple(_ssl("uri_san_peer_certificate", join=True)),
+    "DOWNSTREAM_PEER_DNS_SAN": _simple(_ssl("dns_san_peer_certificate", join=True)),
+    "DOWNSTREAM_PEER_SUBJECT": _simple(_ssl("subject_peer_certificate")),
+    "DOWNSTREAM_PEER_FINGERPRINT_256": _simple(_ssl("sha256_peer_certificate_digest")),
 }
 
 Operators = Mapping[str, OperatorFactory]

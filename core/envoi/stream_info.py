@@ -22,8 +22,10 @@ class StreamInfo:
         "bytes_sent",
         "downstream_local_address",
         "downstream_remote_address",
+        "downstream_ssl",
         "end_time",
         "extra",
+        "requested_server_name",
         "response_flags",
         "start_monotonic",
         "start_time",
@@ -45,6 +47,11 @@ class StreamInfo:
         self.upstream_local_address: str | None = None
         self.response_flags: list[str] = []
         self.extra: dict[str, Any] = {}
+        #: The SNI the client sent ("" when none).
+        self.requested_server_name = ""
+        #: The downstream connection's TLS facts (``envoi.network.filter.SslInfo``); None in
+        #: plaintext.
+        self.downstream_ssl: Any = None
 
     @property
     def duration_ms(self) -> int:

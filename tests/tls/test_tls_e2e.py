@@ -19,6 +19,7 @@ import pytest
 from envoi.testing import free_port, wait_for
 from tls_certs import Pki
 from tls_configs import (
+    TLS_INSPECTOR,
     admin,
     cluster,
     downstream_tls,
@@ -258,3 +259,58 @@ def test_tls_listener_without_inspector_and_with_plaintext_client(
                  "expiration_unix_time_seconds"] > 0
     assert 0 <= stats["server.days_until_first_cert_expiring"] <= 10
 
+
+
+TLS_LOG_FORMAT = ("%REQUESTED_SERVER_NAME% %DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER% "
+                  "%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_PEER_DNS_SAN% %DOWNSTREAM_PEER_SUBJECT% "
+                  "%DOWNSTREAM_PEER_FINGERPRINT_256%\\n")
+
+
+def test_tls_access_log_operators_match_envoy(proxy_process: Proxy, pki: Pki, tmp_path: Any,
+                                              echoes: list[HttpEchoServer]) -> None:
+    """The TLS command operators of an access log, for a client with a certificate and one
+    without, through Envoy and envoi: the same lines."""
+    lines = {}
+    for kind in KINDS:
+        log = tmp_path / f"{kind}.log"
+        validation = f"""\
+      validation_context:
+        trusted_ca: {{filename: {pki.ca.pem}}}
+"""
+        tls = downstream_tls(pki.servers["a.local"], extra="    require_client_certificate: "
+                             "false\n", extra_common=validation)
+        admin_port, port = free_port(), free_port()
+        proc = proxy_process(kind, f"""{admin(admin_port)}\
+  listeners:
+  - name: logged
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    listener_filters:
+{TLS_INSPECTOR}\
+    filter_chains:
+    -
+{tls}\
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: logged
+          cluster: echo
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format:
+                text_format_source: {{inline_string: "{TLS_LOG_FORMAT}"}}
+  clusters:
+{cluster("echo", echoes[0].port)}""", admin_port)
+        ca = str(pki.ca.pem)
+        tls_exchange(port, "a.local", http_get("/1"), tls_client_context(ca, pki.client.pair))
+        tls_exchange(port, "a.local", http_get("/2"), tls_client_context(ca))
+        wait_for(lambda p=log: p.exists() and p.read_text().count("\n") == 2, 15,
+                 what=f"{kind} access log lines")
+        lines[kind] = sorted(log.read_text().splitlines())
+        del proc
+    assert lines["envoi"] == lines["envoy"]
+    with_cert = [line for line in lines["envoy"] if "spiffe://" in line]
+    assert len(with_cert) == 1 and "CN=client.local" in with_cert[0]

@@ -236,6 +236,9 @@ class Connection(asyncio.Protocol):
         self.next_protocol = ssl_object.selected_alpn_protocol() or ""
         if not self.requested_server_name:
             self.requested_server_name = getattr(ssl_object, "requested_server_name", "")
+        info = self.stream_info
+        info.downstream_ssl = self.ssl
+        info.requested_server_name = self.requested_server_name
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass

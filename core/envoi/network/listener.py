@@ -374,6 +374,7 @@ class ActiveListener:
         conn = Connection(self)
         conn.filter_chain = chain
         conn.requested_server_name = info.requested_server_name
+        conn.stream_info.requested_server_name = info.requested_server_name
         conn.stream_info.downstream_remote_address = _format_peer(remote)
         conn.stream_info.downstream_local_address = _format_peer(local)
         self._account(conn)

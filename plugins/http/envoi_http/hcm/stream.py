@@ -74,8 +74,12 @@ class ActiveStream:
         self.response_headers: HeaderMap | None = None
         self.response_trailers: HeaderMap | None = None
         conn = hcm.conn
-        info = self.stream_info = HttpStreamInfo(conn.stream_info.downstream_remote_address,
-                                                 conn.stream_info.downstream_local_address)
+        conn_info = conn.stream_info
+        info = self.stream_info = HttpStreamInfo(conn_info.downstream_remote_address,
+                                                 conn_info.downstream_local_address)
+        if conn_info.downstream_ssl is not None or conn_info.requested_server_name:
+            info.downstream_ssl = conn_info.downstream_ssl
+            info.requested_server_name = conn_info.requested_server_name
         self.start = info.start_monotonic
         self.last_activity = self.start
         self._filter_state: FilterState | None = None  # made on first use
