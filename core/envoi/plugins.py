@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
 import inspect
 import os
 import sys
@@ -69,6 +70,14 @@ KNOWN_PROVIDERS = {
 }
 
 F = TypeVar("F", bound=ExtensionFactory)
+
+
+def _distribution_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class PluginError(Exception):
@@ -329,10 +338,23 @@ class Plugins:
         msg = f"no {category} extension is registered for {what}"
         provider = KNOWN_PROVIDERS.get(name)
         if provider:
-            msg += (
-                f" ('{name}' is provided by the '{provider}' distribution: "
-                f"pip install {provider})"
-            )
+            installed_version = _distribution_version(provider)
+            if installed_version is None:
+                msg += (
+                    f" ('{name}' is provided by the '{provider}' distribution: "
+                    f"pip install {provider})"
+                )
+            elif any(d.split(" ", 1)[0] == provider for d in self._dists.values()):
+                msg += (
+                    f" ('{name}' belongs to the '{provider}' distribution; the installed "
+                    f"version {installed_version} does not provide it)"
+                )
+            else:
+                msg += (
+                    f" ('{name}' is provided by the '{provider}' distribution, which is "
+                    f"installed ({installed_version}) but not loaded: plugin autoload is off "
+                    "or the plugin is blocked with -p no:NAME)"
+                )
         same = [i for i in self._info if i.category == category]
         if type_url:
             known = sorted({u for i in same for u in i.type_urls})

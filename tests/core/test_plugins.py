@@ -8,7 +8,7 @@ import types
 import pytest
 from envoi import hookimpl
 from envoi.config import ConfigError
-from envoi.extensions import NetworkFilterFactory
+from envoi.extensions import HttpFilterFactory, NetworkFilterFactory
 from envoi.plugins import PluginError, Plugins
 
 
@@ -39,8 +39,39 @@ def test_unknown_name_lists_installed_and_provider() -> None:
                        "static_resources.listeners[0].filter_chains[0].filters[0]")
     msg = str(exc.value)
     assert msg.startswith("static_resources.listeners[0].filter_chains[0].filters[0]: ")
-    assert "envoi-mongo" in msg and "pip install envoi-mongo" in msg
+    # envoi-mongo is installed in the test venv, but autoload is off here
+    assert ("provided by the 'envoi-mongo' distribution, which is installed (0.1.0) but not "
+            "loaded") in msg
     assert "envoy.filters.network.tcp_proxy (envoi " in msg
+
+
+def test_unknown_name_of_a_distribution_not_installed_says_pip_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from envoi import plugins as plugins_module
+
+    monkeypatch.setitem(plugins_module.KNOWN_PROVIDERS, "acme.filters.network.x",
+                        "acme-not-installed")
+    with pytest.raises(ConfigError) as exc:
+        Plugins(autoload=False).lookup(NetworkFilterFactory, "acme.filters.network.x", None, "p")
+    assert ("'acme.filters.network.x' is provided by the 'acme-not-installed' distribution: "
+            "pip install acme-not-installed") in str(exc.value)
+
+
+def test_a_loaded_distribution_that_lacks_the_name_says_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A name envoi knows as envoi-http's (installed and loaded) that it does not implement.
+    from envoi import plugins as plugins_module
+
+    monkeypatch.setitem(plugins_module.KNOWN_PROVIDERS, "envoy.filters.http.not_yet",
+                        "envoi-http")
+    plugins = Plugins(autoload=True)
+    assert plugins.lookup(HttpFilterFactory, "envoy.filters.http.router", None, "p")
+    with pytest.raises(ConfigError) as exc:
+        plugins.lookup(HttpFilterFactory, "envoy.filters.http.not_yet", None, "p")
+    msg = str(exc.value)
+    assert ("'envoy.filters.http.not_yet' belongs to the 'envoi-http' distribution; "
+            "the installed version 0.1.0 does not provide it") in msg
+    assert "pip install" not in msg
 
 
 def test_unknown_type_url_is_an_error() -> None:

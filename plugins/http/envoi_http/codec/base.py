@@ -107,6 +107,10 @@ def upgrade_token(info: HeadInfo, method: bytes) -> bytes:
     return b""
 
 
+# Envoy answers any other HTTP/<digit>.<digit> as it answers HTTP/1.0 without accept_http_10.
+_OLD_OR_ODD_VERSIONS = frozenset(b"%d.%d" % (a, b) for a in range(10) for b in range(10))
+
+
 def check_request(
     info: HeadInfo, headers: Headers, method: bytes, target: bytes, version: bytes,
     limits: CodecLimits, stream_id: int,
@@ -117,6 +121,9 @@ def check_request(
     if info.size + len(target) + len(method) > limits.max_request_headers_kb * 1024:
         return ev.ProtocolError(stream_id, 431, ev.HEADERS_TOO_LARGE, "headers size exceeds limit")
     if version != b"1.1" and version != b"1.0":
+        if version in _OLD_OR_ODD_VERSIONS:
+            # Envoy: "not HTTP/1.1" (0.9, 1.2, 2.0, 3.0...): 426.
+            return ev.ProtocolError(stream_id, 426, "low_version", "unsupported HTTP version")
         return ev.ProtocolError(stream_id, 400, ev.INVALID_VERSION, "unsupported HTTP version")
     if info.te is not None:
         if info.te.lower().strip() != b"chunked":

@@ -26,8 +26,12 @@ CLOSE = 3  # delimited by closing the connection (HTTP/1.0 peer, unknown length)
 RAW = 4  # after a protocol switch: bytes pass through untouched
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-# Where Envoy's table (CodeUtility::toString, RFC 9110 names) differs from Python 3.11's.
-_REASONS.update({413: b"Payload Too Large", 414: b"URI Too Long", 416: b"Range Not Satisfiable"})
+# Where Envoy's table (CodeUtility::toString, RFC 9110 names) differs from Python 3.11's: other
+# names, codes it lacks (those are "Unknown", as for any code not in either) and 599.
+_REASONS.update({413: b"Payload Too Large", 414: b"URI Too Long", 416: b"Range Not Satisfiable",
+                 599: b"Last Unassigned Server Error Code"})
+for _code in (102, 103, 418, 451):
+    del _REASONS[_code]
 # The common status lines, built once; the hot path is one dict lookup.
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
 _CRLF = b"\r\n"
@@ -36,6 +40,8 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _END_HEAD = b"\r\n\r\n"
 _RESPONSE_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _REQUEST_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
+# Methods Envoy sends without content-length when the request has no body.
+_NO_BODY_METHODS = frozenset((b"GET", b"HEAD", b"DELETE", b"TRACE", b"CONNECT"))
 
 
 def reason_phrase(status: int, reason: bytes) -> bytes:
@@ -118,21 +124,24 @@ def frame_request(
             else:
                 host = True
     extra: Headers = []
-    if not host and authority:
-        extra.append((b"host", authority))
     if length:
         mode = LENGTH
     elif chunked:
         mode = CHUNKED
     elif end_stream:
         mode = NONE
+        if method not in _NO_BODY_METHODS:
+            # Envoy says so for a method whose request may carry a body (RFC 9110 8.6).
+            extra.append((b"content-length", b"0"))
     else:
         mode = CHUNKED
         extra.append((b"transfer-encoding", b"chunked"))
     if method == b"CONNECT":
         mode = RAW
     if extra:
-        headers = (extra + headers) if not host and authority else headers + extra
+        headers = headers + extra
+    if not host and authority:
+        headers = [(b"host", authority), *headers]
     return headers, mode
 
 

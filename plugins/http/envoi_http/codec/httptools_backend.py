@@ -52,6 +52,8 @@ _ERRORS: tuple[tuple[str, int, str], ...] = (
     ("header token", 400, ev.INVALID_CHARACTERS),
     ("header value char", 400, ev.INVALID_CHARACTERS),
     ("method", 400, ev.INVALID_METHOD),
+    # llhttp refuses HTTP/1.2, 3.0...; Envoy answers them as it answers HTTP/1.0 (base.py).
+    ("Invalid HTTP version", 426, "low_version"),
 )
 
 

@@ -471,7 +471,8 @@ class ConnectionManager(ReadFilter):
         s.local_complete = True
         s.stream_info.response_flags.append("DPE")
         status = e.error_status_hint
-        body = reason(status).encode()
+        # Envoy answers a missing Host with an empty 400, other codec errors with the reason.
+        body = b"" if e.details == ev.MISSING_HOST else reason(status).encode()
         s.send_local_reply(status, body, details=e.details)
 
     # -- responses -------------------------------------------------------------------------
