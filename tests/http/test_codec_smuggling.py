@@ -57,15 +57,19 @@ def test_refused(backend: str, name: str, data: bytes, hint: int, details: str) 
     assert err.stream_id == 1
 
 
-@pytest.mark.parametrize("data", [b"\x16\x03\x01\x00\xa5hello\r\n\r\n", b"GET\r\n\r\n",
-                                  b"GET /\r\n\r\n", b"GET / HTTP/2.0\r\nHost: h\r\n\r\n"])
-def test_garbage_request_line(backend: str, data: bytes) -> None:
+@pytest.mark.parametrize(("data", "status"), [
+    (b"\x16\x03\x01\x00\xa5hello\r\n\r\n", 400), (b"GET\r\n\r\n", 400),
+    (b"GET / HTTP/1\r\nHost: h\r\n\r\n", 400), (b"GET / HTTP/x.y\r\nHost: h\r\n\r\n", 400),
+    # Envoy: a request line without a version, or another digit.digit one, is 426
+    (b"GET /\r\n\r\n", 426), (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 426),
+    (b"GET / HTTP/1.2\r\nHost: h\r\n\r\n", 426), (b"GET / HTTP/3.0\r\nHost: h\r\n\r\n", 426)])
+def test_garbage_request_line(backend: str, data: bytes, status: int) -> None:
     s = make_codec(backend, "server")
-    assert error_of(s, data).error_status_hint == 400
+    assert error_of(s, data).error_status_hint == status
     assert not s.keep_alive
     # a local reply can still be serialised, and it closes the connection
-    out = s.send(ResponseHeaders(1, 400, [], end_stream=True))
-    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in out
+    out = s.send(ResponseHeaders(1, status, [], end_stream=True))
+    assert out.startswith(b"HTTP/1.1 %d " % status) and b"connection: close" in out
     assert s.receive(b"GET / HTTP/1.1\r\n\r\n") == []
 
 

@@ -54,6 +54,8 @@ BAD = {
     "http12": b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
     "http30": b"GET / HTTP/3.0\r\nHost: a\r\n\r\n",
     "http09": b"GET / HTTP/0.9\r\nHost: a\r\n\r\n",
+    "no_version": b"GET /\r\n\r\n",
+    "bad_version": b"GET / HTTP/x.y\r\nHost: a\r\n\r\n",
     "many_headers": b"GET / HTTP/1.1\r\nHost: a\r\n"
                     + b"".join(b"x-h%d: v\r\n" % i for i in range(120)) + b"\r\n",
     "bad_cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
@@ -143,6 +145,8 @@ def _expected() -> dict[Any, Any]:
         "http12": body(b"426 Upgrade Required", b"Upgrade Required"),
         "http30": body(b"426 Upgrade Required", b"Upgrade Required"),
         "http09": body(b"426 Upgrade Required", b"Upgrade Required"),
+        "no_version": body(b"426 Upgrade Required", b"Upgrade Required"),
+        "bad_version": body(b"400 Bad Request", b"Bad Request"),
         "many_headers": body(b"431 Request Header Fields Too Large",
                              b"Request Header Fields Too Large"),
         "bad_cl": body(b"400 Bad Request", b"Bad Request"),

@@ -33,8 +33,15 @@ _ERRORS: tuple[tuple[str, str], ...] = (
 )
 
 
+# An HTTP/0.9-style request line (method and target, no version): Envoy answers it as it
+# answers a version other than 1.1 (426, see base.check_request); h11 only calls it illegal.
+_NO_VERSION_LINE = re.compile(r"^illegal request line: bytearray\(b'[A-Z]+ [^ ']+'\)$")
+
+
 def _classify(exc: h11.RemoteProtocolError) -> tuple[int, str]:
     text = str(exc)
+    if _NO_VERSION_LINE.match(text):
+        return 426, "low_version"
     for needle, details in _ERRORS:
         if needle in text:
             return exc.error_status_hint, details
