@@ -207,6 +207,20 @@ def test_send_waits_for_window_and_reports_writable() -> None:
     assert s.open_streams == 0 and s.stats.pending_send_bytes.value == 0
 
 
+def test_large_body_in_frames_when_the_windows_allow() -> None:
+    s, p, _ = server()
+    sid, raw = p.request()
+    talk(s, p, raw)
+    body = bytes(range(256)) * 160  # 40960 bytes: three frames of at most 16384
+    s.send_response_head(sid, 200, [], False)
+    s.send_data(sid, body, True)
+    out = p.parse(s.data_to_send())
+    frames = out.of(DataFrame)
+    assert [len(f.data) for f in frames] == [16384, 16384, 8192]
+    assert ["END_STREAM" in f.flags for f in frames] == [False, False, True]
+    assert out.data(sid) == body and s.pending_send_bytes(sid) == 0 and s.idle
+
+
 def test_connection_window_shared_by_streams() -> None:
     c = H2Codec("client")
     peer = Peer(server=True)

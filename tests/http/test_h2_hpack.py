@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from envoi_http.codec.h2_hpack import MemoDecoder, MemoEncoder
+from envoi_http.codec.h2_hpack import MemoDecoder, MemoEncoder, never_indexed
 from hpack import Decoder, Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-names = st.sampled_from([b":status", b"server", b"date", b"content-type", b"x-a", b"x-b"])
+names = st.sampled_from([b":status", b"server", b"date", b"content-type", b"x-a", b"x-b",
+                         b"x-request-id"])
 values = st.sampled_from([b"200", b"404", b"envoy", b"text/plain", b"1", b"2", b"x" * 40])
 blocks = st.lists(st.lists(st.tuples(names, values), min_size=1, max_size=6), max_size=40)
 steps = st.lists(st.one_of(st.integers(0, 39), st.sampled_from([0, 100, 4096, 64])),
@@ -27,11 +28,25 @@ def test_same_bytes_and_headers_as_hpack(blocks: list[list[tuple[bytes, bytes]]]
             size = [0, 100, 4096, 64][step % 4]
             plain_e.header_table_size = memo_e.header_table_size = size
             continue
-        headers = blocks[step % len(blocks)]
+        headers = never_indexed(list(blocks[step % len(blocks)]))
         a = plain_e.encode(headers, huffman)
         b = memo_e.encode(headers, huffman)
         assert a == b
         assert plain_d.decode(a, raw=True) == memo_d.decode(b, raw=True)
+
+
+def test_never_indexed_fields_leave_the_table_alone() -> None:
+    e = MemoEncoder()
+    base = [(b":status", b"200"), (b"server", b"envoy")]
+    b0 = e.encode(base)
+    first = e.encode(never_indexed([*base, (b"date", b"Mon, 1")]))
+    assert e.encode(never_indexed([*base, (b"date", b"Mon, 1")])) is first
+    e.encode(never_indexed([*base, (b"date", b"Mon, 2")]))  # a new date: no new table entry
+    assert e.encode(never_indexed([*base, (b"date", b"Mon, 1")])) is first  # still remembered
+    d = Decoder()
+    d.decode(b0, raw=True)
+    assert [(bytes(k), bytes(v)) for k, v in d.decode(first, raw=True)] == [
+        *base, (b"date", b"Mon, 1")]
 
 
 def test_repeated_block_is_remembered() -> None:

@@ -3,11 +3,15 @@
 hpack is pure Python (its Huffman coding too) and was the largest single cost of an HTTP/2
 request in the profile. Clients and servers repeat their header blocks (h2load, browsers and
 gRPC stubs send the same request headers; a proxy's responses repeat ``:status``, ``server``,
-``content-type``...), and after the first time HPACK encodes them as references to its dynamic
-table. A block made only of one-byte indexed fields is a pure function of that table and does
-not change it, so its decoded list (or, encoding, its bytes) can be remembered for as long as
-the table is unchanged: any other block may add or evict entries and clears the memory. The
-results are the ones hpack itself gives; these subclasses only skip recomputing them.
+``content-type``...). A block whose coding neither added to nor evicted from the HPACK dynamic
+table (indexed fields, literals without or never indexed) is a pure function of that table, so
+its bytes (encoding) or its header list (decoding) can be remembered for as long as the table
+stays as it is; a block that changes the table clears the memory. Whether the table changed is
+read from the table itself (its first entry and its size), not guessed from the bytes.
+
+``NEVER_INDEX`` names the fields whose values change from message to message (``date``,
+``x-envoy-upstream-service-time``, ``x-request-id``): ``never_indexed`` marks them so that they
+are sent as literals and do not churn the table (which would clear the memory every time).
 """
 
 from __future__ import annotations
@@ -15,15 +19,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from hpack import Decoder, Encoder
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 
 _MEMO_SIZE = 256
+NEVER_INDEX = frozenset((b"date", b"x-envoy-upstream-service-time", b"x-request-id"))
 
 
-def _all_indexed(block: bytes) -> bool:
-    """Every byte has the high bit set: each field is a one-byte indexed representation (an
-    index >= 127 needs a continuation byte whose last byte is < 0x80)."""
-    return bool(block) and min(block) >= 0x80
+def never_indexed(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with the fields of ``NEVER_INDEX`` as never-indexed literals (in place)."""
+    for i, (name, value) in enumerate(headers):
+        if name in NEVER_INDEX:
+            headers[i] = NeverIndexedHeaderTuple(name, value)
+    return headers
+
+
+def _table_state(table: Any) -> tuple[int, int, Any]:
+    entries = table.dynamic_entries
+    return len(entries), table.maxsize, entries[0] if entries else None
+
+
+def _same(a: tuple[int, int, Any], b: tuple[int, int, Any]) -> bool:
+    return a[0] == b[0] and a[1] == b[1] and a[2] is b[2]
 
 
 class MemoDecoder(Decoder):  # type: ignore[misc]  # hpack is untyped to mypy here
@@ -38,30 +54,55 @@ class MemoDecoder(Decoder):  # type: ignore[misc]  # hpack is untyped to mypy he
             hit = memo.get(key)
             if hit is not None:
                 return hit
+        before = _table_state(self.header_table)
         result = super().decode(data, raw)
-        if not _all_indexed(key):
-            memo.clear()  # the dynamic table may have changed
+        if not _same(before, _table_state(self.header_table)):
+            memo.clear()  # the dynamic table changed: what was remembered may be stale
         elif raw and len(memo) < _MEMO_SIZE:
             memo[key] = result
         return result
 
 
 class MemoEncoder(Encoder):  # type: ignore[misc]
+    """Remembers whole blocks, and, for blocks seen for the first time, each field's
+    representation: a block is the fields' representations one after the other, so a block
+    that differs from the last only in a never-indexed ``date`` costs one field's coding."""
+
     def __init__(self) -> None:
         super().__init__()
         self._memo: dict[tuple[Any, ...], bytes] = {}
+        self._fields: dict[tuple[Any, ...], bytes] = {}
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
-        key = (huffman, *headers) if not isinstance(headers, dict) else None
         memo = self._memo
-        if key is not None:
-            hit = memo.get(key)
-            if hit is not None:
-                return hit
-        block: bytes = super().encode(key[1:] if key is not None else headers, huffman)
-        if not _all_indexed(block) or key is None:
-            memo.clear()  # new entries in the dynamic table (or a size change) make it stale
-        elif len(memo) < _MEMO_SIZE:
+        if isinstance(headers, dict) or self.table_size_changes:
+            # a size update goes first: this block is not the usual one
+            memo.clear()
+            self._fields.clear()
+            return bytes(super().encode(headers, huffman))
+        # (a tuple equals its never-indexed twin: envoi marks the same names every time)
+        key = (huffman, *headers)
+        hit = memo.get(key)
+        if hit is not None:
+            return hit
+        table = self.header_table
+        start = _table_state(table)
+        fields = self._fields
+        out = []
+        for h in key[1:]:
+            fkey = (h, type(h), huffman)
+            rep = fields.get(fkey)
+            if rep is None:
+                before = _table_state(table)
+                rep = bytes(super().encode((h,), huffman))
+                if not _same(before, _table_state(table)):
+                    fields.clear()  # the table changed: every remembered index may be stale
+                    memo.clear()
+                elif len(fields) < _MEMO_SIZE:
+                    fields[fkey] = rep
+            out.append(rep)
+        block = b"".join(out)
+        if _same(start, _table_state(table)) and len(memo) < _MEMO_SIZE:
             memo[key] = block
         return block
 
@@ -73,3 +114,4 @@ class MemoEncoder(Encoder):  # type: ignore[misc]
     def header_table_size(self, value: int) -> None:
         Encoder.header_table_size.fset(self, value)
         self._memo.clear()
+        self._fields.clear()

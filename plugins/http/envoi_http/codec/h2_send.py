@@ -225,7 +225,8 @@ class H2Sender:
         if stream_id not in self._pending:
             conn = self._conn
             n = len(data)
-            if n <= conn.max_outbound_frame_size:
+            size = conn.max_outbound_frame_size
+            if n <= size:
                 try:
                     conn.send_data(stream_id, data, end_stream)
                 except h2.exceptions.FlowControlError:
@@ -236,6 +237,18 @@ class H2Sender:
                     if end_stream:
                         self._local_end(stream_id)
                     return
+            elif n <= conn.local_flow_control_window(stream_id):
+                # the windows take it all: frame by frame, no buffer (slices, no copies)
+                view = data if type(data) is memoryview else memoryview(data)
+                last = n - size
+                for at in range(0, n, size):
+                    conn.send_data(stream_id, view[at:at + size], end_stream and at >= last)
+                frames = (n + size - 1) // size
+                self._frames += frames
+                self._guard.outbound_data_frames += frames
+                if end_stream:
+                    self._local_end(stream_id)
+                return
         p = self._pending.get(stream_id)
         if p is None:
             p = self._pending[stream_id] = _Pending()

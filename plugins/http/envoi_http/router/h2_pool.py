@@ -34,6 +34,7 @@ from envoi.upstream.cluster import Cluster, Host, UpstreamConnectError
 from envoi_http.codec import events as ev
 from envoi_http.codec import h2_events as hev
 from envoi_http.codec.h2_codec import H2Codec
+from envoi_http.codec.h2_hpack import never_indexed
 from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
 from envoi_http.codec.h2_stats import Http2CodecStats, codec_stats
 
@@ -72,16 +73,16 @@ class H2Stream:
     def send_head(self, method: bytes, target: bytes, authority: bytes, scheme: bytes,
                   headers: ev.Headers, end_stream: bool) -> None:
         conn = self.conn
-        sid = conn.codec.send_request_head(method, target, authority, scheme, headers,
-                                           end_stream)
+        sid = conn.codec.send_request_head(method, target, authority, scheme,
+                                           never_indexed(headers), end_stream)
         self.stream_id = sid
         conn.streams[sid] = self
-        conn.flush()
+        conn.flush_soon()
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         conn = self.conn
         conn.codec.send_data(self.stream_id, data, end_stream)
-        conn.flush()
+        conn.flush_soon()
         if conn.codec.send_blocked(self.stream_id):
             self._above(True)
 
@@ -91,7 +92,7 @@ class H2Stream:
             self.send_data(event.data, event.end_stream)  # type: ignore[union-attr]
         elif t is ev.Trailers:
             self.conn.codec.send_trailers(self.stream_id, event.headers)  # type: ignore[union-attr]
-            self.conn.flush()
+            self.conn.flush_soon()
         else:
             raise TypeError(f"an HTTP/2 stream does not send {t.__name__}")
 
@@ -104,7 +105,7 @@ class H2Stream:
             if self.unacked:
                 self.conn.codec.acknowledge(self.stream_id, self.unacked)
                 self.unacked = 0
-                self.conn.flush()
+                self.conn.flush_soon()
 
     def release(self) -> None:
         """The exchange is over. A stream the upstream has not finished (the response ended
@@ -152,6 +153,7 @@ class H2UpstreamConnection(asyncio.Protocol):
                              max_headers_kb=pool.max_headers_kb,
                              max_headers_count=pool.max_headers_count)
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | Any = None
         self.streams: dict[int, H2Stream] = {}  # open streams by id (sent, not yet done)
         self.attached = 0  # handles given out and not yet done (streams before their head too)
         self.limit = pool.options.max_concurrent_streams  # until the peer's SETTINGS
@@ -161,6 +163,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.local_close = False
         self.write_blocked = False
+        self.flush_pending = False
         self.active_at_eof = False  # streams were open when the upstream closed
         self.started = time.monotonic()
 
@@ -199,6 +202,7 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()  # (once: each call costs a getpid())
         self.pool.on_connected(self)
         self.flush()
 
@@ -297,6 +301,17 @@ class H2UpstreamConnection(asyncio.Protocol):
                 h.on_upstream_closed()
 
     # -- output --------------------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        """Write what is queued once this loop iteration's callbacks have run: the heads and
+        data of the requests started in one iteration leave in one write."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self.flush_pending = False
+        self.flush()
 
     def flush(self) -> None:
         data = self.codec.data_to_send()
