@@ -1,11 +1,13 @@
 """An HTTP/1.1 backend for the upstream tests, run as its own process.
 
-``python tests/e2e/hc_backend.py PORT [MODE]`` serves:
+``python tests/e2e/hc_backend.py PORT [MODE [ADDRESS]]`` serves (on ADDRESS, 127.0.0.1 by
+default):
 
 * ``GET /health`` -> the current health status (200 at start);
 * ``POST /control/health?status=503`` -> sets it; ``POST /control/mode?m=hang`` -> from now on
   every request is read and never answered (``normal`` undoes it);
-* ``GET /status/<code>`` -> that status; anything else -> 200 with ``{"port": PORT}``.
+* ``GET /status/<code>`` -> that status; ``GET /slow?ms=N`` answers after N ms; anything
+  else -> 200 with ``{"port": PORT, "address": ADDRESS}``.
 
 Counts health checks in ``GET /control/checks``. MODE ``hang`` starts hanging. Prints
 ``READY <port>`` once listening.
@@ -59,11 +61,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 status = int(STATE["health"])
             self._send(status)
             return
+        if url.path == "/slow":
+            time.sleep(int(q["ms"][0]) / 1000)
         if url.path.startswith("/status/"):
             self._send(int(url.path.rsplit("/", 1)[1]))
             return
-        port = self.server.server_address[1]
-        self._send(200, json.dumps({"port": port, "path": self.path}).encode())
+        address, port = self.server.server_address[:2]
+        self._send(200, json.dumps({"port": port, "address": address,
+                                    "path": self.path}).encode())
 
     do_GET = do_POST = do_PUT = _handle
 
@@ -75,8 +80,9 @@ def main() -> None:
     port = int(sys.argv[1])
     if len(sys.argv) > 2:
         STATE["mode"] = sys.argv[2]
+    address = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
     socketserver.TCPServer.allow_reuse_address = True
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    srv = http.server.ThreadingHTTPServer((address, port), Handler)
     srv.daemon_threads = True
     print(f"READY {srv.server_address[1]}", flush=True)
     srv.serve_forever()

@@ -17,14 +17,17 @@ HERE = Path(__file__).parent
 class Backend:
     """One ``hc_backend.py`` process on a fixed port (so it can be killed and restarted)."""
 
-    def __init__(self, port: int | None = None, mode: str = "normal") -> None:
+    def __init__(self, port: int | None = None, mode: str = "normal",
+                 address: str = "127.0.0.1") -> None:
         self.port = port or free_port()
         self.mode = mode
+        self.address = address
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Backend:
         self.proc = subprocess.Popen([sys.executable, str(HERE / "hc_backend.py"),
-                                      str(self.port), self.mode], stdout=subprocess.PIPE)
+                                      str(self.port), self.mode, self.address],
+                                     stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line.startswith(b"READY"), line
@@ -37,7 +40,7 @@ class Backend:
             self.proc = None
 
     def control(self, what: str) -> dict[str, Any]:
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        c = http.client.HTTPConnection(self.address, self.port, timeout=5)
         c.request("POST", f"/control/{what}")
         data = json.loads(c.getresponse().read())
         c.close()
@@ -56,6 +59,13 @@ def request(port: int, path: str = "/", headers: dict[str, str] | None = None,
         return r.status, r.read()
     finally:
         c.close()
+
+
+def backend_address(body: bytes) -> str | None:
+    try:
+        return str(json.loads(body)["address"])
+    except (ValueError, KeyError):
+        return None
 
 
 def backend_port(body: bytes) -> int | None:
