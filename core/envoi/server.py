@@ -140,6 +140,7 @@ class WorkerPoolApi(Protocol):
     def kill(self) -> None: ...
     def merged_stats(self) -> Store: ...
     def host_counters(self) -> dict[str, list[list[int]]]: ...
+    def counter_reported(self, name: str) -> bool: ...
     def reset_counters(self) -> None: ...
     def drain_listeners(self, graceful: bool, inbound_only: bool) -> None: ...
 
@@ -393,9 +394,13 @@ class Server:
         self._stop_event = asyncio.Event()
         self._drained = asyncio.Event()
         # Health checks and outlier detection run before the listeners open, and the first
-        # round of checks is awaited (bounded), as Envoy warms its clusters.
-        self.cluster_manager.start(loop)
-        await self.cluster_manager.warm()
+        # round of checks is awaited (bounded), as Envoy warms its clusters. A worker leaves
+        # active health checking to the main process (envoi.upstream.health_sync).
+        if control is None:
+            self.cluster_manager.start(loop)
+            await self.cluster_manager.warm()
+        else:
+            self.cluster_manager.start_outlier_detection(loop)
         for lst in self.listeners:
             if lst.sock is not None:  # None: drained before this worker was forked
                 await lst.start()
@@ -457,6 +462,7 @@ class Server:
         self._update_server_gauges()
         flush = loop.call_later(self._flush_interval, self._flush_stats)
         supervise = loop.create_task(pool.supervise(self._flush_interval))
+        health = self._start_main_health_checks(loop, pool)
         stop = loop.create_task(self._stop_event.wait())
         ready = loop.create_task(pool.wait_ready())
         await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -472,6 +478,9 @@ class Server:
         self._update_server_gauges()
         self.plugins.pm.hook.envoi_draining(server=self.view)
         await pool.stop(self.options.drain_time_s + 5)
+        for task in health:
+            task.cancel()
+        self.cluster_manager.stop()
         supervise.cancel()
         flush.cancel()
         self.plugins.pm.hook.envoi_stopped(server=self.view)
@@ -479,6 +488,27 @@ class Server:
             await self.admin.close()
         log.info("exiting")
         return 0
+
+    def _start_main_health_checks(self, loop: asyncio.AbstractEventLoop,
+                                  pool: WorkerPoolApi) -> list[asyncio.Task[None]]:
+        """With workers: the main process keeps every DNS cluster's hosts current (for the
+        admin, and for the checks), runs the active health checks once for the server and
+        pushes flag changes to the workers."""
+        from envoi.upstream.health_sync import HealthBroadcaster
+
+        cm = self.cluster_manager
+        tasks = [loop.create_task(c.discovery.run(c)) for c in cm.clusters.values()
+                 if c.discovery is not None]
+        checked = [c for c in cm.clusters.values() if c.health_checkers]
+        if not checked:
+            return tasks
+        for c in checked:
+            stat = f"cluster.{c.observability_name}.upstream_cx_total"
+            for hc in c.health_checkers:
+                hc.traffic_probe = lambda stat=stat: pool.counter_reported(stat)
+        self._health_broadcaster = HealthBroadcaster(cm, pool.broadcast, loop)
+        cm.start_health_checks(loop)
+        return tasks
 
     def _on_signal(self, sig: int) -> None:
         if self.draining:

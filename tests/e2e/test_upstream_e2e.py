@@ -389,3 +389,47 @@ static_resources:
                 s.recv(1)
     proc.wait_stat("cluster.c.outlier_detection.ejections_enforced_consecutive_5xx", 1)
     assert host_flags(proc.get("/clusters")[1], "c")[dead] == "/failed_outlier_check"
+
+
+@pytest.mark.timeout(120)
+def test_workers_check_once_per_server_and_all_see_health_changes(
+        envoi_process: Callable[..., EnvoiProcess]) -> None:
+    """--concurrency 2: the main process runs the checks (the backend sees one probe per
+    interval, not one per worker) and every worker's load balancer follows its verdicts."""
+    backends = [Backend().start() for _ in range(2)]
+    ports = [b.port for b in backends]
+    admin, listen = free_port(), free_port()
+    hc = HTTP_HC.replace("interval: 0.2s\n", "interval: 0.25s\n").replace(
+        "no_traffic_interval: 0.2s", "no_traffic_interval: 0.25s")
+    try:
+        proc = envoi_process(config(admin, listen, ports, hc=hc), admin, concurrency=2)
+        get = lambda p: proc.get(p)[1]  # noqa: E731
+        wait_flags(get, "web", dict.fromkeys(ports, "healthy"))
+        before = backends[0].control("health?status=200")["checks"]
+        time.sleep(2.5)
+        checks = backends[0].control("health?status=200")["checks"] - before
+        assert 6 <= checks <= 13, checks  # ~10 in 2.5 s at 0.25 s; two checkers would be ~20
+        backends[0].set_health(503)
+        wait_flags(get, "web", {ports[0]: "/failed_active_hc", ports[1]: "healthy"})
+        deadline = time.monotonic() + 3  # the merge window: the first change goes at once
+
+        def only_healthy() -> bool:
+            got = {backend_port(request(listen)[1]) for _ in range(12)}
+            return got == {ports[1]}
+
+        wait_for(only_healthy, 3, what="every worker to drop the failed host")
+        assert time.monotonic() < deadline + 0.5
+        backends[0].set_health(200)
+        wait_flags(get, "web", dict.fromkeys(ports, "healthy"))
+        wait_for(lambda: ports[0] in {backend_port(request(listen)[1]) for _ in range(12)}, 5,
+                 what="traffic back on the recovered host")
+        stats = proc.stats()
+        assert stats["cluster.web.health_check.healthy"] == 2
+        # The main process owns the cluster's membership gauges (not summed over workers).
+        assert (stats["cluster.web.membership_healthy"], stats["cluster.web.membership_total"]
+                ) == (2, 2)
+        # Summed over the main process only: the workers run no checks of their own.
+        assert stats["cluster.web.health_check.attempt"] < 60
+    finally:
+        for b in backends:
+            b.kill()

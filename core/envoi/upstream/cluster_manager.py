@@ -245,10 +245,20 @@ class ClusterManager:
             + ", ".join(sorted(known)))])
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start health checking and outlier detection (once per server: the main process)."""
+        """Start health checking and outlier detection (a single process does both)."""
+        self.start_health_checks(loop)
+        self.start_outlier_detection(loop)
+
+    def start_health_checks(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Active health checks run once per server: in the single process, or in the main
+        process of worker processes (``envoi.upstream.health_sync`` tells the workers)."""
         for c in self.clusters.values():
             for hc in c.health_checkers:
                 hc.start(loop)
+
+    def start_outlier_detection(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Outlier detection runs where the traffic is: in each process that serves."""
+        for c in self.clusters.values():
             det = c.outlier_detector
             if det is not None:
                 self._tasks.append(loop.create_task(_run_detector(det)))

@@ -299,6 +299,9 @@ class ActiveHealthChecker:
         #: un-ejects on a pass; the cluster rebuilds its load balancer on a change).
         self.callbacks: list[Callable[[Host, str, bool], None]] = []
         self._first_round: asyncio.Event | None = None
+        self._traffic = False
+        #: Set in the main process of workers: did any worker send traffic to the cluster?
+        self.traffic_probe: Callable[[], bool] | None = None
         self._unchecked: set[Host] = set()
         self.exclude_new_hosts = exclude_new_hosts
         self.mark_unchecked(cluster.hosts, initial=True)
@@ -312,9 +315,16 @@ class ActiveHealthChecker:
                 h.health_flags.add(PENDING_ACTIVE_HC)
 
     def had_traffic(self) -> bool:
+        """Has the cluster carried traffic (else checks run at ``no_traffic_interval``)? In
+        the main process of workers, ``traffic_probe`` asks the workers' last reports."""
+        if self._traffic:
+            return True
         st = self.cluster.stats
-        return bool(st.upstream_cx_total.value or st.upstream_cx_tx_bytes_total.value
-                    or st.upstream_cx_rx_bytes_total.value)
+        probe = self.traffic_probe
+        self._traffic = bool(st.upstream_cx_total.value or st.upstream_cx_tx_bytes_total.value
+                             or st.upstream_cx_rx_bytes_total.value
+                             or (probe is not None and probe()))
+        return self._traffic
 
     # -- lifecycle -------------------------------------------------------------------------
 

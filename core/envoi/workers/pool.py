@@ -519,6 +519,13 @@ class WorkerPool:
                 merged.text_readout(name).set(v)
         return merged
 
+    def counter_reported(self, name: str) -> bool:
+        """Did a live worker's last stats report count ``name``? (Asks no worker: the reports
+        come every stats flush.) The main process's health checks use it to tell whether the
+        cluster has carried traffic."""
+        return any(w.report and w.report["counters"].get(name)
+                   for w in self.workers.values() if not w.exited)
+
     def host_counters(self) -> dict[str, list[list[int]]]:
         """Per cluster, per host: the workers' host counters summed (dead workers' too)."""
         total = {c: [list(h) for h in hosts] for c, hosts in self.retired_hosts.items()}

@@ -33,6 +33,17 @@ log = logging.getLogger("envoi.workers")
 #: Stats that mirror process-wide state the main process owns (each worker keeps a copy of the
 #: runtime, say): reported by the main process only, like Envoy's "never import" gauges.
 MAIN_ONLY_PREFIXES = ("runtime.", "server.worker_restarts")
+#: Cluster stats the main process owns: it runs the active health checks and keeps every
+#: cluster's host set (membership) current for the whole server.
+MAIN_ONLY_CLUSTER_STATS = (".health_check.", ".membership_total", ".membership_healthy",
+                           ".membership_degraded", ".membership_excluded")
+
+
+def main_only(name: str) -> bool:
+    """A stat only the main process reports (workers' copies would be counted N+1 times)."""
+    if name.startswith(MAIN_ONLY_PREFIXES):
+        return True
+    return name.startswith("cluster.") and any(p in name for p in MAIN_ONLY_CLUSTER_STATS)
 #: Per-host values reported for ``/clusters``; which of them are counters (summed for ever,
 #: kept when a worker dies) and which are gauges (gone with the worker).
 HOST_FIELDS = ("cx_active", "cx_connect_fail", "cx_total", "rq_active", "rq_error",
@@ -61,7 +72,7 @@ class WorkerStats:
         texts: dict[str, str] = {}
         base = self.baseline
         for s in self.store:
-            if s.name.startswith(MAIN_ONLY_PREFIXES):
+            if main_only(s.name):
                 continue
             if isinstance(s, Counter):
                 d = s.value - base.get(s.name, 0)
@@ -127,9 +138,16 @@ def _op_shutdown(ctx: OpContext, msg: dict[str, Any]) -> Any:
     return None
 
 
+def _op_host_health(ctx: WorkerContext, msg: dict[str, Any]) -> Any:
+    """The main process's active health checks changed some hosts' flags."""
+    from envoi.upstream.health_sync import apply_host_health
+
+    return apply_host_health(ctx.server.cluster_manager, msg["clusters"])
+
+
 for _name, _op in (("stats", _op_stats), ("reset_counters", _op_reset_counters),
                    ("healthcheck", _op_healthcheck), ("drain_listeners", _op_drain_listeners),
-                   ("shutdown", _op_shutdown)):
+                   ("shutdown", _op_shutdown), ("host_health", _op_host_health)):
     register_worker_op(_name, _op)
 
 
