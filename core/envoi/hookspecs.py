@@ -90,8 +90,10 @@ def envoi_load_balancers() -> Sequence[LoadBalancerFactory] | None:
 
 @hookspec
 def envoi_health_checkers() -> Sequence[HealthCheckerFactory] | None:
-    """Active health checkers (HTTP, TCP, gRPC, custom). Not used yet: no active health
-    checking."""
+    """Active health checkers (HTTP, TCP, gRPC, custom), by the ``HealthCheck`` oneof field
+    they serve (``HealthCheckerFactory.health_check_fields``; a ``custom_health_check`` by its
+    name or ``@type``). A factory returns a probe factory; the core runs the timers, timeouts,
+    thresholds, stats and health flags. The contract: :mod:`envoi.upstream.health_check`."""
 
 
 @hookspec
