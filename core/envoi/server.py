@@ -29,6 +29,7 @@ from envoi.network.listener import ActiveListener
 from envoi.plugins import Plugins
 from envoi.runtime import Runtime
 from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup, Store
+from envoi.upstream import health_sync  # registers the host_health worker operation
 from envoi.upstream.cluster_manager import ClusterManager
 from envoi.upstream.host import health_flags_string
 
@@ -494,8 +495,6 @@ class Server:
         """With workers: the main process keeps every DNS cluster's hosts current (for the
         admin, and for the checks), runs the active health checks once for the server and
         pushes flag changes to the workers."""
-        from envoi.upstream.health_sync import HealthBroadcaster
-
         cm = self.cluster_manager
         tasks = [loop.create_task(c.discovery.run(c)) for c in cm.clusters.values()
                  if c.discovery is not None]
@@ -506,7 +505,7 @@ class Server:
             stat = f"cluster.{c.observability_name}.upstream_cx_total"
             for hc in c.health_checkers:
                 hc.traffic_probe = lambda stat=stat: pool.counter_reported(stat)
-        self._health_broadcaster = HealthBroadcaster(cm, pool.broadcast, loop)
+        self._health_broadcaster = health_sync.HealthBroadcaster(cm, pool.broadcast, loop)
         cm.start_health_checks(loop)
         return tasks
 

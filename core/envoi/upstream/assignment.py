@@ -140,6 +140,8 @@ def apply_eds_update(cluster: Cluster, cla: Any, path: str = "ClusterLoadAssignm
         cluster.stats.scope.counter("update_rejected").inc()
         raise
     st.update_success.inc()
+    # Envoy's dynamic host lists set max_host_weight (STATIC leaves it at 0).
+    st.max_host_weight.set(max((h.weight for h in la.hosts), default=0))
     if not la.hosts:
         st.update_empty.inc()
     if not la.apply(cluster):

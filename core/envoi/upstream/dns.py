@@ -84,6 +84,12 @@ class _Target:
     failures: int = 0
 
 
+def note_max_weight(cluster: Cluster, hosts: list[Host]) -> None:
+    """Envoy's dynamic host lists (DNS, EDS) set the ``max_host_weight`` gauge; STATIC leaves
+    it at 0."""
+    cluster.stats.max_host_weight.set(max((h.weight for h in hosts), default=0))
+
+
 def pick_addresses(infos: Sequence[tuple[int, str]], prefer: int | None,
                    first_only: bool) -> list[str]:
     """(family, address) answers to the addresses ``dns_lookup_family`` keeps, in order."""
@@ -150,6 +156,7 @@ class DnsDiscovery:
 
     def _apply(self, cluster: Cluster) -> bool:
         hosts = self._hosts()
+        note_max_weight(cluster, [h for hs in hosts.values() for h in hs])
         top = max([len(cluster.priority_set) - 1, *hosts], default=-1)
         changed = False
         for p in range(top + 1):
@@ -200,7 +207,9 @@ class DnsDiscovery:
             self._next = loop.run_until_complete(self._first_round(cluster, loop))
         finally:
             loop.close()
-        return [h for hs in self._hosts().values() for h in hs]
+        hosts = [h for hs in self._hosts().values() for h in hs]
+        note_max_weight(cluster, hosts)
+        return hosts
 
     async def _first_round(self, cluster: Cluster,
                            loop: asyncio.AbstractEventLoop) -> list[float]:

@@ -6,8 +6,7 @@ sends every changed cluster's flags to the workers (the ``host_health`` worker o
 once for the first change after a quiet spell and then at most once per merge window
 (``common_lb_config.update_merge_window``, Envoy's default 1 s), so a flapping host cannot flood
 the workers; each worker applies them to its own hosts (matched by address and priority) and
-rebuilds its load balancer (``envoi.workers.worker`` registers the operation). A worker forked
-later inherits the main process's flags.
+rebuilds its load balancer. A worker forked later inherits the main process's flags.
 
 Only the flags active health checking owns travel; outlier detection runs in each worker on
 that worker's own traffic.
@@ -28,6 +27,7 @@ from envoi.upstream.host import (
     FAILED_ACTIVE_HC,
     PENDING_ACTIVE_HC,
 )
+from envoi.workers.control import OpContext, register_worker_op
 
 if TYPE_CHECKING:
     from envoi.upstream.cluster import Cluster
@@ -69,6 +69,14 @@ def apply_host_health(cm: ClusterManager, payload: Payload) -> int:
         if touched:
             cluster.health_changed()
     return changed
+
+
+def _op_host_health(ctx: OpContext, msg: dict[str, Any]) -> Any:
+    """In a worker: the main process's active health checks changed some hosts' flags."""
+    return apply_host_health(ctx.server.cluster_manager, msg["clusters"])
+
+
+register_worker_op("host_health", _op_host_health)
 
 
 def merge_window(cluster: Cluster) -> float:

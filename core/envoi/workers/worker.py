@@ -138,16 +138,9 @@ def _op_shutdown(ctx: OpContext, msg: dict[str, Any]) -> Any:
     return None
 
 
-def _op_host_health(ctx: WorkerContext, msg: dict[str, Any]) -> Any:
-    """The main process's active health checks changed some hosts' flags."""
-    from envoi.upstream.health_sync import apply_host_health
-
-    return apply_host_health(ctx.server.cluster_manager, msg["clusters"])
-
-
 for _name, _op in (("stats", _op_stats), ("reset_counters", _op_reset_counters),
                    ("healthcheck", _op_healthcheck), ("drain_listeners", _op_drain_listeners),
-                   ("shutdown", _op_shutdown), ("host_health", _op_host_health)):
+                   ("shutdown", _op_shutdown)):
     register_worker_op(_name, _op)
 
 
