@@ -314,3 +314,41 @@ def test_tls_access_log_operators_match_envoy(proxy_process: Proxy, pki: Pki, tm
     assert lines["envoi"] == lines["envoy"]
     with_cert = [line for line in lines["envoy"] if "spiffe://" in line]
     assert len(with_cert) == 1 and "CN=client.local" in with_cert[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_session_resumption(kind: str, proxy_process: Proxy, pki: Pki,
+                            echoes: list[HttpEchoServer]) -> None:
+    """A client that comes back with its session ticket resumes (``ssl.session_reused``);
+    ``disable_stateless_session_resumption`` turns tickets off."""
+    reused = {}
+    for disabled in (False, True):
+        admin_port, port = free_port(), free_port()
+        extra = "    disable_stateless_session_resumption: true\n" if disabled else ""
+        tls = downstream_tls(pki.servers["a.local"], extra=extra)
+        proc = proxy_process(kind, f"""{admin(admin_port)}\
+  listeners:
+  - name: resume
+    stat_prefix: resume
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    -
+{tls}\
+{tcp_proxy("t", "echo")}\
+  clusters:
+{cluster("echo", echoes[0].port)}""", admin_port)
+        ctx = tls_client_context(str(pki.ca.pem))
+        session = None
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="a.local", session=session) as s:
+                s.sendall(http_get())
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 200")
+                session = s.session
+        wait_for(lambda p=proc: p.stats().get("listener.resume.ssl.handshake") == 3, 10,
+                 what="three handshakes")
+        reused[disabled] = proc.stats()["listener.resume.ssl.session_reused"]
+    assert reused == {False: 2, True: 0}

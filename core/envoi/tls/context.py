@@ -486,7 +486,11 @@ def build_server_context(cfg: Any, path: str) -> ServerTlsContext:
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     if cfg.disable_stateless_session_resumption:
+        # No tickets: TLS 1.2 falls back to session IDs (Envoy's stateful resumption, on by
+        # default); TLS 1.3 issues none, so it does not resume - as with BoringSSL, whose TLS 1.3
+        # resumption is ticket-only (OpenSSL would otherwise send stateful tickets).
         ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
     if cfg.prefer_client_ciphers:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     # The SNI is shown only to this callback: keep it for connection.requested_server_name.
