@@ -20,7 +20,7 @@ from h2_test_server import H2TestServer, Request, ServerConn, echo_path
 def make_cluster(**thresholds: int) -> Cluster:
     stats = ClusterStats(Store().root.scope("cluster.up"))
     c = Cluster("up", stats, connect_timeout=2.0)
-    c.thresholds["DEFAULT"] = Thresholds(**thresholds)
+    c.set_thresholds({"DEFAULT": Thresholds(**thresholds)})
     return c
 
 
@@ -49,7 +49,7 @@ class Req:
         if self.body:
             conn.send_data(self.body, True)
 
-    def on_pool_failure(self, reason: str, host: Host) -> None:
+    def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None:
         self.failure = reason
         self.done.set()
 
@@ -386,4 +386,22 @@ def test_pool_for_caches_per_host_and_stats_names() -> None:
             names = {s.name for s in cluster.stats.scope.store}
             assert "cluster.up.http2.rx_reset" in names
             assert "cluster.up.http2.streams_active" in names
+    run(go)
+
+
+def test_removed_host_pool_goes() -> None:
+    async def go() -> None:
+        async with H2TestServer() as srv:
+            cluster = make_cluster()
+            host = Host("127.0.0.1", srv.port)
+            cluster.set_hosts([host])
+            pool = h2_pool_for(cluster, host)
+            r = Req(b"/x")
+            pool.request(r)
+            await r.done.wait()
+            assert len(pool.conns) == 1
+            cluster.set_hosts([])  # the host leaves: its idle connection closes
+            await until(lambda: srv.closed == 1)
+            assert h2_pool_for(cluster, host) is not pool
+            assert cluster.resources["DEFAULT"].connections.count == 0
     run(go)

@@ -44,7 +44,7 @@ class PoolCallbacks(Protocol):
     ``H2Stream`` (same methods as the HTTP/1.1 ``UpstreamConnection``)."""
 
     def on_pool_ready(self, conn: H2Stream) -> None: ...
-    def on_pool_failure(self, reason: str, host: Host) -> None: ...
+    def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None: ...
     def on_upstream_events(self, events: list[ev.Event]) -> None: ...
     def on_upstream_closed(self) -> None: ...
     def on_upstream_above_high_watermark(self) -> None: ...
@@ -290,7 +290,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         if not self.codec.dead:
             self.codec.receive(b"")
         pool.cluster.connection_closed(pool.host, self.started, local=self.local_close,
-                                       active_rq=active)
+                                       active_rq=active, priority=pool.priority)
         pool.on_closed(self)
         streams = list(self.streams.values())
         self.streams.clear()
@@ -333,13 +333,15 @@ class H2UpstreamConnection(asyncio.Protocol):
 
 class H2Pool:
     def __init__(self, cluster: Cluster, host: Host, options: Http2Options = DEFAULT_OPTIONS,
-                 max_requests: int = 0, *, max_headers_kb: int = 60,
+                 max_requests: int = 0, priority: str = "DEFAULT", *, max_headers_kb: int = 60,
                  max_headers_count: int = 100) -> None:
         self.cluster = cluster
         self.host = host
         self.address_string = host.address_string
         self.options = options
         self.max_requests = max_requests
+        self.priority = priority
+        self.resources = cluster.resources[priority]  # the priority's circuit breakers
         self.max_headers_kb = max_headers_kb
         self.max_headers_count = max_headers_count
         self.codec_stats: Http2CodecStats = cluster.extra.get("envoi_http2_stats") or \
@@ -353,27 +355,29 @@ class H2Pool:
             if conn.room > 0:
                 cb.on_pool_ready(conn.new_stream(cb))
                 return
-        cluster = self.cluster
-        st = cluster.stats
-        th = cluster.thresholds["DEFAULT"]
-        if len(self.pending) >= th.max_pending_requests or \
-                st.upstream_rq_pending_active.value >= th.max_pending_requests:
+        st = self.cluster.stats
+        rm = self.resources
+        if not rm.pending_requests.can_create():
             st.upstream_rq_pending_overflow.value += 1
             cb.on_pool_failure("overflow", self.host)
             return
         st.upstream_rq_pending_total.value += 1
         st.upstream_rq_pending_active.inc()
+        rm.pending_requests.inc()
         self.pending.append(cb)
         self._maybe_connect()
+
+    def _unpend(self) -> None:
+        self.cluster.stats.upstream_rq_pending_active.dec()
+        self.resources.pending_requests.dec()
 
     def cancel(self, cb: PoolCallbacks) -> None:
         try:
             self.pending.remove(cb)
         except ValueError:
             return
-        st = self.cluster.stats
-        st.upstream_rq_pending_active.dec()
-        st.upstream_rq_cancelled.value += 1
+        self._unpend()
+        self.cluster.stats.upstream_rq_cancelled.value += 1
 
     def _expected_room(self) -> int:
         """Streams the connections not yet ready will take (the configured limit each)."""
@@ -385,46 +389,46 @@ class H2Pool:
         return max(self.connecting, made) * per
 
     def _maybe_connect(self) -> None:
-        cluster = self.cluster
-        st = cluster.stats
-        th = cluster.thresholds["DEFAULT"]
+        rm = self.resources
         while len(self.pending) > self._expected_room():
-            if st.upstream_cx_active.value + self.connecting >= th.max_connections:
-                st.upstream_cx_overflow.value += 1
+            if not rm.connections.can_create():
+                self.cluster.stats.upstream_cx_overflow.value += 1
                 return  # waits for room on a connection that exists
+            rm.connections.inc()  # reserved now; Cluster.connect takes it over
             self.connecting += 1
             asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
+        st = self.cluster.stats
+        st.upstream_cx_http2_total.value += 1  # Envoy counts the attempt, as upstream_cx_total
         try:
             await self.cluster.connect(self.host, lambda: H2UpstreamConnection(self),
+                                       priority=self.priority, reserved=True,
                                        alpn_fallback=("h2",))
         except UpstreamConnectError as exc:
             self.connecting -= 1
             reason = "timeout" if exc.timeout else "connection_failure"
             # the requests no other connection in the making can take fail now
-            st = self.cluster.stats
             while self.pending and len(self.pending) > self._expected_room():
                 cb = self.pending.pop()
-                st.upstream_rq_pending_active.dec()
-                cb.on_pool_failure(reason, self.host)
+                self._unpend()
+                st.upstream_rq_pending_failure_eject.value += 1
+                cb.on_pool_failure(reason, self.host, exc.reason)
             return
         self.connecting -= 1
         if self.pending:
             self._maybe_connect()
 
     def on_connected(self, conn: H2UpstreamConnection) -> None:
-        """TCP is up (the connection is ready for streams once the peer's SETTINGS come).
-        It stays counted in ``connecting`` until ``cluster.connect`` has counted it active."""
-        self.cluster.stats.upstream_cx_http2_total.value += 1
+        """TCP (and TLS) is up; the connection is ready for streams once the peer's SETTINGS
+        come. It stays counted in ``connecting`` until ``cluster.connect`` has returned."""
         self.conns.append(conn)
 
     def on_room(self, conn: H2UpstreamConnection, connected: bool = False) -> None:
         """A connection got room (ready, a stream ended, the peer raised its limit)."""
-        st = self.cluster.stats
         while self.pending and conn.room > 0:
             cb = self.pending.popleft()
-            st.upstream_rq_pending_active.dec()
+            self._unpend()
             cb.on_pool_ready(conn.new_stream(cb))
         if connected and self.pending:
             self._maybe_connect()  # the peer allows fewer streams than hoped
@@ -441,6 +445,13 @@ class H2Pool:
         if self.pending:
             self._maybe_connect()
 
+    def close_idle(self) -> None:
+        """The host left the cluster: connections without streams close, the others drain."""
+        for conn in list(self.conns):
+            conn.draining = True
+            if conn.attached <= 0:
+                conn.close()
+
 
 def _cluster_scope(cluster: Cluster) -> Any:
     """``cluster.<name>.``: where Envoy puts an upstream codec's ``http2.*`` stats."""
@@ -448,17 +459,29 @@ def _cluster_scope(cluster: Cluster) -> Any:
 
 
 def h2_pool_for(cluster: Cluster, host: Host, options: Http2Options = DEFAULT_OPTIONS,
-                max_requests: int | None = None) -> H2Pool:
-    """The HTTP/2 pool of (cluster, host); ``max_requests`` defaults to the cluster's
-    ``max_requests_per_connection``."""
+                max_requests: int | None = None, priority: str = "DEFAULT") -> H2Pool:
+    """The HTTP/2 pool of (cluster, host, priority); ``max_requests`` defaults to the
+    cluster's ``max_requests_per_connection``."""
     pools: dict[Any, H2Pool] | None = cluster.extra.get("envoi_h2_pools")
     if pools is None:
         pools = cluster.extra["envoi_h2_pools"] = {}
-    p = pools.get(host)
+        cluster.add_member_update_cb(lambda _added, removed: _drop_pools(pools, removed))
+    key = host if priority == "DEFAULT" else (host, priority)
+    p = pools.get(key)
     if p is None:
         if max_requests is None:
             cfg = cluster.config
             max_requests = (cfg.max_requests_per_connection.value if cfg is not None
                             and cfg.HasField("max_requests_per_connection") else 0)
-        p = pools[host] = H2Pool(cluster, host, options, max_requests)
+        p = pools[key] = H2Pool(cluster, host, options, max_requests, priority)
+        p.resources.connection_pools.inc()
     return p
+
+
+def _drop_pools(pools: dict[Any, H2Pool], removed: list[Host]) -> None:
+    """Hosts that left the cluster: their pools go (streams in flight finish first)."""
+    gone = set(removed)
+    for key in [k for k, p in pools.items() if p.host in gone]:
+        p = pools.pop(key)
+        p.close_idle()
+        p.resources.connection_pools.dec()
