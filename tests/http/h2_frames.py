@@ -123,20 +123,22 @@ class Peer:
 
     def parse(self, data: bytes) -> Out:
         """Frames in ``data`` (plus any cut frame kept from before), header blocks decoded."""
-        buf = self.buf + data
+        buf = self.buf + data if self.buf else data
+        view = memoryview(buf)
         out = Out()
         block: dict[int, bytes] = {}
-        while len(buf) >= 9:
-            f, length = Frame.parse_frame_header(memoryview(buf[:9]))
-            if len(buf) < 9 + length:
+        pos, n = 0, len(buf)
+        while n - pos >= 9:
+            f, length = Frame.parse_frame_header(view[pos:pos + 9])
+            if n - pos < 9 + length:
                 break
-            f.parse_body(memoryview(buf[9:9 + length]))
-            buf = buf[9 + length:]
+            f.parse_body(view[pos + 9:pos + 9 + length])
+            pos += 9 + length
             out.frames.append(f)
             if isinstance(f, (HeadersFrame, ContinuationFrame)):
                 block[f.stream_id] = block.get(f.stream_id, b"") + f.data
                 if "END_HEADERS" in f.flags:
                     decoded = self.dec.decode(block.pop(f.stream_id), raw=True)
                     out.blocks.append((f.stream_id, [(bytes(k), bytes(v)) for k, v in decoded]))
-        self.buf = buf
+        self.buf = bytes(view[pos:])
         return out
