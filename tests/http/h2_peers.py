@@ -161,9 +161,12 @@ def make_docroot(path: Path, sizes: dict[str, int]) -> Path:
 
 
 def proxy_yaml(port: int, admin: int, h1_port: int, h2_port: int, *,
-               h2_options: str = "{}", extra_hcm: str = "") -> str:
+               h2_options: str = "{}", extra_hcm: str = "", listener_tls: str = "",
+               h2_cluster_extra: str = "") -> str:
     """One HCM listener (``codec_type: AUTO``): ``/h1/...`` to the HTTP/1.1 cluster, ``/h2/...``
-    to the HTTP/2 one (prefix rewritten to ``/``), ``/direct`` answered by the proxy."""
+    to the HTTP/2 one (prefix rewritten to ``/``), ``/direct`` answered by the proxy.
+    ``listener_tls``: the filter chain's ``transport_socket`` (indented 6); ``h2_cluster_extra``:
+    more of the HTTP/2 cluster (its ``transport_socket``, indented 4)."""
     return f"""
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
@@ -194,7 +197,7 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
+{listener_tls}  clusters:
   - name: h1
     type: STATIC
     connect_timeout: 2s
@@ -215,7 +218,7 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {h2_port}}}}}}}
-"""
+{h2_cluster_extra}"""
 
 
 def env_without_proxy() -> dict[str, str]:
