@@ -141,7 +141,9 @@ def checkout_paths(root: Path, files: list[str]) -> list[str]:
 def test_no_tracked_file_names_a_checkout_path() -> None:
     files = run("git", "ls-files").stdout.split()
     assert files, "git ls-files found nothing"
-    found = checkout_paths(ROOT, files)
+    # tests/corpus holds third-party configs kept byte for byte: their absolute paths (route
+    # prefixes, file names in the examples' containers) are data, not this checkout's paths.
+    found = checkout_paths(ROOT, [f for f in files if not f.startswith("tests/corpus/")])
     assert not found, "\n".join(found)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from envoi import hookimpl
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, data_source_bytes, implements
 from envoi.extensions import AccessLoggerFactory, FactoryContext
 from envoi.stream_info import Formatter, LogContext, Operator, OperatorFactory, StreamInfo
 
@@ -325,6 +325,16 @@ class AccessLogger:
         self.sink.write(self.render(ctx))
 
 
+# Access log entries and the built-in loggers (a filter on an entry is not implemented).
+implements("envoy.config.accesslog.v3.AccessLog", "name", "typed_config")
+implements("envoy.extensions.access_loggers.file.v3.FileAccessLog",
+           "path", "format", "json_format", "log_format")
+implements("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog", "log_format")
+implements("envoy.extensions.access_loggers.stream.v3.StderrAccessLog", "log_format")
+implements("envoy.config.core.v3.SubstitutionFormatString",
+           "text_format", "json_format", "text_format_source")
+
+
 def _formatter(config: Any, path: str, operators: Operators,
                legacy_format: str = "") -> Formatter:
     """From a ``log_format`` (SubstitutionFormatString) or the legacy file fields."""
@@ -335,7 +345,8 @@ def _formatter(config: Any, path: str, operators: Operators,
             return compile_json_format(json_format.MessageToDict(config.json_format), path,
                                        operators)
         if config.HasField("text_format_source"):
-            return compile_format(config.text_format_source.inline_string, path, operators)
+            text = data_source_bytes(config.text_format_source, path + ".text_format_source")
+            return compile_format(text.decode("utf-8", "replace"), path, operators)
         if config.text_format:
             return compile_format(config.text_format, path, operators)
     return compile_format(legacy_format or DEFAULT_FORMAT, path, operators)

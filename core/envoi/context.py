@@ -46,6 +46,9 @@ class ClusterManager(Protocol):
     """The upstream clusters by name."""
 
     def get(self, name: str) -> Cluster | None: ...
+    def is_configured(self, name: str) -> bool:
+        """A cluster of this name is in the config, built or refused with its own config error
+        (a check naming it must not add "unknown cluster" to that error)."""
     @property
     def clusters(self) -> Mapping[str, Cluster]: ...
     @property

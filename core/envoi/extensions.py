@@ -10,7 +10,7 @@ does. A factory turns its validated config into a fast runtime callable once, at
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -61,10 +61,17 @@ class ConfigSchema:
     object; it raises :class:`envoi.config.ConfigError` (paths relative to the entry) or
     :class:`ValueError` with a message naming the field, which the core reports under the
     entry's config path. :func:`envoi.schema.config_schema` builds one from a dataclass.
+
+    ``fields`` declares the keys the filter implements (required: a schema without it is a
+    plugin error; ``config_schema`` takes them from the dataclass). Before ``parse`` runs, the
+    core refuses every other key with its path, so a config never sets something the filter
+    silently ignores. Keys inside an object are written ``"outer.inner"``; an object whose keys
+    no entry names is left to ``parse`` to check (see :func:`envoi.config.check_schema_keys`).
     """
 
     type_url: str
     parse: Callable[[Mapping[str, Any]], object]
+    fields: Collection[str] | None = None
 
 
 class ClusterDiscovery(Protocol):

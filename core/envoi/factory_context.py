@@ -13,7 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from envoi.access_log import compile_format
-from envoi.config import ConfigError, ConfigIssue, PluginTypedConfig, unpack_typed_config
+from envoi.config import (
+    ConfigError,
+    ConfigIssue,
+    PluginTypedConfig,
+    check_schema_keys,
+    unpack_typed_config,
+)
 from envoi.config.typed import unpack_any
 from envoi.context import ClusterManager, FactoryContext, LocalInfo, Runtime, ServerContext
 from envoi.extensions import (
@@ -89,11 +95,14 @@ class FactoryContextImpl:
             stat_prefix=self.stat_prefix if stat_prefix is None else stat_prefix)
 
     def resolve_extension(self, base: type[F], entry: Any, path: str) -> tuple[F, Any]:
+        if not entry.HasField("typed_config") and self._has_config_type(base, entry.name):
+            # As Envoy 1.39 does: an extension with a config type is found by its config's
+            # @type, a bare name is not enough. (A plugin's extension that has no config type
+            # at all can only be named.)
+            raise ConfigError([self._missing_typed_config(entry.name, path)])
         url, config = self._typed_config(entry, path)
         factory = self._plugins.lookup(cast(type[ExtensionFactory], base), entry.name, url, path)
-        if config is None:
-            config = default_config(factory)
-        elif isinstance(config, PluginTypedConfig):
+        if isinstance(config, PluginTypedConfig):
             config = self._parse_plugin_config(config, path + ".typed_config")
         return cast(F, factory), config
 
@@ -105,10 +114,28 @@ class FactoryContextImpl:
             return strip_type_url(cfg.type_url), cfg
         return cfg.DESCRIPTOR.full_name, cfg
 
+    def _has_config_type(self, base: type[F], name: str) -> bool:
+        """A factory of this name is registered and has a config type (an unknown name is
+        left to ``lookup``, whose error lists what is installed)."""
+        category = cast(type[ExtensionFactory], base).category
+        return any(i.name == name and i.category == category and i.type_urls
+                   for i in self._plugins.extensions)
+
+    def _missing_typed_config(self, name: str, path: str) -> ConfigIssue:
+        msg = f"Didn't find a registered implementation for '{name}' with type URL: ''"
+        known = [i for i in self._plugins.extensions if i.name == name and i.type_urls]
+        if known:
+            msg += (" (extensions are found by their typed_config; add typed_config with "
+                    f"\"@type\": type.googleapis.com/{known[0].type_urls[0]})")
+        return ConfigIssue(path, msg)
+
     def _parse_plugin_config(self, cfg: PluginTypedConfig, path: str) -> Any:
-        schema = self._plugins.schemas.get(strip_type_url(cfg.type_url))
+        url = strip_type_url(cfg.type_url)
+        schema = self._plugins.schemas.get(url)
         if schema is None:
             return cfg  # a factory that takes the plain data itself
+        # The keys the schema does not declare are refused before it parses (none ignored).
+        check_schema_keys(cfg.value, schema.fields or (), path, url)
         try:
             return schema.parse(cfg.value)
         except ConfigError as exc:
@@ -179,9 +206,6 @@ class FactoryContextImpl:
         loggers: list[AccessLogger] = []
         for i, entry in enumerate(entries):
             p = f"{path}[{i}]"
-            if entry.HasField("filter"):
-                raise ConfigError([ConfigIssue(
-                    p + ".filter", "access log filters are not supported by envoi yet")])
             factory, config = self.resolve_extension(
                 AccessLoggerFactory, entry, p)  # type: ignore[type-abstract]
             ctx = self.with_path(p + ".typed_config")

@@ -116,6 +116,10 @@ def envoi_config_schemas() -> Sequence[ConfigSchema] | None:
     type.googleapis.com/acme.filters.network.upcase.v1.Upcase``) or wrap it in Envoy's
     ``xds.type.v3.TypedStruct``/``udpa.type.v1.TypedStruct``. Its ``parse`` gets plain data.
     Used: every ``typed_config`` (``envoi.schema.config_schema`` makes one from a dataclass).
+    Each schema must declare the keys its filter implements (``ConfigSchema(fields=...)``;
+    ``config_schema`` takes them from the dataclass); the core refuses every other key before
+    ``parse`` runs. A factory whose config is an Envoy proto declares its fields with
+    :func:`envoi.config.implements` instead.
     """
 
 

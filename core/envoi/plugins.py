@@ -239,6 +239,12 @@ class Plugins:
                     raise PluginError(f"plugin {self._describe(impl.plugin_name)} returned "
                                       f"{schema!r} from envoi_config_schemas; expected a "
                                       "ConfigSchema")
+                if schema.fields is None:
+                    # envoi.config.implemented: no config key may be silently ignored.
+                    raise PluginError(
+                        f"plugin {self._describe(impl.plugin_name)}: ConfigSchema for "
+                        f"{schema.type_url!r} must declare the keys it implements "
+                        "(ConfigSchema(..., fields=[...]), or envoi.schema.config_schema)")
                 url = strip_type_url(schema.type_url)
                 self.schemas[url] = schema
                 self._schema_owner[url] = impl.plugin_name
@@ -311,6 +317,16 @@ class Plugins:
         urls = set(self.schemas)
         for info in self._info:
             urls.update(info.type_urls)
+        return urls
+
+    @property
+    def config_type_urls(self) -> set[str]:
+        """Every config type some factory serves, per-route ones included (the types whose
+        fields envoi.config.implemented checks inside an ``Any``)."""
+        urls = self.plugin_type_urls
+        for factories in self._by_category.values():
+            for factory in factories.values():
+                urls.update(getattr(factory, "route_type_urls", ()))
         return urls
 
     def factories(self, category: str) -> Iterable[ExtensionFactory]:

@@ -19,12 +19,16 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import NOT_IMPLEMENTED, ConfigError, ConfigIssue, implements
 from envoi.stats import Counter, Gauge, Scope, StatsGroup
 
 Value = str | int | float | bool | dict[str, Any]
 
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+# disk_layer and rtds_layer are not implemented.
+implements("envoy.config.bootstrap.v3.LayeredRuntime", "layers")
+implements("envoy.config.bootstrap.v3.RuntimeLayer", "name", "static_layer", "admin_layer")
 
 
 class RuntimeStats(StatsGroup):
@@ -91,8 +95,7 @@ class Runtime:
             elif kind == "admin_layer":
                 self.layers.append(Layer(layer.name, "admin"))
             else:
-                issues.append(ConfigIssue(f"{path}.layers[{i}].{kind}",
-                                          f"{kind} runtime layers are not supported yet"))
+                issues.append(ConfigIssue(f"{path}.layers[{i}].{kind}", NOT_IMPLEMENTED))
         if issues:
             raise ConfigError(issues)
         self._admin = next((lay for lay in reversed(self.layers) if lay.kind == "admin"), None)

@@ -48,7 +48,10 @@ def config_schema(type_url: str, cls: type[T]) -> ConfigSchema:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"config_schema needs a dataclass, not {cls!r}")
     _hints(cls)  # unresolvable annotations fail at registration, not at the first config
-    return ConfigSchema(type_url, lambda data: parse_dataclass(cls, data))
+    # The dataclass's fields are the keys the filter implements; the parser refuses any other
+    # key at every level, nested dataclasses included.
+    fields = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+    return ConfigSchema(type_url, lambda data: parse_dataclass(cls, data), fields=fields)
 
 
 def parse_dataclass(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:

@@ -19,8 +19,11 @@ from envoi.config import (
     ConfigError,
     ConfigIssue,
     duration_seconds,
+    implements,
     load_bootstrap,
     parse_bootstrap,
+    unimplemented_fields,
+    validate_message,
 )
 from envoi.context import LocalInfo
 from envoi.factory_context import FactoryContextImpl
@@ -35,13 +38,39 @@ from envoi.upstream.host import health_flags_string
 
 log = logging.getLogger("envoi")
 
-#: Bootstrap fields envoi acts on; any other field that is set is logged as ignored.
-IMPLEMENTED_BOOTSTRAP_FIELDS = frozenset({
-    "admin", "static_resources", "dynamic_resources", "layered_runtime",
-    "stats_flush_interval", "node",
-})
+# The Bootstrap fields the server acts on (envoi.config.implemented refuses the others).
+# node: the local info, and shown in /server_info and /config_dump as Envoy shows it.
+implements("envoy.config.bootstrap.v3.Bootstrap",
+           "admin", "static_resources", "layered_runtime", "stats_flush_interval", "node")
+implements("envoy.config.bootstrap.v3.Bootstrap.StaticResources", "listeners", "clusters")
+implements("envoy.config.core.v3.Node", "id", "cluster", "metadata", "locality")
+implements("envoy.config.core.v3.Locality", "region", "zone", "sub_zone")
+# admin.address (its port can be overridden with --admin-port); the admin access log, profile
+# path and socket options are not implemented.
+implements("envoy.config.bootstrap.v3.Admin", "address")
 
 STATE_CODES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
+
+
+def _merge_issues(unimplemented: list[ConfigIssue],
+                  built: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Both lists, without a builder's complaint about a field already reported as not
+    implemented (or about something inside it), and without repeats."""
+    refused = [i.path for i in unimplemented]
+    out = list(unimplemented)
+    seen = {(i.path, i.message) for i in out}
+    for issue in built:
+        if any(_within(issue.path, p) for p in refused):
+            continue
+        if (issue.path, issue.message) in seen:
+            continue
+        seen.add((issue.path, issue.message))
+        out.append(issue)
+    return out
+
+
+def _within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith((ancestor + ".", ancestor + "["))
 
 
 @dataclass
@@ -252,6 +281,13 @@ class Server:
             self.bootstrap = self._load_bootstrap()
         except ConfigError as exc:
             raise self._with_type_hints(exc) from None
+        # Envoy's validation rules and the fields envoi does not implement are reported
+        # together; the builders run only on a config that passes the rules.
+        problems = validate_message(self.bootstrap)
+        if problems:
+            unimplemented = unimplemented_fields(
+                self.bootstrap, known_type_urls=self.plugins.config_type_urls)
+            raise self._with_type_hints(ConfigError(_merge_issues(unimplemented, problems)))
         self.build()
         self.server_stats.initialization_time_ms.record((time.monotonic() - t0) * 1000)
 
@@ -259,11 +295,12 @@ class Server:
         """``-c`` and/or ``--config-yaml``: the inline YAML is merged over the file as Envoy
         merges it (protobuf MergeFrom: scalars set there win, lists are appended)."""
         opts, urls = self.options, self.plugins.plugin_type_urls
-        bootstrap = (load_bootstrap(opts.config_path, plugin_type_urls=urls)
+        # Validated by load() once merged (validate_message), with the unimplemented fields.
+        bootstrap = (load_bootstrap(opts.config_path, plugin_type_urls=urls, validate=False)
                      if opts.config_path else None)
         if opts.config_yaml:
             inline = parse_bootstrap(opts.config_yaml, source="--config-yaml",
-                                     plugin_type_urls=urls)
+                                     plugin_type_urls=urls, validate=False)
             if bootstrap is None:
                 return inline
             bootstrap.MergeFrom(inline)
@@ -282,20 +319,17 @@ class Server:
 
     def build(self) -> None:
         bs = self.bootstrap
+        # Every set field that no part of envoi implements, first: the builders below then
+        # report only the problems that are not about such a field (see _merge_issues).
+        unimplemented = unimplemented_fields(bs, known_type_urls=self.plugins.config_type_urls)
         issues: list[ConfigIssue] = []
-        if bs.HasField("dynamic_resources") and bs.dynamic_resources.ListFields():
-            issues.append(ConfigIssue("dynamic_resources", "dynamic resources (xDS) are not "
-                                      "supported yet"))
+        self.cluster_manager.resolve_names = self.options.mode != "validate"
         try:
             self.runtime = Runtime(
                 bs.layered_runtime if bs.HasField("layered_runtime") else None, self.stats.root
             )
         except ConfigError as exc:
             issues.extend(exc.errors)
-        for fd, _ in bs.ListFields():
-            if fd.name not in IMPLEMENTED_BOOTSTRAP_FIELDS:
-                log.warning("bootstrap field '%s' is not implemented by envoi and is ignored",
-                            fd.name)
         if bs.HasField("stats_flush_interval"):
             self._flush_interval = duration_seconds(bs.stats_flush_interval) or 5.0
         # --service-* override the bootstrap's node, as in Envoy (and /server_info shows it).
@@ -332,8 +366,9 @@ class Server:
         if bs.HasField("admin") and bs.admin.HasField("address"):
             sa = bs.admin.address.socket_address
             self.admin_address = (sa.address, sa.port_value)
+        issues = _merge_issues(unimplemented, issues)
         if issues:
-            raise ConfigError(issues)
+            raise self._with_type_hints(ConfigError(issues))
         self._update_cert_expiry()
         self.plugins.pm.hook.envoi_configured(server=self.view)
 

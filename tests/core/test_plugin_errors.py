@@ -186,7 +186,7 @@ def test_crash_in_a_config_parser_names_plugin_path_and_exception(tmp_path: Path
             return [Thing()]
 
         def envoi_config_schemas():
-            return [ConfigSchema("acme.Thing", parse)]
+            return [ConfigSchema("acme.Thing", parse, fields=("header",))]
         """, dist="acme-parser")
     out = validate(tmp_path, TCP_CONFIG % "acme.Thing", site=site)
     assert out.returncode == 1

@@ -310,7 +310,7 @@ def run_envoi(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     ("lb_policy: RING_HASH\n    ring_hash_lb_config: {hash_function: MURMUR_HASH_2}",
      "ring_hash_lb_config.hash_function: only XX_HASH"),
     ("lb_policy: ROUND_ROBIN\n    common_lb_config: {zone_aware_lb_config: {}}",
-     "common_lb_config.zone_aware_lb_config: is not supported by envoi"),
+     "common_lb_config.zone_aware_lb_config: not implemented by envoi"),
 ])
 def test_bad_lb_config_is_a_clear_error(tmp_path: Path, change: str, expected: str) -> None:
     text = config(9, 10, [11]).replace("lb_policy: ROUND_ROBIN", change)
@@ -328,11 +328,11 @@ def test_bad_lb_config_is_a_clear_error(tmp_path: Path, change: str, expected: s
     (HTTP_HC.replace("      unhealthy_threshold: 1\n", ""),
      "health_checks[0].unhealthy_threshold: value is required"),
     (HTTP_HC.replace("{path: /health}", "{path: /health, service_name_matcher: {exact: x}}"),
-     "http_health_check.service_name_matcher: is not supported by envoi"),
+     "http_health_check.service_name_matcher: not implemented by envoi"),
     (HTTP_HC + "    outlier_detection: {base_ejection_time: 400s, max_ejection_time: 350s}",
      "max_ejection_time: cannot be smaller than base_ejection_time"),
     (HTTP_HC + "    circuit_breakers: {thresholds: [{max_connection_pools: 3}]}",
-     "circuit_breakers.thresholds[0].max_connection_pools: is not supported by envoi"),
+     "circuit_breakers.thresholds[0].max_connection_pools: not implemented by envoi"),
     (HTTP_HC.replace("http_health_check: {path: /health}", "tcp_health_check: {send: {text: "
                                                            "zz}}"),
      "invalid hex string 'zz'"),

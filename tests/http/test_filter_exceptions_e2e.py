@@ -137,16 +137,27 @@ BAD = HCM_LISTENER + """\
           http_filters:
           - name: {name}
           - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
           route_config: {{}}
 """
 
+# An extension with a config type named without typed_config is refused before its factory
+# runs, as Envoy 1.39.3 refuses it (tests/e2e/test_config_verdicts.py).
+_NO_TYPED_CONFIG = ("Didn't find a registered implementation for '{}' with type URL: '' "
+                    "(extensions are found by their typed_config; add typed_config with "
+                    '"@type": type.googleapis.com/{})')
+
 
 @pytest.mark.parametrize(("name", "message"), [
-    ("test.filters.http.bad_config", "test.filters.http.bad_config: threshold: must be positive"),
+    ("test.filters.http.bad_config",
+     ".typed_config: test.filters.http.bad_config: threshold: must be positive"),
     ("example.filters.http.add_header",
-     "example.filters.http.add_header: typed_config is required"),
-    ("test.filters.http.buggy", "test.filters.http.buggy (plugin 'raising_http_filter') failed to "
-                                "build its config: RuntimeError: oops"),
+     ": " + _NO_TYPED_CONFIG.format("example.filters.http.add_header",
+                                    "example.filters.http.add_header.v1.AddHeader")),
+    ("test.filters.http.buggy",
+     ".typed_config: test.filters.http.buggy (plugin 'raising_http_filter') failed to "
+     "build its config: RuntimeError: oops"),
 ])
 def test_a_factory_that_refuses_its_config_is_a_config_error(
         tmp_path: Path, name: str, message: str) -> None:
@@ -158,8 +169,8 @@ def test_a_factory_that_refuses_its_config_is_a_config_error(
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
     path = ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config."
-            "http_filters[0].typed_config")
-    assert (out.stdout + out.stderr).strip().splitlines()[1:] == [f"{path}: {message}"], (
+            "http_filters[0]")
+    assert (out.stdout + out.stderr).strip().splitlines()[1:] == [f"{path}{message}"], (
         out.stdout + out.stderr)
 
 
@@ -179,5 +190,6 @@ static_resources:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert (out.stdout + out.stderr).strip().splitlines()[1:] == [
-        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config: "
-        "example.filters.network.uppercase_echo: typed_config is required"]
+        "static_resources.listeners[0].filter_chains[0].filters[0]: " + _NO_TYPED_CONFIG.format(
+            "example.filters.network.uppercase_echo",
+            "example.filters.network.uppercase_echo.v1.UppercaseEcho")]

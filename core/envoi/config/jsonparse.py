@@ -2,10 +2,11 @@
 
 ``json_format.ParseDict`` does the parsing (it defines what is valid), but its errors are uneven:
 some carry a path like ``Bootstrap.static_resources.clusters[0].connect_timeout``, some none,
-and all wrap the cause in "Failed to parse X field:" layers. When it fails, ``locate_error``
+and all wrap the cause in "Failed to parse X field:" layers. When it fails, ``locate_errors``
 walks the data alongside the message descriptors, re-parsing one field at a time with
-json_format itself, until it finds the smallest piece json_format rejects, and describes that
-piece in Envoy's YAML terms. Failures are rare, so this slow walk only runs on the error path.
+json_format itself, finds every smallest piece json_format rejects (so one run reports them
+all), and describes each in Envoy's YAML terms. Failures are rare, so this slow walk only
+runs on the error path.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .protos import (
     message_class,
 )
 
-__all__ = ["locate_error", "parse_dict_into"]
+__all__ = ["locate_error", "locate_errors", "parse_dict_into"]
 
 _INT_TYPES = frozenset(
     {
@@ -80,16 +81,24 @@ def parse_dict_into(data: Any, message: Message, path: str = "") -> None:
     except Exception as exc:
         # json_format raises ParseError mostly, but TypeError/ValueError/AttributeError leak out
         # of some conversions; the user must get a config error, never a traceback.
-        issue = locate_error(data, message.DESCRIPTOR, path) or _issue_from_exception(exc, path)
-        raise ConfigError([issue]) from None
+        issues = locate_errors(data, message.DESCRIPTOR, path) or [
+            _issue_from_exception(exc, path)]
+        raise ConfigError(issues) from None
 
 
 def locate_error(data: Any, descriptor: Any, path: str) -> ConfigIssue | None:
     """The first piece of ``data`` that json_format rejects for ``descriptor``, or None."""
+    issues = locate_errors(data, descriptor, path)
+    return issues[0] if issues else None
+
+
+def locate_errors(data: Any, descriptor: Any, path: str) -> list[ConfigIssue]:
+    """Every piece of ``data`` that json_format rejects for ``descriptor``, so one run of
+    ``--mode validate`` shows them all (each is the smallest piece: a field, an element)."""
     try:
         return _locate_message(data, descriptor, path)
     except RecursionError:
-        return None
+        return []
 
 
 def _parses(data: Any, descriptor: Any) -> bool:
@@ -100,21 +109,26 @@ def _parses(data: Any, descriptor: Any) -> bool:
     return True
 
 
-def _locate_message(data: Any, descriptor: Any, path: str) -> ConfigIssue | None:
+def _locate_message(data: Any, descriptor: Any, path: str) -> list[ConfigIssue]:
     if descriptor.full_name in WELL_KNOWN_TYPES:
         return _locate_well_known(data, descriptor, path)
     if data is None:
-        return None  # json_format treats null as "not set"
+        return []  # json_format treats null as "not set"
     if not isinstance(data, dict):
-        return ConfigIssue(path, f"expected an object, got {describe_value(data)}")
+        return [ConfigIssue(path, f"expected an object, got {describe_value(data)}")]
+    issues: list[ConfigIssue] = []
     for key, value in data.items():
         field = field_for_key(descriptor, key)
         if field is None:
-            return ConfigIssue(join_path(path, str(key)), "unknown field")
-        issue = _locate_field(value, field, join_path(path, field.name))
-        if issue is not None:
-            return issue
-    return _cross_field_issue(data, descriptor, path)
+            issues.append(ConfigIssue(join_path(path, str(key)), "unknown field"))
+            continue
+        issues.extend(_locate_field(value, field, join_path(path, field.name)))
+    issues.extend(_listed(_cross_field_issue(data, descriptor, path)))
+    return issues
+
+
+def _listed(issue: ConfigIssue | None) -> list[ConfigIssue]:
+    return [] if issue is None else [issue]
 
 
 def _cross_field_issue(data: dict[Any, Any], descriptor: Any, path: str) -> ConfigIssue | None:
@@ -144,41 +158,39 @@ def _cross_field_issue(data: dict[Any, Any], descriptor: Any, path: str) -> Conf
     return None
 
 
-def _locate_field(value: Any, field: Any, path: str) -> ConfigIssue | None:
+def _locate_field(value: Any, field: Any, path: str) -> list[ConfigIssue]:
     if value is None:
-        return None
+        return []
+    issues: list[ConfigIssue] = []
     if is_map_field(field):
         if not isinstance(value, dict):
-            return ConfigIssue(path, f"expected an object (a map), got {describe_value(value)}")
+            return [ConfigIssue(path, f"expected an object (a map), got {describe_value(value)}")]
         value_field = field.message_type.fields_by_name["value"]
         for key, item in value.items():
             if not isinstance(key, str):
                 # YAML reads `80:` as a number; protobuf's JSON form only has string keys.
-                return ConfigIssue(
+                issues.append(ConfigIssue(
                     key_path(path, key), f"map key must be a string (quote it), got {_show(key)}"
-                )
-            issue = _locate_single(item, value_field, key_path(path, key))
-            if issue is not None:
-                return issue
-        return None
+                ))
+                continue
+            issues.extend(_locate_single(item, value_field, key_path(path, key)))
+        return issues
     if field.is_repeated:
         if not isinstance(value, list):
-            return ConfigIssue(path, f"expected a list, got {describe_value(value)}")
+            return [ConfigIssue(path, f"expected a list, got {describe_value(value)}")]
         for index, item in enumerate(value):
-            issue = _locate_single(item, field, index_path(path, index))
-            if issue is not None:
-                return issue
-        return None
+            issues.extend(_locate_single(item, field, index_path(path, index)))
+        return issues
     return _locate_single(value, field, path)
 
 
-def _locate_single(value: Any, field: Any, path: str) -> ConfigIssue | None:
+def _locate_single(value: Any, field: Any, path: str) -> list[ConfigIssue]:
     """One value (a whole singular field, one list element or one map value)."""
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return _locate_message(value, field.message_type, path)
     if _scalar_parses(value, field):
-        return None
-    return ConfigIssue(path, _scalar_message(value, field))
+        return []
+    return [ConfigIssue(path, _scalar_message(value, field))]
 
 
 def _scalar_parses(value: Any, field: Any) -> bool:
@@ -238,42 +250,43 @@ def _show(value: Any) -> str:
     return describe_value(value)
 
 
-def _locate_well_known(data: Any, descriptor: Any, path: str) -> ConfigIssue | None:
+def _locate_well_known(data: Any, descriptor: Any, path: str) -> list[ConfigIssue]:
     name = descriptor.full_name
     if name == ANY_TYPE:
         return _locate_any(data, path)
     if data is None or _parses(data, descriptor):
-        return None
+        return []
     if name == "google.protobuf.Duration":
         if isinstance(data, str):
-            return ConfigIssue(path, f"invalid duration {data!r}")
-        return ConfigIssue(path, f"invalid duration {_show(data)}: write it as a string like '5s'")
+            return [ConfigIssue(path, f"invalid duration {data!r}")]
+        return [ConfigIssue(path,
+                            f"invalid duration {_show(data)}: write it as a string like '5s'")]
     if name == "google.protobuf.Timestamp":
-        return ConfigIssue(path, f"invalid timestamp {_show(data)}: expected RFC 3339")
+        return [ConfigIssue(path, f"invalid timestamp {_show(data)}: expected RFC 3339")]
     if name == "google.protobuf.Struct":
         if not isinstance(data, dict):
-            return ConfigIssue(path, f"expected an object, got {describe_value(data)}")
-        return ConfigIssue(path, "contains a value that is not plain JSON data")
+            return [ConfigIssue(path, f"expected an object, got {describe_value(data)}")]
+        return [ConfigIssue(path, "contains a value that is not plain JSON data")]
     if name in _WRAPPER_KINDS:
-        return ConfigIssue(path, f"expected {_WRAPPER_KINDS[name]}, got {describe_value(data)}")
-    return ConfigIssue(path, f"invalid {name.rsplit('.', 1)[-1]} value {_show(data)}")
+        return [ConfigIssue(path, f"expected {_WRAPPER_KINDS[name]}, got {describe_value(data)}")]
+    return [ConfigIssue(path, f"invalid {name.rsplit('.', 1)[-1]} value {_show(data)}")]
 
 
-def _locate_any(data: Any, path: str) -> ConfigIssue | None:
+def _locate_any(data: Any, path: str) -> list[ConfigIssue]:
     if data is None:
-        return None
+        return []
     if not isinstance(data, dict):
-        return ConfigIssue(path, f"expected an object with '@type', got {describe_value(data)}")
+        return [ConfigIssue(path, f"expected an object with '@type', got {describe_value(data)}")]
     type_url = data.get("@type")
     if type_url is None:
-        return ConfigIssue(path, "missing '@type'")
+        return [ConfigIssue(path, "missing '@type'")]
     if not isinstance(type_url, str):
-        return ConfigIssue(
+        return [ConfigIssue(
             join_path(path, "@type"), f"expected a type URL string, got {describe_value(type_url)}"
-        )
+        )]
     inner = find_message_type(type_url)
     if inner is None:
-        return ConfigIssue(path, f"could not find @type '{type_url}'")
+        return [ConfigIssue(path, f"could not find @type '{type_url}'")]
     if inner.full_name in WELL_KNOWN_TYPES:
         # json_format writes these as {"@type": ..., "value": <their special JSON form>}.
         return _locate_well_known(data.get("value"), inner, join_path(path, "value"))

@@ -2,7 +2,9 @@
 
 The steps, each with its own kind of error, all reported as ConfigError:
 1. text -> data: PyYAML (or json for ``*.json``); syntax errors carry ``file:line:column``.
-2. plugin ``@type``s -> TypedStruct wrappers, unknown ``@type``s reported (typed.py).
+2. Envoy's loader conveniences (lower-case enums, a value for a list of one...) rewritten into
+   the form json_format takes (compat.py); plugin ``@type``s -> TypedStruct wrappers, unknown
+   ``@type``s reported (typed.py).
 3. data -> proto: ``json_format.ParseDict``; errors located to a field path (jsonparse.py).
 4. PGV validation of the whole message tree, every issue reported at once (pgv.py).
 """
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 from google.protobuf.message import Message
 
+from .compat import envoy_json_compat
 from .errors import ConfigError, describe_value
 from .jsonparse import parse_dict_into
 from .pgv import validate_message
@@ -75,12 +78,14 @@ _ConfigLoader.yaml_implicit_resolvers = {
 
 
 def load_bootstrap(
-    path: str | os.PathLike[str], *, plugin_type_urls: Collection[str] = ()
+    path: str | os.PathLike[str], *, plugin_type_urls: Collection[str] = (),
+    validate: bool = True,
 ) -> Bootstrap:
     """Read, parse and validate a Bootstrap config file (YAML, or JSON for ``*.json``).
 
     ``plugin_type_urls``: ``@type``s that plugins register (not messages in xds-protos); they
     are kept as TypedStruct and come out of ``unpack_typed_config`` as PluginTypedConfig.
+    ``validate=False`` skips the PGV rules (the caller runs ``validate_message`` itself).
     Returns an ``envoy.config.bootstrap.v3.Bootstrap``; raises ConfigError.
     """
     source = os.fspath(path)
@@ -92,11 +97,13 @@ def load_bootstrap(
         raise ConfigError.at(
             source, f"cannot read config file: {exc.strerror or exc}", source=source
         ) from None
-    return parse_bootstrap(text, source=source, plugin_type_urls=plugin_type_urls)
+    return parse_bootstrap(text, source=source, plugin_type_urls=plugin_type_urls,
+                           validate=validate)
 
 
 def parse_bootstrap(
-    text: str, *, source: str = "<string>", plugin_type_urls: Collection[str] = ()
+    text: str, *, source: str = "<string>", plugin_type_urls: Collection[str] = (),
+    validate: bool = True,
 ) -> Bootstrap:
     """Parse and validate a Bootstrap from YAML/JSON text; ``source`` names it in errors."""
     ensure_protos_loaded()
@@ -106,7 +113,8 @@ def parse_bootstrap(
 
     data = load_config_text(text, source=source)
     return parse_config_data(
-        data, bootstrap_pb2.Bootstrap, source=source, plugin_type_urls=plugin_type_urls
+        data, bootstrap_pb2.Bootstrap, source=source, plugin_type_urls=plugin_type_urls,
+        validate=validate,
     )
 
 
@@ -168,6 +176,7 @@ def parse_config_data(
         raise ConfigError.at(
             where, f"expected a mapping, got {describe_value(data)}", source=source
         )
+    data = envoy_json_compat(data, message_type.DESCRIPTOR)
     wrapped, issues = wrap_plugin_types(data, message_type.DESCRIPTOR, plugin_type_urls, path)
     if issues:
         raise ConfigError(issues, source=source)

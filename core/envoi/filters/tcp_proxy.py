@@ -13,7 +13,7 @@ from typing import Any
 
 from envoi import hookimpl
 from envoi.access_log import TcpLogContext
-from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.config import ConfigError, ConfigIssue, duration_seconds, implements
 from envoi.extensions import AccessLogger, ClusterManager, FactoryContext, NetworkFilterFactory
 from envoi.log import conn_debug
 from envoi.network.filter import (
@@ -364,6 +364,14 @@ class TcpProxyFilter(ReadFilter):
         self._close_upstream()
 
 
+implements("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+           "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log",
+           "max_connect_attempts", "max_downstream_connection_duration")
+implements("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster", "clusters")
+implements("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+           "name", "weight")
+
+
 class TcpProxyFactory(NetworkFilterFactory):
     name = "envoy.filters.network.tcp_proxy"
     aliases = ("envoy.tcp_proxy",)
@@ -382,14 +390,12 @@ class TcpProxyFactory(NetworkFilterFactory):
             issues.append(
                 ConfigIssue(path + ".cluster", "a cluster or weighted_clusters is required")
             )
-        if config.HasField("on_demand") or config.HasField("tunneling_config"):
-            issues.append(ConfigIssue(path, "on_demand and tunneling_config are not supported"))
         # Envoy accepts a cluster it does not know (it may arrive later over CDS) and counts
         # downstream_cx_no_route per connection. envoi has no CDS yet, so an unknown cluster
         # could never work: say so at config time (a documented difference).
         if not context.cluster_manager.dynamic_clusters:
             for i, (name, _) in enumerate(clusters):
-                if context.cluster_manager.get(name) is None:
+                if not context.cluster_manager.is_configured(name):
                     where = (f".weighted_clusters.clusters[{i}].name"
                              if config.HasField("weighted_clusters") else ".cluster")
                     issues.append(ConfigIssue(path + where, f"unknown cluster '{name}'"))

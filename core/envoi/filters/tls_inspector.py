@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envoi import hookimpl
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, implements
 from envoi.extensions import FactoryContext, ListenerFilterFactory
 from envoi.network.filter import FilterStatus
 from envoi.network.listener_filter import (
@@ -94,6 +94,11 @@ class TlsInspector(ListenerFilter):
         sock.detected_transport_protocol = "tls"
         stats.bytes_processed.record(result.size)
         return CONTINUE
+
+
+implements("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+           "enable_ja3_fingerprinting", "enable_ja4_fingerprinting", "max_client_hello_size",
+           "close_connection_on_client_hello_parsing_errors")
 
 
 class TlsInspectorFactory(ListenerFilterFactory):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.config import ConfigError, ConfigIssue, address_issue, duration_seconds, implements
 from envoi.extensions import ListenerFilterFactory, NetworkFilterFactory
 from envoi.factory_context import FactoryContextImpl
 from envoi.network.listener import (
@@ -18,6 +18,30 @@ from envoi.network.listener import (
     ListenerOwner,
 )
 from envoi.network.listener_filter import ListenerFilterFactoryCb
+from envoi.tls import context as _tls_context  # its TLS declarations, before any config check
+
+# What of a Listener envoi acts on (envoi.config.implemented refuses every other set field).
+implements("envoy.config.listener.v3.Listener",
+           "name", "address", "stat_prefix", "filter_chains", "default_filter_chain",
+           "per_connection_buffer_limit_bytes", "tcp_backlog_size", "listener_filters",
+           "listener_filters_timeout")
+implements("envoy.config.listener.v3.ListenerFilter", "name", "typed_config")
+implements("envoy.config.listener.v3.FilterChain",
+           "name", "filter_chain_match", "filters", "transport_socket",
+           "transport_socket_connect_timeout")
+# server_names, transport_protocol and application_protocols are matched against what the
+# listener filters (tls_inspector) and TLS report, as in Envoy.
+implements("envoy.config.listener.v3.FilterChainMatch",
+           "destination_port", "prefix_ranges", "direct_source_prefix_ranges", "source_type",
+           "source_prefix_ranges", "source_ports", "server_names", "transport_protocol",
+           "application_protocols")
+implements("envoy.config.listener.v3.Filter", "name", "typed_config")
+implements("envoy.config.core.v3.CidrRange", "address_prefix", "prefix_len")
+# Listeners, the admin and cluster endpoints: an IP (or, for DNS clusters, a name) and a port.
+# protocol: listeners refuse UDP below.
+implements("envoy.config.core.v3.Address", "socket_address")
+implements("envoy.config.core.v3.SocketAddress", "address", "port_value", "protocol")
+del _tls_context
 
 
 def _enum_name(msg: Any, field: str) -> str:
@@ -130,7 +154,7 @@ def build_listener(context: FactoryContextImpl, owner: ListenerOwner, cfg: Any, 
     its connections. Raises ConfigError with every problem found."""
     issues: list[ConfigIssue] = []
     if not cfg.address.HasField("socket_address"):
-        raise ConfigError([ConfigIssue(path + ".address", "only socket_address is supported")])
+        raise ConfigError([address_issue(cfg.address, path + ".address")])
     sa = cfg.address.socket_address
     if sa.protocol != 0:
         issues.append(ConfigIssue(path + ".address.socket_address.protocol",
@@ -159,7 +183,8 @@ def build_listener(context: FactoryContextImpl, owner: ListenerOwner, cfg: Any, 
                                          path + ".default_filter_chain")
         except ConfigError as exc:
             issues.extend(exc.errors)
-    if not cfg.filter_chains and not cfg.HasField("default_filter_chain"):
+    if not cfg.filter_chains and not cfg.HasField("default_filter_chain") and sa.protocol == 0:
+        # A UDP listener (refused above) has listener filters instead of filter chains.
         issues.append(ConfigIssue(path + ".filter_chains", "no filter chains specified"))
     if issues:
         raise ConfigError(issues)

@@ -17,7 +17,7 @@
 
 from envoi.testing.context import StandaloneServer, factory_context
 from envoi.testing.driver import FakeTransport, NetworkFilterDriver, StatsDelta
-from envoi.testing.envoy import EnvoyProcess, envoy_binary
+from envoi.testing.envoy import EnvoyProcess, envoy_binary, envoy_validate
 from envoi.testing.http_driver import HttpFilterDriver, LocalReply, Message
 from envoi.testing.process import EnvoiProcess, free_port, wait_for
 
@@ -32,6 +32,7 @@ __all__ = [
     "StandaloneServer",
     "StatsDelta",
     "envoy_binary",
+    "envoy_validate",
     "factory_context",
     "free_port",
     "wait_for",

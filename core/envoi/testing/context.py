@@ -15,15 +15,19 @@ from envoi.upstream.cluster import Cluster
 
 
 class StaticClusters:
-    """A cluster manager over a fixed mapping of clusters (none by default)."""
-
-    dynamic_clusters = False
+    """A cluster manager over a fixed mapping of clusters. Without a mapping it knows of no
+    cluster and, like a server whose clusters arrive over CDS, does not call the names a
+    config uses unknown (``dynamic_clusters``): a route table compiled alone stays valid."""
 
     def __init__(self, clusters: Mapping[str, Cluster] | None = None) -> None:
         self.clusters: dict[str, Cluster] = dict(clusters or {})
+        self.dynamic_clusters = clusters is None
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
+
+    def is_configured(self, name: str) -> bool:
+        return name in self.clusters
 
 
 class StandaloneServer:

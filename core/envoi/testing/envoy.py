@@ -32,6 +32,16 @@ def envoy_binary() -> str:
     return found
 
 
+def envoy_validate(config: Path, timeout: float = 120) -> tuple[bool, str]:
+    """``envoy --mode validate -c CONFIG``: (accepted, what it printed), run from the config's
+    folder as ``EnvoyProcess`` runs it."""
+    out = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(Path(config).resolve()), "-l", "critical"],
+        capture_output=True, text=True, cwd=Path(config).parent, timeout=timeout,
+    )
+    return out.returncode == 0, out.stdout + out.stderr
+
+
 class EnvoyProcess:
     """``envoy -c CONFIG --concurrency 1`` with its log in ``log``; run from the config's folder
     (relative paths in the config resolve there, as for envoi's tests).

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, implements
 from envoi.tls.certs import (
     CertInfo,
     dns_name_matches,
@@ -75,6 +75,9 @@ IMPLEMENTED: dict[str, frozenset[str]] = {
     "envoy.config.core.v3.DataSource": frozenset({
         "filename", "inline_bytes", "inline_string", "environment_variable"}),
 }
+for _message, _fields in IMPLEMENTED.items():  # envoi.config.implemented's registry too
+    implements(_message, *_fields)
+
 _LEAVES = frozenset({"google.protobuf.BoolValue", "google.protobuf.UInt32Value",
                      "google.protobuf.Duration"})
 

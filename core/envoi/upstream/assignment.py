@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, address_issue, implements
 from envoi.upstream.host import DEGRADED_EDS_HEALTH, FAILED_EDS_HEALTH, Host
 
 if TYPE_CHECKING:
@@ -26,6 +26,16 @@ _EDS_DEGRADED = 5
 _ENDPOINT_FIELDS = frozenset({"address", "hostname", "health_check_config"})
 _LB_ENDPOINT_FIELDS = frozenset({"endpoint", "health_status", "load_balancing_weight"})
 _LOCALITY_FIELDS = frozenset({"locality", "lb_endpoints", "load_balancing_weight", "priority"})
+
+# envoi.config.implemented, from the lists parse_load_assignment checks.
+implements("envoy.config.endpoint.v3.ClusterLoadAssignment", "cluster_name", "endpoints",
+           "policy")
+implements("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", "overprovisioning_factor")
+implements("envoy.config.endpoint.v3.LocalityLbEndpoints", *_LOCALITY_FIELDS)
+implements("envoy.config.endpoint.v3.LbEndpoint", *_LB_ENDPOINT_FIELDS)
+implements("envoy.config.endpoint.v3.Endpoint", *_ENDPOINT_FIELDS)
+implements("envoy.config.endpoint.v3.Endpoint.HealthCheckConfig", "port_value", "address")
+implements("envoy.config.core.v3.Locality", "region", "zone", "sub_zone")
 
 
 @dataclass
@@ -89,8 +99,12 @@ def parse_load_assignment(cla: Any, path: str, *, resolve_names: bool = False
             issues += _unsupported(ep, _ENDPOINT_FIELDS, epath + ".endpoint")
             sa = ep.address.socket_address
             if not sa.address:
-                issues.append(ConfigIssue(epath + ".endpoint.address",
-                                          "a socket_address is required"))
+                # A pipe/internal address is one "not implemented" line (merged with the
+                # implemented-fields check), not also "socket_address required".
+                issues.append(address_issue(ep.address, epath + ".endpoint.address")
+                              if ep.address.WhichOneof("address") not in (None, "socket_address")
+                              else ConfigIssue(epath + ".endpoint.address",
+                                               "a socket_address is required"))
                 continue
             weight = lb_ep.load_balancing_weight.value if lb_ep.HasField(
                 "load_balancing_weight") else 1

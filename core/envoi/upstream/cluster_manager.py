@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.config import ConfigError, ConfigIssue, duration_seconds, implements
 from envoi.extensions import (
     ClusterTypeFactory,
     FactoryContext,
@@ -35,6 +35,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("envoi.upstream")
 
+# What of a Cluster the cluster manager acts on (envoi.config.implemented refuses the rest);
+# cluster types, load balancers and envoi-http's pools add theirs. type and lb_policy values
+# without a factory are config errors below; the health check, outlier, breaker and LB messages
+# are declared next to their code, from the same lists their checks use.
+implements("envoy.config.cluster.v3.Cluster",
+           "name", "alt_stat_name", "type", "cluster_type", "connect_timeout",
+           "per_connection_buffer_limit_bytes", "lb_policy", "load_assignment",
+           "circuit_breakers", "health_checks", "outlier_detection", "load_balancing_policy",
+           "transport_socket")
+implements("envoy.config.cluster.v3.Cluster.CustomClusterType", "name", "typed_config")
+implements("envoy.config.cluster.v3.CircuitBreakers", "thresholds")
+implements("envoy.config.cluster.v3.CircuitBreakers.Thresholds", *BREAKER_FIELDS)
+implements("envoy.config.cluster.v3.LoadBalancingPolicy", "policies")
+implements("envoy.config.cluster.v3.LoadBalancingPolicy.Policy", "typed_extension_config")
+implements("envoy.config.core.v3.TypedExtensionConfig", "name", "typed_config")
+implements("envoy.config.core.v3.HealthCheck", *HC_FIELDS)
+implements("envoy.config.core.v3.HealthCheck.CustomHealthCheck", "name", "typed_config")
+implements("envoy.config.cluster.v3.OutlierDetection", *outlier.IMPLEMENTED_FIELDS)
+
 
 class ClusterManagerStats(StatsGroup):
     cluster_added: Counter
@@ -53,6 +72,9 @@ class ClusterManager:
         self.plugins = plugins
         self.scope = scope
         self.clusters: dict[str, Cluster] = {}
+        self.failed: set[str] = set()  # configured clusters whose config was an error
+        #: False in --mode validate: the config is checked without resolving names (as Envoy).
+        self.resolve_names = True
         #: True when clusters may arrive later (CDS); until then unknown names are config errors.
         self.dynamic_clusters = False
         self.stats = ClusterManagerStats(scope.scope("cluster_manager"))
@@ -61,6 +83,9 @@ class ClusterManager:
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
+
+    def is_configured(self, name: str) -> bool:
+        return name in self.clusters or name in self.failed
 
     def add_static(self, configs: Any, context: FactoryContext) -> None:
         issues: list[ConfigIssue] = []
@@ -72,6 +97,7 @@ class ClusterManager:
             try:
                 self.add(cfg, context, path)
             except ConfigError as exc:
+                self.failed.add(cfg.name)
                 issues.extend(exc.errors)
         if issues:
             raise ConfigError(issues)
@@ -153,7 +179,8 @@ class ClusterManager:
             # A discovery (DNS, EDS...): it resolves its first hosts now and refreshes them
             # from a task the server starts.
             cluster.discovery = result
-            result = result.resolve_now(cluster)
+            # --mode validate checks the config without resolving names, as Envoy's does.
+            result = result.resolve_now(cluster) if self.resolve_names else []
         cluster.lb = lb_factory.create_load_balancer(cluster, cfg)
         if isinstance(result, LoadAssignment):
             result.apply(cluster)

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiodns
 
-from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.config import ConfigError, ConfigIssue, duration_seconds, implements
 from envoi.extensions import ClusterTypeFactory, FactoryContext
 from envoi.upstream.assignment import parse_load_assignment
 from envoi.upstream.cluster import Cluster, Host
@@ -252,6 +252,19 @@ class DnsDiscovery:
                 delay = await self._round(cluster, resolver, t)
             finally:
                 await resolver.close()
+
+
+# envoi.config.implemented: the DNS fields dns_settings reads (it refuses the values it does
+# not handle itself).
+implements("envoy.config.cluster.v3.Cluster",
+           "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "dns_jitter",
+           "dns_failure_refresh_rate", "dns_resolvers", "use_tcp_for_dns_lookups",
+           "dns_resolution_config", "typed_dns_resolver_config")
+implements("envoy.config.cluster.v3.Cluster.RefreshRate", "base_interval", "max_interval")
+implements("envoy.config.core.v3.DnsResolutionConfig", "resolvers", "dns_resolver_options")
+implements("envoy.config.core.v3.DnsResolverOptions", "use_tcp_for_dns_lookups")
+implements("envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+           *_CARES_FIELDS)
 
 
 def dns_settings(cfg: Any, path: str) -> DnsSettings:

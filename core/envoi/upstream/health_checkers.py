@@ -15,7 +15,7 @@ from typing import Any
 
 import h11
 
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, implements, refuse_unlisted
 from envoi.extensions import FactoryContext, HealthCheckerFactory
 from envoi.upstream.health_check import (
     RESULT_DEGRADED,
@@ -170,6 +170,16 @@ _HTTP_FIELDS = frozenset({"host", "path", "request_headers_to_add", "request_hea
                           "codec_client_type"})
 
 
+# envoi.config.implemented: the same lists the checks below use. Headers to add are
+# key/value only here (append options are refused below).
+implements("envoy.config.core.v3.HealthCheck.HttpHealthCheck", *_HTTP_FIELDS)
+implements("envoy.config.core.v3.HealthCheck.TcpHealthCheck", "send", "receive")
+implements("envoy.config.core.v3.HealthCheck.Payload", "text", "binary")
+implements("envoy.config.core.v3.HeaderValueOption", "header")
+implements("envoy.config.core.v3.HeaderValue", "key", "value")
+implements("envoy.type.v3.Int64Range", "start", "end")
+
+
 class HttpHealthChecker(HealthCheckerFactory):
     name = "envoy.health_checkers.http"
     health_check_fields = ("http_health_check",)
@@ -179,6 +189,8 @@ class HttpHealthChecker(HealthCheckerFactory):
         hc = config.http_health_check
         path = context.path + ".http_health_check"
         issues = unimplemented(hc, _HTTP_FIELDS, path)
+        for i, opt in enumerate(hc.request_headers_to_add):
+            issues += refuse_unlisted(opt, ("header",), f"{path}.request_headers_to_add[{i}]")
         if hc.codec_client_type not in (0,):  # HTTP1 only
             issues.append(ConfigIssue(path + ".codec_client_type",
                                       "only HTTP1 health checks are supported by envoi"))

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, implements
 from envoi.upstream.lb import LbParams
 
 _COMMON_FIELDS = frozenset({"healthy_panic_threshold", "locality_weighted_lb_config",
                             "consistent_hashing_lb_config", "update_merge_window",
                             "ignore_new_hosts_until_first_hc"})
+
+# envoi.config.implemented: the fields lb_params reads (the same lists it checks).
+_C = "envoy.config.cluster.v3.Cluster."
+implements("envoy.config.cluster.v3.Cluster",
+           "common_lb_config", "least_request_lb_config", "ring_hash_lb_config",
+           "maglev_lb_config", "round_robin_lb_config")
+implements(_C + "CommonLbConfig", *_COMMON_FIELDS)
+implements(_C + "CommonLbConfig.ConsistentHashingLbConfig", "use_hostname_for_hashing")
+implements(_C + "LeastRequestLbConfig", "choice_count", "active_request_bias")
+implements("envoy.config.core.v3.RuntimeDouble", "default_value")
+implements(_C + "RingHashLbConfig", "minimum_ring_size", "maximum_ring_size", "hash_function")
+implements(_C + "MaglevLbConfig", "table_size")
+implements("envoy.type.v3.Percent", "value")
 
 
 def _unsupported(msg: Any, implemented: frozenset[str], path: str) -> list[ConfigIssue]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from envoi.config import implements
 from envoi.stats import Gauge, Scope
 
 UINT64_MAX = 18446744073709551615  # max_connection_pools' default: no limit
@@ -21,6 +22,9 @@ UINT64_MAX = 18446744073709551615  # max_connection_pools' default: no limit
 IMPLEMENTED_FIELDS = frozenset({"priority", "max_connections", "max_pending_requests",
                                 "max_requests", "max_retries", "retry_budget",
                                 "track_remaining"})
+implements("envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+           "budget_percent", "min_retry_concurrency")
+implements("envoy.type.v3.Percent", "value")
 
 
 @dataclass

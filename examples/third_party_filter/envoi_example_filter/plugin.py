@@ -31,10 +31,12 @@ class UppercaseEchoConfig:
     max_line_bytes: int = 4096
 
 
+#: The keys this filter implements: the core refuses any other key, with its path, before
+#: parse_config runs, so a config never sets something the filter would silently ignore.
+CONFIG_FIELDS = ("stat_prefix", "max_line_bytes")
+
+
 def parse_config(data: Mapping[str, Any]) -> UppercaseEchoConfig:
-    unknown = set(data) - {"stat_prefix", "max_line_bytes"}
-    if unknown:
-        raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
     prefix = data.get("stat_prefix")
     if not isinstance(prefix, str) or not prefix:
         raise ValueError("stat_prefix: a non-empty string is required")
@@ -88,4 +90,4 @@ def envoi_network_filters() -> Sequence[NetworkFilterFactory]:
 
 @hookimpl
 def envoi_config_schemas() -> Sequence[ConfigSchema]:
-    return [ConfigSchema(TYPE_URL, parse_config)]
+    return [ConfigSchema(TYPE_URL, parse_config, fields=CONFIG_FIELDS)]

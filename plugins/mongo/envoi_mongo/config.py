@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from envoi.config import implements
+
 from envoi_mongo.messages import DEFAULT_MAX_MESSAGE_SIZE
+
+implements("envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy",
+           "stat_prefix", "access_log", "delay", "emit_dynamic_metadata", "commands")
+# The delay message is shared with the HTTP fault filter; mongo_proxy refuses header_delay.
+implements("envoy.extensions.filters.common.fault.v3.FaultDelay", "fixed_delay", "percentage")
+implements("envoy.type.v3.FractionalPercent", "numerator", "denominator")
 
 #: Envoy's default ``commands`` list, used when the config gives none.
 DEFAULT_COMMANDS = ("delete", "insert", "update")

@@ -57,6 +57,11 @@ class Http2Options:
 DEFAULT_OPTIONS = Http2Options()
 
 
+def implemented_fields() -> tuple[str, ...]:
+    """The ``Http2ProtocolOptions`` fields ``from_proto`` acts on (any other is an issue)."""
+    return (*_WRAPPED, *_PLAIN, _OVERRIDE, _DEPRECATED_OVERRIDE)
+
+
 def from_proto(msg: Any, path: str) -> tuple[Http2Options, list[tuple[str, str]]]:
     """``(options, issues)``; each issue is ``(field path, message)``. Any field that is set and
     not implemented is an issue, so the config is refused rather than silently half-applied."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, implements
 from envoi.extensions import FactoryContext, HttpFilterFactory
 from envoi.http.filter import (
     FilterDataStatus,
@@ -15,6 +15,8 @@ from envoi.http.filter import (
     StreamDecoderFilter,
 )
 from envoi.http.headers import HeaderMap
+
+implements("envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes")
 
 
 class BufferFilter(StreamDecoderFilter):

@@ -6,7 +6,7 @@ import asyncio
 import random
 from typing import Any
 
-from envoi.config import duration_seconds
+from envoi.config import duration_seconds, implements
 from envoi.extensions import FactoryContext, HttpFilterFactory
 from envoi.http.filter import (
     FilterHeadersStatus,
@@ -18,6 +18,16 @@ from envoi.http.headers import HeaderMap
 from envoi.stats import Counter, Gauge, StatsGroup
 
 _DENOM = {0: 100, 1: 10_000, 2: 1_000_000}
+
+# Fixed or header-controlled delays and aborts with a percentage. grpc_status aborts,
+# max_active_faults, response_rate_limit, the header/node filters and the *_runtime key
+# overrides are not implemented.
+implements("envoy.extensions.filters.http.fault.v3.HTTPFault", "delay", "abort")
+implements("envoy.extensions.filters.common.fault.v3.FaultDelay",
+           "fixed_delay", "header_delay", "percentage")
+implements("envoy.extensions.filters.http.fault.v3.FaultAbort",
+           "http_status", "header_abort", "percentage")
+implements("envoy.type.v3.FractionalPercent", "numerator", "denominator")
 
 
 class FaultStats(StatsGroup):

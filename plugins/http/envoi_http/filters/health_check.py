@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, implements
 from envoi.extensions import FactoryContext, HttpFilterFactory, ServerContext
 from envoi.http.filter import (
     FilterHeadersStatus,
@@ -16,6 +16,9 @@ from envoi.http.filter import (
 from envoi.http.headers import HeaderMap
 
 from envoi_http.router.config import _header_matcher
+
+implements("envoy.extensions.filters.http.health_check.v3.HealthCheck",
+           "pass_through_mode", "headers")
 
 
 class HealthCheckFilter(StreamFilter):

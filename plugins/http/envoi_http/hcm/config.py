@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.config import ConfigError, ConfigIssue, duration_seconds, implements, refuse_unlisted
 from envoi.extensions import AccessLogger, FactoryContext, HttpFilterFactory, NetworkFilterFactory
 from envoi.http.filter import HttpFilterFactoryCb
 from envoi.network.filter import FilterChainBuilder, NetworkFilterFactoryCb
@@ -24,6 +24,27 @@ from envoi_http.router.idle import route_idle_timeouts
 from envoi_http.router.idle import shortest as shortest_route_idle
 
 ROUTER_NAME = "envoy.filters.http.router"
+
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+# What of the HttpConnectionManager envoi acts on; codec_type values other than AUTO and HTTP1
+# are refused below. The route table's messages are declared in router/config.py.
+implements(_HCM,
+           "codec_type", "stat_prefix", "route_config", "http_filters",
+           "common_http_protocol_options", "http_protocol_options", "server_name",
+           "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
+           "request_headers_timeout", "drain_timeout", "access_log", "use_remote_address",
+           "xff_num_trusted_hops", "internal_address_config", "generate_request_id",
+           "preserve_external_request_id", "upgrade_configs")
+implements(_HCM + ".UpgradeConfig", "upgrade_type", "enabled")
+implements(_HCM + ".InternalAddressConfig", "cidr_ranges")
+implements("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+           "name", "typed_config")
+# The HCM's (downstream) protocol options. Clusters use the same messages with other fields:
+# each consumer refuses in its own place what it does not act on (refuse_unlisted below).
+_COMMON_OPTIONS = ("idle_timeout", "max_headers_count", "headers_with_underscores_action")
+_HTTP1_OPTIONS = ("accept_http_10", "enable_trailers")
+implements("envoy.config.core.v3.HttpProtocolOptions", *_COMMON_OPTIONS)
+implements("envoy.config.core.v3.Http1ProtocolOptions", *_HTTP1_OPTIONS)
 
 
 @dataclass
@@ -156,8 +177,10 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             config.codec_type].name
         if codec_type not in ("AUTO", "HTTP1"):
             issues.append(ConfigIssue(path + ".codec_type", f"{codec_type} is not supported yet"))
-        if config.HasField("rds") or config.HasField("scoped_routes"):
-            issues.append(ConfigIssue(path, "rds and scoped_routes are not supported yet"))
+        issues += refuse_unlisted(config.common_http_protocol_options, _COMMON_OPTIONS,
+                                  path + ".common_http_protocol_options")
+        issues += refuse_unlisted(config.http_protocol_options, _HTTP1_OPTIONS,
+                                  path + ".http_protocol_options")
         # Make the context path point at this HCM's typed_config for nested errors.
         ctx = context
         cm = context.cluster_manager

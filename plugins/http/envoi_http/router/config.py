@@ -7,14 +7,21 @@ comparisons and precompiled regexes -- no protobuf on the hot path.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from envoi.config import ConfigError, ConfigIssue, duration_seconds
+from envoi.config import (
+    NOT_IMPLEMENTED,
+    ConfigError,
+    ConfigIssue,
+    data_source_bytes,
+    duration_seconds,
+    implements,
+)
 from envoi.extensions import FactoryContext
 from envoi.http.headers import HeaderMap
+from envoi.regex import Regex, compile_regex
 
 from envoi_http.router.hash_policy import HashPolicy, build_hash_policy
 from envoi_http.router.re2_rewrite import RegexRewrite
@@ -24,19 +31,77 @@ if TYPE_CHECKING:
     from envoi_http.hcm.stream import ActiveStream
 
 Matcher = Callable[[HeaderMap, bytes, bytes], bool]  # (headers, path, query) -> matched
+
+# -- what of the route table envoi acts on (envoi.config.implemented refuses the rest) -------
+_R = "envoy.config.route.v3."
+implements(_R + "RouteConfiguration",
+           "name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove",
+           "response_headers_to_add", "response_headers_to_remove", "validate_clusters",
+           "max_direct_response_body_size_bytes", "typed_per_filter_config")
+implements(_R + "VirtualHost",
+           "name", "domains", "routes", "virtual_clusters", "request_headers_to_add",
+           "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+           "include_request_attempt_count", "include_attempt_count_in_response", "retry_policy",
+           "typed_per_filter_config")
+implements(_R + "Route",
+           "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
+           "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+           "stat_prefix", "typed_per_filter_config")
+implements(_R + "RouteMatch",
+           "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers",
+           "query_parameters", "grpc")
+implements(_R + "RouteAction",
+           "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
+           "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "timeout", "idle_timeout",
+           "retry_policy", "upgrade_configs", "hash_policy", "priority")
+# hash_policy (router/hash_policy.py refuses regex_rewrite, generated cookies, filter_state).
+implements(_R + "RouteAction.HashPolicy",
+           "header", "cookie", "connection_properties", "query_parameter", "terminal")
+implements(_R + "RouteAction.HashPolicy.Header", "header_name")
+implements(_R + "RouteAction.HashPolicy.Cookie", "name")
+implements(_R + "RouteAction.HashPolicy.ConnectionProperties", "source_ip")
+implements(_R + "RouteAction.HashPolicy.QueryParameter", "name")
+implements(_R + "RouteAction.UpgradeConfig", "upgrade_type", "enabled")
+implements(_R + "WeightedCluster", "clusters")
+implements(_R + "WeightedCluster.ClusterWeight", "name", "weight")
+implements(_R + "RetryPolicy",
+           "retry_on", "num_retries", "per_try_timeout", "retry_back_off",
+           "retriable_status_codes")
+implements(_R + "RetryPolicy.RetryBackOff", "base_interval", "max_interval")
+implements(_R + "DirectResponseAction", "status", "body")
+implements(_R + "RedirectAction",
+           "https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
+           "path_redirect", "prefix_rewrite", "response_code", "strip_query")
+implements(_R + "VirtualCluster", "name", "headers")
+implements(_R + "HeaderMatcher",
+           "name", "exact_match", "safe_regex_match", "range_match", "present_match",
+           "prefix_match", "suffix_match", "contains_match", "string_match", "invert_match",
+           "treat_missing_header_as_empty")
+implements(_R + "QueryParameterMatcher", "name", "string_match", "present_match")
+implements("envoy.type.matcher.v3.StringMatcher",
+           "exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case")
+implements("envoy.type.matcher.v3.RegexMatcher", "regex")
+implements("envoy.type.matcher.v3.RegexMatchAndSubstitute", "pattern", "substitution")
+implements("envoy.type.v3.Int64Range", "start", "end")
+implements("envoy.config.core.v3.HeaderValueOption",
+           "header", "append", "append_action", "keep_empty_value")
+implements("envoy.config.core.v3.HeaderValue", "key", "value")
 APPEND, ADD_IF_ABSENT, OVERWRITE_OR_ADD, OVERWRITE_IF_EXISTS = range(4)
 
 
 @dataclass(frozen=True)
 class HeaderMutations:
-    add: tuple[tuple[bytes, bytes | Callable[[Any], str], int], ...] = ()
+    # (name, value or formatter, append action, keep_empty_value)
+    add: tuple[tuple[bytes, bytes | Callable[[Any], str], int, bool], ...] = ()
     remove: tuple[bytes, ...] = ()
 
     def apply(self, h: HeaderMap, ctx: Any) -> None:
         for name in self.remove:
             h.remove_bytes(name)
-        for name, value, action in self.add:
+        for name, value, action, keep_empty in self.add:
             v = value if isinstance(value, bytes) else value(ctx).encode("latin-1")
+            if not v and not keep_empty:
+                continue  # Envoy drops a header whose value is empty unless keep_empty_value
             if action == APPEND:
                 if name[:1] == b":":
                     h.set_bytes(name, v)
@@ -105,7 +170,6 @@ class Route:
     prefix_rewrite: bytes | None = None
     regex_rewrite: RegexRewrite | None = None
     host_rewrite: bytes | None = None
-    auto_host_rewrite: bool = False
     timeout: float = 15.0
     idle_timeout: float | None = None  # route idle_timeout; None: the HCM's stream_idle_timeout
     retry_policy: RetryPolicy | None = None
@@ -225,7 +289,8 @@ def _string_matcher(sm: Any, path: str) -> Callable[[bytes], bool]:
     ic = sm.ignore_case
     kind = sm.WhichOneof("match_pattern")
     if kind == "safe_regex":
-        rx = _regex(sm.safe_regex.regex, path + ".safe_regex")
+        # ignore_case has no effect on safe_regex, as in Envoy.
+        rx = _regex(sm.safe_regex.regex, path + ".safe_regex.regex")
         return lambda v: rx.fullmatch(v) is not None
     raw: str = getattr(sm, kind or "exact")
     want = raw.lower().encode() if ic else raw.encode()
@@ -241,14 +306,11 @@ def _string_matcher(sm: Any, path: str) -> Callable[[bytes], bool]:
         return lambda v: norm(v).endswith(want)
     if kind == "contains":
         return lambda v: want in norm(v)
-    raise ConfigError([ConfigIssue(path, f"string matcher {kind} is not supported")])
+    raise ConfigError([ConfigIssue(f"{path}.{kind}", NOT_IMPLEMENTED)])
 
 
-def _regex(pattern: str, path: str) -> re.Pattern[bytes]:
-    try:
-        return re.compile(pattern.encode())
-    except re.error as exc:
-        raise ConfigError([ConfigIssue(path, f"invalid regex: {exc}")]) from exc
+def _regex(pattern: str, path: str) -> Regex:
+    return compile_regex(pattern, path)
 
 
 def _header_matcher(hm: Any, path: str) -> Callable[[HeaderMap], bool]:
@@ -272,12 +334,20 @@ def _header_matcher(hm: Any, path: str) -> Callable[[HeaderMap], bool]:
             p = hm.prefix_match.encode()
             check = lambda x: x.startswith(p)  # noqa: E731
         elif kind == "safe_regex_match":
-            rx = _regex(hm.safe_regex_match.regex, path)
+            rx = _regex(hm.safe_regex_match.regex, path + ".safe_regex_match.regex")
             check = lambda x: rx.fullmatch(x) is not None  # noqa: E731
+        elif kind == "suffix_match":
+            sfx = hm.suffix_match.encode()
+            check = lambda x: x.endswith(sfx)  # noqa: E731
+        elif kind == "contains_match":
+            sub = hm.contains_match.encode()
+            check = lambda x: sub in x  # noqa: E731
+        elif kind == "range_match":
+            check = _range_check(hm.range_match.start, hm.range_match.end)
         elif kind is None:
             check = lambda x: True  # noqa: E731
         else:
-            raise ConfigError([ConfigIssue(path, f"header matcher {kind} is not supported")])
+            raise ConfigError([ConfigIssue(f"{path}.{kind}", NOT_IMPLEMENTED)])
 
         def inner(h: HeaderMap) -> bool:
             if name[:1] == b":":
@@ -294,6 +364,19 @@ def _header_matcher(hm: Any, path: str) -> Callable[[HeaderMap], bool]:
     if invert:
         return lambda h: not inner(h)
     return inner
+
+
+def _range_check(start: int, end: int) -> Callable[[bytes], bool]:
+    """Envoy's range_match: the value is a signed decimal integer in [start, end)."""
+
+    def check(v: bytes) -> bool:
+        text = v.strip()
+        body = text[1:] if text[:1] in (b"-", b"+") else text
+        if not body.isdigit():
+            return False
+        return start <= int(text) < end
+
+    return check
 
 
 def _query_matcher(qm: Any, path: str) -> Callable[[bytes], bool]:
@@ -327,7 +410,8 @@ def _route_matcher(m: Any, path: str) -> tuple[Matcher, bytes | None]:
         p = m.path.encode() if cs else m.path.lower().encode()
         pm = (lambda x: x == p) if cs else (lambda x: x.lower() == p)
     elif kind == "safe_regex":
-        rx = re.compile(m.safe_regex.regex.encode(), 0 if cs else re.IGNORECASE)
+        # case_sensitive does not apply to safe_regex (Envoy ignores it there too).
+        rx = _regex(m.safe_regex.regex, path + ".safe_regex.regex")
         pm = lambda x: rx.fullmatch(x) is not None  # noqa: E731
     elif kind == "path_separated_prefix":
         prefix = m.path_separated_prefix.encode()
@@ -337,7 +421,7 @@ def _route_matcher(m: Any, path: str) -> tuple[Matcher, bytes | None]:
             x = x if cs else x.lower()
             return x == p or x.startswith(p + b"/")
     else:
-        raise ConfigError([ConfigIssue(path, f"path specifier {kind} is not supported")])
+        raise ConfigError([ConfigIssue(f"{path}.{kind}", NOT_IMPLEMENTED)])
     hms = [_header_matcher(h, f"{path}.headers[{i}]") for i, h in enumerate(m.headers)]
     if m.HasField("grpc"):
         hms.append(lambda h: (h.get_bytes(b"content-type") or b"").startswith(
@@ -363,7 +447,23 @@ _ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": APPEND, "ADD_IF_ABSENT": ADD_IF_ABSENT,
             "OVERWRITE_IF_EXISTS": OVERWRITE_IF_EXISTS}
 
 
-def _mutations(add: Any, remove: Any, path: str, ctx: FactoryContext) -> HeaderMutations:
+def _mutations(msg: Any, which: str, path: str, ctx: FactoryContext) -> HeaderMutations:
+    """``<which>_headers_to_add`` / ``<which>_headers_to_remove`` of a route, virtual host or
+    route config. As in Envoy, a pseudo-header or ``host`` may be neither added nor removed."""
+    add = getattr(msg, f"{which}_headers_to_add")
+    remove = getattr(msg, f"{which}_headers_to_remove")
+    path_add = f"{path}.{which}_headers_to_add"
+    issues = []
+    for i, opt in enumerate(add):
+        if not _modifiable(opt.header.key):
+            issues.append(ConfigIssue(f"{path_add}[{i}].header.key",
+                                      f"{opt.header.key!r}: :-prefixed or host headers may not "
+                                      "be modified"))
+    for i, name in enumerate(remove):
+        if not _modifiable(name):
+            issues.append(ConfigIssue(f"{path}.{which}_headers_to_remove[{i}]",
+                                      f"{name!r}: :-prefixed or host headers may not be "
+                                      "removed"))
     out = []
     for i, opt in enumerate(add):
         action_name = opt.DESCRIPTOR.fields_by_name["append_action"].enum_type.values_by_number[
@@ -373,9 +473,19 @@ def _mutations(add: Any, remove: Any, path: str, ctx: FactoryContext) -> HeaderM
             action = APPEND if opt.append.value else OVERWRITE_OR_ADD
         value_s = opt.header.value
         value: bytes | Callable[[Any], str]
-        value = ctx.format_string(value_s, f"{path}[{i}]") if "%" in value_s else value_s.encode()
-        out.append((opt.header.key.lower().encode(), value, action))
+        if "%" in value_s:
+            value = _collect(issues, b"", ctx.format_string, value_s,
+                             f"{path_add}[{i}].header.value")
+        else:
+            value = value_s.encode()
+        out.append((opt.header.key.lower().encode(), value, action, opt.keep_empty_value))
+    if issues:
+        raise ConfigError(issues)
     return HeaderMutations(tuple(out), tuple(n.lower().encode() for n in remove))
+
+
+def _modifiable(name: str) -> bool:
+    return not name.startswith(":") and name.lower() != "host"
 
 
 def _retry_policy(rp: Any) -> RetryPolicy:
@@ -396,46 +506,67 @@ def _retry_policy(rp: Any) -> RetryPolicy:
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 
 
-def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
-    match, prefix = _route_matcher(r.match, path + ".match")
+@dataclass(frozen=True)
+class _BuildContext:
+    """What checking a route needs beyond the route: the clusters that exist (None: do not
+    check, as with validate_clusters false or clusters that may still arrive) and the size
+    limit of a direct response body."""
+
+    factory: FactoryContext
+    known_cluster: Callable[[str], bool] | None
+    max_body: int
+
+
+def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
+    ctx = bctx.factory
+    issues: list[ConfigIssue] = []
+    match, prefix = _collect(issues, (_NEVER, None), _route_matcher, r.match, path + ".match")
+    request_mutations = _collect(issues, HeaderMutations(), _mutations, r, "request", path, ctx)
+    response_mutations = _collect(issues, HeaderMutations(), _mutations, r, "response", path,
+                                  ctx)
     rt = Route(name=r.name, vhost=vh, match=match, kind="cluster", prefix=prefix,
-               request_mutations=_mutations(r.request_headers_to_add,
-                                            r.request_headers_to_remove,
-                                            path + ".request_headers_to_add", ctx),
-               response_mutations=_mutations(r.response_headers_to_add,
-                                             r.response_headers_to_remove,
-                                             path + ".response_headers_to_add", ctx))
+               request_mutations=request_mutations, response_mutations=response_mutations)
     if r.stat_prefix:
         rt.stats = RequestStats(ctx.stats.root.scope(f"vhost.{vh.name}.route.{r.stat_prefix}"))
-    if r.typed_per_filter_config:
-        rt.per_filter = ctx.per_filter_configs(r.typed_per_filter_config,
-                                               path + ".typed_per_filter_config")
+    rt.per_filter = _per_filter(r, path, ctx, issues)
     action = r.WhichOneof("action")
     if action == "route":
         a = r.route
         spec = a.WhichOneof("cluster_specifier")
+        known = bctx.known_cluster
         if spec == "cluster":
             rt.cluster = a.cluster
+            if known is not None and not known(a.cluster):
+                issues.append(ConfigIssue(path + ".route.cluster",
+                                          f"route: unknown cluster '{a.cluster}'"))
         elif spec == "weighted_clusters":
             rt.weighted = tuple((c.name, c.weight.value) for c in a.weighted_clusters.clusters)
             rt.total_weight = sum(w for _, w in rt.weighted) or 1
+            for k, (name, _) in enumerate(rt.weighted):
+                if known is not None and not known(name):
+                    issues.append(ConfigIssue(
+                        f"{path}.route.weighted_clusters.clusters[{k}].name",
+                        f"route: unknown weighted cluster '{name}'"))
         elif spec == "cluster_header":
             rt.cluster_header = a.cluster_header.lower().encode()
         else:
-            raise ConfigError([ConfigIssue(path + ".route", f"{spec} is not supported")])
+            issues.append(ConfigIssue(f"{path}.route.{spec}", NOT_IMPLEMENTED))
         if a.cluster_not_found_response_code == 1:
             rt.not_found_code = 404
         elif a.cluster_not_found_response_code == 2:
             rt.not_found_code = 500
+        if a.prefix_rewrite and a.HasField("regex_rewrite"):
+            issues.append(ConfigIssue(path + ".route", "Specify only one of prefix_rewrite, "
+                                                       "regex_rewrite or path_rewrite_policy"))
         if a.prefix_rewrite:
             rt.prefix_rewrite = a.prefix_rewrite.encode()
         if a.HasField("regex_rewrite"):
-            rt.regex_rewrite = RegexRewrite(
-                _regex(a.regex_rewrite.pattern.regex, path + ".route.regex_rewrite.pattern"),
-                a.regex_rewrite.substitution.encode())
+            rx = _collect(issues, None, _regex, a.regex_rewrite.pattern.regex,
+                          path + ".route.regex_rewrite.pattern.regex")
+            if rx is not None:
+                rt.regex_rewrite = RegexRewrite(rx, a.regex_rewrite.substitution.encode())
         if a.host_rewrite_literal:
             rt.host_rewrite = a.host_rewrite_literal.encode()
-        rt.auto_host_rewrite = a.auto_host_rewrite.value
         if a.HasField("timeout"):
             rt.timeout = duration_seconds(a.timeout)
         if a.HasField("idle_timeout"):
@@ -445,7 +576,8 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
         else:
             rt.retry_policy = vh.retry_policy
         if a.hash_policy:
-            rt.hash_policy = build_hash_policy(a.hash_policy, path + ".route.hash_policy")
+            rt.hash_policy = _collect(issues, None, build_hash_policy, a.hash_policy,
+                                      path + ".route.hash_policy")
         if a.priority == 1:
             rt.priority = "HIGH"
         if a.upgrade_configs:
@@ -455,15 +587,13 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
     elif action == "direct_response":
         rt.kind = "direct"
         rt.direct_status = r.direct_response.status
-        body = r.direct_response.body
-        which = body.WhichOneof("specifier")
-        if which == "inline_string":
-            rt.direct_body = body.inline_string.encode()
-        elif which == "inline_bytes":
-            rt.direct_body = body.inline_bytes
-        elif which == "filename":
-            with open(body.filename, "rb") as fh:
-                rt.direct_body = fh.read()
+        if r.direct_response.HasField("body"):
+            bpath = path + ".direct_response.body"
+            rt.direct_body = _collect(issues, b"", data_source_bytes, r.direct_response.body,
+                                      bpath)
+            if len(rt.direct_body) > bctx.max_body:
+                issues.append(ConfigIssue(bpath, f"response body size is {len(rt.direct_body)} "
+                                                 f"bytes; maximum is {bctx.max_body}"))
     elif action == "redirect":
         rd = r.redirect
         rt.kind = "redirect"
@@ -480,9 +610,31 @@ def _route(r: Any, vh: VirtualHost, path: str, ctx: FactoryContext) -> Route:
                 "path_rewrite_specifier") == "prefix_rewrite" else None,
             response_code=_REDIRECT_CODES.get(rd.response_code, 301),
             strip_query=rd.strip_query)
-    else:
-        raise ConfigError([ConfigIssue(path, f"route action {action} is not supported")])
+    elif action is not None:
+        issues.append(ConfigIssue(f"{path}.{action}", NOT_IMPLEMENTED))
+    if issues:
+        raise ConfigError(issues)
     return rt
+
+
+_T = TypeVar("_T")
+
+
+def _collect(issues: list[ConfigIssue], fallback: Any, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, or ``fallback`` with its ConfigError's issues added to ``issues``: one
+    bad piece of a route must not hide the problems in the rest of the config."""
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        issues.extend(exc.errors)
+        return fallback  # type: ignore[no-any-return]
+
+
+def _never(h: HeaderMap, path: bytes, query: bytes) -> bool:
+    return False
+
+
+_NEVER: Matcher = _never
 
 
 def _per_filter(msg: Any, path: str, ctx: FactoryContext,
@@ -498,22 +650,31 @@ def _per_filter(msg: Any, path: str, ctx: FactoryContext,
 
 
 def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
+    """Compile a RouteConfiguration; every problem in it is reported at once."""
     issues: list[ConfigIssue] = []
     exact: dict[bytes, VirtualHost] = {}
-    suffixes: list[tuple[bytes, VirtualHost]] = []
-    prefixes: list[tuple[bytes, VirtualHost]] = []
+    suffixes: dict[bytes, VirtualHost] = {}
+    prefixes: dict[bytes, VirtualHost] = {}
     default = None
     root = ctx.stats.root
+    validate = rc.validate_clusters.value if rc.HasField("validate_clusters") else True
+    known = None
+    cm = ctx.cluster_manager
+    # Clusters that may still arrive (CDS) cannot be checked; nor can they without a cluster
+    # manager (a route table compiled on its own, in unit tests).
+    if validate and cm is not None and not cm.dynamic_clusters:
+        known = cm.is_configured
+    bctx = _BuildContext(ctx, known, rc.max_direct_response_body_size_bytes.value
+                         if rc.HasField("max_direct_response_body_size_bytes") else 4096)
     top_per_filter = _per_filter(rc, path, ctx, issues)
     for i, v in enumerate(rc.virtual_hosts):
         vpath = f"{path}.virtual_hosts[{i}]"
         vh = VirtualHost(
             name=v.name,
-            request_mutations=_mutations(v.request_headers_to_add, v.request_headers_to_remove,
-                                         vpath + ".request_headers_to_add", ctx),
-            response_mutations=_mutations(v.response_headers_to_add,
-                                          v.response_headers_to_remove,
-                                          vpath + ".response_headers_to_add", ctx),
+            request_mutations=_collect(issues, HeaderMutations(), _mutations, v, "request",
+                                       vpath, ctx),
+            response_mutations=_collect(issues, HeaderMutations(), _mutations, v, "response",
+                                        vpath, ctx),
             retry_policy=_retry_policy(v.retry_policy) if v.HasField("retry_policy") else None,
             include_request_attempt_count=v.include_request_attempt_count,
             include_attempt_count_in_response=v.include_attempt_count_in_response,
@@ -522,43 +683,52 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
         if v.virtual_clusters:
             vcs = []
             for j, vc in enumerate(v.virtual_clusters):
-                hms = [_header_matcher(h, f"{vpath}.virtual_clusters[{j}].headers[{k}]")
+                hms = [_collect(issues, _no_header, _header_matcher, h,
+                                f"{vpath}.virtual_clusters[{j}].headers[{k}]")
                        for k, h in enumerate(vc.headers)]
                 vcs.append((vc.name, (lambda h, p, q, hms=hms: all(f(h) for f in hms)),
                             RequestStats(root.scope(f"vhost.{v.name}.vcluster.{vc.name}"))))
             vh.vclusters = tuple(vcs)
             vh.vcluster_other = RequestStats(root.scope(f"vhost.{v.name}.vcluster.other"))
         for j, r in enumerate(v.routes):
-            try:
-                vh.routes.append(_route(r, vh, f"{vpath}.routes[{j}]", ctx))
-            except ConfigError as exc:
-                issues.extend(exc.errors)
-        for d in v.domains:
+            route = _collect(issues, None, _route, r, vh, f"{vpath}.routes[{j}]", bctx)
+            if route is not None:
+                vh.routes.append(route)
+        for k, d in enumerate(v.domains):
             d = d.lower()
             key = d.encode()
+            dpath = f"{vpath}.domains[{k}]"
             if d == "*":
+                if default is not None:
+                    issues.append(ConfigIssue(dpath, "Only a single wildcard domain is "
+                                                     "permitted in route " + rc.name))
                 default = vh
-            elif d.startswith("*"):
-                suffixes.append((key[1:], vh))
+                continue
+            if d.startswith("*"):
+                table, key = suffixes, key[1:]
             elif d.endswith("*"):
-                prefixes.append((key[:-1], vh))
+                table, key = prefixes, key[:-1]
             else:
-                if key in exact:
-                    issues.append(ConfigIssue(vpath + ".domains",
-                                              f"Only unique values for domains are permitted. "
-                                              f"Duplicate entry of domain {d}"))
-                exact[key] = vh
+                table = exact
+            if key in table:
+                issues.append(ConfigIssue(dpath, "Only unique values for domains are permitted. "
+                                                 f"Duplicate entry of domain {d} in route "
+                                                 + rc.name))
+            table[key] = vh
+    table_request = _collect(issues, HeaderMutations(), _mutations, rc, "request", path, ctx)
+    table_response = _collect(issues, HeaderMutations(), _mutations, rc, "response", path, ctx)
     if issues:
         raise ConfigError(issues)
-    suffixes.sort(key=lambda x: -len(x[0]))
-    prefixes.sort(key=lambda x: -len(x[0]))
     return RouteTable(
-        exact, suffixes, prefixes, default,
-        _mutations(rc.request_headers_to_add, rc.request_headers_to_remove,
-                   path + ".request_headers_to_add", ctx),
-        _mutations(rc.response_headers_to_add, rc.response_headers_to_remove,
-                   path + ".response_headers_to_add", ctx),
+        exact,
+        sorted(suffixes.items(), key=lambda x: -len(x[0])),
+        sorted(prefixes.items(), key=lambda x: -len(x[0])),
+        default, table_request, table_response,
     )
+
+
+def _no_header(h: HeaderMap) -> bool:
+    return False
 
 
 def log_context(stream: ActiveStream) -> Any:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoi.config import implements
 from envoi.extensions import FactoryContext, HttpFilterFactory
 from envoi.http.filter import HttpFilterChainBuilder, HttpFilterFactoryCb
 
 from envoi_http.options import http1_codec
 from envoi_http.router.filter import Router, RouterConfig
+
+implements("envoy.extensions.filters.http.router.v3.Router",
+           "suppress_envoy_headers", "respect_expected_rq_timeout")
 
 
 class RouterFactory(HttpFilterFactory):

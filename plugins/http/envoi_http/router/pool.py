@@ -12,10 +12,14 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
+from envoi.config import implements
 from envoi.upstream.cluster import Cluster, Host, UpstreamConnectError
 
 from envoi_http.codec import Backend, make_codec
 from envoi_http.codec import events as ev
+
+# A cluster's max_requests_per_connection closes an upstream HTTP connection after N requests.
+implements("envoy.config.cluster.v3.Cluster", "max_requests_per_connection")
 
 
 class PoolCallbacks(Protocol):

@@ -1,5 +1,5 @@
-"""RE2's ``GlobalReplace`` with a rewrite string, over Python's ``re``: what Envoy does with a
-route's ``regex_rewrite`` (``RegexMatchAndSubstitute``).
+"""RE2's ``GlobalReplace`` with a rewrite string (the pattern is RE2's, envoi.regex): what
+Envoy does with a route's ``regex_rewrite`` (``RegexMatchAndSubstitute``).
 
 RE2's rewrite syntax is not Python's: ``\\0``..``\\9`` name the whole match and capture groups,
 ``\\\\`` is one backslash, and any other backslash makes the rewrite invalid -- RE2 then stops
@@ -9,13 +9,13 @@ pattern lacks replaces nothing. Empty matches follow RE2: none right where the l
 
 from __future__ import annotations
 
-import re
+from envoi.regex import Regex
 
 
 class RegexRewrite:
     __slots__ = ("parts", "pattern", "usable")
 
-    def __init__(self, pattern: re.Pattern[bytes], substitution: bytes) -> None:
+    def __init__(self, pattern: Regex, substitution: bytes) -> None:
         self.pattern = pattern
         parts: list[bytes | int] = []  # literal bytes, or a group number
         lit = bytearray()

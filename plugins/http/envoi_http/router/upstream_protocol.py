@@ -19,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from envoi.config import implements
+
+from envoi_http.codec import h2_options
 from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
 from envoi_http.codec.h2_options import from_proto as http2_from_proto
 
@@ -28,6 +31,20 @@ Issue = tuple[str, str]
 
 _COMMON_OK = ("max_requests_per_connection", "max_headers_count")
 _HTTP1_OK = ("enable_trailers",)
+
+# Declarations for envoi.config.implemented, from the same lists the checks here use. The
+# core/HTTP/1 option messages are shared with the HCM: each consumer refuses what it does not
+# act on in its own place (here, in _common and _http1).
+implements("envoy.config.cluster.v3.Cluster",
+           "typed_extension_protocol_options", "common_http_protocol_options",
+           "http_protocol_options", "http2_protocol_options", "protocol_selection")
+implements(TYPE_NAME, "common_http_protocol_options", "explicit_http_config",
+           "use_downstream_protocol_config", "auto_config")
+for _config in ("ExplicitHttpConfig", "UseDownstreamHttpConfig", "AutoHttpConfig"):
+    implements(f"{TYPE_NAME}.{_config}", "http_protocol_options", "http2_protocol_options")
+implements("envoy.config.core.v3.HttpProtocolOptions", *_COMMON_OK)
+implements("envoy.config.core.v3.Http1ProtocolOptions", *_HTTP1_OK)
+implements("envoy.config.core.v3.Http2ProtocolOptions", *h2_options.implemented_fields())
 
 
 @dataclass(frozen=True)
