@@ -100,18 +100,18 @@ def test_nested_fields_everywhere_are_walked() -> None:
         hcm(route_extra={"decorator": {"operation": "op"}},
             vhost_extra={"cors": {"allow_credentials": True}},
             tracing={}),
-        clusters=[cluster(respect_dns_ttl=True, transport_socket={"name": "raw"})],
-        listener_filters=[{"name": "envoy.filters.listener.tls_inspector"}],
+        clusters=[cluster(track_timeout_budgets=True, cleanup_interval="5s")],
+        traffic_direction="INBOUND",
     )
     issues = unimplemented_fields(parse_bootstrap(text))
     rc = f"{F0}.typed_config.route_config.virtual_hosts[0]"
     assert sorted(str(i) for i in issues) == sorted(f"{p}: {NOT_IMPLEMENTED}" for p in [
-        f"{L0}.listener_filters",
+        f"{L0}.traffic_direction",
         f"{F0}.typed_config.tracing",
         f"{rc}.cors",
         f"{rc}.routes[0].decorator",
-        f"{C0}.transport_socket",
-        f"{C0}.respect_dns_ttl",
+        f"{C0}.track_timeout_budgets",
+        f"{C0}.cleanup_interval",
     ])
 
 
@@ -139,7 +139,7 @@ def test_map_values_are_walked(tmp_path: Path) -> None:
 
 def test_fifty_unimplemented_fields_are_all_listed(tmp_path: Path) -> None:
     unimplemented = {
-        "respect_dns_ttl": True, "use_tcp_for_dns_lookups": True,
+        "track_timeout_budgets": True, "cleanup_interval": "5s",
         "ignore_health_on_host_removal": True, "close_connections_on_host_health_failure": True,
         "connection_pool_per_downstream_connection": True,
     }
@@ -147,20 +147,20 @@ def test_fifty_unimplemented_fields_are_all_listed(tmp_path: Path) -> None:
     lines = load_issues(tmp_path, bootstrap(hcm(), clusters=[cluster(), *clusters]))
     assert len(lines) == 50, "\n".join(lines)
     assert all(line.endswith(": " + NOT_IMPLEMENTED) for line in lines)
-    assert f"static_resources.clusters[10].respect_dns_ttl: {NOT_IMPLEMENTED}" in lines
+    assert f"static_resources.clusters[10].track_timeout_budgets: {NOT_IMPLEMENTED}" in lines
 
 
 def test_validate_mode_exits_1_with_every_error(tmp_path: Path) -> None:
     path = tmp_path / "envoi.yaml"
     path.write_text(bootstrap(hcm(via="p", skip_xff_append=True),
-                              clusters=[cluster(respect_dns_ttl=True)]))
+                              clusters=[cluster(track_timeout_budgets=True)]))
     out = subprocess.run([str(Path(sys.executable).parent / "envoi"), "--mode", "validate",
                           "-c", str(path)], capture_output=True, text=True)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert f"{F0}.typed_config.via: {NOT_IMPLEMENTED}" in out.stderr
     assert f"{F0}.typed_config.skip_xff_append: {NOT_IMPLEMENTED}" in out.stderr
-    assert f"{C0}.respect_dns_ttl: {NOT_IMPLEMENTED}" in out.stderr
+    assert f"{C0}.track_timeout_budgets: {NOT_IMPLEMENTED}" in out.stderr
 
 
 def test_no_follow_on_lines(tmp_path: Path) -> None:
@@ -251,9 +251,9 @@ def test_every_parse_error_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_rule_violations_and_unimplemented_fields_come_together(tmp_path: Path) -> None:
     lines = load_issues(tmp_path, bootstrap(hcm(stat_prefix="", via="p"),
-                                            clusters=[cluster(respect_dns_ttl=True)]))
+                                            clusters=[cluster(track_timeout_budgets=True)]))
     assert sorted(lines) == sorted([
-        f"{C0}.respect_dns_ttl: {NOT_IMPLEMENTED}",
+        f"{C0}.track_timeout_budgets: {NOT_IMPLEMENTED}",
         f"{F0}.typed_config.via: {NOT_IMPLEMENTED}",
         f"{F0}.typed_config.stat_prefix: value length must be at least 1 characters",
     ])
