@@ -136,6 +136,8 @@ class H2Codec(H2Sender):
                 self._on_settings(e, out)
             elif t is he.SettingsAcknowledged:
                 self.settings_acked = True
+            elif t is he.PingAckReceived:
+                out.append(hev.PingAck(e.ping_data))
             if self.dead:
                 return
             # StreamEnded rides on the event that carried END_STREAM (``stream_ended``);

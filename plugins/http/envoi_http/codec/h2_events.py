@@ -51,4 +51,12 @@ class Flood:
     stream_id: int = 0
 
 
-H2Event = GoAwayReceived | PeerSettings | StreamWritable | Flood
+@dataclass(frozen=True, slots=True)
+class PingAck:
+    """The peer acknowledged one of our PINGs (``send_ping``): connection keepalive."""
+
+    data: bytes
+    stream_id: int = 0
+
+
+H2Event = GoAwayReceived | PeerSettings | StreamWritable | Flood | PingAck

@@ -37,6 +37,16 @@ _DEPRECATED_OVERRIDE = "stream_error_on_invalid_http_messaging"
 
 
 @dataclass(frozen=True, slots=True)
+class KeepaliveOptions:
+    """``connection_keepalive``: PING every ``interval`` seconds (0: never), the connection
+    closed when ``timeout`` passes without an answer (``h2_keepalive.py`` runs the timers)."""
+
+    interval: float
+    timeout: float
+    jitter_percent: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
 class Http2Options:
     """What the HTTP/2 codec enforces and advertises (Envoy's field names)."""
 
@@ -52,6 +62,7 @@ class Http2Options:
     max_inbound_window_update_frames_per_data_frame_sent: int = 10
     # False (Envoy's default): an invalid HTTP message ends the connection; True: only its stream.
     stream_error_on_invalid_http_message: bool = False
+    keepalive: KeepaliveOptions | None = None
 
 
 DEFAULT_OPTIONS = Http2Options()
@@ -82,9 +93,32 @@ def from_proto(msg: Any, path: str) -> tuple[Http2Options, list[tuple[str, str]]
         elif name in (_OVERRIDE, _DEPRECATED_OVERRIDE):
             values["stream_error_on_invalid_http_message"] = bool(
                 value.value if hasattr(value, "value") else value)
+        elif name == "connection_keepalive":
+            keepalive = _keepalive(value, fpath, issues)
+            if keepalive is not None:
+                values["keepalive"] = keepalive
         else:
             issues.append((fpath, "is not implemented by envoi"))
     return Http2Options(**values), issues
+
+
+def _seconds(d: Any) -> float:
+    return float(d.seconds) + float(d.nanos) / 1e9
+
+
+def _keepalive(msg: Any, path: str, issues: list[tuple[str, str]]) -> KeepaliveOptions | None:
+    if msg.HasField("connection_idle_interval"):
+        issues.append((path + ".connection_idle_interval", "is not implemented by envoi"))
+    if not msg.HasField("timeout"):
+        issues.append((path + ".timeout", "value is required"))
+        return None
+    timeout = _seconds(msg.timeout)
+    if timeout < 0.001:
+        issues.append((path + ".timeout", "value must be greater than or equal to 1ms"))
+        return None
+    interval = _seconds(msg.interval) if msg.HasField("interval") else 0.0
+    jitter = float(msg.interval_jitter.value) if msg.HasField("interval_jitter") else 15.0
+    return KeepaliveOptions(interval, timeout, jitter)
 
 
 def local_settings(options: Http2Options, client: bool) -> dict[int, int]:

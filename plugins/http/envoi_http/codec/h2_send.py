@@ -300,6 +300,12 @@ class H2Sender:
             self._unacked[stream_id] = left - nbytes
         self._conn.acknowledge_received_data(nbytes, stream_id)
 
+    def send_ping(self, opaque: bytes) -> None:
+        """A PING (8 bytes of opaque data) for connection keepalive; ``PingAck`` answers it."""
+        if not self.dead:
+            self._conn.ping(opaque)
+            self._frames += 1
+
     def shutdown_notice(self) -> None:
         """The first GOAWAY of a graceful drain (last stream 2^31-1: nothing refused yet)."""
         self._queue(GoAwayFrame(0, last_stream_id=(1 << 31) - 1, error_code=NO_ERROR))

@@ -37,6 +37,7 @@ from envoi_http.codec.h2_codec import H2Codec
 from envoi_http.codec.h2_hpack import never_indexed
 from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
 from envoi_http.codec.h2_stats import Http2CodecStats, codec_stats
+from envoi_http.h2_keepalive import Keepalive
 
 
 class PoolCallbacks(Protocol):
@@ -164,6 +165,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.local_close = False
         self.write_blocked = False
         self.flush_pending = False
+        self.keepalive: Keepalive | None = None
         self.active_at_eof = False  # streams were open when the upstream closed
         self.started = time.monotonic()
 
@@ -203,11 +205,29 @@ class H2UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()  # (once: each call costs a getpid())
+        ka = self.pool.options.keepalive
+        if ka is not None:
+            self.keepalive = Keepalive(self.loop, ka, self._ping, self._keepalive_expired)
         self.pool.on_connected(self)
         self.flush()
 
+    def _ping(self, opaque: bytes) -> None:
+        self.codec.send_ping(opaque)
+        self.flush()
+
+    def _keepalive_expired(self) -> None:
+        """No answer to a PING in time: the connection is dead (Envoy closes without flush)."""
+        self.pool.codec_stats.keepalive_timeout.value += 1
+        t = self.transport
+        if t is not None and not self.closed:
+            self.local_close = True
+            self.closed = True
+            t.abort()
+
     def data_received(self, data: bytes) -> None:
         self.stats.upstream_cx_rx_bytes_total.value += len(data)
+        if self.keepalive is not None:
+            self.keepalive.received()
         codec = self.codec
         by_stream: dict[int, list[ev.Event]] = {}
         writable: list[int] = []
@@ -258,6 +278,9 @@ class H2UpstreamConnection(asyncio.Protocol):
                 self.stats.upstream_cx_close_notify.value += 1
                 self.draining = True
             self.pool.on_draining(self)
+        elif t is hev.PingAck:
+            if self.keepalive is not None:
+                self.keepalive.acked()
         elif t is ev.ProtocolError or t is hev.Flood:
             self.stats.upstream_cx_protocol_error.value += 1
 
@@ -285,6 +308,8 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.keepalive is not None:
+            self.keepalive.close()
         pool = self.pool
         active = self.attached > 0 or self.active_at_eof
         if not self.codec.dead:
