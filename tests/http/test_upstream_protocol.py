@@ -72,7 +72,9 @@ def test_deprecated_cluster_field() -> None:
     ("explicit_http_config: {http2_protocol_options: {allow_metadata: true}}",
      ".explicit_http_config.http2_protocol_options.allow_metadata"),
     ("explicit_http_config: {http2_protocol_options: {connection_keepalive: {interval: 1s, "
-     "timeout: 1s}}}", ".explicit_http_config.http2_protocol_options.connection_keepalive"),
+     "timeout: 1s, connection_idle_interval: 1s}}}",
+     ".explicit_http_config.http2_protocol_options.connection_keepalive."
+     "connection_idle_interval"),
     ("explicit_http_config: {http3_protocol_options: {}}",
      ".explicit_http_config.http3_protocol_options"),
     ("explicit_http_config: {http_protocol_options: {allow_absolute_url: true}}",
