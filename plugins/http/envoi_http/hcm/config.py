@@ -16,6 +16,7 @@ from envoi_http.codec import Backend
 from envoi_http.hcm.connection_manager import ConnectionManager
 from envoi_http.hcm.express import enabled as express_enabled
 from envoi_http.hcm.internal import internal_networks
+from envoi_http.hcm.path_normalization import PathNormalization
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
@@ -34,7 +35,8 @@ implements(_HCM,
            "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
            "request_headers_timeout", "drain_timeout", "access_log", "use_remote_address",
            "xff_num_trusted_hops", "internal_address_config", "generate_request_id",
-           "preserve_external_request_id", "upgrade_configs")
+           "preserve_external_request_id", "upgrade_configs", "normalize_path",
+           "merge_slashes", "path_with_escaped_slashes_action")
 implements(_HCM + ".UpgradeConfig", "upgrade_type", "enabled")
 implements(_HCM + ".InternalAddressConfig", "cidr_ranges")
 implements("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -79,6 +81,8 @@ class HcmConfig:
     route_idle: bool = False  # some route sets idle_timeout (router/idle.py)
     route_idle_min: float = 0.0  # the shortest non-zero one
     internal_nets: tuple[Any, ...] = ()  # internal_address_config.cidr_ranges (hcm/internal.py)
+    # normalize_path / merge_slashes / path_with_escaped_slashes_action (hcm/path_normalization)
+    path_normalization: PathNormalization | None = None
     # The router's config when the chain is the router alone and nothing logs: the express
     # lane (hcm/express.py) may then run plain exchanges.
     express_router: Any = None
@@ -238,6 +242,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             route_idle=bool(route_idle_timeouts(table)),
             route_idle_min=shortest_route_idle(table),
             internal_nets=internal_networks(config),
+            path_normalization=PathNormalization.from_proto(config),
         )
 
         if len(filters) == 1 and not cfg.access_logs and express_enabled():

@@ -21,6 +21,7 @@ from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterSta
 from envoi_http.codec import events as ev
 from envoi_http.codec import make_codec
 from envoi_http.hcm import internal, upgrade, xff
+from envoi_http.hcm import path_normalization as pathnorm
 from envoi_http.hcm.express import Express
 from envoi_http.hcm.stream import ActiveStream, reason
 from envoi_http.router import idle as route_idle
@@ -338,6 +339,13 @@ class ConnectionManager(ReadFilter):
                 st.downstream_rq_non_relative_path.value += 1
         headers = HeaderMap(raw, method=e.method, path=path, authority=e.authority,
                             scheme=e.scheme)
+        norm = cfg.path_normalization
+        if norm is not None and path[:1] == b"/":
+            # Before routing, filters and the express lane: all see the path the upstream sees.
+            action, headers.path = norm.apply(path)
+            if action != pathnorm.CONTINUE:
+                self._path_local_reply(e, headers, action)
+                return
         express = self.express
         if express is not None and e.end_stream and not token and not e.expect_continue and \
                 e.http_version == b"1.1":
@@ -361,6 +369,19 @@ class ConnectionManager(ReadFilter):
             self._flush()
             self.conn.write(self.codec.send(ev.Informational(e.stream_id, 100)))
         self._run_stream(s, e.end_stream, self._mutate_request(headers))
+
+    def _path_local_reply(self, e: ev.RequestHeaders, headers: HeaderMap, action: int) -> None:
+        """Path normalisation refused the path (400) or redirects to the normalised one (307),
+        as Envoy answers and counts them."""
+        s = ActiveStream(self, e.stream_id, headers)
+        self.stream = s
+        if action == pathnorm.REJECT:
+            self.stats.downstream_rq_failed_path_normalization.value += 1
+            s.send_local_reply(400, b"", details="path_normalization_failed")
+            return
+        self.stats.downstream_rq_redirected_with_normalized_path.value += 1
+        s.send_local_reply(307, b"", headers={"location": headers.path.decode("latin-1")},
+                           details="path_normalization_redirect")
 
     def _general_stream(self, e: ev.RequestHeaders, headers: HeaderMap,
                         client: bytes | None) -> None:

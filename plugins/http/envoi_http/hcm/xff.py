@@ -90,7 +90,8 @@ def mutate(h: HeaderMap, use_remote_address: bool, hops: int, peer_ip: bytes,
         h.set_bytes(XFF, xff + b"," + append if xff else append)
         h.set_bytes(b"x-forwarded-proto", proto)
         final = client if client is not None else peer_ip
-        if internal.is_internal(final, internal_nets):
+        # Envoy: internal only when the request came with no x-forwarded-for of its own.
+        if xff is None and internal.is_internal(final, internal_nets):
             h.set_bytes(b"x-envoy-internal", b"true")
         else:
             internal.clean(h)

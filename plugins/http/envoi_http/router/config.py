@@ -42,7 +42,7 @@ implements(_R + "VirtualHost",
            "name", "domains", "routes", "virtual_clusters", "request_headers_to_add",
            "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
            "include_request_attempt_count", "include_attempt_count_in_response", "retry_policy",
-           "typed_per_filter_config")
+           "typed_per_filter_config", "require_tls")
 implements(_R + "Route",
            "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
            "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
@@ -138,6 +138,7 @@ class Redirect:
     prefix_rewrite: bytes | None
     response_code: int
     strip_query: bool
+    keep_port: bool = False  # require_tls: https://<Host as received><path>, port and all
 
 
 @dataclass(eq=False)
@@ -153,6 +154,9 @@ class VirtualHost:
     include_attempt_count_in_response: bool = False
     #: typed_per_filter_config of the virtual host, over the route config's (merged once).
     per_filter: dict[str, object] = field(default_factory=dict)
+    #: require_tls: 0 NONE, 1 EXTERNAL_ONLY, 2 ALL; tls_redirect answers a request it refuses.
+    require_tls: int = 0
+    tls_redirect: Route | None = None
 
 
 @dataclass(eq=False)
@@ -259,6 +263,8 @@ class RouteTable:
         vh = self.vhost(h.authority)
         if vh is None:
             return None
+        if vh.require_tls and _needs_tls_redirect(vh, h):
+            return vh.tls_redirect
         path, _, query = h.path.partition(b"?")
         for r in vh.routes:
             prefix = r.plain_prefix
@@ -268,6 +274,17 @@ class RouteTable:
             elif r.match(h, path, query):
                 return r
         return None
+
+
+def _needs_tls_redirect(vh: VirtualHost, h: HeaderMap) -> bool:
+    """Envoy's require_tls: a request whose x-forwarded-proto (as the HCM set it) is not https
+    is redirected; with EXTERNAL_ONLY only when it is not internal (x-envoy-internal)."""
+    if h.get_bytes(b"x-forwarded-proto") == b"https":
+        return False
+    return vh.require_tls == _TLS_ALL or h.get_bytes(b"x-envoy-internal") != b"true"
+
+
+_TLS_ALL = 2
 
 
 # -- matchers -------------------------------------------------------------------------------
@@ -679,7 +696,14 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
             include_request_attempt_count=v.include_request_attempt_count,
             include_attempt_count_in_response=v.include_attempt_count_in_response,
             per_filter={**top_per_filter, **_per_filter(v, vpath, ctx, issues)},
+            require_tls=v.require_tls,
         )
+        if v.require_tls:
+            vh.tls_redirect = Route(
+                name="", vhost=vh, match=_NEVER, kind="redirect",
+                redirect=Redirect(scheme=b"https", host=None, port=None, path=None,
+                                  prefix_rewrite=None, response_code=301, strip_query=False,
+                                  keep_port=True))
         if v.virtual_clusters:
             vcs = []
             for j, vc in enumerate(v.virtual_clusters):

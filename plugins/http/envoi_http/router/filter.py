@@ -257,7 +257,8 @@ class Router(StreamDecoderFilter):
         # Envoy's :scheme of an HTTP/1.1 request is its (trusted) x-forwarded-proto.
         scheme = rd.scheme or h.get_bytes(b"x-forwarded-proto") or h.scheme or b"http"
         port = b":%d" % rd.port if rd.port else b""
-        host = rd.host or _redirect_host(h, scheme, port)
+        # require_tls keeps the Host as received, port and all (Envoy's SslRedirector).
+        host = rd.host or (h.authority if rd.keep_port else _redirect_host(h, scheme, port))
         path, sep, query = h.path.partition(b"?")
         if rd.path is not None:
             path = rd.path
