@@ -389,9 +389,10 @@ class Server:
         from datetime import UTC, datetime
 
         now = datetime.now(UTC)
-        days = min(c.days_until_expiration(now) for ctx in contexts
-                   for c in (*ctx.cert_chain, *ctx.ca_certs))
-        self.server_stats.days_until_first_cert_expiring.set(days)
+        days = min((c.days_until_expiration(now) for ctx in contexts
+                    for c in (*ctx.cert_chain, *ctx.ca_certs)), default=None)
+        if days is not None:  # TLS without any certificate (a client with no CA): unchanged
+            self.server_stats.days_until_first_cert_expiring.set(days)
 
     # -- serving -----------------------------------------------------------------------------
 
