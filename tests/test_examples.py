@@ -85,3 +85,46 @@ def test_readme_demo_commands_work_as_written(envoi_process: Callable[..., Envoi
     assert "server.live: 1" in outputs[0]  # the admin's /stats, through tcp_proxy
     assert outputs[1] == "HI\n"
     assert outputs[2] == "hello from envoi over HTTP\n"
+
+
+def test_dynamodb_local_example_serves(envoi_process: Callable[..., EnvoiProcess]) -> None:
+    """examples/dynamodb_local.yaml as its comment says: moto's server on the upstream port,
+    boto3 through envoi, the dynamo filter's stats in the admin."""
+    import boto3
+    import botocore.config
+    from envoi.testing import wait_for
+
+    admin, listen, upstream = free_port(), free_port(), free_port()
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(upstream)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def moto_up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", upstream), timeout=1).close()
+            except OSError:
+                assert moto.poll() is None, "moto.server exited"
+                return False
+            return True
+
+        wait_for(moto_up, 30, what="moto.server")
+        text = (ROOT / "examples/dynamodb_local.yaml").read_text()
+        text = text.replace("9901", str(admin)).replace("8000", str(listen))
+        proc = envoi_process(text.replace("8001", str(upstream)), admin)
+        ddb = boto3.client("dynamodb", region_name="us-east-1",
+                           endpoint_url=f"http://127.0.0.1:{listen}",
+                           aws_access_key_id="test", aws_secret_access_key="test",
+                           config=botocore.config.Config(retries={"max_attempts": 1}))
+        ddb.create_table(TableName="notes", BillingMode="PAY_PER_REQUEST",
+                         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+        ddb.put_item(TableName="notes", Item={"id": {"S": "1"}, "text": {"S": "hi"}})
+        item = ddb.get_item(TableName="notes", Key={"id": {"S": "1"}})["Item"]
+        assert item == {"id": {"S": "1"}, "text": {"S": "hi"}}
+        stats = proc.stats()
+        for op in ("CreateTable", "PutItem", "GetItem"):
+            assert stats[f"http.dynamodb.dynamodb.operation.{op}.upstream_rq_total_200"] == 1
+        assert stats["http.dynamodb.dynamodb.table.notes.upstream_rq_total_200"] == 3
+    finally:
+        moto.terminate()
+        moto.wait(10)

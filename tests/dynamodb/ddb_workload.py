@@ -26,12 +26,15 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """A DynamoDB-compatible endpoint (``http://127.0.0.1:<port>``) for the block."""
+    """A DynamoDB-compatible endpoint (``http://127.0.0.1:<port>``) for the block, empty (moto
+    keeps its state per process, so a second server would see the first one's tables)."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
+        endpoint = f"http://{host}:{port}"
+        reset_moto(endpoint)
+        yield endpoint
     finally:
         server.stop()
 
