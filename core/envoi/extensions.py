@@ -21,6 +21,7 @@ from envoi.network.listener_filter import ListenerFilterFactoryCb
 from envoi.stream_info import AccessLogger
 
 if TYPE_CHECKING:
+    from envoi.stats.sink import StatsSink
     from envoi.upstream.assignment import LoadAssignment
     from envoi.upstream.cluster import Cluster, Host
 
@@ -206,9 +207,13 @@ class HealthCheckerFactory(ExtensionFactory):
 
 
 class StatsSinkFactory(ExtensionFactory):
-    """Not used yet: ``stats_sinks`` are not built."""
+    """``envoy.stat_sinks.*``: the bootstrap's ``stats_sinks``. ``create_sink`` runs once, in
+    the main process, and returns a :class:`envoi.stats.sink.StatsSink`: ``flush(snapshot)``
+    every ``stats_flush_interval`` with the server's stats (summed over the workers) and
+    ``on_histogram_values(histogram, values)`` with recorded values, in the process that
+    recorded them (see :mod:`envoi.stats.sink`)."""
 
     category = "envoy.stats_sinks"
 
     @abc.abstractmethod
-    def create_sink(self, config: Any, context: FactoryContext) -> object: ...
+    def create_sink(self, config: Any, context: FactoryContext) -> StatsSink: ...

@@ -104,8 +104,8 @@ def envoi_access_loggers() -> Sequence[AccessLoggerFactory] | None:
 
 @hookspec
 def envoi_stats_sinks() -> Sequence[StatsSinkFactory] | None:
-    """Stats sinks that receive the stats at every flush. Not used yet: ``stats_sinks`` are
-    not built."""
+    """Stats sinks (``envoy.stat_sinks.statsd``...) that receive the stats at every flush.
+    Used: the bootstrap's ``stats_sinks``; the contract is :mod:`envoi.stats.sink`."""
 
 
 @hookspec

@@ -53,6 +53,7 @@ BUILTIN_PLUGINS = {
     "builtin.access_log": "envoi.access_log",
     "builtin.tls_inspector": "envoi.filters.tls_inspector",
     "builtin.http_inspector": "envoi.filters.http_inspector",
+    "builtin.stats_sinks": "envoi.stats.statsd",
 }
 
 #: Names we know but which live in a plugin distribution: said in the error when it is missing.

@@ -26,12 +26,15 @@ from envoi.config import (
     validate_message,
 )
 from envoi.context import LocalInfo
+from envoi.extensions import StatsSinkFactory
 from envoi.factory_context import FactoryContextImpl
 from envoi.network.builder import build_listener
 from envoi.network.listener import ActiveListener
 from envoi.plugins import Plugins
 from envoi.runtime import Runtime
 from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup, Store
+from envoi.stats.sink import StatsFlusher, StatsSink
+from envoi.stats.statsd import close_sinks
 from envoi.upstream import health_sync  # registers the host_health worker operation
 from envoi.upstream.cluster_manager import ClusterManager
 from envoi.upstream.host import health_flags_string
@@ -41,7 +44,9 @@ log = logging.getLogger("envoi")
 # The Bootstrap fields the server acts on (envoi.config.implemented refuses the others).
 # node: the local info, and shown in /server_info and /config_dump as Envoy shows it.
 implements("envoy.config.bootstrap.v3.Bootstrap",
-           "admin", "static_resources", "layered_runtime", "stats_flush_interval", "node")
+           "admin", "static_resources", "layered_runtime", "stats_flush_interval", "node",
+           "stats_sinks")
+implements("envoy.config.metrics.v3.StatsSink", "name", "typed_config")
 implements("envoy.config.bootstrap.v3.Bootstrap.StaticResources", "listeners", "clusters")
 implements("envoy.config.core.v3.Node", "id", "cluster", "metadata", "locality")
 implements("envoy.config.core.v3.Locality", "region", "zone", "sub_zone")
@@ -136,7 +141,7 @@ class ServerStats(StatsGroup):
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope)
-        scope.gauge("compilation_settings.fips_mode")  # not a FIPS build: 0, as Envoy's
+        scope.gauge("compilation_settings.fips_mode").set(0)  # not a FIPS build, as Envoy's
 
 
 class ListenerManagerStats(StatsGroup):
@@ -256,6 +261,9 @@ class Server:
         self._stop_event: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self._flush_interval = 5.0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        #: The ``stats_sinks``, fed every flush interval (``envoi.stats.sink``).
+        self.stats_flusher = StatsFlusher()
         self.command_line_options: dict[str, Any] = {
             "config_path": options.config_path,
             "mode": options.mode.capitalize(),
@@ -347,6 +355,7 @@ class Server:
             self.cluster_manager.add_static(bs.static_resources.clusters, self.factory_context)
         except ConfigError as exc:
             issues.extend(exc.errors)
+        issues += self._build_stats_sinks(bs.stats_sinks)
         names: set[str] = set()
         for i, lcfg in enumerate(bs.static_resources.listeners):
             path = f"static_resources.listeners[{i}]"
@@ -371,6 +380,25 @@ class Server:
             raise self._with_type_hints(ConfigError(issues))
         self._update_cert_expiry()
         self.plugins.pm.hook.envoi_configured(server=self.view)
+
+    def _build_stats_sinks(self, entries: Any) -> list[ConfigIssue]:
+        """``stats_sinks``: each through its factory (``envoi_stats_sinks``), after the clusters
+        (a TCP statsd sink names one)."""
+        issues: list[ConfigIssue] = []
+        sinks: list[StatsSink] = []
+        for i, entry in enumerate(entries):
+            path = f"stats_sinks[{i}]"
+            try:
+                factory, config = self.factory_context.resolve_extension(
+                    StatsSinkFactory, entry, path)  # type: ignore[type-abstract]
+                ctx = self.factory_context.with_path(path + ".typed_config")
+                sinks.append(ctx.run_factory(
+                    factory, lambda: factory.create_sink(config, ctx)))  # noqa: B023
+            except ConfigError as exc:
+                issues.extend(exc.errors)
+        self.stats_flusher = StatsFlusher(sinks)
+        self.stats.set_histogram_observer(self.stats_flusher.histogram_observer())
+        return issues
 
     @property
     def tls_contexts(self) -> list[Any]:
@@ -460,14 +488,14 @@ class Server:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self._state = "LIVE"
         self._update_server_gauges()
-        flush = loop.call_later(self._flush_interval, self._flush_stats)
+        self._flush_handle = loop.call_later(self._flush_interval, self._flush_stats)
         if self.worker_index is None:
             self.plugins.pm.hook.envoi_server_started(server=self.view)
         for lst in self.listeners:
             log.info("listener '%s' serving on %s:%d", lst.name, lst.host, lst.port)
         log.info("starting main dispatch loop")
         await self._stop_event.wait()
-        flush.cancel()
+        self._flush_handle.cancel()
         await self._drain()
         if self.worker_index is None:
             self.plugins.pm.hook.envoi_stopped(server=self.view)
@@ -478,6 +506,8 @@ class Server:
         for task in discovery_tasks:
             task.cancel()
         self.cluster_manager.stop()
+        self._flush_once()
+        close_sinks(self.stats_flusher.sinks)
         from envoi.access_log import flush_all
 
         flush_all()
@@ -497,7 +527,7 @@ class Server:
         self.lm_stats.total_listeners_active.set(len(self.listeners))
         self.lm_stats.workers_started.set(pool.count)
         self._update_server_gauges()
-        flush = loop.call_later(self._flush_interval, self._flush_stats)
+        self._flush_handle = loop.call_later(self._flush_interval, self._flush_stats)
         supervise = loop.create_task(pool.supervise(self._flush_interval))
         health = self._start_main_health_checks(loop, pool)
         stop = loop.create_task(self._stop_event.wait())
@@ -518,8 +548,10 @@ class Server:
         for task in health:
             task.cancel()
         self.cluster_manager.stop()
+        self._flush_once()
+        close_sinks(self.stats_flusher.sinks)
         supervise.cancel()
-        flush.cancel()
+        self._flush_handle.cancel()
         self.plugins.pm.hook.envoi_stopped(server=self.view)
         if self.admin is not None:
             await self.admin.close()
@@ -591,13 +623,22 @@ class Server:
             self._drained.set()
 
     def _flush_stats(self) -> None:
+        self._flush_once()
+        loop = asyncio.get_running_loop()
+        self._flush_handle = loop.call_later(self._flush_interval, self._flush_stats)
+
+    def _flush_once(self) -> None:
+        """Close the histograms' interval (handing their values to the sinks) and, in the
+        main process, flush the server's stats to the sinks: once for the server, with
+        workers their stats summed (a worker's sinks only send the values it records). Envoy
+        flushes every ``stats_flush_interval`` and once more when it stops."""
         for stat in self.stats:
             flush = getattr(stat, "flush", None)
             if flush is not None:
                 flush()
         self._update_server_gauges()
-        loop = asyncio.get_running_loop()
-        loop.call_later(self._flush_interval, self._flush_stats)
+        if self.worker_index is None and self.stats_flusher.sinks:
+            self.stats_flusher.flush(self.stats_snapshot(), time.time())
 
     def _update_server_gauges(self) -> None:
         if self.worker_index is not None:

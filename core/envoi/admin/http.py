@@ -118,6 +118,9 @@ class AdminHttpStats:
         self.rq_http1_total = c["downstream_rq_http1_total"]
         self.rq_active = g["downstream_rq_active"]
         self.rq_time = http.histogram("downstream_rq_time")
+        self.cx_length = (http.histogram("downstream_cx_length_ms"),
+                          listener.histogram("downstream_cx_length_ms"))
+        lg["downstream_pre_cx_active"].set(0)  # Envoy moves it (to 0: no listener filters)
         self.rx_bytes = c["downstream_cx_rx_bytes_total"]
         self.tx_bytes = c["downstream_cx_tx_bytes_total"]
         self.protocol_error = c["downstream_cx_protocol_error"]
@@ -139,7 +142,9 @@ class AdminHttpStats:
         for gauge in self.open_gauges:
             gauge.inc()
 
-    def closed(self, local: bool) -> None:
+    def closed(self, local: bool, length_ms: float) -> None:
+        for histogram in self.cx_length:
+            histogram.record(length_ms)
         for gauge in self.open_gauges:
             gauge.dec()
         for counter in self.cx_destroy:
@@ -164,6 +169,7 @@ class AdminHttpProtocol(asyncio.Protocol):
         self._closing = self._peer_eof = False  # who ended the connection (the stats)
         self._body: list[bytes] = []
         self._body_size = 0
+        self._opened_at = 0.0
         self.closed = asyncio.Event()
         #: Told when the connection ends, so the listener can forget it.
         self.on_closed: Callable[[AdminHttpProtocol], None] | None = None
@@ -173,10 +179,12 @@ class AdminHttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports are not asyncio.Transport subclasses: no isinstance check.
         self._transport = transport  # type: ignore[assignment]
+        self._opened_at = self._loop.time()
         self._stats.opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stats.closed(local=self._closing and not self._peer_eof)
+        self._stats.closed(local=self._closing and not self._peer_eof,
+                           length_ms=(self._loop.time() - self._opened_at) * 1000)
         self._transport = None
         self.closed.set()
         if self.on_closed is not None:

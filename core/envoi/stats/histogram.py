@@ -9,6 +9,7 @@ circllhist has.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from math import floor, log10
 from typing import ClassVar
 
@@ -99,7 +100,8 @@ _BATCH = 1024  # recorded values held before they are folded into the interval's
 
 
 class Histogram:
-    __slots__ = ("_cumulative", "_interval", "_last_interval", "_pending", "name", "unit")
+    __slots__ = ("_cumulative", "_interval", "_last_interval", "_observer", "_pending", "name",
+                 "unit")
     kind: ClassVar[str] = "histogram"
 
     def __init__(self, name: str) -> None:
@@ -111,6 +113,9 @@ class Histogram:
         # Values recorded and not yet counted: a request records two, so ``record`` only
         # appends; every reader folds the batch in first (``_fold``), so nothing reads stale.
         self._pending: list[float] = []
+        #: Stats sinks' view of the raw values (``envoi.stats.sink``): handed each batch as it
+        #: is folded in, so ``record`` stays an append whether or not a sink listens.
+        self._observer: Callable[[Histogram, list[float]], None] | None = None
 
     def record(self, value: float) -> None:
         pending = self._pending
@@ -122,6 +127,8 @@ class Histogram:
         pending = self._pending
         if pending:
             self._pending = []
+            if self._observer is not None:
+                self._observer(self, pending)
             self._interval.add_many(pending)
 
     def flush(self) -> None:

@@ -8,7 +8,7 @@ The store keeps every stat in one dict by full name so the admin can list, filte
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar, get_type_hints
 
 from envoi.stats.histogram import Histogram
@@ -88,6 +88,17 @@ class Store:
         self._stats: dict[str, Stat] = {}
         self._lock = threading.Lock()
         self.root = Scope(self, "")
+        self._histogram_observer: Callable[[Histogram, list[float]], None] | None = None
+
+    def set_histogram_observer(
+            self, observer: Callable[[Histogram, list[float]], None] | None) -> None:
+        """Hand every histogram's recorded values to ``observer`` in batches (the stats sinks,
+        :mod:`envoi.stats.sink`); None stops it."""
+        with self._lock:
+            self._histogram_observer = observer
+            for stat in self._stats.values():
+                if isinstance(stat, Histogram):
+                    stat._observer = observer
 
     def _get(self, name: str, cls: type[Stat]) -> Stat:
         stat = self._stats.get(name)
@@ -96,6 +107,8 @@ class Store:
                 stat = self._stats.get(name)
                 if stat is None:
                     stat = cls(name)
+                    if isinstance(stat, Histogram):
+                        stat._observer = self._histogram_observer
                     self._stats[name] = stat
         if not isinstance(stat, cls):
             raise TypeError(f"stat {name!r} already exists as a {stat.kind}, not a {cls.kind}")
