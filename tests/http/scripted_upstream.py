@@ -77,13 +77,19 @@ class ScriptedUpstream:
                     method, path, _ = lines[0].split(" ", 2)
                     hdrs = {k.strip().lower(): v.strip()
                             for k, _, v in (ln.partition(":") for ln in lines[1:])}
-                    n = int(hdrs.get("content-length") or 0)
-                    while len(buf) < n:
-                        chunk = c.recv(65536)
-                        if not chunk:
+                    if hdrs.get("transfer-encoding", "").lower() == "chunked":
+                        got = _read_chunked(c, buf)
+                        if got is None:
                             return
-                        buf += chunk
-                    body, buf = buf[:n], buf[n:]
+                        body, buf = got
+                    else:
+                        n = int(hdrs.get("content-length") or 0)
+                        while len(buf) < n:
+                            chunk = c.recv(65536)
+                            if not chunk:
+                                return
+                            buf += chunk
+                        body, buf = buf[:n], buf[n:]
                     req = Request(method, path, hdrs, body, head)
                     tid = hdrs.get("x-test-id", "")
                     with self.lock:
@@ -95,6 +101,41 @@ class ScriptedUpstream:
                         c.sendall(data)
             except OSError:
                 return
+
+
+def _read_chunked(c: socket.socket, buf: bytes) -> tuple[bytes, bytes] | None:
+    """A chunked body from ``buf`` and ``c``: (body, the bytes after it), None if closed."""
+    body = b""
+
+    def line() -> bytes | None:
+        nonlocal buf
+        while b"\r\n" not in buf:
+            chunk = c.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        out, _, buf = buf.partition(b"\r\n")
+        return out
+
+    while True:
+        size_line = line()
+        if size_line is None:
+            return None
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            while True:  # trailers, up to the blank line
+                t = line()
+                if t is None:
+                    return None
+                if not t:
+                    return body, buf
+        while len(buf) < size + 2:
+            chunk = c.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        body += buf[:size]
+        buf = buf[size + 2:]
 
 
 def response(status: int, body: bytes = b"", reason: str = "", *,

@@ -5,25 +5,27 @@ reference) and ``httptools`` (llhttp, the fast path). ``make_codec("auto", ...)`
 when it is importable. Both pass the same test suite (tests/http/test_codec*.py). Nothing here
 imports asyncio or does I/O.
 
-Where the back-ends still differ (the wrapper cannot change the parser; each is asserted in
-tests/http/test_codec_smuggling.py::test_documented_differences):
+Where the back-ends still differ (each asserted in
+tests/http/test_codec_smuggling.py::test_documented_differences, and against Envoy 1.39.3 in
+tests/http/test_h1_strict_oracle.py):
 
-- bare LF line endings in a head: llhttp refuses them (400 ``http1.codec_error``), h11 accepts;
-- obs-fold (a header line continued with leading whitespace): llhttp refuses, h11 unfolds;
-- duplicate identical ``Content-Length`` (or ``3, 3``): llhttp refuses (400), h11 accepts;
-  conflicting values are refused by both;
-- a blank line before the request line: llhttp skips it (RFC 9112 2.2), h11 refuses it;
-- methods: llhttp knows a fixed list (GET, POST, ..., PURGE; no lower-case or custom tokens), h11
-  accepts any token;
-- an over-long chunk size (> 64 bits): llhttp refuses at once, h11 waits for data that never
-  comes (the HCM's timeouts end it);
+- bare LF line endings in a head: llhttp refuses them (400 ``http1.codec_error``), h11 accepts
+  (as Envoy does);
+- obs-fold (a header line continued with leading whitespace): llhttp refuses, h11 unfolds (as
+  Envoy does);
+- an LF alone after chunk data: h11 refuses (400), llhttp and Envoy take it;
 - error ``details`` for a garbage request line may differ (both give 400).
 
-Made the same by the wrapper: Transfer-Encoding other than exactly ``chunked`` (501), CL with TE
-(400), missing Host on HTTP/1.1 (400), HTTP versions other than 1.0/1.1 (400), control characters
-in values (400), header count and size limits (431), trailing whitespace in values (stripped),
-upgrade detection (Upgrade + ``Connection: upgrade``, or CONNECT; ``h2c`` is served as HTTP/1.1),
-an upgrade request with a body (400), HTTP/1.0 connections never kept alive (as h11 does).
+Made the same by the wrapper (and Envoy's): Transfer-Encoding other than exactly ``chunked``
+(501), CL with TE (400), a repeated ``Content-Length`` or a list (``5, 5``: 400), missing Host on
+HTTP/1.1 (400), methods: Envoy's list only (no lower-case or custom tokens, no QUERY or M-SEARCH:
+400), blank lines before a request line (skipped), HTTP versions: 1.0/1.1, any other
+``<digit>.<digit>`` or none is 426, anything else 400; control characters in values (400), header
+count and size limits (431), a chunk size over 64 bits or a chunk-size line ended by LF alone
+(400), trailing whitespace in values (stripped), upgrade detection (Upgrade + ``Connection:
+upgrade``, or CONNECT; ``h2c`` is served as HTTP/1.1), an upgrade request with a body (400),
+HTTP/1.0 connections never kept alive (as h11 does). Bytes that can never become a valid request
+are refused as they arrive, not when a blank line comes (h11: ``h11_early``).
 """
 
 from __future__ import annotations

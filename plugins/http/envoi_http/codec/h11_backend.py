@@ -19,6 +19,7 @@ from . import framing as fr
 from .base import CodecLimits, HeadInfo, Http1Codec, Role, authority_and_scheme, check_request
 from .base import upgrade_token as _upgrade_token
 from .events import Body, Event, Headers, RequestHeaders, ResponseHeaders
+from .h11_early import ChunkChecker, HeadChecker
 
 _HEAD_SLACK = 1 << 20
 # Control characters llhttp (and Envoy) refuse in values and h11 lets through.
@@ -48,6 +49,27 @@ def _classify(exc: h11.RemoteProtocolError) -> tuple[int, str]:
     return exc.error_status_hint, ev.CODEC_ERROR
 
 
+_CL_FIELD = re.compile(rb"(?im)^content-length[ \t]*:([^\r\n]*)")
+
+
+def _repeated_length(raw: bytes) -> bool:
+    """More than one content-length field, or a list, in the head at the start of ``raw``."""
+    end = raw.find(b"\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    fields = _CL_FIELD.findall(raw if end < 0 else raw[:end + 1])
+    return len(fields) > 1 or any(b"," in v for v in fields)
+
+
+def _after_head(raw: bytes) -> bytes:
+    """The bytes after the head at the start of ``raw`` (LF-only line ends allowed, as h11)."""
+    end = raw.find(b"\r\n\r\n")
+    lf = raw.find(b"\n\n")
+    if end < 0 or 0 <= lf < end:
+        return raw[lf + 2:] if lf >= 0 else b""
+    return raw[end + 4:]
+
+
 class H11Codec(Http1Codec):
     backend = "h11"
 
@@ -73,6 +95,12 @@ class H11Codec(Http1Codec):
         self._sent: deque[tuple[int, bytes]] = deque()
         self._next_sid = 1
         self._resp_upgrade = b""
+        # server: what llhttp would refuse early (h11_early), and the raw bytes of the head
+        # being parsed (h11 folds repeated content-length headers into one)
+        self._early = HeadChecker()
+        self._head_raw = b""
+        self._chunks: ChunkChecker | None = None  # the chunked request body being received
+        self._chunks_pending = b""  # its first bytes, read with the head
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -84,12 +112,34 @@ class H11Codec(Http1Codec):
                 return [Body(self._sid, data, False)]
             self._dead = True
             return [Body(self._sid, b"", True), ev.ConnectionClosed(self._sid)]
+        conn = self._conn
+        chunks = self._chunks
+        if self._server and not self._in_msg:
+            buffered = conn.trailing_data[0]
+            if not buffered:
+                # llhttp skips blank lines before a request line (RFC 9112 2.2); h11 refuses them
+                data = data.lstrip(b"\r\n")
+            self._head_raw = buffered + data
+        elif chunks is not None and data:
+            self._check_chunks(chunks, data)
         try:
-            self._conn.receive_data(data)
+            conn.receive_data(data)
         except RuntimeError:  # data after EOF: nothing more can be parsed
             return []
         self._pump()
+        pending = self._chunks_pending
+        if pending and self._chunks is not None:
+            self._chunks_pending = b""
+            self._check_chunks(self._chunks, pending)
         return self._drain()
+
+    def _check_chunks(self, chunks: ChunkChecker, data: bytes) -> None:
+        why = chunks.feed(data)
+        if why is not None:
+            self._chunks = None
+            if self._head:
+                self._flush_head(False)
+            self._error(ev.ProtocolError(self._sid, 400, ev.INVALID_CHUNK_SIZE, why))
 
     def _drain(self) -> list[Event]:
         if self._head and self._in_msg:
@@ -134,6 +184,12 @@ class H11Codec(Http1Codec):
                 self._paused()
                 return
             else:  # NEED_DATA
+                if self._server and not self._in_msg:
+                    buf = conn.trailing_data[0]
+                    why = self._early.problem(buf) if buf else None
+                    if why is not None:  # h11 would wait for bytes that cannot help (h11_early)
+                        details = ev.INVALID_METHOD if why == "invalid method" else ev.CODEC_ERROR
+                        self._error(ev.ProtocolError(self._sid + 1, 400, details, why))
                 return
 
     def _on_request(self, e: h11.Request) -> None:
@@ -143,9 +199,18 @@ class H11Codec(Http1Codec):
         info = HeadInfo(headers)
         version = bytes(e.http_version)
         method, target = bytes(e.method), bytes(e.target)
+        self._early.reset()
+        self._chunks = None
+        if info.te is not None:  # follow its chunk sizes from the first bytes after the head
+            self._chunks = ChunkChecker()
+            self._chunks_pending = _after_head(self._head_raw)
         err = check_request(info, headers, method, target, version, self.limits, self._sid)
         if err is None and _CTL.search(b"\t".join([v for _, v in headers])):
             err = ev.ProtocolError(self._sid, 400, ev.INVALID_CHARACTERS, "invalid header value")
+        if err is None and info.content_length is not None and _repeated_length(self._head_raw):
+            # h11 folds "Content-Length: 5" twice, or "5, 5", into one; Envoy refuses both
+            err = ev.ProtocolError(self._sid, 400, ev.INVALID_CONTENT_LENGTH,
+                                   "repeated content-length")
         if err is not None:
             self._error(err)
             return
@@ -240,6 +305,13 @@ class H11Codec(Http1Codec):
 
     def _remote_error(self, exc: h11.RemoteProtocolError) -> None:
         closed = self._conn.trailing_data[1]
+        if closed and self._server and not self._in_msg:
+            # The client left in the middle of a head: a close, not a bad request (as llhttp;
+            # the HCM counts the request it began as reset).
+            self.keep_alive = False
+            self._dead = True
+            self._out.append(ev.ConnectionClosed(self._sid))
+            return
         if closed and (self._in_msg or (not self._server and self._sent)):
             sid = self._sid if self._in_msg else self._sent[0][0]
             self.keep_alive = False
@@ -357,6 +429,7 @@ class H11Codec(Http1Codec):
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             self._upgrade = b""
+            self._head_raw = conn.trailing_data[0]
             self._pump()
         return self._drain()
 

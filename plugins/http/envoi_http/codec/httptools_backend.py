@@ -30,6 +30,7 @@ from .base import (
     _SPECIAL,
     _TE,
     _UPGRADE,
+    ENVOY_METHODS,
     CodecLimits,
     HeadInfo,
     Http1Codec,
@@ -178,7 +179,8 @@ class HttptoolsCodec(Http1Codec):
             return False
         method: bytes = p.get_method()
         url = self._url
-        if method == b"CONNECT" or len(headers) > self._max_count:
+        if method == b"CONNECT" or method not in ENVOY_METHODS or \
+                len(headers) > self._max_count:
             return False
         # Envoy's size (names + values + request line parts) is at most the bytes fed for this
         # head: counted only when those could be over the limit.
