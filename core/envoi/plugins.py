@@ -54,6 +54,7 @@ BUILTIN_PLUGINS = {
     "builtin.tls_inspector": "envoi.filters.tls_inspector",
     "builtin.http_inspector": "envoi.filters.http_inspector",
     "builtin.stats_sinks": "envoi.stats.statsd",
+    "builtin.xds": "envoi.xds.builtin",
 }
 
 #: Names we know but which live in a plugin distribution: said in the error when it is missing.

@@ -38,6 +38,7 @@ from envoi.stats.statsd import close_sinks
 from envoi.upstream import health_sync  # registers the host_health worker operation
 from envoi.upstream.cluster_manager import ClusterManager
 from envoi.upstream.host import health_flags_string
+from envoi.xds.state import DynamicState
 
 log = logging.getLogger("envoi")
 
@@ -247,6 +248,9 @@ class Server:
         self.view = ServerView(self)
         self.factory_context = FactoryContextImpl(self.view, self.plugins)
         self.listeners: list[ActiveListener] = []
+        #: LDS/CDS/EDS state (every process) and, in the main one, its subscriptions.
+        self.xds = DynamicState(self)
+        self.xds_manager: Any = None
         self.bootstrap: Any = None
         self._state = "PRE_INITIALIZING"
         self.healthcheck_failed = False
@@ -356,6 +360,9 @@ class Server:
         except ConfigError as exc:
             issues.extend(exc.errors)
         issues += self._build_stats_sinks(bs.stats_sinks)
+        dynamic = bs.HasField("dynamic_resources") and bool(bs.dynamic_resources.ListFields())
+        if dynamic and bs.dynamic_resources.HasField("cds_config"):
+            self.cluster_manager.dynamic_clusters = True  # clusters may arrive over CDS
         names: set[str] = set()
         for i, lcfg in enumerate(bs.static_resources.listeners):
             path = f"static_resources.listeners[{i}]"
@@ -371,6 +378,15 @@ class Server:
                 self.lm_stats.listener_added.inc()
             except ConfigError as exc:
                 self.lm_stats.listener_create_failure.inc()
+                issues.extend(exc.errors)
+        if not issues and (dynamic or any(c.config.type == c.config.EDS
+                                          for c in self.cluster_manager.clusters.values())):
+            from envoi.xds.manager import XdsManager
+
+            self.xds_manager = XdsManager(self)
+            try:
+                self.xds_manager.configure(bs)
+            except ConfigError as exc:
                 issues.extend(exc.errors)
         if bs.HasField("admin") and bs.admin.HasField("address"):
             sa = bs.admin.address.socket_address
@@ -427,6 +443,8 @@ class Server:
     def bind(self) -> None:
         """Bind every listener before serving, so a port in use fails the start cleanly."""
         for lst in self.listeners:
+            if lst.sock is not None:
+                continue  # an LDS listener, bound when it was loaded
             try:
                 lst.bind(self.options.concurrency)
             except OSError as exc:
@@ -481,6 +499,9 @@ class Server:
             loop.create_task(c.discovery.run(c))
             for c in self.cluster_manager.clusters.values() if c.discovery is not None
         ]
+        self.xds.serving = True
+        if self.xds_manager is not None and control is None:
+            self.xds_manager.start(loop)
         # A worker leaves SIGINT to the main process (Ctrl-C reaches the whole process group);
         # SIGTERM sent to a worker alone drains it, and the main process starts a new one.
         signals = (signal.SIGTERM,) if control is not None else (signal.SIGTERM, signal.SIGINT)
@@ -505,6 +526,8 @@ class Server:
             control_task.cancel()
         for task in discovery_tasks:
             task.cancel()
+        if self.xds_manager is not None:
+            self.xds_manager.stop()
         self.cluster_manager.stop()
         self._flush_once()
         close_sinks(self.stats_flusher.sinks)
@@ -530,6 +553,9 @@ class Server:
         self._flush_handle = loop.call_later(self._flush_interval, self._flush_stats)
         supervise = loop.create_task(pool.supervise(self._flush_interval))
         health = self._start_main_health_checks(loop, pool)
+        self.xds.serving = True
+        if self.xds_manager is not None:
+            self.xds_manager.start(loop)
         stop = loop.create_task(self._stop_event.wait())
         ready = loop.create_task(pool.wait_ready())
         await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -544,6 +570,8 @@ class Server:
         self._state = "DRAINING"
         self._update_server_gauges()
         self.plugins.pm.hook.envoi_draining(server=self.view)
+        if self.xds_manager is not None:
+            self.xds_manager.stop()
         await pool.stop(self.options.drain_time_s + 5)
         for task in health:
             task.cancel()
@@ -576,6 +604,17 @@ class Server:
         self._health_broadcaster = health_sync.HealthBroadcaster(cm, pool.broadcast, loop)
         cm.start_health_checks(loop)
         return tasks
+
+    def watch_cluster_health(self, cluster: Any) -> None:
+        """A cluster added over CDS with health checks: its flag changes reach the workers."""
+        assert self.pool is not None
+        broadcaster = getattr(self, "_health_broadcaster", None)
+        if broadcaster is None:
+            loop = asyncio.get_running_loop()
+            self._health_broadcaster = health_sync.HealthBroadcaster(
+                self.cluster_manager, self.pool.broadcast, loop)
+        else:
+            cluster.add_health_change_cb(broadcaster.changed)
 
     def _on_signal(self, sig: int) -> None:
         if self.draining:
@@ -610,15 +649,17 @@ class Server:
                 await asyncio.wait_for(self._drained.wait(), self.options.drain_time_s)
             except TimeoutError:
                 log.info("drain time over: closing %d connections", self._open_connections())
-        for lst in self.listeners:
+        for lst in [*self.listeners, *self.xds.draining]:
             for conn in list(lst.connections):
                 conn.close()
         await asyncio.sleep(0)
 
     def _open_connections(self) -> int:
-        return sum(len(lst.connections) for lst in self.listeners)
+        return sum(len(lst.connections) for lst in self.listeners) + \
+            self.xds.open_connections()
 
     def on_connection_closed(self, listener: ActiveListener) -> None:
+        self.xds.connection_closed(listener)
         if self.draining and self._drained is not None and not self._open_connections():
             self._drained.set()
 

@@ -250,9 +250,38 @@ def config_dump(server: AdminServerApi) -> config_dump_pb2.ConfigDump:
         for listener in static.listeners:
             lentry = listeners.static_listeners.add(last_updated=loaded)
             lentry.listener.Pack(listener)
+    _dynamic(server, clusters, listeners)
     dump.configs.add().Pack(clusters)
     dump.configs.add().Pack(listeners)
     return dump
+
+
+def _dynamic(server: AdminServerApi, clusters: Any, listeners: Any) -> None:
+    """The LDS/CDS resources: ``dynamic_active_*``, ``dynamic_warming_clusters`` and
+    ``dynamic_listeners`` with each resource's ``version_info`` and ``last_updated``, and the
+    subscription's ``version_info``, as Envoy shows them."""
+    state = getattr(server, "xds", None)
+    manager = getattr(server, "xds_manager", None)
+    if state is None or manager is None:
+        return
+    from envoi.xds.resources import CLUSTER, LISTENER
+
+    if CLUSTER in manager.versions:
+        clusters.version_info = manager.versions[CLUSTER]
+    for name, res in sorted(state.cluster_resources.items()):
+        entries = (clusters.dynamic_warming_clusters if name in state.warming
+                   else clusters.dynamic_active_clusters)
+        entry = entries.add(version_info=res.version_info,
+                            last_updated=_timestamp(res.last_updated))
+        entry.cluster.Pack(res.message)
+    if LISTENER in manager.versions:
+        listeners.version_info = manager.versions[LISTENER]
+    for name, res in sorted(state.resources.items()):
+        lentry = listeners.dynamic_listeners.add(name=name)
+        active = lentry.active_state
+        active.version_info = res.version_info
+        active.last_updated.CopyFrom(_timestamp(res.last_updated))
+        active.listener.Pack(res.message)
 
 
 def config_dump_json(server: AdminServerApi) -> str:

@@ -247,6 +247,11 @@ class ActiveListener:
         self._connecting: set[asyncio.Task[None]] = set()
         #: ``listener.<addr>.ssl.*``, made when the listener is bound (TLS chains only).
         self.ssl_stats: SslStats | None = None
+        #: Added over xDS while worker processes run: every worker binds its own socket
+        #: (a replacement worker too), the main process holds none.
+        self.bind_in_worker = False
+        #: False once it was removed or replaced over xDS (a replacement worker skips it).
+        self.accepting_wanted = True
 
     @property
     def all_chains(self) -> list[FilterChain]:
@@ -273,12 +278,15 @@ class ActiveListener:
             raise
         return sock
 
-    def bind(self, workers: int = 1) -> None:
+    def bind(self, workers: int = 1, *, sock: socket.socket | None = None) -> None:
         """Bind now, so a port in use is reported before anything serves. With worker
-        processes, one SO_REUSEPORT socket per worker, so the kernel spreads connections."""
-        if workers <= 1:
+        processes, one SO_REUSEPORT socket per worker, so the kernel spreads connections.
+        ``sock``: a listening socket to take over (a listener updated in place over xDS keeps
+        its predecessor's socket, so no connection attempt is refused meanwhile)."""
+        adopted = sock is not None
+        if sock is None and workers <= 1:
             sock = self._socket(self.port, self.reuse_port)
-        else:
+        elif sock is None:
             # A plain bind first: SO_REUSEPORT alone would silently share a port that another
             # process (another envoi, say) holds with SO_REUSEPORT too.
             probe = self._socket(self.port, False)
@@ -289,7 +297,7 @@ class ActiveListener:
                 s.listen(self.backlog)
                 s.setblocking(False)
             sock = self.worker_socks[0]
-        if workers <= 1:
+        if workers <= 1 and not adopted:
             sock.listen(self.backlog)
             sock.setblocking(False)
         self.port = sock.getsockname()[1]
@@ -317,8 +325,13 @@ class ActiveListener:
         for i, s in enumerate(self.worker_socks):
             if i != index:
                 s.close()
-        # No sockets: the main process drained this listener before forking this worker.
+        # No sockets: the main process drained this listener before forking this worker --
+        # or it came over xDS, and each worker binds its own SO_REUSEPORT socket for it.
         self.sock = self.worker_socks[index] if self.worker_socks else None
+        if self.sock is None and self.bind_in_worker and self.accepting_wanted:
+            self.sock = self._socket(self.port, True)
+            self.sock.listen(self.backlog)
+            self.sock.setblocking(False)
         self.worker_socks = []
         if self.stats is not None:
             self.stats.set_worker(index)

@@ -103,6 +103,14 @@ class ClusterManager:
             raise ConfigError(issues)
 
     def add(self, cfg: Any, context: FactoryContext, path: str) -> Cluster:
+        cluster = self.build(cfg, context, path)
+        self.clusters[cfg.name] = cluster
+        self.stats.cluster_added.inc()
+        self.stats.active_clusters.set(len(self.clusters))
+        return cluster
+
+    def build(self, cfg: Any, context: FactoryContext, path: str) -> Cluster:
+        """A cluster from its config, not yet registered (CDS registers it when it is warm)."""
         stat_name = cfg.alt_stat_name or cfg.name
         stats = ClusterStats(self.scope.scope(f"cluster.{stat_name}"))
         issues: list[ConfigIssue] = []
@@ -205,9 +213,6 @@ class ClusterManager:
         if probes:
             cluster.health_changed()  # every host starts /failed_active_hc
         stats.membership_change.value = 1 if cluster.hosts else 0
-        self.clusters[cfg.name] = cluster
-        self.stats.cluster_added.inc()
-        self.stats.active_clusters.set(len(self.clusters))
         return cluster
 
     @staticmethod

@@ -1,0 +1,372 @@
+"""The main process's side of dynamic configuration: reads ``dynamic_resources`` and the EDS
+clusters' ``eds_config``, runs the subscriptions (files and gRPC streams), and turns each update
+into a change every process applies (:mod:`envoi.workers.updates`).
+
+As Envoy does, an update is applied resource by resource: the resources that build are applied,
+the others are reported together (the update counts ``update_rejected`` and a control plane gets
+a NACK naming them), and an update whose resources cannot even be decoded changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+from envoi.config import ConfigError, ConfigIssue
+from envoi.workers.updates import apply_here
+from envoi.xds import clusters as cds
+from envoi.xds import listeners as lds
+from envoi.xds.fs import FileSubscription
+from envoi.xds.grpc_mux import GrpcMux, Watch
+from envoi.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    TYPE_ORDER,
+    ReloadStats,
+    SubscriptionStats,
+)
+from envoi.xds.sources import GrpcSource, Source, api_source, config_source
+
+log = logging.getLogger("envoi.xds")
+
+
+class XdsManager:
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.state = server.xds
+        self.files: list[FileSubscription] = []
+        self.eds_files: dict[str, FileSubscription] = {}
+        #: By source: (source, None) for ADS, (source, type URL) for a type's own stream.
+        self.muxes: dict[tuple[GrpcSource, str | None], GrpcMux] = {}
+        self.ads: GrpcSource | None = None
+        self.versions: dict[str, str] = {}
+        self.eds_sources: dict[str, Source] = {}
+        self._plans = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def configure(self, bootstrap: Any) -> None:
+        """Read ``dynamic_resources``; load file sources now (before anything serves)."""
+        issues: list[ConfigIssue] = []
+        dr = bootstrap.dynamic_resources
+        for fd, _ in dr.ListFields():
+            if fd.name not in ("lds_config", "cds_config", "ads_config"):
+                issues.append(ConfigIssue(f"dynamic_resources.{fd.name}",
+                                          "is not implemented by envoi"))
+        if dr.HasField("ads_config"):
+            try:
+                self.ads = api_source(dr.ads_config, "dynamic_resources.ads_config",
+                                      aggregated=True)
+            except ConfigError as exc:
+                issues += exc.errors
+        sources: list[tuple[str, Source]] = []
+        for field, type_url in (("cds_config", CLUSTER), ("lds_config", LISTENER)):
+            if not dr.HasField(field):
+                continue
+            try:
+                src = config_source(getattr(dr, field), f"dynamic_resources.{field}")
+            except ConfigError as exc:
+                issues += exc.errors
+                continue
+            if src.kind == "ads" and self.ads is None:
+                issues.append(ConfigIssue(f"dynamic_resources.{field}.ads",
+                                          "ads needs dynamic_resources.ads_config"))
+                continue
+            sources.append((type_url, src))
+        issues += self._check_grpc_clusters(sources)
+        if issues:
+            raise ConfigError(issues)
+        root = self.server.stats.root
+        for type_url, src in sources:
+            scope = root.scope("cluster_manager.cds" if type_url == CLUSTER
+                               else "listener_manager.lds")
+            stats, reload = SubscriptionStats(scope), ReloadStats(scope)
+            handler = self.on_clusters if type_url == CLUSTER else self.on_listeners
+            self._subscribe(type_url, src, handler, stats, reload)
+        self.refresh_endpoint_interest()
+
+    def _check_grpc_clusters(self, sources: list[tuple[str, Source]]) -> list[ConfigIssue]:
+        out = []
+        grpcs = [("dynamic_resources.ads_config", self.ads)] if self.ads else []
+        grpcs += [(f"dynamic_resources.{'cds' if t == CLUSTER else 'lds'}_config",
+                   s.grpc) for t, s in sources if s.grpc is not None]
+        for path, g in grpcs:
+            assert g is not None
+            if self.server.cluster_manager.get(g.cluster_name) is None:
+                out.append(ConfigIssue(path, f"unknown gRPC cluster '{g.cluster_name}' (the "
+                                       "control plane must be a static cluster)"))
+        return out
+
+    def _subscribe(self, type_url: str, src: Source, handler: Any,
+                   stats: SubscriptionStats | None, reload: ReloadStats | None) -> None:
+        def on_result(error: str | None, version: str) -> None:
+            if error is None:
+                self.versions[type_url] = version
+                if reload is not None:
+                    reload.reloaded()
+
+        urls = frozenset(self.server.plugins.plugin_type_urls)
+        if src.kind == "path":
+            sub = FileSubscription(src.path, type_url,
+                                   lambda res, version: handler(res, version, None), stats,
+                                   watched_directory=src.watched_directory,
+                                   plugin_type_urls=urls, on_result=on_result)
+            self.files.append(sub)
+            sub.refresh()
+            return
+        g = self.ads if src.kind == "ads" else src.grpc
+        assert g is not None
+        mux = self._mux(g, src.kind == "ads", type_url)
+        mux.watch(Watch(type_url, handler, stats, wildcard=type_url in (CLUSTER, LISTENER),
+                        on_result=on_result))
+
+    def _mux(self, g: GrpcSource, aggregated: bool, type_url: str) -> GrpcMux:
+        key = (g, None if aggregated else type_url)
+        mux = self.muxes.get(key)
+        if mux is None:
+            bs = self.server.bootstrap
+            mux = GrpcMux(node=bs.node, cluster_name=g.cluster_name,
+                          cluster_manager=self.server.cluster_manager,
+                          scope=self.server.stats.root.scope("control_plane"), delta=g.delta,
+                          aggregated=aggregated, type_order=TYPE_ORDER,
+                          plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls),
+                          node_on_first_only=g.node_on_first_only)
+            self.muxes[key] = mux
+            if self.loop is not None:
+                self._tasks.append(self.loop.create_task(mux.run()))
+        return mux
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.state.serving = True
+        for sub in [*self.files, *self.eds_files.values()]:
+            self._tasks.append(loop.create_task(sub.run()))
+        for mux in self.muxes.values():
+            self._tasks.append(loop.create_task(mux.run()))
+        for name in list(self.state.warming):
+            self._arm_fetch_timeout(name)
+
+    def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._tasks.clear()
+        for timer in self._timers.values():
+            timer.cancel()
+
+    def _apply(self, name: str, payload: Any) -> str | None:
+        pool = self.server.pool
+        if pool is not None:
+            return pool.apply_update(name, payload)  # type: ignore[no-any-return]
+        return apply_here(self.server, name, payload)
+
+    # -- LDS -----------------------------------------------------------------------------------
+
+    def on_listeners(self, resources: list[tuple[str, Any]], version: str,
+                     removed: list[str] | None) -> str | None:
+        state, server = self.state, self.server
+        errors: list[str] = []
+        prepared = lds.PreparedListeners()
+        upserts: list[tuple[str, bytes]] = []
+        ports: dict[str, int] = {}
+        now = time.time()
+        seen: set[str] = set()
+        for name, msg in resources:
+            if name in seen:
+                errors.append(f"duplicate listener {name} found")
+                continue
+            seen.add(name)
+            old = state.resources.get(name)
+            if old is not None and old.message == msg:
+                continue
+            try:
+                lst = lds.build_one(server, state, name, msg, None)
+            except ConfigError as exc:
+                server.lm_stats.listener_create_failure.inc()
+                errors.append(f"listener '{name}': " + "; ".join(
+                    f"{i.path}: {i.message}" for i in exc.errors))
+                continue
+            prepared.upserts.append((name, lst, lds.Resource(name, msg, version, now)))
+            upserts.append((name, msg.SerializeToString()))
+            ports[name] = lst.port
+        if removed is None:
+            prepared.removes = [n for n in state.listeners if n not in seen]
+        else:
+            prepared.removes = [n for n in removed if n in state.listeners]
+        if prepared.upserts or prepared.removes:
+            plan = next(self._plans)
+            state.planned[plan] = prepared
+            error = self._apply("xds_listeners", {
+                "plan": plan, "upserts": upserts, "removes": prepared.removes, "ports": ports,
+                "version": version, "time": now})
+            state.planned.pop(plan, None)
+            if error is not None:
+                for _, lst, _ in prepared.upserts:
+                    lds._close(lst)
+                errors.append(error)
+        return "\n".join(errors) or None
+
+    # -- CDS -----------------------------------------------------------------------------------
+
+    def on_clusters(self, resources: list[tuple[str, Any]], version: str,
+                    removed: list[str] | None) -> str | None:
+        state, server = self.state, self.server
+        errors: list[str] = []
+        prepared = cds.PreparedClusters()
+        upserts: list[tuple[str, bytes]] = []
+        now = time.time()
+        seen: set[str] = set()
+        for name, msg in resources:
+            if name in seen:
+                errors.append(f"duplicate cluster {name} found")
+                continue
+            seen.add(name)
+            old = state.cluster_resources.get(name)
+            if old is not None and old.message == msg:
+                continue
+            try:
+                if cds.is_eds(msg):
+                    self._eds_source(msg, f"cluster '{name}'")
+                cluster = cds.build_one(server, name, msg)
+            except ConfigError as exc:
+                errors.append(f"cluster '{name}': " + "; ".join(
+                    f"{i.path}: {i.message}" for i in exc.errors))
+                continue
+            prepared.upserts.append((name, cluster, cds.Resource(name, msg, version, now)))
+            upserts.append((name, msg.SerializeToString()))
+        if removed is None:
+            prepared.removes = [n for n in state.cluster_resources if n not in seen]
+        else:
+            prepared.removes = [n for n in removed if n in state.cluster_resources]
+        if prepared.upserts or prepared.removes:
+            plan = next(self._plans)
+            state.planned[plan] = prepared
+            error = self._apply("xds_clusters", {
+                "plan": plan, "upserts": upserts, "removes": prepared.removes,
+                "version": version, "time": now})
+            state.planned.pop(plan, None)
+            if error is not None:
+                errors.append(error)
+            self.refresh_endpoint_interest()
+        return "\n".join(errors) or None
+
+    # -- EDS -----------------------------------------------------------------------------------
+
+    def _eds_source(self, cfg: Any, path: str) -> Source:
+        ecc = cfg.eds_cluster_config
+        if not ecc.HasField("eds_config"):
+            raise ConfigError([ConfigIssue(path + ".eds_cluster_config.eds_config",
+                                           "required for an EDS cluster")])
+        src = config_source(ecc.eds_config, path + ".eds_cluster_config.eds_config")
+        if src.kind == "ads" and self.ads is None:
+            raise ConfigError([ConfigIssue(path + ".eds_cluster_config.eds_config.ads",
+                                           "ads needs dynamic_resources.ads_config")])
+        return src
+
+    def eds_clusters(self) -> dict[str, Any]:
+        """Every EDS cluster's config (active, warming, static), by name."""
+        out = {name: c.config for name, c in self.server.cluster_manager.clusters.items()
+               if cds.is_eds(c.config)}
+        out.update({name: res.message for name, (_, res) in self.state.warming.items()})
+        return out
+
+    def refresh_endpoint_interest(self) -> None:
+        """Subscribe to the endpoints of every EDS cluster, and to no others."""
+        wanted: dict[str, tuple[Source, Any]] = {}
+        for name, cfg in self.eds_clusters().items():
+            try:
+                wanted[name] = (self._eds_source(cfg, f"cluster '{name}'"), cfg)
+            except ConfigError as exc:
+                log.error("%s", exc)
+        for name in [n for n in self.eds_files if n not in wanted]:
+            self.eds_files.pop(name)
+        by_mux: dict[tuple[GrpcSource, bool], set[str]] = {}
+        for name, (src, cfg) in wanted.items():
+            service = cds.eds_service_name(cfg)
+            if src.kind == "path":
+                if name not in self.eds_files:
+                    sub = FileSubscription(
+                        src.path, ENDPOINT,
+                        lambda res, version: self.on_endpoints(res, version, None),
+                        None, watched_directory=src.watched_directory,
+                        plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls))
+                    self.eds_files[name] = sub
+                    sub.refresh()
+                    if self.loop is not None:
+                        self._tasks.append(self.loop.create_task(sub.run()))
+            else:
+                g = self.ads if src.kind == "ads" else src.grpc
+                assert g is not None
+                by_mux.setdefault((g, src.kind == "ads"), set()).add(service)
+            if name in self.state.warming:
+                self._arm_fetch_timeout(name, src.initial_fetch_timeout)
+        used = set()
+        for (g, aggregated), names in by_mux.items():
+            mux = self._mux(g, aggregated, ENDPOINT)
+            used.add(id(mux))
+            if ENDPOINT in mux.watches:
+                mux.set_names(ENDPOINT, frozenset(names))
+            else:
+                mux.watch(Watch(ENDPOINT, self.on_endpoints, None, names=frozenset(names)))
+        for mux in self.muxes.values():
+            if ENDPOINT in mux.watches and id(mux) not in used:
+                mux.set_names(ENDPOINT, frozenset())
+
+    def _arm_fetch_timeout(self, name: str, timeout: float | None = None) -> None:
+        if self.loop is None or name in self._timers:
+            return
+        if timeout is None:
+            cfg = self.state.warming[name][1].message
+            try:
+                timeout = self._eds_source(cfg, name).initial_fetch_timeout
+            except ConfigError:
+                timeout = 0.0
+        if timeout <= 0:
+            return
+        self._timers[name] = self.loop.call_later(timeout, self._fetch_timed_out, name)
+
+    def _fetch_timed_out(self, name: str) -> None:
+        self._timers.pop(name, None)
+        warming = self.state.warming.get(name)
+        if warming is None:
+            return
+        warming[0].stats.scope.counter("init_fetch_timeout").inc()
+        log.warning("cluster '%s': no endpoints within initial_fetch_timeout; serving without",
+                    name)
+        self._apply("xds_activate", [name])
+
+    def on_endpoints(self, resources: list[tuple[str, Any]], version: str,
+                     removed: list[str] | None) -> str | None:
+        errors: list[str] = []
+        upserts: list[tuple[str, bytes]] = []
+        for service, msg in resources:
+            targets = [c for _, c in self.state.clusters_for_service(service)]
+            for c in targets:
+                c.stats.update_attempt.inc()
+            try:
+                cds.parse_assignment(msg, f"endpoints '{service}'")
+            except ConfigError as exc:
+                for c in targets:
+                    c.stats.scope.counter("update_rejected").inc()
+                errors.append(f"endpoints '{service}': " + "; ".join(
+                    f"{i.path}: {i.message}" for i in exc.errors))
+                continue
+            upserts.append((service, msg.SerializeToString()))
+            self.state.endpoint_versions[service] = (version, time.time())
+        removes = list(removed or ())
+        if upserts or removes:
+            error = self._apply("xds_endpoints", {"upserts": upserts, "removes": removes})
+            if error is not None:
+                errors.append(error)
+        for name in list(self._timers):
+            if name not in self.state.warming:
+                self._timers.pop(name).cancel()
+        return "\n".join(errors) or None

@@ -1,0 +1,140 @@
+"""xDS resource types: type URLs, decoding ``Any`` resources, and the stats of a subscription.
+
+Every resource that arrives (from a file or a control plane) is decoded here into its Envoy v3
+message and checked with the same rules as the bootstrap (Envoy's validation rules, then the
+builders' own checks); a resource envoi cannot act on is refused with its field path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+from google.protobuf import any_pb2
+
+from envoi.config import ConfigError, ConfigIssue, ensure_protos_loaded, validate_message
+from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup, TextReadout
+
+PREFIX = "type.googleapis.com/"
+LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
+CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
+RESOURCE_WRAPPER = PREFIX + "envoy.service.discovery.v3.Resource"
+#: The order Envoy's ADS asks in: clusters before their endpoints, listeners before routes.
+TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+SHORT_NAMES = {LISTENER: "LDS", CLUSTER: "CDS", ENDPOINT: "EDS", ROUTE: "RDS"}
+
+
+def resource_name(type_url: str, msg: Any) -> str:
+    """The name a resource is known by: ``cluster_name`` for endpoints, ``name`` otherwise."""
+    return str(msg.cluster_name if type_url == ENDPOINT else msg.name)
+
+
+def message_class(type_url: str) -> Any:
+    ensure_protos_loaded()
+    if type_url == LISTENER:
+        from envoy.config.listener.v3 import listener_pb2
+
+        return listener_pb2.Listener
+    if type_url == CLUSTER:
+        from envoy.config.cluster.v3 import cluster_pb2
+
+        return cluster_pb2.Cluster
+    if type_url == ENDPOINT:
+        from envoy.config.endpoint.v3 import endpoint_pb2
+
+        return endpoint_pb2.ClusterLoadAssignment
+    if type_url == ROUTE:
+        from envoy.config.route.v3 import route_pb2
+
+        return route_pb2.RouteConfiguration
+    raise ValueError(f"not an xDS resource type envoi serves: {type_url}")
+
+
+def decode(type_url: str, resource: any_pb2.Any, path: str,
+           plugin_type_urls: Collection[str] = ()) -> Any:
+    """One resource of a response -> its message, validated; raises ConfigError at ``path``.
+    A ``Resource`` wrapper (delta xDS, or SotW with names) is unwrapped."""
+    if resource.type_url == RESOURCE_WRAPPER:
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        wrapper = discovery_pb2.Resource()
+        resource.Unpack(wrapper)
+        resource = wrapper.resource
+    if resource.type_url != type_url:
+        raise ConfigError([ConfigIssue(path, f"type URL {resource.type_url or '(empty)'} "
+                                       f"does not match the response's {type_url}")])
+    cls = message_class(type_url)
+    msg = cls()
+    if not resource.Unpack(msg):
+        raise ConfigError([ConfigIssue(path, f"cannot decode a {cls.DESCRIPTOR.full_name}")])
+    check(msg, path, plugin_type_urls)
+    return msg
+
+
+def check(msg: Any, path: str, plugin_type_urls: Collection[str] = ()) -> None:
+    """Envoy's validation rules for ``msg`` (the builders then refuse what envoi does not
+    implement, each naming the field's path, as for the bootstrap)."""
+    problems = validate_message(msg, path)
+    if problems:
+        raise ConfigError(problems)
+
+
+def version_hash(version_info: str) -> int:
+    """Envoy's ``version`` gauge: the xxHash64 of ``version_info``."""
+    return int(xxhash.xxh64_intdigest(version_info.encode()))
+
+
+class SubscriptionStats(StatsGroup):
+    """Envoy's ``SubscriptionStats`` (``listener_manager.lds.*``, ``cluster_manager.cds.*``,
+    ``cluster.<name>.update_*`` for EDS, ``http.<prefix>.rds.<name>.*``)."""
+
+    update_attempt: Counter
+    update_success: Counter
+    update_failure: Counter
+    update_rejected: Counter
+    init_fetch_timeout: Counter
+    update_time: Gauge
+    version: Gauge
+    update_duration: Histogram
+    version_text: TextReadout
+
+    def attempt(self) -> None:
+        self.update_attempt.inc()
+
+    def success(self, version_info: str, started: float) -> None:
+        self.update_success.inc()
+        self.update_time.set(int(time.time() * 1000))
+        self.version.set(version_hash(version_info))
+        self.version_text.set(version_info)
+        self.update_duration.record((time.monotonic() - started) * 1000)
+
+
+class ReloadStats(StatsGroup):
+    """LDS and CDS also count their reloads (``config_reload``, ``config_reload_time_ms``)."""
+
+    config_reload: Counter
+    config_reload_time_ms: Gauge
+
+    def reloaded(self) -> None:
+        self.config_reload.inc()
+        self.config_reload_time_ms.set(int(time.time() * 1000))
+
+
+@dataclass
+class Resource:
+    """An accepted resource as ``/config_dump`` shows it."""
+
+    name: str
+    message: Any
+    version_info: str
+    last_updated: float
+
+
+def scope_stats(scope: Scope, reload: bool = False) -> tuple[SubscriptionStats,
+                                                             ReloadStats | None]:
+    return SubscriptionStats(scope), ReloadStats(scope) if reload else None
