@@ -82,6 +82,8 @@ class GrpcMux:
         self.backoff = Backoff()
         self._queue: asyncio.Queue[Any] | None = None
         self.connected = False
+        #: Delta: the versions of the resources of the response being applied.
+        self.resource_versions: dict[str, str] = {}
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -188,6 +190,8 @@ class GrpcMux:
                                  self.plugin_type_urls)
                     resources.append((r.name, msg))
                 removed = list(resp.removed_resources)
+                # Delta: each resource has its own version (/config_dump shows it).
+                self.resource_versions = {r.name: r.version for r in resp.resources}
             else:
                 from envoi.xds.resources import resource_name
 
@@ -197,6 +201,8 @@ class GrpcMux:
             error = w.handler(resources, version, removed)
         except ConfigError as exc:
             error = str(exc)
+        finally:
+            self.resource_versions = {}
         if error is not None:
             if w.stats is not None:
                 w.stats.update_rejected.inc()

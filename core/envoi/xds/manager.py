@@ -162,6 +162,13 @@ class XdsManager:
         for timer in self._timers.values():
             timer.cancel()
 
+    def _version(self, name: str, version: str) -> str:
+        """A resource's version: its own (delta xDS), else the update's."""
+        for mux in self.muxes.values():
+            if mux.delta and name in mux.resource_versions:
+                return mux.resource_versions[name]
+        return version
+
     def _apply(self, name: str, payload: Any) -> str | None:
         pool = self.server.pool
         if pool is not None:
@@ -194,7 +201,8 @@ class XdsManager:
                 errors.append(f"listener '{name}': " + "; ".join(
                     f"{i.path}: {i.message}" for i in exc.errors))
                 continue
-            prepared.upserts.append((name, lst, lds.Resource(name, msg, version, now)))
+            prepared.upserts.append((name, lst, lds.Resource(name, msg,
+                                                             self._version(name, version), now)))
             upserts.append((name, msg.SerializeToString()))
             ports[name] = lst.port
         if removed is None:
@@ -240,7 +248,8 @@ class XdsManager:
                 errors.append(f"cluster '{name}': " + "; ".join(
                     f"{i.path}: {i.message}" for i in exc.errors))
                 continue
-            prepared.upserts.append((name, cluster, cds.Resource(name, msg, version, now)))
+            prepared.upserts.append((name, cluster, cds.Resource(
+                name, msg, self._version(name, version), now)))
             upserts.append((name, msg.SerializeToString()))
         if removed is None:
             prepared.removes = [n for n in state.cluster_resources if n not in seen]
