@@ -85,7 +85,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         try:
             for req in it:
                 q.put(req)
-        except Exception:  # noqa: S110 - the stream ended
+        except Exception:
             pass
         q.put(None)
 
@@ -158,8 +158,8 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                             version_info=version, type_url=t, nonce=self._next_nonce(),
                             resources=[pack(r) for _, r in sorted(chosen.items())])
 
-    def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
+    def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> Any:
         return self._serve(request_iterator, context, delta=False)
 
-    def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
+    def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> Any:
         return self._serve(request_iterator, context, delta=True)

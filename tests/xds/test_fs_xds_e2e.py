@@ -70,7 +70,8 @@ resources:
   - filters:
     - name: envoy.filters.network.http_connection_manager
       typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
+          http_connection_manager.v3.HttpConnectionManager"
         stat_prefix: fs_http
         http_filters:
         - name: envoy.filters.http.router

@@ -50,8 +50,8 @@ def build_one(server: Any, name: str, cfg: Any) -> Cluster:
 
 def prepare(server: Any, payload: dict[str, Any]) -> PreparedClusters:
     planned = server.xds.planned.pop(payload["plan"], None)
-    if planned is not None:
-        return planned  # type: ignore[no-any-return]
+    if isinstance(planned, PreparedClusters):
+        return planned  # the main process built it while it checked the update
     cls = message_class(CLUSTER)
     out = PreparedClusters(removes=list(payload["removes"]))
     try:

@@ -89,7 +89,7 @@ def build_one(server: Any, state: Any, name: str, cfg: Any, port: int | None) ->
 def prepare(server: Any, payload: dict[str, Any]) -> PreparedListeners:
     state = server.xds
     planned = state.planned.pop(payload["plan"], None)
-    if planned is not None:
+    if isinstance(planned, PreparedListeners):
         return planned  # the main process built it while it checked the update
     cls = message_class(LISTENER)
     out = PreparedListeners(removes=list(payload["removes"]))

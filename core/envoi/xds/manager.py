@@ -27,6 +27,7 @@ from envoi.xds.resources import (
     LISTENER,
     TYPE_ORDER,
     ReloadStats,
+    Resource,
     SubscriptionStats,
 )
 from envoi.xds.sources import GrpcSource, Source, api_source, config_source
@@ -201,7 +202,7 @@ class XdsManager:
                 errors.append(f"listener '{name}': " + "; ".join(
                     f"{i.path}: {i.message}" for i in exc.errors))
                 continue
-            prepared.upserts.append((name, lst, lds.Resource(name, msg,
+            prepared.upserts.append((name, lst, Resource(name, msg,
                                                              self._version(name, version), now)))
             upserts.append((name, msg.SerializeToString()))
             ports[name] = lst.port
@@ -248,7 +249,7 @@ class XdsManager:
                 errors.append(f"cluster '{name}': " + "; ".join(
                     f"{i.path}: {i.message}" for i in exc.errors))
                 continue
-            prepared.upserts.append((name, cluster, cds.Resource(
+            prepared.upserts.append((name, cluster, Resource(
                 name, msg, self._version(name, version), now)))
             upserts.append((name, msg.SerializeToString()))
         if removed is None:
