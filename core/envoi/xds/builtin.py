@@ -6,9 +6,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from envoi import hookimpl
-from envoi.config import ConfigError, ConfigIssue
+from envoi.config import ConfigError, ConfigIssue, implements
 from envoi.extensions import ClusterTypeFactory, FactoryContext
 from envoi.upstream.host import Host
+
+# What envoi's xDS acts on (envoi.xds.sources, envoi.xds.manager); every other field of these
+# messages is refused with its path.
+implements("envoy.config.bootstrap.v3.Bootstrap", "dynamic_resources")
+implements("envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
+           "lds_config", "cds_config", "ads_config")
+implements("envoy.config.core.v3.ConfigSource", "path", "path_config_source", "ads",
+           "api_config_source", "initial_fetch_timeout", "resource_api_version")
+implements("envoy.config.core.v3.PathConfigSource", "path", "watched_directory")
+implements("envoy.config.core.v3.WatchedDirectory", "path")
+implements("envoy.config.core.v3.ApiConfigSource", "api_type", "transport_api_version",
+           "grpc_services", "set_node_on_first_message_only")
+implements("envoy.config.core.v3.GrpcService", "envoy_grpc")
+implements("envoy.config.core.v3.GrpcService.EnvoyGrpc", "cluster_name")
+implements("envoy.config.cluster.v3.Cluster", "eds_cluster_config")
+implements("envoy.config.cluster.v3.Cluster.EdsClusterConfig", "eds_config", "service_name")
 
 
 class EdsDiscovery:

@@ -68,12 +68,14 @@ class GrpcMux:
     def __init__(self, *, node: Any, cluster_name: str, cluster_manager: Any, scope: Scope,
                  delta: bool, aggregated: bool, type_order: tuple[str, ...],
                  plugin_type_urls: frozenset[str] = frozenset(),
+                 known_type_urls: frozenset[str] = frozenset(),
                  node_on_first_only: bool = False) -> None:
         self.cluster_name = cluster_name
         self.cm = cluster_manager
         self.delta = delta
         self.aggregated = aggregated
         self.plugin_type_urls = plugin_type_urls
+        self.known_type_urls = known_type_urls
         self.proto: SotwProtocol | DeltaProtocol = (
             DeltaProtocol(node, type_order, node_on_first_only=node_on_first_only) if delta
             else SotwProtocol(node, type_order, node_on_first_only=node_on_first_only))
@@ -187,7 +189,7 @@ class GrpcMux:
             if self.delta:
                 for i, r in enumerate(resp.resources):
                     msg = decode(resp.type_url, r.resource, f"resources[{i}]",
-                                 self.plugin_type_urls)
+                                 self.known_type_urls)
                     resources.append((r.name, msg))
                 removed = list(resp.removed_resources)
                 # Delta: each resource has its own version (/config_dump shows it).
@@ -196,7 +198,7 @@ class GrpcMux:
                 from envoi.xds.resources import resource_name
 
                 for i, a in enumerate(resp.resources):
-                    msg = decode(resp.type_url, a, f"resources[{i}]", self.plugin_type_urls)
+                    msg = decode(resp.type_url, a, f"resources[{i}]", self.known_type_urls)
                     resources.append((resource_name(resp.type_url, msg), msg))
             error = w.handler(resources, version, removed)
         except ConfigError as exc:

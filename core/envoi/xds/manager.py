@@ -118,7 +118,8 @@ class XdsManager:
             sub = FileSubscription(src.path, type_url,
                                    lambda res, version: handler(res, version, None), stats,
                                    watched_directory=src.watched_directory,
-                                   plugin_type_urls=urls, on_result=on_result)
+                                   plugin_type_urls=urls, known_type_urls=self._known(),
+                                   on_result=on_result)
             self.files.append(sub)
             sub.refresh()
             return
@@ -138,6 +139,7 @@ class XdsManager:
                           scope=self.server.stats.root.scope("control_plane"), delta=g.delta,
                           aggregated=aggregated, type_order=TYPE_ORDER,
                           plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls),
+                          known_type_urls=self._known(),
                           node_on_first_only=g.node_on_first_only)
             self.muxes[key] = mux
             if self.loop is not None:
@@ -162,6 +164,9 @@ class XdsManager:
         self._tasks.clear()
         for timer in self._timers.values():
             timer.cancel()
+
+    def _known(self) -> frozenset[str]:
+        return frozenset(self.server.plugins.config_type_urls)
 
     def _version(self, name: str, version: str) -> str:
         """A resource's version: its own (delta xDS), else the update's."""
@@ -307,7 +312,8 @@ class XdsManager:
                         src.path, ENDPOINT,
                         lambda res, version: self.on_endpoints(res, version, None),
                         None, watched_directory=src.watched_directory,
-                        plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls))
+                        plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls),
+                        known_type_urls=self._known())
                     self.eds_files[name] = sub
                     sub.refresh()
                     if self.loop is not None:

@@ -15,7 +15,13 @@ from typing import Any
 import xxhash
 from google.protobuf import any_pb2
 
-from envoi.config import ConfigError, ConfigIssue, ensure_protos_loaded, validate_message
+from envoi.config import (
+    ConfigError,
+    ConfigIssue,
+    ensure_protos_loaded,
+    unimplemented_fields,
+    validate_message,
+)
 from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup, TextReadout
 
 PREFIX = "type.googleapis.com/"
@@ -56,7 +62,7 @@ def message_class(type_url: str) -> Any:
 
 
 def decode(type_url: str, resource: any_pb2.Any, path: str,
-           plugin_type_urls: Collection[str] = ()) -> Any:
+           known_type_urls: Collection[str] = ()) -> Any:
     """One resource of a response -> its message, validated; raises ConfigError at ``path``.
     A ``Resource`` wrapper (delta xDS, or SotW with names) is unwrapped."""
     if resource.type_url == RESOURCE_WRAPPER:
@@ -72,14 +78,16 @@ def decode(type_url: str, resource: any_pb2.Any, path: str,
     msg = cls()
     if not resource.Unpack(msg):
         raise ConfigError([ConfigIssue(path, f"cannot decode a {cls.DESCRIPTOR.full_name}")])
-    check(msg, path, plugin_type_urls)
+    check(msg, path, known_type_urls)
     return msg
 
 
-def check(msg: Any, path: str, plugin_type_urls: Collection[str] = ()) -> None:
-    """Envoy's validation rules for ``msg`` (the builders then refuse what envoi does not
-    implement, each naming the field's path, as for the bootstrap)."""
-    problems = validate_message(msg, path)
+def check(msg: Any, path: str, known_type_urls: Collection[str] = ()) -> None:
+    """The bootstrap's checks, for one resource: Envoy's validation rules, and every set field
+    that envoi does not implement refused with its path (``envoi.config.implemented``).
+    ``known_type_urls``: the config types the registered factories serve."""
+    problems = unimplemented_fields(msg, path, known_type_urls=known_type_urls)
+    problems += [p for p in validate_message(msg, path) if p not in problems]
     if problems:
         raise ConfigError(problems)
 

@@ -55,7 +55,7 @@ def api_source(api: Any, path: str, *, aggregated: bool) -> GrpcSource:
     cluster = ""
     for i, svc in enumerate(api.grpc_services):
         spath = f"{path}.grpc_services[{i}]"
-        issues += _unsupported(svc, frozenset({"envoy_grpc", "timeout"}), spath)
+        issues += _unsupported(svc, frozenset({"envoy_grpc"}), spath)
         if svc.HasField("envoy_grpc"):
             issues += _unsupported(svc.envoy_grpc, frozenset({"cluster_name"}),
                                    spath + ".envoy_grpc")

@@ -12,6 +12,10 @@ from envoi.stream_info import OperatorFactory
 from envoi_http.access_log import OPERATORS
 from envoi_http.hcm.config import HttpConnectionManagerFactory
 from envoi_http.options import add_options
+
+# Its field declarations (clusters' HTTP protocol options) must exist before any config is
+# checked, also when no listener speaks HTTP (a gRPC xDS cluster, say).
+from envoi_http.router import upstream_protocol  # noqa: F401
 from envoi_http.router.factory import RouterFactory
 
 
