@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from envoi import __version__
 from envoi.config import ConfigError
-from envoi.event_loop import new_event_loop
+from envoi.event_loop import CHOICES, EventLoopError, check_choice, default_choice, new_event_loop
 from envoi.log import DEFAULT_FORMAT, LEVELS, LogSetupError, setup_logging
 from envoi.plugins import PluginError, Plugins
 from envoi.server import Options, Server
@@ -67,6 +67,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--disable-plugin-autoload", action="store_true",
                    help="do not load plugins from the 'envoi' entry-point group "
                         "(also ENVOI_DISABLE_PLUGIN_AUTOLOAD=1)")
+    p.add_argument("--event-loop", choices=CHOICES, default=default_choice(),
+                   help="event loop: uvloop, asyncio, or auto (uvloop when installed); "
+                        "default $ENVOI_EVENT_LOOP or auto")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -113,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.concurrency < 1:
         print("envoi: error: --concurrency must be at least 1", file=sys.stderr)
         return 1
+    try:
+        check_choice(args.event_loop)
+    except EventLoopError as exc:
+        print(f"envoi: error: {exc}", file=sys.stderr)
+        return 1
     options = Options(
         config_path=args.config_path,
         config_yaml=args.config_yaml,
@@ -132,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         service_node=args.service_node,
         service_zone=args.service_zone,
         file_flush_interval_ms=args.file_flush_interval_msec,
+        event_loop=args.event_loop,
     )
     try:
         server = Server(options, plugins)
@@ -162,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:  # the admin port in use, for one
             print(f"envoi: {exc}", file=sys.stderr)
             return 1
-    loop = new_event_loop()
+    loop = new_event_loop(options.event_loop)
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(_serve(server))

@@ -154,6 +154,14 @@ def envoi_configured(server: ServerContext) -> None:
 
 
 @hookspec
+def envoi_runtime_info(server: ServerContext) -> Mapping[str, str] | None:
+    """What a plugin runs on that an operator wants to know, as ``name: description`` (e.g.
+    envoi-http's ``http1_codec: httptools 0.9.0``): logged at start and shown in
+    ``/server_info``'s ``runtime`` next to the event loop. Used: at start (main process) and
+    by ``/server_info``."""
+
+
+@hookspec
 def envoi_server_started(server: ServerContext) -> None:
     """Listeners are bound and serving; ``/ready`` answers ``LIVE`` from now on. Used: once,
     in the main process."""

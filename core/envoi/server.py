@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -101,6 +102,8 @@ class Options:
     service_node: str = ""
     service_zone: str = ""
     file_flush_interval_ms: int | None = None
+    #: ``--event-loop``: auto (uvloop when installed), uvloop or asyncio.
+    event_loop: str = "auto"
 
 
 def flush_interval_s(options: Options) -> float:
@@ -469,6 +472,21 @@ class Server:
         self.admin = await start_admin(self, host, port)
         log.info("admin address: %s:%d", host, self.admin.port)
 
+    def runtime_info(self) -> dict[str, str]:
+        """What this server runs on: the event loop, and what plugins report
+        (``envoi_runtime_info``), e.g. envoi-http's HTTP/1.1 codec back-end."""
+        from envoi.event_loop import describe
+
+        info: dict[str, str] = {}
+        with contextlib.suppress(RuntimeError):  # no loop runs (validate mode, tests)
+            info["event_loop"] = describe(asyncio.get_running_loop())
+        for found in self.plugins.pm.hook.envoi_runtime_info(server=self.view):
+            info.update(found or {})
+        return info
+
+    def _log_runtime(self) -> None:
+        log.info("running on %s", ", ".join(f"{k}: {v}" for k, v in self.runtime_info().items()))
+
     async def serve(self, *, admin: bool = True,
                     control: Callable[[Server], Coroutine[Any, Any, None]] | None = None) -> int:
         """Serve the listeners until a signal (or the main process) says stop, then drain.
@@ -511,6 +529,7 @@ class Server:
         self._update_server_gauges()
         self._flush_handle = loop.call_later(self._flush_interval, self._flush_stats)
         if self.worker_index is None:
+            self._log_runtime()
             self.plugins.pm.hook.envoi_server_started(server=self.view)
         for lst in self.listeners:
             log.info("listener '%s' serving on %s:%d", lst.name, lst.host, lst.port)
@@ -545,6 +564,7 @@ class Server:
         self._stop_event = asyncio.Event()
         self._state = "INITIALIZING"  # until every worker accepts: /ready answers 503
         await self._start_admin()
+        self._log_runtime()  # (the workers run the same loop and codecs)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.lm_stats.total_listeners_active.set(len(self.listeners))

@@ -73,6 +73,9 @@ class FakeServer:
     def stats_snapshot(self) -> Store:
         return self.stats
 
+    def runtime_info(self) -> dict[str, str]:
+        return {"event_loop": "asyncio (CPython 3.11.7)"}
+
     def runtime_json(self) -> str:
         return '{"layers": [], "entries": {}}\n'
 
@@ -323,7 +326,8 @@ def test_clusters_json(admin: Admin) -> None:
 def test_server_info(admin: Admin) -> None:
     doc = json.loads(admin.get("/server_info"))
     assert list(doc) == ["version", "state", "uptime_current_epoch", "uptime_all_epochs",
-                         "hot_restart_version", "command_line_options", "node"]
+                         "hot_restart_version", "command_line_options", "node", "runtime"]
+    assert doc["runtime"] == {"event_loop": "asyncio (CPython 3.11.7)"}
     assert doc["state"] == "LIVE"
     assert int(doc["uptime_current_epoch"].rstrip("s")) >= 42
     assert doc["command_line_options"] == {"concurrency": 1, "drain_time": "600s"}

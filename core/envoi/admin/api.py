@@ -106,6 +106,9 @@ class AdminServerApi(Protocol):
     #: Shown as ``command_line_options`` in ``/server_info`` (Envoy's field names).
     command_line_options: dict[str, Any]
 
+    def runtime_info(self) -> dict[str, str]:
+        """Shown as ``runtime`` in ``/server_info``: the event loop and what plugins run on."""
+
     def stats_snapshot(self) -> Store:
         """The stats to show: ``stats`` itself, or with worker processes, a fresh store that
         sums the main process's stats and every worker's."""

@@ -218,6 +218,8 @@ def server_info_json(server: AdminServerApi) -> str:
     # Envoy renders its CommandLineOptions message; ours come from the server as a plain dict.
     doc["command_line_options"] = server.command_line_options
     doc = {key: doc[key] for key in sorted(doc, key=_SERVER_INFO_ORDER.index)}
+    # envoi's own, last: the event loop and what plugins run on (envoi_runtime_info).
+    doc["runtime"] = server.runtime_info()
     return json.dumps(doc, indent=1) + "\n"
 
 

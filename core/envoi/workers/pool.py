@@ -153,7 +153,7 @@ class WorkerPool:
         status. Forks replacements between two runs of the loop."""
         from envoi.event_loop import new_event_loop
 
-        loop = new_event_loop()
+        loop = new_event_loop(self.server.options.event_loop)
         asyncio.set_event_loop(loop)
         self.loop = loop
         self._all_ready = asyncio.Event()

@@ -180,7 +180,7 @@ def run_worker(server: Server, index: int, sock: socket.socket) -> int:
     stats = WorkerStats(server.stats)
     for lst in server.listeners:
         lst.use_worker_socket(index)
-    loop = new_event_loop()
+    loop = new_event_loop(server.options.event_loop)
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(

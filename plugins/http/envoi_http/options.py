@@ -8,7 +8,7 @@ from typing import Any
 
 from envoi.context import ServerContext
 
-from envoi_http.codec import Backend
+from envoi_http.codec import Backend, resolve_backend
 
 CODEC_ENV = "ENVOI_HTTP1_CODEC"
 _BACKENDS: tuple[Backend, ...] = ("auto", "h11", "httptools")
@@ -32,4 +32,5 @@ def http1_codec(context: ServerContext) -> Backend:
     value = getattr(context.plugin_options, "http1_codec", None)
     if value is None:
         value = os.environ.get(CODEC_ENV, "auto")
-    return _coerce(value)
+    # Resolved here, once per config: ``auto`` never reaches the per-connection codec choice.
+    return resolve_backend(_coerce(value))

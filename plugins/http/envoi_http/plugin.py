@@ -50,3 +50,12 @@ def envoi_draining(server: ServerContext) -> None:
     from envoi_http.hcm.connection_manager import drain_all
 
     drain_all()
+
+
+@hookimpl
+def envoi_runtime_info(server: ServerContext) -> Mapping[str, str]:
+    """The HTTP/1.1 codec back-end ``--http1-codec`` resolves to."""
+    from envoi_http.codec import describe_backend
+    from envoi_http.options import http1_codec
+
+    return {"http1_codec": describe_backend(http1_codec(server))}

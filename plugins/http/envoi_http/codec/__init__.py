@@ -30,6 +30,8 @@ are refused as they arrive, not when a blank line comes (h11: ``h11_early``).
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 from typing import Any, Literal
 
 from .base import CodecLimits, Http1Codec, Role
@@ -52,25 +54,49 @@ Backend = Literal["h11", "httptools", "auto"]
 __all__ = [
     "Backend", "Body", "CodecLimits", "ConnectionClosed", "Event", "Headers", "Http1Codec",
     "Informational", "ProtocolError", "RequestHeaders", "ResponseHeaders", "Role", "StreamReset",
-    "Trailers", "UpgradeRequested", "available_backends", "make_codec",
+    "Trailers", "UpgradeRequested", "available_backends", "describe_backend", "make_codec",
+    "resolve_backend",
 ]
 
 
-def available_backends() -> list[str]:
-    names = ["h11"]
+@functools.cache
+def _httptools_installed() -> bool:
+    # Asked once: a failed import is not cached by Python and costs ~0.2 ms (every path entry
+    # and finder is searched again) -- once per connection, that made ``auto`` without
+    # httptools slower than ``h11``.
     try:
         import httptools  # noqa: F401
     except ImportError:
-        return names
-    return [*names, "httptools"]
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    return ["h11", "httptools"] if _httptools_installed() else ["h11"]
+
+
+def resolve_backend(backend: Backend) -> Backend:
+    """``auto`` -> ``httptools`` when installed, else ``h11``; the others as they are."""
+    if backend == "auto":
+        return "httptools" if _httptools_installed() else "h11"
+    return backend
+
+
+def describe_backend(backend: Backend) -> str:
+    """``httptools 0.9.0 (llhttp)`` or ``h11 0.16.0`` for what ``backend`` resolves to."""
+    name = resolve_backend(backend)
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    return f"{name} {version}" + (" (llhttp)" if name == "httptools" else " (pure Python)")
 
 
 def make_codec(backend: Backend, role: Role, **limits: Any) -> Http1Codec:
     """Build a codec. ``limits`` are ``CodecLimits`` fields (``max_request_headers_kb``,
     ``max_headers_count``, ``enable_trailers``)."""
     config = CodecLimits(**limits)
-    if backend == "auto":
-        backend = "httptools" if "httptools" in available_backends() else "h11"
+    backend = resolve_backend(backend)
     if backend == "httptools":
         from .httptools_backend import HttptoolsCodec
 
