@@ -187,10 +187,10 @@ def test_a_builder_error_and_an_unimplemented_field_are_both_reported(tmp_path: 
 
 
 def test_an_unknown_extension_is_one_line_not_one_per_field(tmp_path: Path) -> None:
-    grpc_web = {"@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"}
+    cors = {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}
     typed = hcm()
-    typed["http_filters"].insert(0, {"name": "envoy.filters.http.grpc_web",
-                                     "typed_config": grpc_web})
+    typed["http_filters"].insert(0, {"name": "envoy.filters.http.cors",
+                                     "typed_config": cors})
     lines = load_issues(tmp_path, bootstrap(typed))
     assert len(lines) == 1
     assert "no envoy.filters.http extension is registered" in lines[0]

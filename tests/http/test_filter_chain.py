@@ -197,6 +197,61 @@ def test_data_stop_no_buffer_at_end_then_continue_decoding_ends_stream() -> None
     sync(body)
 
 
+class Upcase(StreamFilter):
+    """Changes every chunk both ways: returns (status, new chunk); buffers the first request
+    chunk (changed) to check that the held data is the changed one."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def decode_data(self, data: bytes, end_stream: bool) -> Any:
+        self.n += 1
+        if self.n == 1 and not end_stream:
+            return D.STOP_ITERATION_AND_BUFFER, data.upper()
+        return D.CONTINUE, data.upper()
+
+    def encode_headers(self, headers: HeaderMap, end_stream: bool) -> Any:
+        headers.remove("content-length")  # the body changes length
+        return H.CONTINUE
+
+    def encode_data(self, data: bytes, end_stream: bool) -> Any:
+        return D.CONTINUE, data + b"!"
+
+
+def test_data_method_may_replace_its_chunk() -> None:
+    def body() -> None:
+        log: Log = []
+        h = Hcm(chain(Upcase, lambda: Recorder("B", log), lambda: Responder(log)))
+        h.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        h.send(b"2\r\nab\r\n")
+        h.send(b"2\r\ncd\r\n0\r\n\r\n")
+        got = b"".join(a[0] for m, a in calls(log, "B") if m == "decode_data")
+        assert got == b"ABCD"
+        assert h.responses()[0][2] == b"ABCD!"
+
+    sync(body)
+
+
+def test_driver_applies_replaced_chunks() -> None:
+    from envoi.extensions import HttpFilterFactory
+    from envoi.testing import HttpFilterDriver
+
+    class F(HttpFilterFactory):
+        name = "test.upcase"
+
+        def create_filter_factory(self, config: Any, context: Any) -> Any:
+            return lambda b: b.add_filter(Upcase())
+
+    with HttpFilterDriver(F()) as d:
+        d.decode_headers({":method": "POST", ":path": "/"})
+        d.decode_data(b"ab")
+        d.decode_data(b"cd", end_stream=True)
+        assert d.request.body == b"ABCD"
+        d.encode_headers({}, status=200)
+        d.encode_data(b"x", end_stream=True)
+        assert d.response.body == b"x!"
+
+
 def test_encoder_data_buffer_then_continue() -> None:
     def body() -> None:
         log: Log = []

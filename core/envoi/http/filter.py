@@ -13,6 +13,10 @@ A stream runs its *decoder filters* first to last on the request (``decode_heade
   ``STOP_ITERATION_AND_WATERMARK``; ``STOP_ITERATION_NO_BUFFER`` (drop it);
 * trailers: ``CONTINUE`` or ``STOP_ITERATION``.
 
+A data method that changes the chunk it was given (Envoy's filters edit the buffer in place;
+``bytes`` cannot be edited) returns ``(status, new_data)``: ``new_data`` goes on to the next
+filter, or is what the status buffers, instead of the original chunk.
+
 A stopped filter resumes iteration with ``callbacks.continue_decoding()`` /
 ``continue_encoding()`` (from a timer, a task, anything on the loop) or ends the stream with
 ``callbacks.send_local_reply(...)``.

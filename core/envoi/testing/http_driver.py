@@ -283,6 +283,8 @@ class HttpFilterDriver:
                 d.buffer += data
                 return FilterDataStatus.STOP_ITERATION_AND_BUFFER
             status = await self._call(d, d.stopped, "data", data, end)
+            if isinstance(status, tuple):  # (status, the chunk as the filter changed it)
+                status, data = status
             if status == FilterDataStatus.CONTINUE:
                 d.buffer += data
                 return await self._resume(d)
@@ -316,10 +318,17 @@ class HttpFilterDriver:
                     d.stopped, d.headers_pending = i, True
                     d.stop_all = status in (FilterHeadersStatus.STOP_ALL_ITERATION_AND_BUFFER,
                                             FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK)
+                    if not d.stop_all and d.buffer:
+                        # STOP_ITERATION: the filter still sees the body already at hand (a
+                        # local reply's), as the stream's filter path hands it on.
+                        data, d.buffer = bytes(d.buffer), bytearray()
+                        await self._data(d, data, d.end and d.trailers is None)
                     return int(status)
             if d.buffer:
                 data, d.buffer = bytes(d.buffer), bytearray()
                 status = await self._call(d, i, "data", data, d.end and d.trailers is None)
+                if isinstance(status, tuple):  # (status, the chunk as the filter changed it)
+                    status, data = status
                 if self._request_over(d):
                     return int(status)
                 if status != FilterDataStatus.CONTINUE:

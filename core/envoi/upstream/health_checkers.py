@@ -90,6 +90,13 @@ async def _open_tls(cluster: Any, tls: Any, host: Host, addr: str, port: int,
     return reader, writer
 
 
+#: The connection a plugin's probe may keep between checks: ``ProbeStream(cluster, alpn)``,
+#: ``await open(host)`` gives (reader, writer) over the cluster's transport socket (TLS with its
+#: ALPN when the cluster has one, checked and counted as the cluster's connections are),
+#: ``close()`` drops it.
+ProbeStream = _Stream
+
+
 # -- HTTP ----------------------------------------------------------------------------------
 
 

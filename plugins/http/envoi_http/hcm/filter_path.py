@@ -173,6 +173,8 @@ class FilterPath:
                 except Exception as exc:
                     stream.filter_raised(exc, fns[i])
                     return
+                if st.__class__ is tuple:  # (status, the chunk as the filter changed it)
+                    st, data = st
                 if st == _PENDING:
                     return
                 if st == D_CONTINUE:
@@ -191,6 +193,8 @@ class FilterPath:
                 return
             if stream.local_complete and self.decode:
                 return
+            if st.__class__ is tuple:  # (status, the chunk as the filter changed it)
+                st, data = st
             if st == D_CONTINUE:
                 if end and self.buf is not None and self.stop < 0:
                     data = data + self.take_buffer()  # added to the last chunk
@@ -380,6 +384,8 @@ class FilterPath:
             assert self.seen is not None
             data, end = self.seen
             self.seen = None
+            if st.__class__ is tuple:
+                st, data = st
             unseen, unseen_end = self.buf, self.end
             self.buf, self.end = None, False
             trailers = self.trailers
