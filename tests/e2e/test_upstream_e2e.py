@@ -321,8 +321,8 @@ def test_bad_lb_config_is_a_clear_error(tmp_path: Path, change: str, expected: s
 
 @pytest.mark.parametrize("hc,expected", [
     (HTTP_HC.replace("http_health_check: {path: /health}", "grpc_health_check: {}"),
-     "no installed health checker handles grpc_health_check (the envoi-grpc plugin provides "
-     "it)"),
+     # envoi-grpc serves it, and refuses it on a cluster without HTTP/2 as Envoy does
+     "web cluster must support HTTP/2 for gRPC healthchecking"),
     (HTTP_HC.replace("{path: /health}", "{path: /health, codec_client_type: HTTP2}"),
      "only HTTP1 health checks"),
     (HTTP_HC.replace("      unhealthy_threshold: 1\n", ""),
