@@ -594,7 +594,7 @@ class ConnectionManager(ReadFilter):
             if self.drain_close and not self.closing:
                 self.stats.downstream_cx_drain_close.value += 1
             self.closing = True
-            if self.delay_close and not self.peer_eof:
+            if self.delay_close and not self.peer_eof and self.config.delayed_close_timeout:
                 # Envoy's FlushWriteAndDelay after a protocol error: the reply is flushed and
                 # the peer gets delayed_close_timeout to close first (so the unread rest of its
                 # request does not turn our close into a reset that loses the reply).
