@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from envoi.runtime import Value
     from envoi.stats import Scope, Store
     from envoi.stream_info import AccessLogger, Formatter, OperatorFactory
+    from envoi.tap import TapPoint
     from envoi.upstream.cluster import Cluster
 
 F = TypeVar("F")  # an ExtensionFactory subclass (envoi.extensions imports this module)
@@ -137,6 +138,11 @@ class FactoryContext(ServerContext, Protocol):
     def access_log_operators(self) -> Mapping[str, OperatorFactory]:
         """Every ``%COMMAND%`` operator, the core's and those plugins registered with
         ``envoi_access_log_operators``, by name."""
+
+    def tap_point(self, filter_name: str) -> TapPoint:
+        """The live tap's publishing point of filter ``filter_name`` on this listener (one per
+        listener and filter): ``if point.active: point.publish(type, connection_id, fields)``
+        publishes a decoded event to whoever streams ``/tap`` (see :mod:`envoi.tap`)."""
 
     def format_string(self, fmt: str, path: str) -> Formatter:
         """Compile an Envoy format string (``%REQ(x)% %RESPONSE_CODE%``...) with every command

@@ -31,6 +31,7 @@ from envoi.extensions import (
 )
 from envoi.network.filter import NetworkFilterFactoryCb
 from envoi.stream_info import AccessLogger, Formatter, OperatorFactory
+from envoi.tap import TapHub, TapPoint
 
 if TYPE_CHECKING:
     from envoi.plugins import Plugins
@@ -217,6 +218,12 @@ class FactoryContextImpl:
     @property
     def access_log_operators(self) -> Mapping[str, OperatorFactory]:
         return self._plugins.access_log_operators
+
+    def tap_point(self, filter_name: str) -> TapPoint:
+        hub: TapHub | None = getattr(self._server, "tap_hub", None)
+        if hub is None:  # a server context without a tap (a plugin's own test double)
+            hub = TapHub.create(self.stats.root)
+        return hub.point(self.listener_name, filter_name)
 
     def format_string(self, fmt: str, path: str) -> Formatter:
         return compile_format(fmt, path, self._plugins.access_log_operators)

@@ -36,6 +36,7 @@ from envoi.runtime import Runtime
 from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup, Store
 from envoi.stats.sink import StatsFlusher, StatsSink
 from envoi.stats.statsd import close_sinks
+from envoi.tap import TapHub, WorkerTaps
 from envoi.upstream import health_sync  # registers the host_health worker operation
 from envoi.upstream.cluster_manager import ClusterManager
 from envoi.upstream.host import health_flags_string
@@ -221,6 +222,10 @@ class ServerView:
     def local_info(self) -> LocalInfo:
         return self._server.local_info
 
+    @property
+    def tap_hub(self) -> TapHub:
+        return self._server.tap_hub
+
     def __repr__(self) -> str:
         return f"<envoi server {self._server.state}>"
 
@@ -269,6 +274,8 @@ class Server:
         self._drained: asyncio.Event | None = None
         self._flush_interval = 5.0
         self._flush_handle: asyncio.TimerHandle | None = None
+        #: The live tap (``/tap``): every filter's tap point and the open sessions.
+        self.tap_hub = TapHub.create(self.stats.root)
         #: The ``stats_sinks``, fed every flush interval (``envoi.stats.sink``).
         self.stats_flusher = StatsFlusher()
         self.command_line_options: dict[str, Any] = {
@@ -501,6 +508,7 @@ class Server:
             self.cluster_manager.start(loop)
             await self.cluster_manager.warm()
         else:
+            self.tap_hub.worker = self.worker_index
             self.cluster_manager.start_outlier_detection(loop)
         for lst in self.listeners:
             if lst.sock is not None:  # None: drained before this worker was forked
@@ -561,6 +569,7 @@ class Server:
         :mod:`envoi.workers.pool`, which forks and replaces them)."""
         loop = asyncio.get_running_loop()
         self.pool = pool
+        self.tap_hub.remote = WorkerTaps(self.tap_hub, pool.broadcast)
         self._stop_event = asyncio.Event()
         self._state = "INITIALIZING"  # until every worker accepts: /ready answers 503
         await self._start_admin()

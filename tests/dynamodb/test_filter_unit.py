@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from envoi.http import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from envoi.stats import Histogram
-from envoi.testing import HttpFilterDriver, factory_context
+from envoi.testing import HttpFilterDriver, StandaloneServer, factory_context
 from envoi_dynamodb import filter as dynamo_filter
 from envoi_dynamodb.plugin import DynamoConfig, DynamoFactory
 
@@ -415,3 +415,25 @@ def test_config_is_the_empty_message() -> None:
         assert d.decode_headers({}, end_stream=True) is CONTINUE
 
 
+
+
+# -- the live tap ----------------------------------------------------------------------------
+
+def test_operations_reach_the_tap(clock: FakeClock) -> None:
+    server = StandaloneServer()
+    ctx = factory_context(server=server)
+    session = server.tap_hub.open(filter_name="envoy.filters.http.dynamo",
+                                  match={"table": "orders"})
+    Exchange("DynamoDB_20120810.PutItem", body({"TableName": "orders", "Item": {}}), 400,
+             err("ConditionalCheckFailedException"), context=ctx, clock=clock, elapsed_ms=7)
+    Exchange("DynamoDB_20120810.GetItem", body({"TableName": "users"}), 200, b"{}",
+             context=ctx)  # another table: not matched
+    (line,) = session.take()
+    event = json.loads(line)
+    assert {k: event[k] for k in ("type", "filter", "operation", "table", "status",
+                                  "duration_ms", "error_type")} == {
+        "type": "dynamodb.operation", "filter": "envoy.filters.http.dynamo",
+        "operation": "PutItem", "table": "orders", "status": 400, "duration_ms": 7.0,
+        "error_type": "ConditionalCheckFailedException"}
+    session.close()
+    assert not server.tap_hub.points[0].active  # nobody listens: nothing is built

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from envoi.network.filter import Filter
 from envoi.stats import Store
+from envoi.tap import TapHub, TapPoint
 from envoi_mongo.config import DEFAULT_COMMANDS, FaultDelay, from_proto
 from envoi_mongo.plugin import MongoProxyFactory, envoi_network_filters
 from envoy.extensions.filters.network.mongo_proxy.v3.mongo_proxy_pb2 import MongoProxy
@@ -54,6 +55,10 @@ class _Ctx:
         self.stats = Store()
         self.scope = self.stats.root
         self.server = None
+        self.tap_hub = TapHub.create(self.stats.root)
+
+    def tap_point(self, name: str) -> TapPoint:
+        return self.tap_hub.point("test", name)
 
 
 def test_factory_registers_and_builds_filters() -> None:

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from envoi.plugins import Plugins
 from envoi.stats.store import Store
+from envoi.tap import TapHub
 
 #: The server states Envoy reports, in ``/ready``, ``/server_info`` and ``server.state``.
 SERVER_STATES = ("LIVE", "DRAINING", "PRE_INITIALIZING", "INITIALIZING")
@@ -96,6 +97,8 @@ class AdminServerApi(Protocol):
 
     stats: Store
     plugins: Plugins
+    #: The live tap's tap points and sessions (``/tap``).
+    tap_hub: TapHub
     #: The loaded ``envoy.config.bootstrap.v3.Bootstrap``.
     bootstrap: Message
     @property

@@ -7,19 +7,22 @@ crawler or a stray browser tab cannot fail health checks or stop the server.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from envoi.admin import views
 from envoi.admin.api import AdminServerApi
-from envoi.admin.http import Request, Response
+from envoi.admin.http import Request, Response, StreamOut
 from envoi.stats.exposition import (
     STATS_TYPES,
     render_json,
     render_prometheus,
     render_text,
 )
+from envoi.tap import TapSession
+from envoi.tap import parse_query as parse_tap_query
 
 JSON = "application/json"
 TEXT = "text/plain; charset=UTF-8"
@@ -184,6 +187,75 @@ def handle_certs(server: AdminServerApi, request: Request) -> Response:
     return _json(views.certs_json(server))
 
 
+# ------------------------------------------------------------------------------------- /tap
+
+
+class TapStream:
+    """``/tap``'s body: the session's JSON lines as they come, ``limit`` events at most."""
+
+    def __init__(self, session: TapSession, limit: int | None) -> None:
+        self.session = session
+        self.left = limit
+        self.out: StreamOut | None = None
+
+    def start(self, out: StreamOut) -> None:
+        self.out = out
+        self.session.set_reader(self._pump)
+
+    def writable(self) -> None:
+        self._pump()
+
+    def stop(self) -> None:
+        self.session.close()
+        self.out = None
+
+    def _pump(self) -> None:
+        out = self.out
+        if out is None or out.paused:
+            return  # the reader is slow: lines wait in the session, up to its bound
+        lines = self.session.take()
+        if self.left is not None:
+            kept = []
+            for line in lines:
+                if self.left <= 0:
+                    break
+                kept.append(line)
+                if not line.startswith(b'{"type":"tap.dropped"'):
+                    self.left -= 1
+            lines = kept
+        if lines:
+            out.write(b"".join(lines))
+        if self.left is not None and self.left <= 0:
+            self.session.close()
+            self.out = None
+            out.end()
+
+
+def handle_tap(server: AdminServerApi, request: Request) -> Response:
+    if request.method != "GET":
+        return _text("envoi's /tap streams decoded events with GET ?listener=&filter=&"
+                     "<field>=<pattern>; Envoy's tap filter configuration (a POST with a tap "
+                     "config) is not implemented\n", 400)
+    try:
+        listener, filter_name, match, limit, buffer_bytes = parse_tap_query(request.query)
+    except ValueError as exc:
+        return _text(f"{exc}\n", 400)
+    hub = server.tap_hub
+    points = [p for p in hub.points if (not listener or p.listener == listener)
+              and (not filter_name or p.filter == filter_name)]
+    if not points:
+        known = "\n".join(f"  listener={p['listener']} filter={p['filter']}"
+                          for p in hub.describe_points()) or "  (none)"
+        return _text(f"no tap point for listener '{listener or '*'}' and filter "
+                     f"'{filter_name or '*'}'; the tap points are:\n{known}\n", 404)
+    session = hub.open(listener, filter_name, match, buffer_bytes)
+    return Response(200, b"", "application/x-ndjson", stream=TapStream(session, limit))
+
+
+def handle_tap_points(server: AdminServerApi, request: Request) -> Response:
+    return _json(json.dumps({"tap_points": server.tap_hub.describe_points()}, indent=2))
+
+
 def handle_help(server: AdminServerApi, request: Request) -> Response:
     return _text(help_text())
 
@@ -226,6 +298,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/stats/prometheus", "print server stats in prometheus format", handle_prometheus,
              params=(_USEDONLY, ("text_readouts", "Render text_readouts as new gaugues with "
                                  "value 0 (increases Prometheus data size)"), _FILTER)),
+    Endpoint("/tap", "stream the decoded events of a listener's filters as JSON lines "
+             "(envoi's; Envoy's /tap configures its tap filter)", handle_tap, params=(
+                 ("listener", "Only this listener's events"),
+                 ("filter", "Only this filter's events (e.g. envoy.filters.network.mongo_proxy)"),
+                 ("limit", "End the stream after this many events"),
+                 ("buffer", "Bytes held for a slow reader before events are dropped "
+                            "(default 1 MiB)"),
+                 ("<field>", "Only events whose field matches this pattern (fnmatch: "
+                             "collection=users, status=5*)"))),
+    Endpoint("/tap/points", "the listeners and filters that publish to /tap",
+             handle_tap_points),
 )
 
 _BY_PATH = {e.path: e for e in ENDPOINTS}

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -22,6 +24,8 @@ from envoi.stats.store import Scope
 MAX_HEAD_BYTES = 64 * 1024
 #: Largest request body we accept; admin requests carry (almost) none.
 MAX_BODY_BYTES = 1024 * 1024
+#: The socket send buffer of a streaming response (``/tap``).
+STREAM_SEND_BUFFER = 64 * 1024
 
 
 def reason_phrase(status: int) -> bytes:
@@ -42,6 +46,32 @@ class Request:
     body: bytes = b""
 
 
+class StreamOut(Protocol):
+    """How a streaming body writes (the admin connection)."""
+
+    @property
+    def paused(self) -> bool:
+        """The peer is not taking what was written: hold on until ``StreamBody.writable``."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def end(self) -> None:
+        """The body is complete (the connection may carry the next request)."""
+
+
+class StreamBody(Protocol):
+    """A response body written over time (``/tap``), in chunks, with backpressure."""
+
+    def start(self, out: StreamOut) -> None:
+        """The head was sent: write when there is something to write."""
+
+    def writable(self) -> None:
+        """The connection drained what was written: it is no longer ``paused``."""
+
+    def stop(self) -> None:
+        """The connection is gone (or the admin closes): release what the body holds."""
+
+
 @dataclass
 class Response:
     status: int
@@ -49,6 +79,8 @@ class Response:
     content_type: str = "text/plain; charset=UTF-8"
     #: Called once the response has been handed to the transport (``/quitquitquit``).
     after: Callable[[], None] | None = field(default=None, repr=False)
+    #: A body written over time instead of ``body`` (sent chunked).
+    stream: StreamBody | None = field(default=None, repr=False)
 
 
 Handler = Callable[[Request], Response]
@@ -170,6 +202,8 @@ class AdminHttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._opened_at = 0.0
+        self._stream: StreamBody | None = None
+        self._paused = False
         self.closed = asyncio.Event()
         #: Told when the connection ends, so the listener can forget it.
         self.on_closed: Callable[[AdminHttpProtocol], None] | None = None
@@ -183,12 +217,55 @@ class AdminHttpProtocol(asyncio.Protocol):
         self._stats.opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.stop()
         self._stats.closed(local=self._closing and not self._peer_eof,
                            length_ms=(self._loop.time() - self._opened_at) * 1000)
         self._transport = None
         self.closed.set()
         if self.on_closed is not None:
             self.on_closed(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._stream is not None:
+            self._stream.writable()
+
+    # -- StreamOut (a streaming response's body) -----------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._paused or self._transport is None
+
+    def write(self, data: bytes) -> None:
+        if self._stream is None or self._transport is None or not data:
+            return
+        try:
+            out = self._conn.send(h11.Data(data=data)) or b""
+        except h11.LocalProtocolError:
+            self._close()
+            return
+        self._stats.tx_bytes.inc(len(out))
+        self._transport.write(out)
+
+    def end(self) -> None:
+        if self._stream is None:
+            return
+        self._stream = None
+        try:
+            out = self._conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            self._close()
+            return
+        if self._transport is not None:
+            self._stats.tx_bytes.inc(len(out))
+            self._transport.write(out)
+        self._next_cycle_or_close()
+        self._drain_events()  # a request that arrived meanwhile
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -272,23 +349,36 @@ class AdminHttpProtocol(asyncio.Protocol):
     def _send(self, response: Response) -> None:
         headers = [
             ("content-type", response.content_type),
-            ("content-length", str(len(response.body))),
             ("cache-control", "no-cache, max-age=0"),
             ("x-content-type-options", "nosniff"),
             ("server", "envoi"),
         ]
+        if response.stream is None:
+            headers.insert(1, ("content-length", str(len(response.body))))
         try:
             data = self._conn.send(h11.Response(status_code=response.status, headers=headers,
                                                 reason=reason_phrase(response.status)))
-            data = (data or b"") + (self._conn.send(h11.Data(data=response.body)) or b"")
-            data += self._conn.send(h11.EndOfMessage()) or b""
+            if response.stream is None:
+                data = (data or b"") + (self._conn.send(h11.Data(data=response.body)) or b"")
+                data += self._conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             self._close()
             return
         self._stats.response_sent(response.status)
         if self._transport is not None:
-            self._stats.tx_bytes.inc(len(data))
-            self._transport.write(data)
+            self._stats.tx_bytes.inc(len(data or b""))
+            self._transport.write(data or b"")
+        if response.stream is not None:
+            # Chunked (h11 frames it); the next request waits until the body ends. The kernel
+            # holds at most STREAM_SEND_BUFFER for a slow reader (not its autotuned megabytes):
+            # past it and the transport's high-water mark, the body holds back (and drops).
+            sock = self._transport.get_extra_info("socket") if self._transport else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+            self._stream = response.stream
+            response.stream.start(self)
+            return
         self._next_cycle_or_close()
 
     def _next_cycle_or_close(self) -> None:

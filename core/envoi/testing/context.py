@@ -11,6 +11,7 @@ from envoi.factory_context import FactoryContextImpl
 from envoi.plugins import Plugins
 from envoi.runtime import Runtime
 from envoi.stats import Store
+from envoi.tap import TapHub
 from envoi.upstream.cluster import Cluster
 
 
@@ -41,6 +42,8 @@ class StandaloneServer:
                  clusters: Mapping[str, Cluster] | None = None,
                  local_info: LocalInfo | None = None) -> None:
         self.stats = stats if stats is not None else Store()
+        #: The live tap: ``tap_hub.open(...)`` listens to what filters publish.
+        self.tap_hub = TapHub.create(self.stats.root)
         self.runtime = runtime if runtime is not None else _admin_runtime(self.stats)
         self.draining = False
         self.healthcheck_failed = False

@@ -48,6 +48,38 @@ def worker_op(name: str) -> WorkerOp | None:
     return _OPS.get(name)
 
 
+#: Handlers of events workers send on their own (``{"event": name, ...}``) in the main process.
+EventHandler = Callable[[int, dict[str, Any]], None]
+_EVENT_HANDLERS: dict[str, EventHandler] = {}
+_pusher: Callable[[dict[str, Any]], bool] | None = None
+
+
+def set_event_handler(name: str, handler: EventHandler | None) -> None:
+    """In the main process: ``handler(worker_index, frame)`` gets every ``{"event": name}``
+    frame a worker pushes (None removes it). The live tap's lines come this way."""
+    if handler is None:
+        _EVENT_HANDLERS.pop(name, None)
+    else:
+        _EVENT_HANDLERS[name] = handler
+
+
+def event_handler(name: str) -> EventHandler | None:
+    return _EVENT_HANDLERS.get(name)
+
+
+def set_event_pusher(pusher: Callable[[dict[str, Any]], bool] | None) -> None:
+    """In a worker: how :func:`push_event` reaches the main process (set by the control loop)."""
+    global _pusher
+    _pusher = pusher
+
+
+def push_event(frame: dict[str, Any]) -> bool:
+    """In a worker: send ``frame`` (with an ``event`` key) to the main process without waiting.
+    False when it cannot go now (not connected yet, or the channel is backed up): the caller
+    drops it and counts."""
+    return _pusher is not None and _pusher(frame)
+
+
 def encode(msg: Any) -> bytes:
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     return _LEN.pack(len(data)) + data

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from envoi.stats import Counter, Gauge, Histogram, Store, TextReadout
-from envoi.workers.control import FrameReader, encode
+from envoi.workers.control import FrameReader, encode, event_handler
 from envoi.workers.updates import get_update, prepare_here
 from envoi.workers.worker import HOST_COUNTERS, HOST_FIELDS, become_worker
 
@@ -372,6 +372,11 @@ class WorkerPool:
             w.error = str(frame.get("error", ""))
         elif frame.get("id") is not None and frame.get("id") == w.waiting:
             w.answer = frame
+        elif event is not None and (handler := event_handler(event)) is not None:
+            try:
+                handler(w.index, frame)
+            except Exception:  # a broken handler must not break the control channel
+                log.exception("worker %d: handling event %r failed", w.index, event)
 
     def request(self, msg: dict[str, Any], *, quiet: bool = False
                 ) -> dict[Worker, dict[str, Any]]:

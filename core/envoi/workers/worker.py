@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from envoi.stats import Counter, Gauge, Histogram, Store, TextReadout
-from envoi.workers.control import OpContext, encode, register_worker_op, worker_op
+from envoi.workers.control import (
+    OpContext,
+    encode,
+    register_worker_op,
+    set_event_pusher,
+    worker_op,
+)
 
 if TYPE_CHECKING:
     from envoi.server import Server
@@ -44,6 +50,8 @@ def main_only(name: str) -> bool:
     if name.startswith(MAIN_ONLY_PREFIXES):
         return True
     return name.startswith("cluster.") and any(p in name for p in MAIN_ONLY_CLUSTER_STATS)
+#: Bytes a worker's pushed events may wait to be written to the main process.
+PUSH_BUFFER_LIMIT = 4 * 1024 * 1024
 #: Per-host values reported for ``/clusters``; which of them are counters (summed for ever,
 #: kept when a worker dies) and which are gauges (gone with the worker).
 HOST_FIELDS = ("cx_active", "cx_connect_fail", "cx_total", "rq_active", "rq_error",
@@ -150,6 +158,16 @@ async def serve_control(server: Server, sock: socket.socket, stats: WorkerStats)
     assert server.worker_index is not None
     ctx = WorkerContext(server, server.worker_index, stats)
     reader, writer = await asyncio.open_connection(sock=sock)
+
+    def push(frame: dict[str, Any]) -> bool:
+        # Events a worker sends on its own (the tap's lines) wait in the transport's buffer,
+        # up to a bound: past it they are refused (the caller drops and counts them).
+        if writer.transport.get_write_buffer_size() > PUSH_BUFFER_LIMIT:
+            return False
+        writer.write(encode(frame))
+        return True
+
+    set_event_pusher(push)
     try:
         writer.write(encode({"event": "ready"}))
         while True:
@@ -169,6 +187,8 @@ async def serve_control(server: Server, sock: socket.socket, stats: WorkerStats)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         server.shutdown()  # the main process went away: drain and stop
+    finally:
+        set_event_pusher(None)
 
 
 def run_worker(server: Server, index: int, sock: socket.socket) -> int:

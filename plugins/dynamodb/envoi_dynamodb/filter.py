@@ -56,11 +56,21 @@ RUNTIME_ENABLED = "dynamodb.filter_enabled"
 class DynamoShared:
     """Per filter config: the stats and the runtime every stream of that config uses."""
 
-    __slots__ = ("runtime", "stats")
+    __slots__ = ("runtime", "stats", "tap")
 
-    def __init__(self, stats: DynamoStats, runtime: Any) -> None:
+    def __init__(self, stats: DynamoStats, runtime: Any, tap: Any = None) -> None:
         self.stats = stats
         self.runtime = runtime
+        #: The live tap (``envoi.tap.TapPoint``): operations, tables and statuses when someone
+        #: listens to ``/tap``.
+        self.tap = tap if tap is not None else _NO_TAP
+
+
+class _NoTap:
+    active = False
+
+
+_NO_TAP: Any = _NoTap()
 
 
 def _too_large(headers: HeaderMap, limit: int) -> bool:
@@ -175,6 +185,21 @@ class DynamoFilter(StreamFilter):
         return _TRAILERS_CONTINUE
 
     def _response_complete(self) -> None:
+        error_type = self._charge_response()
+        tap = self.shared.tap
+        if tap.active:
+            cb = self.encoder_callbacks
+            fields: dict[str, Any] = {
+                "stream": cb.stream_id, "operation": self.operation,
+                "table": self.table.table_name if self.table_known else "",
+                "status": self.status,
+                "duration_ms": round((time.monotonic() - self.start) * 1000, 3)}
+            if error_type:
+                fields["error_type"] = error_type
+            tap.publish("dynamodb.operation", cb.connection.id, fields)
+
+    def _charge_response(self) -> str | None:
+        """Charge the stats of a complete response; the error type its body names, if any."""
         self.done = True
         self.request = None  # a response before the request's end: stop reading it
         stats = self.shared.stats
@@ -201,26 +226,26 @@ class DynamoFilter(StreamFilter):
 
         copy, self.response = self.response, None
         if copy is None:
-            return
+            return None
         body = copy.take()
         if not body:
-            return
+            return None
         if self.response_coding:
             try:
                 body = decode_content(body, self.response_coding, copy.limit)
             except TooLarge:
                 stats.inc("resp_body_too_large")
-                return
+                return None
             except Unreadable:
                 stats.inc("resp_body_unreadable")
-                return
+                return None
         named_table = table if table != DROPPED else ""
         named_op = operation if operation != DROPPED else ""
         try:
             facts = read_response(named_op, named_table, status, body)
         except InvalidBody:
             stats.inc("invalid_resp_body")
-            return
+            return None
         for partition_id, units in facts.partitions:
             stats.partition_capacity(named_table, named_op, partition_id, units)
         if facts.error_type is not None:
@@ -234,6 +259,7 @@ class DynamoFilter(StreamFilter):
                 admitted = stats.admit_table(name)
                 if admitted != DROPPED:
                     stats.inc(f"error.{admitted}.{stat}")
+        return facts.error_type
 
     def on_destroy(self) -> None:
         self.request = self.response = None

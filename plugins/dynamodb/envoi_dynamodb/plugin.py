@@ -38,7 +38,7 @@ class DynamoFactory(HttpFilterFactory):
         # the message is empty either way. Stats: http.<hcm stat_prefix>.dynamodb.*
         stats = DynamoStats.for_scope(
             context.stats.root.scope(f"http.{context.stat_prefix}.dynamodb"), context.runtime)
-        shared = DynamoShared(stats, context.runtime)
+        shared = DynamoShared(stats, context.runtime, context.tap_point(self.name))
 
         def add(builder: HttpFilterChainBuilder) -> None:
             builder.add_filter(DynamoFilter(shared))

@@ -22,7 +22,8 @@ class MongoProxyFactory(NetworkFilterFactory):
     def create_filter_factory(self, config: Any, context: FactoryContext) -> NetworkFilterFactoryCb:
         cfg = from_proto(config)
         access_log = AccessLog.for_path(cfg.access_log) if cfg.access_log else None
-        shared = MongoProxyShared(cfg, context.scope, context, access_log)
+        shared = MongoProxyShared(cfg, context.scope, context, access_log,
+                                  context.tap_point(self.name))
 
         def cb(builder: FilterChainBuilder) -> None:
             builder.add_filter(MongoProxyFilter(shared))

@@ -38,6 +38,7 @@ from envoi.context import Runtime as RuntimeApi
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, Filter, FilterStatus
 from envoi.runtime import Runtime
 from envoi.stats import Store
+from envoi.tap import TapPoint
 
 from envoi_mongo import messages as m
 from envoi_mongo.access_log import AccessLog
@@ -53,6 +54,12 @@ from envoi_mongo.config import MongoProxyConfig
 from envoi_mongo.stats import CommandStats, DynamicStats, ExtensionStats, MongoStats, QueryStats
 
 log = logging.getLogger("envoi.mongo")
+
+_OPCODE_NAMES: dict[type, str] = {
+    m.Msg: "OP_MSG", m.Query: "OP_QUERY", m.GetMore: "OP_GET_MORE", m.Insert: "OP_INSERT",
+    m.KillCursors: "OP_KILL_CURSORS", m.Command: "OP_COMMAND", m.Update: "OP_UPDATE",
+    m.Delete: "OP_DELETE", m.Reply: "OP_REPLY", m.CommandReply: "OP_COMMANDREPLY",
+}
 
 CONTINUE = FilterStatus.CONTINUE
 STOP = FilterStatus.STOP_ITERATION
@@ -89,8 +96,11 @@ class MongoProxyShared:
     """Everything one filter config shares across its connections: config, stats, access log."""
 
     def __init__(self, config: MongoProxyConfig, scope: Any, server: _Server | None = None,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, tap: TapPoint | None = None) -> None:
         self.config = config
+        #: The live tap (``/tap``): commands with their collection and duration, when someone
+        #: listens (``tap.active``); a never-active point when the filter was built without one.
+        self.tap = tap if tap is not None else _NO_TAP
         mongo_scope = scope.scope(f"mongo.{config.stat_prefix}")
         self.stats = MongoStats(mongo_scope)
         self.ext = ExtensionStats(mongo_scope)
@@ -104,10 +114,17 @@ class MongoProxyShared:
         return self.server.draining
 
 
+class _NoTap:
+    active = False
+
+
+_NO_TAP: Any = _NoTap()
+
+
 class _Active:
     """A request waiting for its reply."""
 
-    __slots__ = ("awaitable", "callsite", "cmd", "coll", "start")
+    __slots__ = ("awaitable", "callsite", "cmd", "coll", "start", "tapped")
 
     def __init__(self, cmd: CommandStats | None, coll: QueryStats | None,
                  callsite: QueryStats | None, awaitable: bool) -> None:
@@ -116,6 +133,8 @@ class _Active:
         self.callsite = callsite
         self.awaitable = awaitable
         self.start = time.monotonic()
+        #: What the tap says about the request, kept for its reply (only while tapped).
+        self.tapped: dict[str, Any] | None = None
 
 
 class MongoProxyFilter(Filter):
@@ -132,6 +151,7 @@ class MongoProxyFilter(Filter):
         self._client_ended = False  # the client's FIN arrived
         self._upstream_ended = False  # our FIN to the client was written
         self._last_fin_ours = False  # ... and it came after the client's
+        self._tapped: dict[str, Any] | None = None  # the request being classified, tapped
         # Envoy reads mongo.connection_logging_enabled once, when the connection's filter is made.
         al = shared.access_log
         if al is not None and not shared.server.runtime.feature_enabled(
@@ -231,6 +251,8 @@ class MongoProxyFilter(Filter):
         self._try_inject_delay()
         if not logged:
             self._log(msg)
+        if self._shared.tap.active:
+            self._tap_request(msg)
         if isinstance(msg, m.Msg):
             self._request_msg(msg)
         elif isinstance(msg, m.Query):
@@ -251,6 +273,53 @@ class MongoProxyFilter(Filter):
         else:
             # A reply opcode from the client: not a request we can pair.
             self._on_reply(msg)
+        tapped, self._tapped = self._tapped, None
+        if tapped is not None and self._shared.tap.active:
+            # No reply will answer it (fire-and-forget, a legacy write, killCursors...).
+            self._publish("mongo.command", tapped)
+
+    # -- the live tap ----------------------------------------------------------------------
+
+    def _tap_request(self, msg: m.Message) -> None:
+        """The tap's view of a request: its opcode, command, database and collection."""
+        if isinstance(msg, m.Reply | m.CommandReply):
+            return  # a reply opcode from the client pairs with nothing
+        info: dict[str, Any] = {"request_id": msg.request_id,
+                                "op": _OPCODE_NAMES.get(type(msg), type(msg).__name__)}
+        if isinstance(msg, m.Msg) and msg.body is not None:
+            mi = classify_msg(msg.body)
+            info["command"] = mi.command
+            info["database"] = mi.database
+            target = msg.body.get(next(iter(msg.body), ""))
+            if mi.query is not None:
+                info["collection"] = mi.query.collection
+            elif isinstance(target, str):
+                info["collection"] = target
+            if msg.more_to_come:
+                info["more_to_come"] = True
+        elif isinstance(msg, m.Query):
+            qi = classify_query(msg)
+            db, _, coll = msg.collection.partition(".")
+            info["database"] = db
+            if qi.command:
+                info["command"] = qi.command
+            else:
+                info["command"] = "query"
+                info["collection"] = coll
+        elif isinstance(msg, m.Command):
+            info["command"] = msg.command_name
+            info["database"] = msg.database
+        elif isinstance(msg, m.Insert | m.Update | m.Delete | m.GetMore):
+            db, _, coll = msg.collection.partition(".")
+            info["command"] = type(msg).__name__.lower().replace("getmore", "getMore")
+            info["database"] = db
+            info["collection"] = coll
+        elif isinstance(msg, m.KillCursors):
+            info["command"] = "killCursors"
+        self._tapped = info
+
+    def _publish(self, event_type: str, fields: dict[str, Any]) -> None:
+        self._shared.tap.publish(event_type, self.read_callbacks.connection.id, fields)
 
     def _request_query(self, q: m.Query) -> None:
         stats = self._stats
@@ -315,6 +384,8 @@ class MongoProxyFilter(Filter):
             self._track(msg.request_id, _Active(cmd, coll, site, info.awaitable))
 
     def _track(self, request_id: int, active: _Active) -> None:
+        if self._tapped is not None and self._tapped.get("request_id") == request_id:
+            active.tapped, self._tapped = self._tapped, None
         old = self._active.pop(request_id, None)
         if old is not None and not old.awaitable:
             self._stats.op_query_active.dec()  # a reused id: the old request is abandoned
@@ -377,6 +448,10 @@ class MongoProxyFilter(Filter):
         for st in (active.cmd, active.coll, active.callsite):
             if st is not None:
                 st.record(num_docs, size, elapsed)
+        if active.tapped is not None and self._shared.tap.active:
+            self._publish("mongo.command", {
+                **active.tapped, "duration_ms": round((time.monotonic() - active.start) * 1000, 3),
+                "reply_docs": num_docs, "reply_bytes": size})
         if next_id is not None:
             # Exhaust: the server's next reply answers this reply's id; the request stays open.
             active.start = time.monotonic()
@@ -436,6 +511,10 @@ class MongoProxyFilter(Filter):
             if h is not None:
                 h.cancel()
         self._delay = self._drain_close = None
+        if self._shared.tap.active:
+            for active in self._active.values():
+                if active.tapped is not None:
+                    self._publish("mongo.command", {**active.tapped, "unanswered": True})
         # Only requests a client is really waiting on count; a parked streaming hello is normal.
         waiting = sum(1 for a in self._active.values() if not a.awaitable)
         if waiting:
