@@ -3,9 +3,10 @@ trailers, messages counted from their prefixes, the allowlist and the per-method
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from envoi.testing import HttpFilterDriver
+from envoi.testing import HttpFilterDriver, StandaloneServer, factory_context
 from envoi_grpc import stats as grpc_stats_mod
 from envoi_grpc.framing import encode
 from envoi_grpc.grpc_stats import GRPC_STATS_STATE, GrpcStatsFactory
@@ -18,8 +19,8 @@ M = PREFIX + "envoi.smoke.Greeter.SayHello."
 
 def call(config: dict[str, Any], *, request: dict[str, str] = GRPC, req_msgs: int = 1,
          resp_msgs: int = 1, status: str = "0", trailers_only: bool = False,
-         upstream: str | None = "127.0.0.1:1") -> HttpFilterDriver:
-    d = HttpFilterDriver(GrpcStatsFactory(), config)
+         upstream: str | None = "127.0.0.1:1", context: Any = None) -> HttpFilterDriver:
+    d = HttpFilterDriver(GrpcStatsFactory(), config, context=context)
     d.stream_info.upstream_host = upstream
     d.decode_headers(request)
     d.decode_data(b"".join(encode(b"m%d" % i) for i in range(req_msgs)), end_stream=True)
@@ -176,3 +177,21 @@ def test_client_chosen_methods_are_bounded(monkeypatch: Any) -> None:
     per_method = {n for n in names if n.startswith("cluster.cluster.grpc.svc.")}
     assert len({n.split(".")[4] for n in per_method}) == 3
     assert ctx.stats.counter("cluster.cluster.grpc.total").value == 3
+
+
+def test_calls_reach_the_tap() -> None:
+    server = StandaloneServer()
+    ctx = factory_context(server=server)
+    session = server.tap_hub.open(filter_name="envoy.filters.http.grpc_stats",
+                                  match={"grpc_status": "5"})
+    with call({}, req_msgs=2, resp_msgs=3, context=ctx):
+        pass
+    with call({}, status="5", trailers_only=True, context=ctx):
+        pass
+    (line,) = session.take()  # only the failed call matches
+    event = json.loads(line)
+    assert {k: event[k] for k in ("type", "service", "method", "grpc_status", "http_status",
+                                  "request_messages", "response_messages")} == {
+        "type": "grpc.call", "service": "envoi.smoke.Greeter", "method": "SayHello",
+        "grpc_status": 5, "http_status": 200, "request_messages": 1, "response_messages": 0}
+    assert event["duration_ms"] >= 0

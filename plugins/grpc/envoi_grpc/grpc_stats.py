@@ -104,10 +104,15 @@ class GrpcStatsConfig:
 
 class GrpcStatsFilter(StreamFilter):
     __slots__ = ("config", "grpc_request", "grpc_response", "registry", "request_counter",
-                 "request_end", "response_counter", "state", "stats")
+                 "request_end", "response_counter", "state", "stats", "tap", "tapped")
 
-    def __init__(self, config: GrpcStatsConfig, stats_registry: GrpcStatsRegistry) -> None:
+    def __init__(self, config: GrpcStatsConfig, stats_registry: GrpcStatsRegistry,
+                 tap: Any = None) -> None:
         self.config = config
+        #: The live tap (``envoi.tap.TapPoint``): each call's method and status when someone
+        #: listens; what is known of the call meanwhile (None when not tapped).
+        self.tap = tap
+        self.tapped: dict[str, Any] | None = None
         self.registry = stats_registry
         self.grpc_request = False
         self.grpc_response = False
@@ -124,6 +129,8 @@ class GrpcStatsFilter(StreamFilter):
             return FilterHeadersStatus.CONTINUE
         self.grpc_request = True
         self.request_counter = FrameCounter()
+        if self.tap is not None and self.tap.active:
+            self._tap_request(headers)
         if end_stream:
             self.request_end = time.monotonic()
         cluster = self.decoder_callbacks.cluster_name
@@ -176,6 +183,10 @@ class GrpcStatsFilter(StreamFilter):
                 stats.charge_status(grpc_status)
             if end_stream:
                 self._charge_upstream_time(stats)
+        if self.tapped is not None:
+            self.tapped["http_status"] = headers.status
+            if end_stream:  # trailers-only
+                self._tap_call(grpc_status)
         return FilterHeadersStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> Any:
@@ -195,7 +206,34 @@ class GrpcStatsFilter(StreamFilter):
             if grpc_status is not None:
                 stats.charge_status(grpc_status)
             self._charge_upstream_time(stats)
+        if self.tapped is not None:
+            self._tap_call(trailers.get_bytes(_GRPC_STATUS))
         return FilterTrailersStatus.CONTINUE
+
+    # -- the live tap ----------------------------------------------------------------------
+
+    def _tap_request(self, headers: HeaderMap) -> None:
+        names = service_and_method(headers.path)
+        service, method = names if names is not None else (b"", b"")
+        self.tapped = {"stream": self.decoder_callbacks.stream_id,
+                       "service": service.decode("latin-1"),
+                       "method": method.decode("latin-1"),
+                       "cluster": self.decoder_callbacks.cluster_name,
+                       "start": time.monotonic()}
+
+    def _tap_call(self, grpc_status: bytes | None) -> None:
+        tapped, self.tapped = self.tapped, None
+        if tapped is None or not self.tap.active:
+            return
+        start = tapped.pop("start")
+        tapped["grpc_status"] = int(grpc_status) if grpc_status and grpc_status.isdigit() \
+            else None
+        tapped["request_messages"] = (self.request_counter.count
+                                      if self.request_counter is not None else 0)
+        tapped["response_messages"] = (self.response_counter.count
+                                       if self.response_counter is not None else 0)
+        tapped["duration_ms"] = round((time.monotonic() - start) * 1000, 3)
+        self.tap.publish("grpc.call", self.decoder_callbacks.connection.id, tapped)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -228,8 +266,9 @@ class GrpcStatsFactory(HttpFilterFactory):
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
         cfg = GrpcStatsConfig.from_proto(config)
         stats_registry = registry(context.stats)
+        tap = context.tap_point(self.name)
 
         def add(builder: HttpFilterChainBuilder) -> None:
-            builder.add_filter(GrpcStatsFilter(cfg, stats_registry))
+            builder.add_filter(GrpcStatsFilter(cfg, stats_registry, tap))
 
         return add
