@@ -5,6 +5,12 @@ It serves ADS (state of the world and delta) from a snapshot the test sets (type
 the ACK/NACK sequence message by message. Like go-control-plane, it answers a state-of-the-world
 request whose version differs from the snapshot's with the snapshot, and sends again whenever
 the snapshot changes; delta streams get the resources that changed since what the client holds.
+
+Bad behaviour on demand: ``garbage`` (the next responses carry an undecodable resource),
+``garbage_wire`` (responses are not protobuf at all), :meth:`disconnect` (every open stream is
+cut, at once or right after its next response) and :meth:`stop` / :meth:`start` again on the
+same port (the control plane goes away and comes back). A resource given as an ``Any`` is sent
+as it is (an unknown ``@type``, say).
 """
 
 from __future__ import annotations
@@ -23,8 +29,14 @@ ensure_protos_loaded()
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2  # noqa: E402
 from google.protobuf import any_pb2  # noqa: E402
 
+ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+#: Bytes that are no protobuf message (field 0x1fffffff with wire type 7).
+GARBAGE = b"\xff\xff\xff\xff\x0f"
+
 
 def pack(msg: Any) -> any_pb2.Any:
+    if isinstance(msg, any_pb2.Any):
+        return msg
     a = any_pb2.Any()
     a.Pack(msg)
     return a
@@ -45,8 +57,14 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.nonce = 0
         self.server: grpc.Server | None = None
         self.port = 0
-        #: Set to make the next response on every stream garbage (an undecodable resource).
+        #: Set to make the responses carry an undecodable resource.
         self.garbage = False
+        #: Set to make the responses bytes that are no DiscoveryResponse at all.
+        self.garbage_wire = False
+        #: Bumped by disconnect(): streams opened before it end.
+        self.generation = 0
+        self.cut_after_response = False
+        self.disconnects = 0
 
     # -- the test's side ---------------------------------------------------------------------
 
@@ -61,15 +79,44 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return self.snapshot.get(node + "|" + type_url) or self.snapshot.get("|" + type_url)
 
     def start(self) -> ControlPlane:
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        """Serve (again: on the port it had before)."""
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self.server.add_generic_rpc_handlers((self._handlers(),))
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         self.server.start()
         return self
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(0)
+            self.server = None
+
+    def disconnect(self, *, after_next_response: bool = False) -> None:
+        """Cut every open stream: now, or each right after the next response it sends (before
+        the client can answer it)."""
+        with self.lock:
+            self.cut_after_response = after_next_response
+            self.generation += 1
+            self.lock.notify_all()
+
+    def streams_of(self, node_id: str) -> list[Stream]:
+        with self.lock:
+            return [s for s in self.streams if s.node_id == node_id]
+
+    def _serialize(self, msg: Any) -> bytes:
+        return GARBAGE if self.garbage_wire else bytes(msg.SerializeToString())
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        def handler(fn: Any, req: Any) -> grpc.RpcMethodHandler:
+            return grpc.stream_stream_rpc_method_handler(
+                fn, request_deserializer=req.FromString, response_serializer=self._serialize)
+
+        return grpc.method_handlers_generic_handler(ADS, {
+            "StreamAggregatedResources": handler(self.StreamAggregatedResources,
+                                                 discovery_pb2.DiscoveryRequest),
+            "DeltaAggregatedResources": handler(self.DeltaAggregatedResources,
+                                                discovery_pb2.DeltaDiscoveryRequest),
+        })
 
     def requests(self, node_id: str) -> list[Any]:
         with self.lock:
@@ -94,6 +141,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         q: queue.Queue[Any] = queue.Queue()
         threading.Thread(target=self._reader, args=(request_iterator, q), daemon=True).start()
         stream: Stream | None = None
+        generation = self.generation
         # What this stream was sent / holds, per type.
         sent: dict[str, str] = {}
         names: dict[str, set[str]] = {}
@@ -106,6 +154,8 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if req is None:
                 return
             with self.lock:
+                if self.generation != generation and not self.cut_after_response:
+                    self._cut(context)
                 if req is not False:
                     if stream is None:
                         stream = Stream(req.node.id, delta)
@@ -139,6 +189,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         yield discovery_pb2.DiscoveryResponse(
                             version_info=version, type_url=t, nonce=self._next_nonce(),
                             resources=[bad])
+                        self._maybe_cut(context, generation)
                         continue
                     if delta:
                         have = held.setdefault(t, {})
@@ -153,10 +204,20 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                             resp.removed_resources.append(n)
                             del have[n]
                         yield resp
+                        self._maybe_cut(context, generation)
                     else:
                         yield discovery_pb2.DiscoveryResponse(
                             version_info=version, type_url=t, nonce=self._next_nonce(),
                             resources=[pack(r) for _, r in sorted(chosen.items())])
+                        self._maybe_cut(context, generation)
+
+    def _maybe_cut(self, context: Any, generation: int) -> None:
+        if self.generation != generation and self.cut_after_response:
+            self._cut(context)
+
+    def _cut(self, context: Any) -> None:
+        self.disconnects += 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "control plane going away")
 
     def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> Any:
         return self._serve(request_iterator, context, delta=False)

@@ -4,121 +4,25 @@ envoi's ACK/NACK sequence is asserted message by message, and both end in the sa
 
 from __future__ import annotations
 
-import json
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from control_plane import ControlPlane
-from envoi.config import ensure_protos_loaded
 from envoi.testing import EnvoiProcess, free_port, wait_for
 from envoi.testing.envoy import EnvoyProcess
-from google.protobuf import json_format
 from http_peers import EchoServer
-
-ensure_protos_loaded()
-from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
-from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: E402
-from envoy.config.listener.v3 import listener_pb2  # noqa: E402
-
-CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
-
-BOOTSTRAP = """
-node: {{id: {node}, cluster: test}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services:
-    - envoy_grpc: {{cluster_name: xds_cluster}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds_cluster
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds_cluster
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {cp}}}}}}}
-"""
-
-
-def cluster(name: str, **extra: Any) -> Any:
-    d = {"name": name, "type": "EDS", "connect_timeout": "1s",
-         "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}}}
-    d.update(extra)
-    return json_format.ParseDict(d, cluster_pb2.Cluster())
-
-
-def assignment(name: str, ports: list[int]) -> Any:
-    return json_format.ParseDict({"cluster_name": name, "endpoints": [{"lb_endpoints": [
-        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
-        for p in ports]}]}, endpoint_pb2.ClusterLoadAssignment())
-
-
-def listener(port: int, cluster_name: str) -> Any:
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network."
-                    "http_connection_manager.v3.HttpConnectionManager",
-           "stat_prefix": "ads_http",
-           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]}}
-    return json_format.ParseDict({
-        "name": "ads_listener",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}]}, listener_pb2.Listener())
-
-
-def get_port(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
-            return int(json.loads(r.read())["port"])
-    except OSError:
-        return None
-
-
-def summary(requests: list[Any]) -> list[tuple[str, str, str, bool]]:
-    """(type, version_info, response_nonce, NACK?) per request."""
-    return [(r.type_url.rsplit(".", 1)[-1], r.version_info, r.response_nonce,
-             r.HasField("error_detail")) for r in requests]
-
-
-def dump_resources(text: str) -> dict[str, Any]:
-    """Names and versions of the dynamic clusters and listeners in a /config_dump."""
-    out: dict[str, Any] = {}
-    for c in json.loads(text)["configs"]:
-        kind = c["@type"].rsplit(".", 1)[-1]
-        if kind == "ClustersConfigDump":
-            out["clusters_version"] = c.get("version_info")
-            out["clusters"] = sorted((e["cluster"]["name"], e["version_info"])
-                                     for e in c.get("dynamic_active_clusters", []))
-        elif kind == "ListenersConfigDump":
-            out["listeners_version"] = c.get("version_info")
-            out["listeners"] = sorted((e["name"], e["active_state"]["version_info"])
-                                      for e in c.get("dynamic_listeners", []))
-    return out
-
-
-@pytest.fixture
-def cp() -> Iterator[ControlPlane]:
-    plane = ControlPlane().start()
-    yield plane
-    plane.stop()
+from xds_pair import (
+    BOOTSTRAP,
+    CDS,
+    EDS,
+    LDS,
+    assignment,
+    cluster,
+    dump_resources,
+    get_port,
+    listener,
+    summary,
+)
 
 
 @pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])

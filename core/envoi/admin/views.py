@@ -278,12 +278,32 @@ def _dynamic(server: AdminServerApi, clusters: Any, listeners: Any) -> None:
         entry.cluster.Pack(res.message)
     if LISTENER in manager.versions:
         listeners.version_info = manager.versions[LISTENER]
-    for name, res in sorted(state.resources.items()):
+    errors = getattr(state, "listener_errors", {})
+    for name in sorted({*state.resources, *errors}):
         lentry = listeners.dynamic_listeners.add(name=name)
-        active = lentry.active_state
-        active.version_info = res.version_info
-        active.last_updated.CopyFrom(_timestamp(res.last_updated))
-        active.listener.Pack(res.message)
+        res = state.resources.get(name)
+        if res is not None:
+            active = lentry.active_state
+            active.version_info = res.version_info
+            active.last_updated.CopyFrom(_timestamp(res.last_updated))
+            active.listener.Pack(res.message)
+        failed = errors.get(name)
+        if failed is not None:  # Envoy's UpdateFailureState: the refused listener and why
+            err = lentry.error_state
+            if _renderable(failed.message):
+                err.failed_configuration.Pack(failed.message)
+            err.last_update_attempt.CopyFrom(_timestamp(failed.last_update_attempt))
+            err.details = failed.details
+
+
+def _renderable(msg: Any) -> bool:
+    """A refused resource may hold an ``Any`` of a type nobody knows: Envoy's whole /config_dump
+    then fails; envoi leaves that resource out of its ``error_state`` (``details`` says why)."""
+    try:
+        json_format.MessageToJson(msg)
+    except (TypeError, json_format.Error):
+        return False
+    return True
 
 
 def config_dump_json(server: AdminServerApi) -> str:

@@ -69,7 +69,6 @@ class FileSubscription:
     def __init__(self, path: str, type_url: str, handler: Handler,
                  stats: SubscriptionStats | None, *, watched_directory: str = "",
                  plugin_type_urls: frozenset[str] = frozenset(),
-                 known_type_urls: frozenset[str] = frozenset(),
                  on_attempt: Callable[[], None] | None = None,
                  on_result: Callable[[str | None, str], None] | None = None) -> None:
         self.path = path
@@ -78,7 +77,6 @@ class FileSubscription:
         self.stats = stats
         self.watched_directory = watched_directory
         self.plugin_type_urls = plugin_type_urls
-        self.known_type_urls = known_type_urls
         self.on_attempt = on_attempt
         self.on_result = on_result
         self.watch = FileWatch(self._identity())
@@ -114,7 +112,7 @@ class FileSubscription:
                                      plugin_type_urls=self.plugin_type_urls)
             resources = []
             for i, r in enumerate(resp.resources):
-                msg = decode(self.type_url, r, f"resources[{i}]", self.known_type_urls)
+                msg = decode(self.type_url, r, f"resources[{i}]")
                 resources.append((resource_name(self.type_url, msg), msg))
         except ConfigError as exc:
             self._reject(str(exc))

@@ -62,20 +62,28 @@ class Watch:
     wildcard: bool = False
     on_attempt: Callable[[], None] | None = None
     on_result: Callable[[str | None, str], None] | None = None
+    #: EDS, whose stats are each cluster's: count in them what happens to the whole
+    #: subscription (``count(("update_attempt", "update_failure"))``, as Envoy does).
+    count: Callable[[tuple[str, ...]], None] | None = None
+
+    def counted(self, *names: str) -> None:
+        if self.stats is not None:
+            for name in names:
+                getattr(self.stats, name).inc()
+        if self.count is not None:
+            self.count(names)
 
 
 class GrpcMux:
     def __init__(self, *, node: Any, cluster_name: str, cluster_manager: Any, scope: Scope,
                  delta: bool, aggregated: bool, type_order: tuple[str, ...],
                  plugin_type_urls: frozenset[str] = frozenset(),
-                 known_type_urls: frozenset[str] = frozenset(),
                  node_on_first_only: bool = False) -> None:
         self.cluster_name = cluster_name
         self.cm = cluster_manager
         self.delta = delta
         self.aggregated = aggregated
         self.plugin_type_urls = plugin_type_urls
-        self.known_type_urls = known_type_urls
         self.proto: SotwProtocol | DeltaProtocol = (
             DeltaProtocol(node, type_order, node_on_first_only=node_on_first_only) if delta
             else SotwProtocol(node, type_order, node_on_first_only=node_on_first_only))
@@ -91,6 +99,7 @@ class GrpcMux:
 
     def watch(self, w: Watch) -> None:
         self.watches[w.type_url] = w
+        w.counted("update_attempt")  # Envoy counts the subscription's start as an attempt
         self._send(self.proto.watch(w.type_url, w.names, wildcard=w.wildcard,
                                     connected=self._queue is not None))
 
@@ -141,6 +150,8 @@ class GrpcMux:
                 log.warning("xDS stream to '%s' closed: %s", self.cluster_name,
                             _describe(exc))
             self._closed()
+            for w in self.watches.values():  # a connection failure, to every subscription
+                w.counted("update_attempt", "update_failure")
             await asyncio.sleep(self.backoff.next_delay())
 
     def _closed(self) -> None:
@@ -183,13 +194,13 @@ class GrpcMux:
         if w.on_attempt is not None:
             w.on_attempt()
         version = resp.system_version_info if self.delta else resp.version_info
+        decoded = False
         try:
             resources = []
             removed: list[str] | None = None
             if self.delta:
                 for i, r in enumerate(resp.resources):
-                    msg = decode(resp.type_url, r.resource, f"resources[{i}]",
-                                 self.known_type_urls)
+                    msg = decode(resp.type_url, r.resource, f"resources[{i}]")
                     resources.append((r.name, msg))
                 removed = list(resp.removed_resources)
                 # Delta: each resource has its own version (/config_dump shows it).
@@ -198,13 +209,20 @@ class GrpcMux:
                 from envoi.xds.resources import resource_name
 
                 for i, a in enumerate(resp.resources):
-                    msg = decode(resp.type_url, a, f"resources[{i}]", self.known_type_urls)
+                    msg = decode(resp.type_url, a, f"resources[{i}]")
                     resources.append((resource_name(resp.type_url, msg), msg))
+            decoded = True
             error = w.handler(resources, version, removed)
         except ConfigError as exc:
             error = str(exc)
+        except Exception as exc:  # a bug: NACK it rather than break the stream in a loop
+            log.exception("applying a %s response failed", resp.type_url)
+            error = f"envoi failed to apply the update: {type(exc).__name__}: {exc}"
         finally:
             self.resource_versions = {}
+        if not decoded and error is not None and w.count is not None:
+            # Nothing could be decoded, so no cluster's handler saw it: each counts it.
+            w.count(("update_attempt", "update_rejected"))
         if error is not None:
             if w.stats is not None:
                 w.stats.update_rejected.inc()

@@ -82,7 +82,7 @@ def build_one(server: Any, state: Any, name: str, cfg: Any, port: int | None) ->
             lst.bind(server.options.concurrency)
     except OSError as exc:
         raise ConfigError([ConfigIssue(
-            path, f"cannot bind to {host}:{cfg_port}: {exc.strerror or exc}")]) from None
+            path, f"cannot bind '{host}:{cfg_port}': {exc.strerror or exc}")]) from None
     return lst
 
 

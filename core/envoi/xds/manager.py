@@ -10,6 +10,7 @@ a NACK naming them), and an update whose resources cannot even be decoded change
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -29,6 +30,8 @@ from envoi.xds.resources import (
     ReloadStats,
     Resource,
     SubscriptionStats,
+    UpdateFailure,
+    check,
 )
 from envoi.xds.sources import GrpcSource, Source, api_source, config_source
 
@@ -45,6 +48,7 @@ class XdsManager:
         self.muxes: dict[tuple[GrpcSource, str | None], GrpcMux] = {}
         self.ads: GrpcSource | None = None
         self.versions: dict[str, str] = {}
+        self.cds_reload: ReloadStats | None = None
         self.eds_sources: dict[str, Source] = {}
         self._plans = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,9 +92,10 @@ class XdsManager:
         for type_url, src in sources:
             scope = root.scope("cluster_manager.cds" if type_url == CLUSTER
                                else "listener_manager.lds")
-            stats, reload = SubscriptionStats(scope), ReloadStats(scope)
+            if type_url == CLUSTER:  # CDS (not LDS) counts the updates that changed something
+                self.cds_reload = ReloadStats(scope)
             handler = self.on_clusters if type_url == CLUSTER else self.on_listeners
-            self._subscribe(type_url, src, handler, stats, reload)
+            self._subscribe(type_url, src, handler, SubscriptionStats(scope))
         self.refresh_endpoint_interest()
 
     def _check_grpc_clusters(self, sources: list[tuple[str, Source]]) -> list[ConfigIssue]:
@@ -106,19 +111,17 @@ class XdsManager:
         return out
 
     def _subscribe(self, type_url: str, src: Source, handler: Any,
-                   stats: SubscriptionStats | None, reload: ReloadStats | None) -> None:
+                   stats: SubscriptionStats | None) -> None:
         def on_result(error: str | None, version: str) -> None:
             if error is None:
                 self.versions[type_url] = version
-                if reload is not None:
-                    reload.reloaded()
 
         urls = frozenset(self.server.plugins.plugin_type_urls)
         if src.kind == "path":
             sub = FileSubscription(src.path, type_url,
                                    lambda res, version: handler(res, version, None), stats,
                                    watched_directory=src.watched_directory,
-                                   plugin_type_urls=urls, known_type_urls=self._known(),
+                                   plugin_type_urls=urls,
                                    on_result=on_result)
             self.files.append(sub)
             sub.refresh()
@@ -139,7 +142,6 @@ class XdsManager:
                           scope=self.server.stats.root.scope("control_plane"), delta=g.delta,
                           aggregated=aggregated, type_order=TYPE_ORDER,
                           plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls),
-                          known_type_urls=self._known(),
                           node_on_first_only=g.node_on_first_only)
             self.muxes[key] = mux
             if self.loop is not None:
@@ -201,11 +203,15 @@ class XdsManager:
             if old is not None and old.message == msg:
                 continue
             try:
+                check(msg, f"listener '{name}'", self._known())
                 lst = lds.build_one(server, state, name, msg, None)
             except ConfigError as exc:
                 server.lm_stats.listener_create_failure.inc()
-                errors.append(f"listener '{name}': " + "; ".join(
-                    f"{i.path}: {i.message}" for i in exc.errors))
+                own = f"listener '{name}'"
+                detail = "; ".join(i.message if i.path == own else f"{i.path}: {i.message}"
+                                   for i in exc.errors)
+                errors.append(f"listener '{name}': {detail}")
+                state.listener_errors[name] = UpdateFailure(msg, detail, now)
                 continue
             prepared.upserts.append((name, lst, Resource(name, msg,
                                                              self._version(name, version), now)))
@@ -223,9 +229,13 @@ class XdsManager:
                 "version": version, "time": now})
             state.planned.pop(plan, None)
             if error is not None:
-                for _, lst, _ in prepared.upserts:
+                for name, lst, res in prepared.upserts:
                     lds._close(lst)
+                    state.listener_errors[name] = UpdateFailure(res.message, error, now)
                 errors.append(error)
+            else:
+                for name in [*(n for n, _, _ in prepared.upserts), *prepared.removes]:
+                    state.listener_errors.pop(name, None)
         return "\n".join(errors) or None
 
     # -- CDS -----------------------------------------------------------------------------------
@@ -247,6 +257,7 @@ class XdsManager:
             if old is not None and old.message == msg:
                 continue
             try:
+                check(msg, f"cluster '{name}'", self._known())
                 if cds.is_eds(msg):
                     self._eds_source(msg, f"cluster '{name}'")
                 cluster = cds.build_one(server, name, msg)
@@ -270,6 +281,8 @@ class XdsManager:
             state.planned.pop(plan, None)
             if error is not None:
                 errors.append(error)
+            elif self.cds_reload is not None:
+                self.cds_reload.reloaded()
             self.refresh_endpoint_interest()
         return "\n".join(errors) or None
 
@@ -312,8 +325,7 @@ class XdsManager:
                         src.path, ENDPOINT,
                         lambda res, version: self.on_endpoints(res, version, None),
                         None, watched_directory=src.watched_directory,
-                        plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls),
-                        known_type_urls=self._known())
+                        plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls))
                     self.eds_files[name] = sub
                     sub.refresh()
                     if self.loop is not None:
@@ -329,9 +341,13 @@ class XdsManager:
             mux = self._mux(g, aggregated, ENDPOINT)
             used.add(id(mux))
             if ENDPOINT in mux.watches:
+                for service in names - mux.watches[ENDPOINT].names:  # a subscription starts
+                    for _, c in self.state.clusters_for_service(service):
+                        c.stats.update_attempt.inc()
                 mux.set_names(ENDPOINT, frozenset(names))
             else:
-                mux.watch(Watch(ENDPOINT, self.on_endpoints, None, names=frozenset(names)))
+                mux.watch(Watch(ENDPOINT, self.on_endpoints, None, names=frozenset(names),
+                                count=functools.partial(self._count_endpoints, mux)))
         for mux in self.muxes.values():
             if ENDPOINT in mux.watches and id(mux) not in used:
                 mux.set_names(ENDPOINT, frozenset())
@@ -359,6 +375,15 @@ class XdsManager:
                     name)
         self._apply("xds_activate", [name])
 
+    def _count_endpoints(self, mux: GrpcMux, counters: tuple[str, ...]) -> None:
+        """What happened to a whole EDS stream (it broke; a response could not be decoded):
+        as in Envoy, every cluster asking for endpoints on it counts it."""
+        w = mux.watches.get(ENDPOINT)
+        for service in w.names if w is not None else ():
+            for _, c in self.state.clusters_for_service(service):
+                for name in counters:
+                    c.stats.scope.counter(name).inc()
+
     def on_endpoints(self, resources: list[tuple[str, Any]], version: str,
                      removed: list[str] | None) -> str | None:
         errors: list[str] = []
@@ -368,6 +393,7 @@ class XdsManager:
             for c in targets:
                 c.stats.update_attempt.inc()
             try:
+                check(msg, f"endpoints '{service}'", self._known())
                 cds.parse_assignment(msg, f"endpoints '{service}'")
             except ConfigError as exc:
                 for c in targets:

@@ -1,8 +1,9 @@
 """xDS resource types: type URLs, decoding ``Any`` resources, and the stats of a subscription.
 
 Every resource that arrives (from a file or a control plane) is decoded here into its Envoy v3
-message and checked with the same rules as the bootstrap (Envoy's validation rules, then the
-builders' own checks); a resource envoi cannot act on is refused with its field path.
+message and then checked, resource by resource, with the same rules as the bootstrap (Envoy's
+validation rules, then the builders' own checks); a resource envoi cannot act on is refused with
+its field path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import xxhash
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 
 from envoi.config import (
     ConfigError,
@@ -61,25 +63,34 @@ def message_class(type_url: str) -> Any:
     raise ValueError(f"not an xDS resource type envoi serves: {type_url}")
 
 
-def decode(type_url: str, resource: any_pb2.Any, path: str,
-           known_type_urls: Collection[str] = ()) -> Any:
-    """One resource of a response -> its message, validated; raises ConfigError at ``path``.
-    A ``Resource`` wrapper (delta xDS, or SotW with names) is unwrapped."""
+def decode(type_url: str, resource: any_pb2.Any, path: str) -> Any:
+    """One resource of a response -> its message; raises ConfigError at ``path`` (the whole
+    response is then refused, as in Envoy). A ``Resource`` wrapper (delta xDS, or SotW with
+    names) is unwrapped. The message is not checked yet: :func:`check` does that, resource
+    by resource (one bad resource does not refuse the others)."""
     if resource.type_url == RESOURCE_WRAPPER:
         from envoy.service.discovery.v3 import discovery_pb2
 
         wrapper = discovery_pb2.Resource()
-        resource.Unpack(wrapper)
+        _unpack(resource, wrapper, path)
         resource = wrapper.resource
     if resource.type_url != type_url:
         raise ConfigError([ConfigIssue(path, f"type URL {resource.type_url or '(empty)'} "
                                        f"does not match the response's {type_url}")])
-    cls = message_class(type_url)
-    msg = cls()
-    if not resource.Unpack(msg):
-        raise ConfigError([ConfigIssue(path, f"cannot decode a {cls.DESCRIPTOR.full_name}")])
-    check(msg, path, known_type_urls)
+    msg = message_class(type_url)()
+    _unpack(resource, msg, path)
     return msg
+
+
+def _unpack(resource: any_pb2.Any, msg: Any, path: str) -> None:
+    """Bytes that are no such message are a refused resource (a NACK), never a broken stream."""
+    name = msg.DESCRIPTOR.full_name
+    try:
+        ok = resource.Unpack(msg)
+    except DecodeError as exc:
+        raise ConfigError([ConfigIssue(path, f"cannot decode a {name}: {exc}")]) from None
+    if not ok:
+        raise ConfigError([ConfigIssue(path, f"cannot decode a {name}")])
 
 
 def check(msg: Any, path: str, known_type_urls: Collection[str] = ()) -> None:
@@ -123,7 +134,8 @@ class SubscriptionStats(StatsGroup):
 
 
 class ReloadStats(StatsGroup):
-    """LDS and CDS also count their reloads (``config_reload``, ``config_reload_time_ms``)."""
+    """CDS (and RDS) also count the updates that changed something (``config_reload``,
+    ``config_reload_time_ms``); LDS does not, as in Envoy."""
 
     config_reload: Counter
     config_reload_time_ms: Gauge
@@ -141,6 +153,15 @@ class Resource:
     message: Any
     version_info: str
     last_updated: float
+
+
+@dataclass
+class UpdateFailure:
+    """A refused resource as ``/config_dump`` shows it (Envoy's ``UpdateFailureState``)."""
+
+    message: Any
+    details: str
+    last_update_attempt: float
 
 
 def scope_stats(scope: Scope, reload: bool = False) -> tuple[SubscriptionStats,

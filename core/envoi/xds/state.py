@@ -17,7 +17,7 @@ from typing import Any
 from envoi.network.listener import ActiveListener
 from envoi.upstream.assignment import LoadAssignment
 from envoi.upstream.cluster import Cluster
-from envoi.xds.resources import Resource
+from envoi.xds.resources import Resource, UpdateFailure
 
 log = logging.getLogger("envoi.xds")
 
@@ -29,6 +29,9 @@ class DynamicState:
         self.listeners: dict[str, ActiveListener] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.resources: dict[str, Resource] = {}
+        #: The last refused update of each listener (``error_state`` in /config_dump), until
+        #: one is accepted: the refused resource, when, and why (the main process only).
+        self.listener_errors: dict[str, UpdateFailure] = {}
         #: Replaced or removed listeners whose connections are still open.
         self.draining: dict[ActiveListener, asyncio.TimerHandle | None] = {}
         #: CDS clusters' resources (active or warming), the warming clusters, and the EDS
