@@ -181,9 +181,9 @@ class Pair:
 
     def __init__(self, tmp_path: Path, cp: ControlPlane, *, api_type: str = "GRPC",
                  envoi_args: tuple[str, ...] = (), concurrency: int | None = 1,
-                 with_envoy: bool = True) -> None:
+                 with_envoy: bool = True, envoi_env: dict[str, str] | None = None) -> None:
         self.tmp, self.cp, self.api_type = tmp_path, cp, api_type
-        self.envoi_args, self.concurrency = envoi_args, concurrency
+        self.envoi_args, self.concurrency, self.envoi_env = envoi_args, concurrency, envoi_env
         self.nodes = NODES if with_envoy else NODES[:1]
         self.ports = {n: free_port() for n in self.nodes}
         self.admins = {n: free_port() for n in self.nodes}
@@ -205,7 +205,7 @@ class Pair:
             (self.tmp / n).mkdir(exist_ok=True)
         self.procs["envoi"] = EnvoiProcess.from_yaml(
             self.bootstrap("envoi"), self.tmp / "envoi", self.admins["envoi"],
-            args=self.envoi_args, concurrency=self.concurrency).start()
+            args=self.envoi_args, concurrency=self.concurrency, env=self.envoi_env).start()
         if "envoy" in self.nodes:
             cfg = self.tmp / "envoy" / "envoy.yaml"
             cfg.write_text(self.bootstrap("envoy"))

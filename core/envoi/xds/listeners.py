@@ -83,6 +83,8 @@ def build_one(server: Any, state: Any, name: str, cfg: Any, port: int | None) ->
     except OSError as exc:
         raise ConfigError([ConfigIssue(
             path, f"cannot bind '{host}:{cfg_port}': {exc.strerror or exc}")]) from None
+    if server.worker_index is not None and lst.stats is not None:
+        lst.stats.set_worker(server.worker_index)  # worker_<N>.downstream_cx_*, as Envoy's
     return lst
 
 
