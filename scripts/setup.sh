@@ -43,7 +43,7 @@ fi
 
 if [ $WANT_TEST = 1 ]; then
     # Real peers for the end-to-end tests and the benchmarks.
-    apt_install curl nghttp2-client nghttp2-server nginx wrk ca-certificates netcat-openbsd
+    apt_install curl nghttp2-client nghttp2-server nginx wrk ca-certificates netcat-openbsd chromium
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

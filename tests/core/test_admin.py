@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 import socket
 import threading
 import time
@@ -393,3 +394,17 @@ def test_close_drops_open_connections() -> None:
         assert server.stats.gauge("http.admin.downstream_cx_active").value == 0
 
     asyncio.run(scenario())
+
+
+def test_home_page_is_one_self_contained_file(admin: Admin) -> None:
+    status, ctype, body = admin.request("/")
+    assert status == 200 and ctype == "text/html; charset=UTF-8"
+    assert body.startswith("<!doctype html>") and "<title>envoi admin</title>" in body
+    # Nothing is loaded from elsewhere: every src/href is the admin's own or inline.
+    for ref in re.findall(r'(?:src|href)="([^"]*)"', body):
+        assert ref.startswith(("/", "data:")), ref
+    assert "<script src" not in body and "@import" not in body
+    # The endpoints the page reads exist.
+    for path in ("/server_info", "/listeners?format=json", "/clusters?format=json",
+                 "/tap/points"):
+        assert f'"{path}' in body, path

@@ -7,10 +7,12 @@ crawler or a stray browser tab cannot fail health checks or stop the server.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 
 from envoi.admin import views
 from envoi.admin.api import AdminServerApi
@@ -256,11 +258,25 @@ def handle_tap_points(server: AdminServerApi, request: Request) -> Response:
     return _json(json.dumps({"tap_points": server.tap_hub.describe_points()}, indent=2))
 
 
+# ---------------------------------------------------------------------------------------- /
+
+
+@functools.cache
+def home_page() -> bytes:
+    """``/``: one HTML file, shipped in the package (no build step, nothing from elsewhere)."""
+    return resources.files("envoi.admin").joinpath("home.html").read_bytes()
+
+
+def handle_home(server: AdminServerApi, request: Request) -> Response:
+    return Response(200, home_page(), "text/html; charset=UTF-8")
+
+
 def handle_help(server: AdminServerApi, request: Request) -> Response:
     return _text(help_text())
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/", "Admin home page", handle_home),
     Endpoint("/certs", "print certs on machine", handle_certs),
     Endpoint("/clusters", "upstream cluster status", handle_clusters,
              params=(_FORMAT_TEXT_JSON,)),
