@@ -56,6 +56,12 @@ reqs=(-r requirements/core.txt -r requirements/http.txt -r requirements/mongo.tx
 [ $WANT_TEST = 1 ] && reqs+=(-r requirements/test.txt)
 say "pip install (pinned requirements)"
 "${PIP[@]}" install "${reqs[@]}"
+# xds-protos carries an old copy of opentelemetry/proto/* (no ResourceSpans.scope_spans); the
+# OTLP tracer needs opentelemetry-proto's, so it goes in last, over xds-protos' files.
+OTLP_PIN=$(grep -E '^opentelemetry-proto==' requirements/core.txt)
+"$VENV/bin/python" -c 'import sys; from opentelemetry.proto.trace.v1 import trace_pb2 as t
+sys.exit("scope_spans" not in t.ResourceSpans.DESCRIPTOR.fields_by_name)' 2>/dev/null \
+ || "${PIP[@]}" install --force-reinstall --no-deps "$OTLP_PIN"
 
 say "pip install -e (core, plugins, example filter)"
 "${PIP[@]}" install --no-build-isolation -e . -e plugins/http -e plugins/grpc -e plugins/mongo \

@@ -22,6 +22,7 @@ from envoi.stream_info import AccessLogger
 
 if TYPE_CHECKING:
     from envoi.stats.sink import StatsSink
+    from envoi.tracing.span import Tracer
     from envoi.upstream.assignment import LoadAssignment
     from envoi.upstream.cluster import Cluster, Host
 
@@ -44,6 +45,7 @@ __all__ = [
     "Runtime",
     "ServerContext",
     "StatsSinkFactory",
+    "TracerFactory",
     "strip_type_url",
 ]
 
@@ -204,6 +206,18 @@ class HealthCheckerFactory(ExtensionFactory):
     @abc.abstractmethod
     def create_health_checker(self, cluster: Cluster, config: Any,
                               context: FactoryContext) -> object: ...
+
+
+class TracerFactory(ExtensionFactory):
+    """``envoy.tracers.*``: an HTTP connection manager's ``tracing.provider``.
+    ``create_tracer`` runs once per provider at config time and returns an
+    :class:`envoi.tracing.span.Tracer` (start spans, spawn children, inject context); finished
+    spans go to the tracer's own exporter (:mod:`envoi.tracing.export`)."""
+
+    category = "envoy.tracers"
+
+    @abc.abstractmethod
+    def create_tracer(self, config: Any, context: FactoryContext) -> Tracer: ...
 
 
 class StatsSinkFactory(ExtensionFactory):

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         LoadBalancerFactory,
         NetworkFilterFactory,
         StatsSinkFactory,
+        TracerFactory,
     )
     from envoi.stream_info import OperatorFactory
 
@@ -106,6 +107,13 @@ def envoi_access_loggers() -> Sequence[AccessLoggerFactory] | None:
 def envoi_stats_sinks() -> Sequence[StatsSinkFactory] | None:
     """Stats sinks (``envoy.stat_sinks.statsd``...) that receive the stats at every flush.
     Used: the bootstrap's ``stats_sinks``; the contract is :mod:`envoi.stats.sink`."""
+
+
+@hookspec
+def envoi_tracers() -> Sequence[TracerFactory] | None:
+    """Tracers (``envoy.tracers.opentelemetry``, ``envoy.tracers.zipkin``...) for an HTTP
+    connection manager's ``tracing.provider``; the contract is :mod:`envoi.tracing`. Not used
+    yet: the HTTP connection manager refuses ``tracing``."""
 
 
 @hookspec

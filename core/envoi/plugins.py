@@ -40,6 +40,7 @@ from envoi.extensions import (
     LoadBalancerFactory,
     NetworkFilterFactory,
     StatsSinkFactory,
+    TracerFactory,
     strip_type_url,
 )
 from envoi.stream_info import OperatorFactory
@@ -54,6 +55,7 @@ BUILTIN_PLUGINS = {
     "builtin.tls_inspector": "envoi.filters.tls_inspector",
     "builtin.http_inspector": "envoi.filters.http_inspector",
     "builtin.stats_sinks": "envoi.stats.statsd",
+    "builtin.tracers": "envoi.tracing.builtin",
     "builtin.xds": "envoi.xds.builtin",
 }
 
@@ -224,6 +226,7 @@ class Plugins:
             (hook.envoi_health_checkers, HealthCheckerFactory),
             (hook.envoi_access_loggers, AccessLoggerFactory),
             (hook.envoi_stats_sinks, StatsSinkFactory),
+            (hook.envoi_tracers, TracerFactory),
         ]
         for caller, base in calls:
             # Each implementation is called on its own (registration hooks take no arguments)

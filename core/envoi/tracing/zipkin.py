@@ -1,0 +1,165 @@
+"""``envoy.tracers.zipkin``: B3 in, Zipkin JSON v2 out (HTTP POST to a cluster).
+
+As Envoy 1.39.3's Zipkin tracer does it (seen against it, with its default
+``shared_span_context: true``):
+
+* a request's B3 context (``x-b3-*`` or ``b3``) is joined: the ingress span keeps the caller's
+  trace id, span id and parent (a shared span), sampled as ``x-b3-sampled`` says when it says;
+  without one a new trace starts, 64-bit (``trace_id_128bit``: 128), whose root span id is the
+  trace id's low 64 bits, sampled by Envoy's decision. W3C headers are not read;
+* the router's egress span shares its parent's context (same ids, ``kind: SERVER``,
+  ``shared: true``), so the upstream sees the ingress span's ids in ``x-b3-traceid``,
+  ``x-b3-spanid``, ``x-b3-parentspanid`` (when there is a parent) and ``x-b3-sampled``;
+* spans are JSON v2 objects: ``traceId``, ``id``, ``parentId``, ``name``, ``kind``,
+  ``timestamp`` and ``duration`` in microseconds, ``localEndpoint`` (``serviceName``: the node's
+  cluster), an ``ss`` annotation at the end, ``tags``, ``shared``;
+* reports go to ``collector_cluster`` at ``collector_endpoint`` (``Host``:
+  ``collector_hostname``, else the cluster's name), ``application/json``; stats
+  ``tracing.zipkin.spans_sent``, ``.timer_flushed``, ``.reports_sent``, ``.reports_dropped``
+  (the collector refused), ``.reports_failed`` (not delivered),
+  ``.reports_skipped_no_cluster``; runtime ``tracing.zipkin.min_flush_spans`` (5) and
+  ``.flush_interval_ms`` (5000).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from envoi.config import ConfigError, ConfigIssue, implements
+from envoi.stats import Counter, StatsGroup
+from envoi.tracing.export import BatchExporter, HttpPoster, PostResult
+from envoi.tracing.propagation import Getter, Setter, extract_b3, inject_b3
+from envoi.tracing.span import Span, SpanKind, new_id
+
+__all__ = ["ZipkinTracer", "encode_spans"]
+
+implements("envoy.config.trace.v3.ZipkinConfig", "collector_cluster", "collector_endpoint",
+           "trace_id_128bit", "shared_span_context", "collector_endpoint_version",
+           "collector_hostname")
+
+
+class ZipkinStats(StatsGroup):
+    spans_sent: Counter
+    timer_flushed: Counter
+    reports_sent: Counter
+    reports_dropped: Counter
+    reports_failed: Counter
+    reports_skipped_no_cluster: Counter
+
+
+def _local_ipv4() -> str:
+    """The address Zipkin's ``localEndpoint`` names: this host's outward IPv4 (no packet is
+    sent: a UDP socket is only pointed at a documentation address)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def encode_spans(spans: Sequence[Span], service_name: str, ipv4: str) -> bytes:
+    out = []
+    for span in spans:
+        end_us = span.end_ns // 1000
+        start_us = span.start_ns // 1000
+        doc: dict[str, Any] = {"traceId": span.trace_id, "id": span.span_id}
+        if span.parent_id:
+            doc["parentId"] = span.parent_id
+        doc["name"] = span.name
+        doc["kind"] = (span.extra or {}).get("zipkin_kind", span.kind.value)
+        doc["timestamp"] = start_us
+        doc["duration"] = max(0, end_us - start_us)
+        doc["localEndpoint"] = {"serviceName": service_name, "ipv4": ipv4, "port": 0}
+        doc["annotations"] = [{"timestamp": end_us, "value": "ss"}]
+        doc["tags"] = dict(span.tags or {})
+        if (span.extra or {}).get("shared"):
+            doc["shared"] = True
+        out.append(doc)
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+class ZipkinTracer:
+    def __init__(self, config: Any, context: Any) -> None:
+        path = context.path
+        if config.collector_endpoint_version not in (0, 1):  # unset, or HTTP_JSON
+            raise ConfigError([ConfigIssue(f"{path}.collector_endpoint_version",
+                                           "only HTTP_JSON is implemented")])
+        if config.trace_context_option:
+            raise ConfigError([ConfigIssue(f"{path}.trace_context_option",
+                                           "only USE_B3 is implemented")])
+        cm = context.cluster_manager
+        cluster_name = config.collector_cluster
+        cluster = cm.get(cluster_name)
+        if cluster is None and not getattr(cm, "dynamic_clusters", False):
+            raise ConfigError([ConfigIssue(f"{path}.collector_cluster",
+                                           f"unknown cluster '{cluster_name}'")])
+        if cluster is not None and cluster.tls is not None:
+            raise ConfigError([ConfigIssue(f"{path}.collector_cluster", (
+                f"cluster '{cluster_name}' has a TLS transport socket: exporting spans over "
+                "TLS is not implemented by envoi (they would go out in the clear)"))])
+        if not config.collector_endpoint:
+            raise ConfigError([ConfigIssue(f"{path}.collector_endpoint", "required")])
+        self.trace_id_128 = config.trace_id_128bit
+        self.shared = (config.shared_span_context.value
+                       if config.HasField("shared_span_context") else True)
+        self.service_name = context.local_info.cluster
+        self.ipv4 = _local_ipv4()
+        self.stats = stats = ZipkinStats(context.stats.root.scope("tracing.zipkin"))
+        self.poster = poster = HttpPoster(
+            cm, cluster_name, config.collector_endpoint,
+            config.collector_hostname or cluster_name,
+            [("content-type", "application/json")], 5.0)
+
+        async def send(spans: list[Span]) -> PostResult:
+            if cm.get(cluster_name) is None:
+                stats.reports_skipped_no_cluster.inc()
+                return False
+            return await poster.post(encode_spans(spans, self.service_name, self.ipv4))
+
+        def result(r: PostResult) -> None:
+            if r:
+                stats.reports_sent.inc()
+            elif r is False:
+                stats.reports_dropped.inc()
+            else:
+                stats.reports_failed.inc()
+
+        self.exporter = BatchExporter(
+            send, runtime=context.runtime, runtime_prefix="tracing.zipkin",
+            on_sent=lambda n: stats.spans_sent.inc(n), on_result=result,
+            on_timer=lambda: stats.timer_flushed.inc())
+
+    # -- Tracer ---------------------------------------------------------------------------------
+
+    def start_span(self, name: str, kind: SpanKind, get_header: Getter, traced: bool,
+                   start_ns: int) -> Span:
+        ctx = extract_b3(get_header)
+        if ctx is not None and ctx.trace_id:
+            sampled = traced if ctx.sampled is None else ctx.sampled
+            span_id = ctx.span_id if self.shared else new_id(8)
+            parent = ctx.parent_id if self.shared else ctx.span_id
+            span = Span(name, kind, ctx.trace_id, span_id, parent, sampled, "", start_ns,
+                        sink=self.exporter, tracer=self)
+            span.extra = {"shared": self.shared}
+            return span
+        if ctx is not None and ctx.sampled is not None:  # a sampling decision alone
+            traced = ctx.sampled
+        trace_id = new_id(16 if self.trace_id_128 else 8)
+        span = Span(name, kind, trace_id, trace_id[-16:], "", traced, "", start_ns,
+                    sink=self.exporter, tracer=self)
+        span.extra = {"shared": True}
+        return span
+
+    def child(self, parent: Span, name: str, start_ns: int) -> Span:
+        # Envoy 1.39's Zipkin egress span shares its parent's context.
+        span = Span(name, parent.kind, parent.trace_id, parent.span_id, parent.parent_id,
+                    parent.sampled, "", start_ns, sink=self.exporter, tracer=self)
+        span.extra = {"shared": True, "zipkin_kind": parent.kind.value}
+        return span
+
+    def inject(self, span: Span, set_header: Setter) -> None:
+        inject_b3(set_header, span.trace_id, span.span_id, span.parent_id, span.sampled)
