@@ -100,6 +100,48 @@ def mongo_proxy(admin: int, listen: int, backend: int) -> str:
 """ + _cluster("backend", backend)
 
 
+def _dynamodb(admin: int, listen: int, backend: int, dynamo_filter: bool) -> str:
+    dynamo = """          - name: envoy.filters.http.dynamo
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamo.v3.Dynamo
+""" if dynamo_filter else ""
+    return _admin(admin) + f"""static_resources:
+  listeners:
+  - name: dynamodb
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/{HCM_TYPE}
+          stat_prefix: ddb
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: dynamodb}}
+          http_filters:
+{dynamo}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+""" + _cluster("dynamodb", backend)
+
+
+def dynamodb_filter(admin: int, listen: int, backend: int) -> str:
+    """The http_connection_manager with envoy.filters.http.dynamo before the router, to a
+    DynamoDB-compatible backend (the stock Envoy refuses this config: the filter is contrib)."""
+    return _dynamodb(admin, listen, backend, True)
+
+
+def dynamodb_route(admin: int, listen: int, backend: int) -> str:
+    """The same without the dynamo filter: the plain HTTP route."""
+    return _dynamodb(admin, listen, backend, False)
+
+
 def nginx_backend(tmp: Path, port: int, h2_port: int) -> str:
     """The origin for the HTTP scenarios: one nginx worker; ``GET /`` answers SMALL_BODY,
     ``GET /64k`` a 64 KiB file; ``h2_port`` speaks h2c with prior knowledge."""

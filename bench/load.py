@@ -1,5 +1,5 @@
-"""Load generators: wrk (HTTP/1.1), h2load (HTTP/2) and a pymongo loop, each measuring the
-proxy's process-tree CPU over exactly the measured window."""
+"""Load generators: wrk (HTTP/1.1), h2load (HTTP/2), a pymongo and a boto3 loop, each
+measuring the proxy's process-tree CPU over exactly the measured window."""
 
 from __future__ import annotations
 
@@ -134,7 +134,22 @@ def run_h2load(url: str, seconds: float, clients: int, streams: int, cpus: set[i
 def run_mongo(port: int, seconds: float, warmup: float, clients: int, cpus: set[int] | None,
               proxy_pid: int | None) -> LoadResult:
     """``clients`` pymongo processes doing insert_one + find_one until ``seconds`` are over."""
-    cmd = _taskset([sys.executable, "-m", "bench.mongo_load", "--port", str(port),
+    return _run_client_loop("bench.mongo_load", "the pymongo loop", port, seconds, warmup,
+                            clients, cpus, proxy_pid)
+
+
+def run_dynamodb(port: int, seconds: float, warmup: float, clients: int,
+                 cpus: set[int] | None, proxy_pid: int | None) -> LoadResult:
+    """``clients`` boto3 processes doing PutItem + GetItem until ``seconds`` are over."""
+    return _run_client_loop("bench.dynamodb_load", "the boto3 loop", port, seconds, warmup,
+                            clients, cpus, proxy_pid)
+
+
+def _run_client_loop(module: str, what: str, port: int, seconds: float, warmup: float,
+                     clients: int, cpus: set[int] | None, proxy_pid: int | None) -> LoadResult:
+    """A client loop module (``python -m <module>``) that prints ``start``/``end`` around its
+    measured window and then a JSON summary; the proxy's CPU is read at the two marks."""
+    cmd = _taskset([sys.executable, "-m", module, "--port", str(port),
                     "--seconds", str(seconds), "--warmup", str(warmup),
                     "--clients", str(clients)], cpus)
     root = Path(__file__).resolve().parent.parent
@@ -153,7 +168,7 @@ def run_mongo(port: int, seconds: float, warmup: float, clients: int, cpus: set[
             result = json.loads(line)
     err = proc.stderr.read() if proc.stderr else ""
     if proc.wait(seconds + 120) != 0 or not result:
-        raise BenchError(f"the pymongo loop failed ({proc.returncode}): {err}")
+        raise BenchError(f"{what} failed ({proc.returncode}): {err}")
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     return LoadResult(result["ops"], result["seconds"], result["p50_ms"], result["p99_ms"],
                       result["errors"], cpu)

@@ -55,6 +55,25 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
+def filter_costs(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """For each scenario with an ``envoi-base`` row (envoi without the scenario's filter): what
+    the filter costs, the envoi row's CPU per request minus envoi-base's, at each concurrency."""
+    envoi = {(r["scenario"], r["concurrency"]): r for r in rows if r["peer"] == "envoi"}
+    out = []
+    for base in rows:
+        if base["peer"] != "envoi-base":
+            continue
+        full = envoi.get((base["scenario"], base["concurrency"]))
+        if not full or full["error"] or base["error"] or full["cpu_us_per_req"] is None \
+                or base["cpu_us_per_req"] is None:
+            continue
+        cost = full["cpu_us_per_req"] - base["cpu_us_per_req"]
+        out.append(f"{base['scenario']} --concurrency {base['concurrency']}: the filter costs "
+                   f"{cost:+,.0f} µs CPU per request (envoi {full['cpu_us_per_req']:,.0f} - "
+                   f"envoi-base {base['cpu_us_per_req']:,.0f})")
+    return out
+
+
 def memory_rows(mem: Sequence[dict[str, Any]]) -> list[list[str]]:
     envoy = {(m["test"], m["concurrency"]): m for m in mem if m["peer"] == "envoy"}
     out = []
@@ -104,7 +123,7 @@ def describe(meta: dict[str, Any]) -> list[str]:
         f"machine: {meta['machine']}; load average at start {load}",
         f"envoi {meta['envoi']} (commit {meta['commit'] or '?'}), Python {meta['python']}, "
         f"event loop: {meta['event_loop']}, HTTP/1.1 codec: {meta['http1_codec']}",
-        f"Envoy {meta['envoy']}; load: {meta['wrk']}, h2load, pymongo; layouts: {lay}",
+        f"Envoy {meta['envoy']}; load: {meta['wrk']}, h2load, pymongo, boto3; layouts: {lay}",
     ]
 
 
@@ -116,6 +135,7 @@ def render_text(meta: dict[str, Any], rows: Sequence[dict[str, Any]],
         parts += ["envoi benchmark suite", *describe(meta)]
     if rows:
         parts += ["", _aligned(COLUMNS, table_rows(rows))]
+        parts += filter_costs(rows)
     if mem:
         parts += ["", _aligned(MEM_COLUMNS, memory_rows(mem))]
     if pending:
@@ -130,6 +150,9 @@ def render_markdown(meta: dict[str, Any], rows: Sequence[dict[str, Any]],
     cmd = "python -m bench " + " ".join(argv[1:])
     parts = [f"Command: `{cmd.strip()}`", "", *[f"- {line}" for line in describe(meta)], "",
              _md(COLUMNS, table_rows(rows))]
+    costs = filter_costs(rows)
+    if costs:
+        parts += ["", *[f"- {line}" for line in costs]]
     if mem:
         parts += ["", _md(MEM_COLUMNS, memory_rows(mem))]
     if pending:

@@ -51,6 +51,11 @@ MIB = 1024 * 1024
 PEERS = ("direct", "envoy", "envoi")
 
 
+def peers(scenario: Scenario) -> tuple[str, ...]:
+    """The rows of a scenario: PEERS, and ``envoi-base`` when it has a base config."""
+    return (*PEERS, "envoi-base") if scenario.base_config is not None else PEERS
+
+
 @dataclass
 class Settings:
     seconds: float
@@ -238,6 +243,12 @@ class Backends:
                                        "--storage-path", ":memory:", "--standalone"], self.tmp)
             self._started("secantusdb", proc, lambda: _port_open(port))
             self.ports["mongo"] = port
+        elif kind == "dynamodb":
+            port = _free_port()
+            proc = Proc("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p", str(port)], self.tmp)
+            self._started("moto", proc, lambda: _port_open(port))
+            self.ports["dynamodb"] = port
         elif kind == "slow":
             port = _free_port()
             proc = Proc("slow-upstream", [sys.executable, "-m", "bench.slow_upstream", str(port),
@@ -301,9 +312,17 @@ def measure(scenario: Scenario, layout: Layout, peer: str, backends: Backends,
             return row
         admin, listen = _free_port(), _free_port()
         upstream = backends.need("http") if scenario.backend == "h2" else backend
-        text = scenario.config(admin, listen, upstream)
+        config = scenario.config
+        if peer == "envoy" and scenario.envoy_config is not None:
+            config = scenario.envoy_config
+        elif peer == "envoi-base":
+            assert scenario.base_config is not None
+            config = scenario.base_config
+        text = config(admin, listen, upstream)
         name = f"{peer}-c{layout.concurrency}-{scenario.name}"
-        with proxy(peer, text, admin, layout.concurrency, tmp, layout.proxy_cpus, name) as p:
+        binary = "envoy" if peer == "envoy" else "envoi"
+        with proxy(binary, text, admin, layout.concurrency, tmp, layout.proxy_cpus,
+                   name) as p:
             if scenario.verify is not None:
                 scenario.verify(listen)
             scenario.load(listen, warm, p.pid)
@@ -425,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                         failed.append(f"{scenario.name}: {exc}")
                         break
                     backends.pin(layout.load_cpus)
-                    for peer in PEERS:
+                    for peer in peers(scenario):
                         row = measure(scenario, layout, peer, backends, settings, tmp)
                         rows.append(row)
                         print(_progress(row), file=sys.stderr, flush=True)

@@ -29,13 +29,16 @@ def test_short_benchmark_suite_runs_everything(tmp_path: Path) -> None:
     ran = {(r["scenario"], r["concurrency"], r["peer"]) for r in doc["rows"]}
     pending = {p["scenario"] for p in doc["pending"]}
     assert doc["concurrency"] == [1, 2]
-    assert {"h1-small", "h1-64k", "tcp_proxy", "mongo"} <= set(doc["scenarios"]) - pending
+    assert {"h1-small", "h1-64k", "tcp_proxy", "mongo", "dynamodb"} <= \
+        set(doc["scenarios"]) - pending
     for name in doc["scenarios"]:
         if name in pending:
             continue
         for c in (1, 2):
             for peer in ("direct", "envoy", "envoi"):
                 assert (name, c, peer) in ran, (name, c, peer)
+    for c in (1, 2):  # the dynamo filter's cost: envoi without it, in the same run
+        assert ("dynamodb", c, "envoi-base") in ran
     for r in doc["rows"]:
         assert not r["error"] and r["errors"] == 0 and r["rps"] > 0, r
         if r["peer"] != "direct":
@@ -46,3 +49,4 @@ def test_short_benchmark_suite_runs_everything(tmp_path: Path) -> None:
     assert not any(m.get("error") for m in doc["memory"])
     table = out_md.read_text()
     assert "| h1-small |" in table and "Envoy" in table
+    assert "dynamodb --concurrency 1: the filter costs" in table

@@ -230,12 +230,35 @@ def test_5xx_error_body_is_not_an_error_stat() -> None:
 def test_invalid_bodies() -> None:
     # Envoy's JsonBodyNotWellFormed: the request body is not JSON -> invalid_req_body; the
     # table is then unknown (table_missing), the operation still counts.
-    ex = Exchange("v.GetItem", [b"test", b"test2"], 200, b"not json either")
+    ex = Exchange("v.GetItem", [b"test", b"test2"], 502, b"<html>bad gateway</html>")
     ex.assert_untouched()
-    assert ex.stats == {**entity("operation", "GetItem", 200), P + "invalid_req_body": 1,
+    assert ex.stats == {**entity("operation", "GetItem", 502), P + "invalid_req_body": 1,
                         P + "table_missing": 1, P + "invalid_resp_body": 1}
     ex = Exchange("v.PutItem", body({"TableName": ["orders"]}), 200)
     assert ex.stats[P + "invalid_req_body"] == 1
+    ex = Exchange("v.BatchGetItem", body({"RequestItems": {"orders": {}}}), 200, b"[{")
+    assert ex.stats[P + "invalid_resp_body"] == 1
+
+
+def test_2xx_bodies_are_read_only_when_they_can_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2xx answer to a non-batch call is parsed only if it carries partition capacity: a
+    1 MB Query page costs no parsing (so a non-JSON 2xx body is not invalid_resp_body)."""
+    from envoi_dynamodb import sniffer
+
+    parsed: list[bytes] = []
+    real = sniffer.load_json
+
+    def spy(data: bytes) -> Any:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(sniffer, "load_json", spy)
+    page = body({"Items": [{"pk": {"S": "x" * 100}}] * 2000, "Count": 2000})
+    ex = Exchange("v.Query", body({"TableName": "orders"}), 200, page)
+    assert parsed == [body({"TableName": "orders"})]  # the request only
+    assert ex.stats == {**entity("operation", "Query", 200), **entity("table", "orders", 200)}
+    ex = Exchange("v.GetItem", body({"TableName": "orders"}), 200, b"not json")
+    assert P + "invalid_resp_body" not in ex.stats
 
 
 # -- batch responses and capacity ------------------------------------------------------------
@@ -294,6 +317,13 @@ def test_response_over_the_buffer_limit_is_not_sniffed() -> None:
                         P + "resp_body_too_large": 1}
     ex = Exchange("v.PutItem", body({"TableName": "orders"}), 400, resp, buffer_limit=4096,
                   response_headers={"content-length": str(len(resp))})
+    assert ex.stats[P + "resp_body_too_large"] == 1
+    # A big 2xx page of a non-batch call is normal: it would not have been read anyway.
+    ex = Exchange("v.Query", body({"TableName": "orders"}), 200, [resp[:3000], resp[3000:]],
+                  buffer_limit=4096)
+    assert ex.stats == {**entity("operation", "Query", 200), **entity("table", "orders", 200)}
+    ex = Exchange("v.BatchGetItem", body({"RequestItems": {"orders": {}}}), 200, resp,
+                  buffer_limit=4096, response_headers={"content-length": str(len(resp))})
     assert ex.stats[P + "resp_body_too_large"] == 1
 
 

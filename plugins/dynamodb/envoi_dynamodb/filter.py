@@ -33,6 +33,7 @@ from envoi.http import (
     StreamFilter,
 )
 
+from envoi_dynamodb.operations import BATCH_OPERATIONS
 from envoi_dynamodb.sniffer import (
     NO_TABLE,
     BodyCopy,
@@ -44,6 +45,7 @@ from envoi_dynamodb.sniffer import (
     parse_operation,
     read_response,
     request_table,
+    response_worth_reading,
 )
 from envoi_dynamodb.stats import DROPPED, DynamoStats
 
@@ -76,6 +78,11 @@ _NO_TAP: Any = _NoTap()
 def _too_large(headers: HeaderMap, limit: int) -> bool:
     length = headers.get_bytes(b"content-length")
     return length is not None and length.isdigit() and int(length) > limit
+
+
+def _coding(headers: HeaderMap) -> str | None:
+    coding = headers.get_bytes(b"content-encoding")
+    return coding.decode("latin-1") if coding else None
 
 
 class DynamoFilter(StreamFilter):
@@ -111,7 +118,7 @@ class DynamoFilter(StreamFilter):
             self._request_not_read("req_body_too_large")
         else:
             self.request = BodyCopy(limit)
-            self.request_coding = headers.get("content-encoding")
+            self.request_coding = _coding(headers)
         return _CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool) -> Any:
@@ -162,10 +169,10 @@ class DynamoFilter(StreamFilter):
             return _CONTINUE
         limit = self.encoder_callbacks.buffer_limit
         if _too_large(headers, limit):
-            self.shared.stats.inc("resp_body_too_large")
+            self._response_not_read()
         else:
             self.response = BodyCopy(limit)
-            self.response_coding = headers.get("content-encoding")
+            self.response_coding = _coding(headers)
         return _CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> Any:
@@ -174,7 +181,7 @@ class DynamoFilter(StreamFilter):
         copy = self.response
         if copy is not None and not copy.add(data):
             self.response = None
-            self.shared.stats.inc("resp_body_too_large")
+            self._response_not_read()
         if end_stream:
             self._response_complete()
         return _DATA_CONTINUE
@@ -183,6 +190,13 @@ class DynamoFilter(StreamFilter):
         if self.enabled and not self.done:
             self._response_complete()
         return _TRAILERS_CONTINUE
+
+    def _response_not_read(self) -> None:
+        """Over the limit: counted when the body could have held something counted (not a 2xx
+        answer to a non-batch call, whose only fact would be the partition capacity DynamoDB
+        does not send: a big Query page is normal, not a loss)."""
+        if not 200 <= self.status < 300 or self.operation in BATCH_OPERATIONS:
+            self.shared.stats.inc("resp_body_too_large")
 
     def _response_complete(self) -> None:
         error_type = self._charge_response()
@@ -241,6 +255,8 @@ class DynamoFilter(StreamFilter):
                 return None
         named_table = table if table != DROPPED else ""
         named_op = operation if operation != DROPPED else ""
+        if not response_worth_reading(named_op, named_table, status, body):
+            return
         try:
             facts = read_response(named_op, named_table, status, body)
         except InvalidBody:

@@ -141,11 +141,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def load_json(body: bytes) -> Any:
     """``body`` as JSON (UTF-8/16/32), or :class:`InvalidBody`. NaN and Infinity are refused
     (they are not JSON); nesting too deep for the parser is invalid, not a crash."""
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        if body[:1] in (b"{", b"["):  # UTF-8 (every SDK sends it): one shared decoder
+            return _DECODER.decode(body.decode("utf-8"))
+        return json.loads(body, parse_constant=_no_constant)  # finds UTF-16/32 and BOMs
     except (ValueError, RecursionError) as exc:
         raise InvalidBody(str(exc)[:200]) from None
 
@@ -251,6 +256,15 @@ def error_type(type_field: Any) -> str:
         if type_field.endswith(known):
             return known
     return ""
+
+
+def response_worth_reading(operation: str, table: str, status: int, body: bytes) -> bool:
+    """Whether the body can hold anything counted. A 2xx answer matters only for a batch
+    operation (unprocessed tables) or when it carries partition capacity for a known table; the
+    rest (a 1 MB Query page, say) is not parsed at all, so it costs no CPU on the loop."""
+    if not 200 <= status < 300 or operation in BATCH_OPERATIONS:
+        return True
+    return bool(table) and b'"Partitions"' in body
 
 
 def read_response(operation: str, table: str, status: int, body: bytes) -> ResponseFacts:

@@ -114,6 +114,8 @@ class DynamoStats:
         """``operation`` when it may name stats; ``""`` when it is malformed (the caller counts
         ``operation_missing``); :data:`DROPPED` past the budget (counted in
         ``operation_stats_dropped``)."""
+        if operation in self.operations.known:
+            return operation
         if not OPERATION_NAME.fullmatch(operation):
             return ""
         if self.operations.admit(operation):
@@ -124,6 +126,8 @@ class DynamoStats:
     def admit_table(self, table: str) -> str:
         """``table`` when it may name stats, else :data:`DROPPED` (counted in
         ``table_stats_dropped``: not a DynamoDB table name or ARN, or past the budget)."""
+        if table in self.tables.known:
+            return table
         if TABLE_NAME.fullmatch(table) and self.tables.admit(table):
             return table
         self.inc("table_stats_dropped")
