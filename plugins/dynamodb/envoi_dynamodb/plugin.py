@@ -34,8 +34,8 @@ class DynamoFactory(HttpFilterFactory):
     type_urls = (TYPE_URL,)
 
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
-        # config is a DynamoConfig, or None when the filter is named without a typed_config:
-        # the message is empty either way. Stats: http.<hcm stat_prefix>.dynamodb.*
+        # config is a DynamoConfig (or None from a test driver without config): the message is
+        # empty either way. Stats: http.<hcm stat_prefix>.dynamodb.*
         stats = DynamoStats.for_scope(
             context.stats.root.scope(f"http.{context.stat_prefix}.dynamodb"), context.runtime)
         shared = DynamoShared(stats, context.runtime, context.tap_point(self.name))
