@@ -256,7 +256,7 @@ class DynamoFilter(StreamFilter):
         named_table = table if table != DROPPED else ""
         named_op = operation if operation != DROPPED else ""
         if not response_worth_reading(named_op, named_table, status, body):
-            return
+            return None
         try:
             facts = read_response(named_op, named_table, status, body)
         except InvalidBody:
