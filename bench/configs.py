@@ -176,3 +176,33 @@ http {{
     }}
 }}
 """
+
+
+#: The gRPC unary call the gRPC scenario makes: ``/envoi.bench.Greeter/SayHello`` with a framed
+#: ``HelloRequest{name: "bench"}``, answered by a framed ``HelloReply{message: "hello bench"}``
+#: and the trailer ``grpc-status: 0`` (protobuf coded by hand: field 1, a string).
+GRPC_PATH = "/envoi.bench.Greeter/SayHello"
+GRPC_REQUEST = b"\x00\x00\x00\x00\x07" + b"\x0a\x05bench"
+GRPC_REPLY = b"\x00\x00\x00\x00\x0d" + b"\x0a\x0bhello bench"
+
+
+def grpc_proxy(admin: int, listen: int, backend: int) -> str:
+    """``http_proxy`` with an HTTP/2 (h2c) cluster: gRPC on both sides."""
+    h2 = """    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+"""
+    head, _, _ = http_proxy(admin, listen, backend).partition("  clusters:\n")
+    return head + "  clusters:\n" + _cluster("backend", backend, h2)
+
+
+def grpc_backend(tmp: Path) -> Path:
+    """The document root of the gRPC backend (nghttpd, h2c): the reply for ``GRPC_PATH``; the
+    server adds the ``grpc-status: 0`` trailer to every answer (``--trailer``). A C server,
+    so that it is never what limits the proxies (grpcio's Python server manages ~3k calls/s)."""
+    root = tmp / "grpc-htdocs"
+    (root / GRPC_PATH.strip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / GRPC_PATH.strip("/")).write_bytes(GRPC_REPLY)
+    (tmp / "grpc-request.bin").write_bytes(GRPC_REQUEST)
+    return root

@@ -108,10 +108,12 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def run_h2load(url: str, seconds: float, clients: int, streams: int, cpus: set[int] | None,
-               proxy_pid: int | None) -> LoadResult:
+               proxy_pid: int | None, extra: tuple[str, ...] = ()) -> LoadResult:
+    """``extra``: more h2load arguments (``-d body`` for POSTs, ``-H`` headers)."""
     with tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log") as log:
         cmd = _taskset([tool("h2load", "H2LOAD"), "-t1", f"-c{clients}", f"-m{streams}",
-                        f"-D{max(1, round(seconds))}", f"--log-file={log.name}", url], cpus)
+                        f"-D{max(1, round(seconds))}", f"--log-file={log.name}", *extra, url],
+                       cpus)
         cpu0 = tree_cpu(proxy_pid) if proxy_pid else None
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
         cpu1 = tree_cpu(proxy_pid) if proxy_pid else None

@@ -8,6 +8,8 @@ envoi does not speak yet carries ``pending`` (why) and is listed, not run.
 
 from __future__ import annotations
 
+import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,6 +105,53 @@ def _h2load(path: str) -> LoadFn:
     return load
 
 
+def _grpc_h2load(port: int, spec: RunSpec, proxy_pid: int | None) -> LoadResult:
+    c = spec.layout.concurrency
+    body = tempfile.NamedTemporaryFile(prefix="grpc-", suffix=".bin")  # noqa: SIM115
+    with body:
+        body.write(configs.GRPC_REQUEST)
+        body.flush()
+        return run_h2load(f"http://127.0.0.1:{port}{configs.GRPC_PATH}", spec.seconds,
+                          clients=4 * c, streams=8, cpus=spec.layout.load_cpus,
+                          proxy_pid=proxy_pid,
+                          extra=("-d", body.name, "-H", "content-type: application/grpc",
+                                 "-H", "te: trailers"))
+
+
+def _verify_grpc(port: int) -> None:
+    """One call with a real HTTP/2 client: 200, the framed reply, and its trailer."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "POST"), (":scheme", "http"),
+                              (":authority", "bench"), (":path", configs.GRPC_PATH),
+                              ("content-type", "application/grpc"), ("te", "trailers")])
+        conn.send_data(1, configs.GRPC_REQUEST, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status, body, trailers = "", b"", {}
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for e in conn.receive_data(data):
+                if isinstance(e, h2.events.ResponseReceived):
+                    status = dict(e.headers).get(b":status", b"").decode()
+                elif isinstance(e, h2.events.DataReceived):
+                    body += e.data
+                    conn.acknowledge_received_data(e.flow_controlled_length, 1)
+                elif isinstance(e, h2.events.TrailersReceived):
+                    trailers = dict(e.headers)
+            sock.sendall(conn.data_to_send())
+            if trailers or status not in ("", "200"):
+                break
+    if status != "200" or body != configs.GRPC_REPLY or trailers.get(b"grpc-status") != b"0":
+        raise BenchError(f"gRPC call through the proxy: {status}, {body!r}, {trailers}")
+
+
 def _mongo(port: int, spec: RunSpec, proxy_pid: int | None) -> LoadResult:
     return run_mongo(port, spec.seconds, warmup=min(1.0, spec.seconds / 2),
                      clients=4 * spec.layout.concurrency, cpus=spec.layout.load_cpus,
@@ -132,9 +181,10 @@ SCENARIOS: list[Scenario] = [
              pending="envoi does not serve HTTP/2 yet (issue 14)"),
     Scenario("h2-64k", "h2c GET, 64 KiB response, h2load", "h2", configs.http_proxy,
              _h2load("/64k"), LARGE, pending="envoi does not serve HTTP/2 yet (issue 14)"),
-    Scenario("grpc-unary", "gRPC unary calls (grpcio client and server)", "grpc",
-             configs.http_proxy, None,
-             pending="needs envoi-grpc (issue 15): a gRPC backend and load loop to add here"),
+    Scenario("grpc-unary", "gRPC unary calls over h2c both sides (h2load POSTs a framed "
+             "message, 8 streams per connection; nghttpd answers with a grpc-status trailer)",
+             "grpc", configs.grpc_proxy, _grpc_h2load, _verify_grpc,
+             pending="envoi does not serve HTTP/2 through the HCM yet (issues 13/14)"),
     Scenario("dynamodb", "boto3 PutItem + GetItem loop (checked) through the dynamo filter to "
              "moto's server; the stock Envoy has no dynamo filter (contrib), so its row and "
              "envoi-base run the plain HTTP route", "dynamodb", configs.dynamodb_filter,

@@ -249,6 +249,13 @@ class Backends:
                                  "-p", str(port)], self.tmp)
             self._started("moto", proc, lambda: _port_open(port))
             self.ports["dynamodb"] = port
+        elif kind == "grpc":
+            port = _free_port()
+            root = configs.grpc_backend(self.tmp)
+            proc = Proc("nghttpd", [tool("nghttpd", "NGHTTPD"), "--no-tls", "-d", str(root),
+                                    "--trailer", "grpc-status: 0", str(port)], self.tmp)
+            self._started("grpc", proc, lambda: _port_open(port))
+            self.ports["grpc"] = port
         elif kind == "slow":
             port = _free_port()
             proc = Proc("slow-upstream", [sys.executable, "-m", "bench.slow_upstream", str(port),
