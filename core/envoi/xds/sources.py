@@ -5,6 +5,7 @@ path, never ignored."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,15 @@ def api_source(api: Any, path: str, *, aggregated: bool) -> GrpcSource:
                       api.set_node_on_first_message_only)
 
 
+def _missing_path(file: str, path: str) -> list[ConfigIssue]:
+    # Envoy refuses a file subscription whose file is not there at start (validate mode too),
+    # rather than waiting for it to appear.
+    if os.path.exists(file):
+        return []
+    return [ConfigIssue(path, "paths must refer to an existing path in the system: "
+                              f"'{file}' does not exist")]
+
+
 def config_source(cs: Any, path: str) -> Source:
     issues = _unsupported(cs, _CONFIG_SOURCE_FIELDS, path)
     timeout = DEFAULT_INITIAL_FETCH_TIMEOUT
@@ -74,11 +84,13 @@ def config_source(cs: Any, path: str) -> Source:
     kind = cs.WhichOneof("config_source_specifier")
     src: Source | None = None
     if kind == "path":
+        issues += _missing_path(cs.path, path + ".path")
         src = Source("path", path=cs.path, initial_fetch_timeout=timeout)
     elif kind == "path_config_source":
         pcs = cs.path_config_source
         issues += _unsupported(pcs, frozenset({"path", "watched_directory"}),
                                path + ".path_config_source")
+        issues += _missing_path(pcs.path, path + ".path_config_source.path")
         src = Source("path", path=pcs.path, watched_directory=pcs.watched_directory.path,
                      initial_fetch_timeout=timeout)
     elif kind == "ads":
