@@ -8,7 +8,12 @@ Python work per request that the peer benchmark's CPU figure contains (it leaves
 reads, writes and polling, the same for every Python proxy), with far less noise: use it to tell
 whether a change to the hot path helps before running the peer benchmark.
 
-    .venv/bin/python bench/http_hot_path.py [-n 20000] [--reps 5] [--config FILE] [--profile]
+``--filter`` adds one sync, header-only HTTP filter before the router (the example plugin's
+``example.filters.http.add_header``, from ``examples/third_party_http_filter``): what one such
+filter costs on top of the router alone.
+
+    .venv/bin/python bench/http_hot_path.py [-n 20000] [--reps 5] [--config FILE] [--filter]
+                                            [--profile]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import cProfile
 import pstats
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,13 @@ from envoi.network.connection import Connection
 from envoi.network.listener import ListenerStats
 from envoi.server import Options, Server
 
+ADD_HEADER = """\
+          - name: example.filters.http.add_header
+            typed_config:
+              "@type": type.googleapis.com/example.filters.http.add_header.v1.AddHeader
+              header: x-example
+              value: added-by-plugin
+"""
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:19000\r\n\r\n"  # what wrk sends
 BODY = b"x" * 100
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 24 Nov 2026 14:17:41 GMT\r\n"
@@ -73,10 +86,22 @@ async def main() -> None:
     ap.add_argument("-n", type=int, default=20000, help="requests per repetition")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--config", default=str(Path(__file__).with_name("http_hot_path.yaml")))
+    ap.add_argument("--filter", action="store_true",
+                    help="one extra sync header-only filter (add_header) before the router")
     ap.add_argument("--profile", action="store_true", help="cProfile one repetition instead")
     args = ap.parse_args()
 
-    server = Server(Options(config_path=args.config))
+    config = args.config
+    if args.filter:
+        text = Path(config).read_text()
+        marker = "          - name: envoy.filters.http.router\n"
+        if marker not in text:
+            sys.exit(f"--filter: no router entry to put the filter before in {config}")
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)  # noqa: SIM115
+        tmp.write(text.replace(marker, ADD_HEADER + marker))
+        tmp.close()
+        config = tmp.name
+    server = Server(Options(config_path=config))
     server.load()
     listener = server.listeners[0]
     listener.stats = ListenerStats(listener.scope.scope("listener.127.0.0.1_19000"))
@@ -105,6 +130,8 @@ async def main() -> None:
     upstream.data_received(RESPONSE)
     if not downstream.last.startswith(b"HTTP/1.1 200 OK"):
         sys.exit(f"no response came out: {downstream.last!r}")
+    if args.filter and b"x-example: added-by-plugin\r\n" not in downstream.last:
+        sys.exit(f"the extra filter did not run: {downstream.last!r}")
     feed_down, feed_up = conn.data_received, upstream.data_received
 
     def run(n: int) -> None:

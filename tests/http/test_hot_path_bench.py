@@ -15,3 +15,11 @@ def test_hot_path_bench_runs() -> None:
                           "--reps", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "per request (process CPU): min" in out.stdout
+
+
+def test_hot_path_bench_runs_with_one_extra_filter() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "http_hot_path.py"), "-n", "300",
+                          "--reps", "1", "--filter"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "per request (process CPU): min" in out.stdout

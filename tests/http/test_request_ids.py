@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from envoi_http.hcm.connection_manager import _request_id
+from envoi_http.hcm.request_id import request_id as _request_id
 
 
 def test_request_ids_are_distinct_version_4_uuids() -> None:

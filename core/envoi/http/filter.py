@@ -28,18 +28,29 @@ filter pays nothing for this. Nothing a filter does may block the loop.
 
 A factory (:class:`envoi.extensions.HttpFilterFactory`) returns a :data:`HttpFilterFactoryCb`,
 run once per stream with an :class:`HttpFilterChainBuilder` to add fresh filter objects.
+
+The callbacks are everything a filter may touch of its stream, the terminal filter (the router)
+included: the route, the stream info, timers (``start_deadline`` and the ``loop``), the accepted
+upgrade, local replies, resets, flow control, and the encoder chain (``encode_*``; a response read
+whole goes out through ``encode_response`` in one write). A filter never needs, and never gets,
+the connection manager or the stream class behind them; the same callbacks serve HTTP/1.1 and
+HTTP/2 streams.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
+import time
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from envoi.http.headers import HeaderMap
 from envoi.network.filter import Connection
 from envoi.stream_info import StreamInfo
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -110,8 +121,22 @@ class HttpStreamInfo(StreamInfo):
     __slots__ = ("protocol", "response_code", "response_code_details", "route_name",
                  "upstream_service_time_ms", "virtual_host_name")
 
-    def __init__(self, remote: str, local: str) -> None:
-        super().__init__(remote, local)
+    def __init__(self, remote: str, local: str, start_monotonic: float | None = None) -> None:
+        # StreamInfo's fields set here, not through super().__init__: one is made per request.
+        self.start_time = time.time()
+        self.start_monotonic = time.monotonic() if start_monotonic is None else start_monotonic
+        self.end_time: float | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.downstream_remote_address = remote
+        self.downstream_local_address = local
+        self.upstream_host: str | None = None
+        self.upstream_cluster: str | None = None
+        self.upstream_local_address: str | None = None
+        self.response_flags: list[str] = []
+        self.extra: dict[str, Any] = {}
+        self.requested_server_name = ""
+        self.downstream_ssl: Any = None
         self.protocol = "HTTP/1.1"
         self.response_code = 0
         self.response_code_details = ""
@@ -135,6 +160,10 @@ class RouteInfo(Protocol):
         ``create_route_config`` made it; None when none is set."""
 
 
+#: Changes a local reply's headers before it is encoded (Envoy's ``modify_headers``).
+ModifyHeaders = Callable[[HeaderMap], None]
+
+
 class _Callbacks(Protocol):
     @property
     def connection(self) -> Connection: ...
@@ -146,12 +175,32 @@ class _Callbacks(Protocol):
     def filter_state(self) -> FilterState: ...
     @property
     def request_headers(self) -> HeaderMap | None: ...
-    def route(self) -> RouteInfo | None: ...
+    def route(self) -> RouteInfo | None:
+        """The stream's route (resolved once, again after ``clear_route_cache``)."""
     def clear_route_cache(self) -> None: ...
     @property
-    def cluster_name(self) -> str | None: ...
+    def cluster_name(self) -> str | None:
+        """The upstream cluster the terminal filter chose (``stream_info.upstream_cluster``)."""
+    @property
+    def upgrade(self) -> bytes:
+        """The upgrade the connection manager accepted for this stream (``b"websocket"``...):
+        once the response is a ``101``, body data in both directions is the tunnel's bytes.
+        ``b""`` for an ordinary request."""
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the stream runs on (Envoy's dispatcher): timers, tasks."""
+    def start_deadline(self, delay: float, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once, ``delay`` seconds from now, unless ``cancel_deadline``
+        comes first or the stream ends. One timer per connection serves the deadlines of all
+        its streams, so a deadline per request costs a dict entry, not a timer; starting a
+        pending callback again moves its deadline."""
+    def cancel_deadline(self, callback: Callable[[], None]) -> None: ...
     def send_local_reply(self, status: int, body: bytes | str = b"",
-                         headers: dict[str, str] | None = None, details: str = "") -> None: ...
+                         headers: dict[str, str] | None = None, details: str = "",
+                         modify_headers: ModifyHeaders | None = None) -> None:
+        """Answer the stream from here (decoding stops; the encoder filters see the reply).
+        ``details`` is Envoy's response code details; ``modify_headers`` runs on the reply's
+        headers before they are encoded."""
     def reset_stream(self) -> None: ...
     @property
     def buffer_limit(self) -> int: ...
@@ -166,6 +215,10 @@ class StreamDecoderFilterCallbacks(_Callbacks, Protocol):
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None: ...
     def encode_data(self, data: bytes, end_stream: bool) -> None: ...
     def encode_trailers(self, trailers: HeaderMap) -> None: ...
+    def encode_response(self, headers: HeaderMap, data: bytes, end_stream: bool) -> None:
+        """``encode_headers(headers, False)`` then ``encode_data(data, end_stream)`` in one call:
+        a response whose head and body bytes are at hand (read whole from the upstream) leaves
+        in one write, the bytes as given (no copy) when no encoder filter holds them."""
     def on_decoder_filter_above_write_buffer_high_watermark(self) -> None: ...
     def on_decoder_filter_below_write_buffer_low_watermark(self) -> None: ...
     def add_downstream_watermark_callbacks(self, cbs: DownstreamWatermarkCallbacks) -> None: ...

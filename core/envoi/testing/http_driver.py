@@ -31,6 +31,7 @@ from envoi.http.filter import (
     FilterState,
     FilterTrailersStatus,
     HttpStreamInfo,
+    ModifyHeaders,
     RouteInfo,
     StreamDecoderFilter,
     StreamEncoderFilter,
@@ -144,6 +145,9 @@ class HttpFilterDriver:
         self.route_cache_cleared = 0
         self.buffer_limit = 1024 * 1024
         self.watermark_callbacks: list[DownstreamWatermarkCallbacks] = []
+        self.upgrade = b""  # what the stream's accepted upgrade would be
+        # start_deadline()'s pending callbacks, as loop timers
+        self.deadlines: dict[Callable[[], None], asyncio.TimerHandle] = {}
         self.above_write_buffer_high_watermark = 0
         self.connection: Connection = _DriverConnection(self)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -380,7 +384,8 @@ class HttpFilterDriver:
             self._spawn(self._resume(d))
 
     def _send_local_reply(self, status: int, body: bytes | str,
-                          headers: dict[str, str] | None, details: str) -> None:
+                          headers: dict[str, str] | None, details: str,
+                          modify_headers: ModifyHeaders | None = None) -> None:
         raw = body.encode() if isinstance(body, str) else body
         self.local_reply = LocalReply(status, raw, dict(headers or {}), details)
         self.stream_info.response_code = status
@@ -390,6 +395,8 @@ class HttpFilterDriver:
         if raw:
             hm.set("content-length", str(len(raw)))
             hm.set_default("content-type", "text/plain")
+        if modify_headers is not None:
+            modify_headers(hm)
         enc = self._enc
         enc.headers, enc.end, enc.buffer = hm, True, bytearray(raw)
         self._spawn(self._iterate(enc, 0, headers=True))
@@ -483,9 +490,33 @@ class _Callbacks:
     def cluster_name(self) -> str | None:
         return self._d.cluster_name
 
+    @property
+    def upgrade(self) -> bytes:
+        return self._d.upgrade
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._d.loop
+
+    def start_deadline(self, delay: float, callback: Callable[[], None]) -> None:
+        self.cancel_deadline(callback)
+        deadlines = self._d.deadlines
+
+        def fire() -> None:
+            deadlines.pop(callback, None)
+            callback()
+
+        deadlines[callback] = self._d.loop.call_later(delay, fire)
+
+    def cancel_deadline(self, callback: Callable[[], None]) -> None:
+        handle = self._d.deadlines.pop(callback, None)
+        if handle is not None:
+            handle.cancel()
+
     def send_local_reply(self, status: int, body: bytes | str = b"",
-                         headers: dict[str, str] | None = None, details: str = "") -> None:
-        self._d._send_local_reply(status, body, headers, details)
+                         headers: dict[str, str] | None = None, details: str = "",
+                         modify_headers: ModifyHeaders | None = None) -> None:
+        self._d._send_local_reply(status, body, headers, details, modify_headers)
 
     def reset_stream(self) -> None:
         self._d.was_reset = True
@@ -517,6 +548,10 @@ class _DecoderCallbacks(_Callbacks):
 
     def encode_trailers(self, trailers: HeaderMap) -> None:
         self._d._spawn(self._d._trailers(self._d._enc, trailers))
+
+    def encode_response(self, headers: HeaderMap, data: bytes, end_stream: bool) -> None:
+        self.encode_headers(headers, False)
+        self.encode_data(data, end_stream)
 
     def on_decoder_filter_above_write_buffer_high_watermark(self) -> None:
         self._d.above_write_buffer_high_watermark += 1

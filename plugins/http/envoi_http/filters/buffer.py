@@ -15,15 +15,16 @@ from envoi.http.filter import (
     StreamDecoderFilter,
 )
 from envoi.http.headers import HeaderMap
+from envoi.stats import Counter
 
 implements("envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes")
 
 
 class BufferFilter(StreamDecoderFilter):
-    def __init__(self, max_bytes: int, stats: Any) -> None:
+    def __init__(self, max_bytes: int, too_large: Counter) -> None:
         self.max_bytes = max_bytes
         self.size = 0
-        self.stats = stats
+        self.too_large = too_large  # http.<stat_prefix>.downstream_rq_too_large
 
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> Any:
         if end_stream:
@@ -44,11 +45,9 @@ class BufferFilter(StreamDecoderFilter):
         return FilterDataStatus.STOP_ITERATION_AND_BUFFER
 
     def _too_large(self) -> None:
-        cb = self.decoder_callbacks
-        stats = getattr(cb, "hcm", None)
-        if stats is not None:
-            stats.stats.downstream_rq_too_large.value += 1
-        cb.send_local_reply(413, b"Payload Too Large", details="request_payload_too_large")
+        self.too_large.value += 1
+        self.decoder_callbacks.send_local_reply(413, b"Payload Too Large",
+                                                details="request_payload_too_large")
 
 
 class BufferFactory(HttpFilterFactory):
@@ -59,8 +58,12 @@ class BufferFactory(HttpFilterFactory):
         if config is None or not config.HasField("max_request_bytes"):
             raise ConfigError([ConfigIssue(context.path + ".max_request_bytes", "required")])
         limit = config.max_request_bytes.value
+        # Envoy counts a request the buffer filter refuses as the connection manager's own
+        # downstream_rq_too_large (the same counter, by name, as the HCM's stats).
+        too_large = context.stats.root.scope(f"http.{context.stat_prefix}").counter(
+            "downstream_rq_too_large")
 
         def add(builder: HttpFilterChainBuilder) -> None:
-            builder.add_decoder_filter(BufferFilter(limit, None))
+            builder.add_decoder_filter(BufferFilter(limit, too_large))
 
         return add

@@ -15,7 +15,7 @@ from envoi.http.filter import (
 )
 from envoi.http.headers import HeaderMap
 
-from envoi_http.router.config import _header_matcher
+from envoi_http.router.matchers import header_matcher
 
 implements("envoy.extensions.filters.http.health_check.v3.HealthCheck",
            "pass_through_mode", "headers")
@@ -57,7 +57,7 @@ class HealthCheckFactory(HttpFilterFactory):
         if config is None or not config.HasField("pass_through_mode"):
             raise ConfigError([ConfigIssue(context.path + ".pass_through_mode", "required")])
         pass_through = config.pass_through_mode.value
-        matchers = tuple(_header_matcher(h, f"{context.path}.headers[{i}]")
+        matchers = tuple(header_matcher(h, f"{context.path}.headers[{i}]")
                          for i, h in enumerate(config.headers))
         def add(builder: HttpFilterChainBuilder) -> None:
             builder.add_filter(HealthCheckFilter(context, pass_through, matchers))

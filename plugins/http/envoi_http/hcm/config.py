@@ -14,7 +14,6 @@ from envoi.stats import Scope
 
 from envoi_http.codec import Backend
 from envoi_http.hcm.connection_manager import ConnectionManager
-from envoi_http.hcm.express import enabled as express_enabled
 from envoi_http.hcm.internal import internal_networks
 from envoi_http.hcm.path_normalization import PathNormalization
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
@@ -84,9 +83,6 @@ class HcmConfig:
     internal_nets: tuple[Any, ...] = ()  # internal_address_config.cidr_ranges (hcm/internal.py)
     # normalize_path / merge_slashes / path_with_escaped_slashes_action (hcm/path_normalization)
     path_normalization: PathNormalization | None = None
-    # The router's config when the chain is the router alone and nothing logs: the express
-    # lane (hcm/express.py) may then run plain exchanges.
-    express_router: Any = None
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
     filter_names: tuple[str, ...] = ()  # the config name of each of filter_factories
     _names_by_type: dict[type, str] | None = None
@@ -245,9 +241,6 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             internal_nets=internal_networks(config),
             path_normalization=PathNormalization.from_proto(config),
         )
-
-        if len(filters) == 1 and not cfg.access_logs and express_enabled():
-            cfg.express_router = getattr(filters[0], "router_config", None)
 
         def add_filter(builder: FilterChainBuilder) -> None:
             builder.add_read_filter(ConnectionManager(cfg))

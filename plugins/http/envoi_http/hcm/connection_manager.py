@@ -1,88 +1,92 @@
-"""The HCM network filter: bytes to codec events to streams, and responses back to bytes.
+"""The HCM network filter, protocol-agnostic half: codec events to streams, and what every HTTP
+connection has whatever protocol it speaks -- streams by id, the request-side rules (hop-by-hop
+fields, the client address, the request id, the route, the filter chain), stream completion
+(stats, access logs), resets, local errors, timeouts, deadlines, drain.
 
-HTTP/1.1 carries one exchange at a time; the codec holds back pipelined requests until
-``start_next_cycle``, so responses leave in request order and at most one stream is active.
+The protocol half (``ServerProtocol``: ``hcm/http1.py`` for HTTP/1.1; HTTP/2 adds its own) owns
+the codec, turns bytes into the events below and a stream's response into bytes, and decides
+what is connection-level in its protocol (HTTP/1.1: pipelining, keep-alive, ``connection:
+close``; HTTP/2: stream ids, flow control, GOAWAY).
+
+**Events** (``envoi_http.codec.events``; every one carries ``stream_id``) the protocol half hands
+to :meth:`ConnectionManager.dispatch`, in the order received:
+
+- ``RequestHeaders`` opens a stream (``end_stream``: a request without body);
+- ``Body`` / ``Trailers`` continue it (``Trailers`` end it); body bytes are handed on as they
+  arrive (``ServerProtocol.acknowledge`` is told once they were taken, for flow control);
+- ``StreamReset`` the peer reset one stream (HTTP/1.1: the connection ended mid-request);
+- ``ProtocolError`` the peer broke the protocol: an error reply on the stream (``stream_id``) if
+  it can still have one, else the connection closes;
+- ``ConnectionClosed`` the peer closed its side: no new streams;
+- ``UpgradeRequested`` (HTTP/1.1) the codec passes raw bytes on for the upgraded stream;
+- anything else goes back to ``ServerProtocol.on_event`` (HTTP/2's GOAWAY, window updates...).
+
+**ServerProtocol**, what a protocol half implements (the manager calls it):
+
+- ``multiplexed`` (class attribute): streams run concurrently (HTTP/2) or one after the other;
+  ``rq_total``: its ``downstream_rq_http1_total`` / ``_http2_total`` counter;
+- ``on_data(data, end_stream)``: bytes from the connection (already counted), to events;
+- ``write_head(s, headers, data, end)`` (the head, and its first body bytes in the same write
+  when ``data`` is not None), ``write_data(s, data, end)``, ``write_trailers(s, trailers)``,
+  ``write_informational(s, headers)``: stream ``s``'s response, already through its encoder
+  filters and ``mutateResponseHeaders`` (no hop-by-hop fields; ``date``, ``server`` set);
+- ``cork() -> bool`` / ``uncork()``: hold writes and send them as one (``cork`` is False when
+  already corked; then the caller must not uncork); ``flush()``: send what is held now;
+- ``stream_done(s)``: ``s`` finished (response complete, stream logged): HTTP/1.1 closes or
+  serves the next pipelined request (never from inside the finished stream's call stack);
+- ``stream_reset(s, local)``: ``s`` was reset (already finished): HTTP/1.1 closes the
+  connection on a local reset, HTTP/2 sends RST_STREAM;
+- ``read_disable(s, disable)``: stop/resume taking request bytes for ``s`` (HTTP/1.1: the
+  connection's reading; HTTP/2: that stream's flow-control window);
+- ``acknowledge(s, nbytes)``: ``nbytes`` of ``s``'s request body were handed on upstream
+  (HTTP/2: WINDOW_UPDATE; HTTP/1.1: nothing);
+- ``drain()``: the connection is draining (HTTP/1.1: ``connection: close`` on the next
+  response; HTTP/2: GOAWAY); ``on_event(e)``: protocol-specific events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
-import os
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from envoi.http.headers import HeaderMap
 from envoi.log import conn_debug, header_lines, stream_debug
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter
+from envoi.stats import Counter
 
 from envoi_http.codec import events as ev
-from envoi_http.codec import make_codec
 from envoi_http.hcm import internal, upgrade, xff
 from envoi_http.hcm import path_normalization as pathnorm
-from envoi_http.hcm.express import Express
-from envoi_http.hcm.stream import ActiveStream, reason
+from envoi_http.hcm.request_id import request_id
+from envoi_http.hcm.stream import (
+    CLOSED,
+    LOCAL_DONE,
+    LOCAL_REPLY,
+    REMOTE_DONE,
+    STARTED,
+    ActiveStream,
+    reason,
+)
 from envoi_http.router import idle as route_idle
 
 if TYPE_CHECKING:
     from envoi.network.filter import Connection
 
     from envoi_http.hcm.config import HcmConfig
+    from envoi_http.router.config import Route
 
 log = logging.getLogger("envoi.http")
 STOP = FilterStatus.STOP_ITERATION
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# SETTINGS (empty) then GOAWAY(last stream 0, HTTP_1_1_REQUIRED): a clear "not here" for h2c.
-H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-              b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0d")
+_monotonic = time.monotonic
 # Hop-by-hop request headers a proxy must not forward (and ``host``: it is ``:authority``).
 _REQ_DROP = frozenset((b"host", b"connection", b"keep-alive", b"proxy-connection",
                        b"transfer-encoding", b"upgrade", b"http2-settings", b"te", b"expect"))
 # Request headers that xff.mutate or the request id look at (or remove).
 _MUTATE_READS = internal.INTERNAL_ONLY | {b"x-forwarded-proto", b"x-forwarded-for",
                                          b"x-request-id"}
-_RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                        b"upgrade", b"date", b"server"))
-
-_date_cache: list[Any] = [0, b""]
-# uuid4 bits, set on the random bytes of many ids at once: version (byte 6) 4, variant (byte 8) 10.
-_UUID_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
-_UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
-
-
-_BATCH = 256
-# The hex digit columns of a 36-byte uuid string (the others are the four dashes).
-_UUID_COLUMNS = [c for c in range(36) if c not in (8, 13, 18, 23)]
-
-
-def _make_request_ids() -> list[bytes]:
-    """256 uuid4 strings as ``str(uuid.uuid4())`` makes them, from one ``os.urandom``: the
-    version and variant bits set by two ``translate`` calls on strided slices, one hexlify, then
-    each hex column copied into place by one strided slice assignment (C loops only)."""
-    raw = bytearray(os.urandom(16 * _BATCH))
-    raw[6::16] = raw[6::16].translate(_UUID_VERSION)
-    raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
-    hexed = binascii.hexlify(raw)
-    out = bytearray(b"-" * (36 * _BATCH))
-    for src, dst in enumerate(_UUID_COLUMNS):
-        out[dst::36] = hexed[src::32]
-    made = bytes(out)
-    return [made[i:i + 36] for i in range(0, 36 * _BATCH, 36)]
-
-
-_request_ids: list[bytes] = []
-
-
-def _request_id() -> bytes:
-    ids = _request_ids
-    if not ids:
-        ids += _make_request_ids()
-    return ids.pop()
-
-
-os.register_at_fork(after_in_child=_request_ids.clear)  # a child must not reuse the parent's
 
 
 # This process's open HTTP connections, for the server's drain (plugin.envoi_draining).
@@ -95,26 +99,39 @@ def drain_all() -> None:
         hcm.drain()
 
 
-def http_date() -> bytes:
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
-    return _date_cache[1]  # type: ignore[no-any-return]
+class ServerProtocol(Protocol):
+    """The protocol half of a connection manager (see the module docstring)."""
+
+    multiplexed: bool
+    rq_total: Counter  # http.<prefix>.downstream_rq_http1_total / _http2_total
+
+    def on_data(self, data: bytes, end_stream: bool) -> None: ...
+    def write_head(self, s: ActiveStream, headers: HeaderMap, data: bytes | None,
+                   end: bool) -> None: ...
+    def write_data(self, s: ActiveStream, data: bytes, end: bool) -> None: ...
+    def write_trailers(self, s: ActiveStream, trailers: HeaderMap) -> None: ...
+    def write_informational(self, s: ActiveStream, headers: HeaderMap) -> None: ...
+    def cork(self) -> bool: ...
+    def uncork(self) -> None: ...
+    def flush(self) -> None: ...
+    def stream_done(self, s: ActiveStream) -> None: ...
+    def stream_reset(self, s: ActiveStream, local: bool) -> None: ...
+    def read_disable(self, s: ActiveStream, disable: bool) -> None: ...
+    def acknowledge(self, s: ActiveStream, nbytes: int) -> None: ...
+    def drain(self) -> None: ...
+    def on_event(self, e: Any) -> None: ...
+    def on_connection_closed(self) -> None: ...
 
 
 class ConnectionManager(ReadFilter):
     loop: asyncio.AbstractEventLoop
-    date = staticmethod(http_date)
+    proto: ServerProtocol
 
     def __init__(self, config: HcmConfig) -> None:
         self.config = config
         self.stats = config.stats
-        self.codec = make_codec(config.codec_backend, "server",
-                                max_request_headers_kb=config.max_request_headers_kb,
-                                max_headers_count=config.max_headers_count,
-                                enable_trailers=config.enable_trailers)
-        self.stream: ActiveStream | None = None
+        self.server_name = config.server_name
+        self.streams: dict[int, ActiveStream] = {}
         self.first = True
         self.closing = False
         # Envoy's accounting of how a connection ended: the peer's FIN makes the close remote
@@ -123,39 +140,31 @@ class ConnectionManager(ReadFilter):
         # after delayed_close_timeout (Envoy's FlushWriteAndDelay).
         self.peer_eof = False
         self.head_pending = False
-        self.http1_counted = False
         self.delay_close = False
         self.reset_on_close = False
+        self.delay_timer: asyncio.TimerHandle | None = None
         # Draining (idle timeout after a request, or the server shutting down): the next
-        # response says ``connection: close`` and the connection closes after it.
+        # response says ``connection: close`` (HTTP/2: GOAWAY) and the connection closes after.
         self.drain_close = False
+        self.tls = False  # the connection terminates TLS (x-forwarded-proto: https)
+        self.debug = False  # log stream life at debug level ([C<id>][S<id>]); see on_new_connection
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.headers_timer: asyncio.TimerHandle | None = None
         self.buffer_limit = 1024 * 1024
         self.listener_stats: Any = None
         self.remote_ip = b""
-        self.tls = False  # the connection terminates TLS (x-forwarded-proto: https)
-        self.upgrade_stream: ActiveStream | None = None  # an accepted upgrade (hcm/upgrade.py)
-        # Writes made while handling one read (downstream or upstream) are joined into one
-        # transport write: a response head and its body leave in one syscall.
-        self._corked: list[bytes] | None = None
-        # The router's request timeout: one deadline (loop time) for the connection's current
-        # exchange, checked by a timer that is re-armed only when it fires early or would fire
-        # late, so a keep-alive connection pays one timer per timeout period, not per request.
-        self.deadline_router: Any = None
-        self.deadline = 0.0
+        self.remote_address = self.local_address = ""
+        self.conn_info: Any = None  # the connection's stream info (TLS facts for each stream)
+        # The one timer for the deadlines of every stream's filters (ActiveStream.start_deadline)
         self.deadline_timer: asyncio.TimerHandle | None = None
-        self.delay_timer: asyncio.TimerHandle | None = None
         self.deadline_when = 0.0
-        rc = config.express_router
-        self.plain = False  # the last request had no header _mutate_request had to look at
-        self.express: Express | None = Express(self, rc) if rc is not None else None
-        self.debug = False  # log stream life at debug level ([C<id>][S<id>]); see on_new_connection
 
     # -- network filter ---------------------------------------------------------------------
 
     def on_new_connection(self) -> FilterStatus:
+        from envoi_http.hcm.http1 import Http1Connection
+
         conn = self.conn = self.read_callbacks.connection
         # asyncio.get_running_loop() costs a getpid() syscall per call: ask once per connection.
         self.loop = asyncio.get_running_loop()
@@ -170,57 +179,41 @@ class ConnectionManager(ReadFilter):
         listener = getattr(conn, "listener", None)
         self.buffer_limit = getattr(listener, "buffer_limit", self.buffer_limit)
         self.listener_stats = cfg.listener_stats_for(listener)
-        self.remote_ip = conn.stream_info.downstream_remote_address.rsplit(":", 1)[0].strip(
-            "[]").encode()
+        info = self.conn_info = conn.stream_info
+        self.remote_address = info.downstream_remote_address
+        self.local_address = info.downstream_local_address
+        self.remote_ip = self.remote_address.rsplit(":", 1)[0].strip("[]").encode()
+        self.proto = Http1Connection(self)
         conn.add_connection_callbacks(self.on_event)
         _LIVE.add(self)
         conn.add_watermark_callbacks(self.on_high_watermark, self.on_low_watermark)
         self.debug = log.isEnabledFor(logging.DEBUG)  # asked once: free when debug is off
-        self.last_activity = time.monotonic()
+        self.last_activity = _monotonic()
         self._arm_timer()
         return FilterStatus.CONTINUE
 
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
-        if self._corked is not None:
-            return self._on_data(data, end_stream)
-        self._corked = []
-        try:
-            return self._on_data(data, end_stream)
-        finally:
-            self.uncork()
-
-    def _on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         if end_stream:
             self.peer_eof = True
             if self.delay_close:  # the peer closed first: done waiting
-                self._close(ConnectionCloseType.FLUSH_WRITE)
+                self.close(ConnectionCloseType.FLUSH_WRITE)
                 return STOP
         if data:
             self.stats.downstream_cx_rx_bytes_total.value += len(data)
-            self.last_activity = time.monotonic()
+            self.last_activity = _monotonic()
             if self.first:
                 self.first = False
-                if self.config.auto_codec and data.startswith(H2_PREFACE[: len(data)]) and \
-                        data[:3] == b"PRI":
-                    self._refuse_h2()
+                if self.config.auto_codec and data[:3] == b"PRI" and self._h2_preface(data):
                     return STOP
-                # Envoy's AUTO codec counts the protocol once the first bytes show it.
-                st = self.stats
-                st.downstream_cx_http1_total.value += 1
-                st.downstream_cx_http1_active.inc()
-                self.http1_counted = True
-            if self.config.request_headers_timeout and self.stream is None and \
-                    self.headers_timer is None and not self._express_busy():
+            if self.headers_timer is None and self.config.request_headers_timeout and \
+                    not self.streams:
                 self.headers_timer = self.loop.call_later(
                     self.config.request_headers_timeout, self._on_headers_timeout)
             if self.closing:
                 return STOP
-            if self.stream is None and not self.head_pending and data.strip(b"\r\n") and \
-                    not self._express_busy():
-                self.head_pending = True  # cleared when the head is complete (_new_stream)
-            self.dispatch(self.codec.receive(data))
-        if end_stream and not self.closing:
-            self.dispatch(self.codec.receive(b""))
+        elif self.closing:
+            return STOP
+        self.proto.on_data(data, end_stream)
         return STOP
 
     def drain(self) -> None:
@@ -229,79 +222,108 @@ class ConnectionManager(ReadFilter):
         if self.closing or self.conn.closed:
             return
         self.drain_close = True
-        if self.stream is None and not self._express_busy() and not self.head_pending:
+        self.proto.drain()
+        if not self.streams and not self.head_pending:
             self.stats.downstream_cx_drain_close.value += 1
             self.closing = True
-            self._close(ConnectionCloseType.FLUSH_WRITE)
+            self.close(ConnectionCloseType.FLUSH_WRITE)
 
     def _drain_timeout(self) -> None:
         self.timer = None
         if self.conn.closed or self.closing:
             return
-        if self.stream is None and not self._express_busy():
+        if not self.streams:
             self.closing = True
-            self._close(ConnectionCloseType.FLUSH_WRITE)
+            self.close(ConnectionCloseType.FLUSH_WRITE)
         else:
             self._arm_timer()  # the request in the drain window keeps its timeouts
+
+    def delay_close_after(self, request_complete: bool) -> bool:
+        """After a protocol error's reply, Envoy's FlushWriteAndDelay: the reply is flushed
+        and the peer gets delayed_close_timeout to close first (so the unread rest of its
+        request does not turn our close into a reset that loses the reply). False when the
+        connection is to close at once."""
+        if not (self.delay_close and not self.peer_eof and self.config.delayed_close_timeout):
+            return False
+        self.reset_on_close = not request_complete
+        self.proto.flush()
+        self.delay_timer = self.loop.call_later(self.config.delayed_close_timeout,
+                                                self._on_delayed_close_timeout)
+        return True
 
     def _on_delayed_close_timeout(self) -> None:
         self.delay_timer = None
         if not self.conn.closed:
             self.stats.downstream_cx_delayed_close_timeout.value += 1
             self.reset_on_close = False
-            self._close(ConnectionCloseType.FLUSH_WRITE)
+            self.close(ConnectionCloseType.FLUSH_WRITE)
 
-    def _refuse_h2(self) -> None:
+    def _h2_preface(self, data: bytes) -> bool:
+        """codec_type AUTO and a client that opens with the HTTP/2 preface: refused until
+        HTTP/2 is served (SETTINGS, then GOAWAY HTTP_1_1_REQUIRED)."""
+        from envoi_http.hcm.http1 import H2_PREFACE, H2_REFUSAL
+
+        if not data.startswith(H2_PREFACE[: len(data)]):
+            return False
         self.stats.downstream_cx_protocol_error.value += 1
         self.closing = True
         self.conn.write(H2_REFUSAL)
-        self._close(ConnectionCloseType.FLUSH_WRITE)
+        self.close(ConnectionCloseType.FLUSH_WRITE)
+        return True
+
+    def close(self, how: ConnectionCloseType) -> None:
+        self.proto.flush()
+        self.conn.close(how)
+
+    # -- codec events -------------------------------------------------------------------------
 
     def dispatch(self, events: list[ev.Event]) -> None:
+        streams = self.streams
         for e in events:
             t = type(e)
             if t is ev.Body:
-                s = self.stream
+                s = streams.get(e.stream_id)
                 if s is not None:
                     s.decode_data(e.data, e.end_stream)  # type: ignore[union-attr]
             elif t is ev.RequestHeaders:
-                self._new_stream(e)  # type: ignore[arg-type]
+                self.new_stream(e)  # type: ignore[arg-type]
             elif t is ev.Trailers:
-                s = self.stream
+                s = streams.get(e.stream_id)
                 if s is not None:
                     s.decode_trailers(HeaderMap(e.headers))  # type: ignore[union-attr]
             elif t is ev.ProtocolError:
-                self._promote_express("downstream protocol error")
-                self._protocol_error(e)  # type: ignore[arg-type]
-                return
+                self.protocol_error(e)  # type: ignore[arg-type]
+                if not self.proto.multiplexed:
+                    return
             elif t is ev.StreamReset:
-                self._promote_express("downstream reset")
-                if self.stream is not None:
-                    self.reset_stream(self.stream, local=False)
-                self._close(ConnectionCloseType.FLUSH_WRITE)
-                return
+                s = streams.get(e.stream_id)
+                if s is not None:
+                    self.reset_stream(s, local=False)
+                if not self.proto.multiplexed:  # HTTP/1.1: the connection ended mid-request
+                    self.close(ConnectionCloseType.FLUSH_WRITE)
+                    return
             elif t is ev.ConnectionClosed:
-                self._promote_express("downstream closed")
                 self.closing = True
-                self._close(ConnectionCloseType.FLUSH_WRITE)
+                self.close(ConnectionCloseType.FLUSH_WRITE)
                 return
             elif t is ev.UpgradeRequested:
-                self._promote_express("upgrade")
-                s = self.stream
-                if s is not None and s is self.upgrade_stream:
+                s = streams.get(e.stream_id)
+                if s is not None and s.upgrade:
                     if e.data:  # type: ignore[union-attr]
                         s.decode_data(e.data, False)  # type: ignore[union-attr]
                     continue
-                if s is not None and not s.response_started:  # CONNECT: not supported
+                if s is not None and not s.state & STARTED:  # CONNECT: not supported
                     self.stats.downstream_rq_ws_on_non_ws_route.value += 1
                     s.send_local_reply(403, b"", details="upgrade_failed")
                 return
+            else:
+                self.proto.on_event(e)
             if self.closing:
                 return
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _new_stream(self, e: ev.RequestHeaders) -> None:
+    def new_stream(self, e: ev.RequestHeaders) -> None:
         self.head_pending = False
         if self.headers_timer is not None:
             self.headers_timer.cancel()
@@ -309,13 +331,14 @@ class ConnectionManager(ReadFilter):
         cfg = self.config
         if cfg.underscores_action and xff.underscored(e.headers) and not self._underscores(e):
             return
-        if e.http_version == b"1.0" and not cfg.accept_http_10:
+        version = e.http_version
+        if version == b"1.0" and not cfg.accept_http_10:
             # Envoy refuses HTTP/1.0 in the codec: a protocol error (DPE), body and all.
-            self._protocol_error(ev.ProtocolError(e.stream_id, 426, "low_version"))
+            self.protocol_error(ev.ProtocolError(e.stream_id, 426, "low_version"))
             return
         st = self.stats
         st.downstream_rq_total.value += 1
-        st.downstream_rq_http1_total.value += 1
+        self.proto.rq_total.value += 1
         st.downstream_rq_active.inc()
         raw = e.headers
         token = e.upgrade
@@ -341,40 +364,63 @@ class ConnectionManager(ReadFilter):
                             scheme=e.scheme)
         norm = cfg.path_normalization
         if norm is not None and path[:1] == b"/":
-            # Before routing, filters and the express lane: all see the path the upstream sees.
+            # Before routing and filters: all see the path the upstream sees.
             action, headers.path = norm.apply(path)
             if action != pathnorm.CONTINUE:
                 self._path_local_reply(e, headers, action)
                 return
-        express = self.express
-        if express is not None and e.end_stream and not token and not e.expect_continue and \
-                e.http_version == b"1.1":
-            self.plain = False
+        client = None
+        if cfg.use_remote_address:
             client = self._mutate_request(headers)
-            if client is None and express.start(e.stream_id, headers, self.plain):
-                return
-            self._general_stream(e, headers, client)
-            return
-        s = ActiveStream(self, e.stream_id, headers)
-        s.http10 = e.http_version == b"1.0"
-        if s.http10:
+        else:
+            for k, _ in raw:
+                if k in _MUTATE_READS:
+                    client = self._mutate_request(headers)
+                    break
+            else:  # what _mutate_request comes to when none of its headers is set
+                raw.append((b"x-forwarded-proto", b"https" if self.tls else b"http"))
+                if cfg.generate_request_id:
+                    raw.append((b"x-request-id", request_id()))
+        # The route, before the filter chain (Envoy's order: a route may change the chain).
+        table = cfg.route_table
+        route = table.route(headers) if table is not None else None
+        sid = e.stream_id
+        s = self.streams[sid] = ActiveStream(self, sid, headers, self.last_activity, route, True)
+        if self.debug:
+            conn_debug(log, self.conn.id, "new stream")
+        if version == b"1.0":
             s.stream_info.protocol = "HTTP/1.0"
-        self.stream = s
-        if s.http10 and not cfg.accept_http_10:
-            s.send_local_reply(426, b"", details="low_version")
-            return
-        if token and not self._accept_upgrade(s, token):
+        if token and not self._accept_upgrade(s, token, route):
             return
         if e.expect_continue:
-            self._flush()
-            self.conn.write(self.codec.send(ev.Informational(e.stream_id, 100)))
-        self._run_stream(s, e.end_stream, self._mutate_request(headers))
+            self.proto.write_informational(s, HeaderMap(status=100))
+        if client is not None:  # the client address came from x-forwarded-for
+            info = s.stream_info
+            info.extra["direct_remote_address"] = info.downstream_remote_address
+            info.downstream_remote_address = (
+                "[%s]:0" if b":" in client else "%s:0") % client.decode()
+        for factory in cfg.filter_factories:
+            factory(s)
+        end = e.end_stream
+        if self.debug:
+            stream_debug(log, self.conn.id, sid, "request headers complete (end_stream=%s):%s",
+                         str(end).lower(), header_lines(headers))
+        if end:
+            s.state |= REMOTE_DONE
+        lone = s.lone  # (the router alone: called directly, as the decoder path would)
+        if lone is not None:
+            try:
+                lone.decode_headers(headers, end)
+            except Exception as exc:  # free in 3.11 until something raises
+                s.filter_raised(exc, lone.decode_headers)
+        else:
+            s.dec.run_headers(0, headers, end)
 
     def _path_local_reply(self, e: ev.RequestHeaders, headers: HeaderMap, action: int) -> None:
         """Path normalisation refused the path (400) or redirects to the normalised one (307),
         as Envoy answers and counts them."""
-        s = ActiveStream(self, e.stream_id, headers)
-        self.stream = s
+        s = self.streams[e.stream_id] = ActiveStream(self, e.stream_id, headers,
+                                                     self.last_activity)
         if action == pathnorm.REJECT:
             self.stats.downstream_rq_failed_path_normalization.value += 1
             s.send_local_reply(400, b"", details="path_normalization_failed")
@@ -383,45 +429,12 @@ class ConnectionManager(ReadFilter):
         s.send_local_reply(307, b"", headers={"location": headers.path.decode("latin-1")},
                            details="path_normalization_redirect")
 
-    def _general_stream(self, e: ev.RequestHeaders, headers: HeaderMap,
-                        client: bytes | None) -> None:
-        """A plain HTTP/1.1 request (no upgrade, no expect) the express lane did not take."""
-        s = ActiveStream(self, e.stream_id, headers)
-        if self.debug:
-            conn_debug(log, self.conn.id, "new stream")
-        self.stream = s
-        self._run_stream(s, e.end_stream, client)
+    def route_for(self, headers: HeaderMap) -> Route | None:
+        table = self.config.route_table
+        return table.route(headers) if table is not None else None
 
-    def _run_stream(self, s: ActiveStream, end_stream: bool, client: bytes | None) -> None:
-        cfg = self.config
-        if client is not None:  # the client address came from x-forwarded-for
-            info = s.stream_info
-            info.extra["direct_remote_address"] = info.downstream_remote_address
-            info.downstream_remote_address = (
-                "[%s]:0" if b":" in client else "%s:0") % client.decode()
-        for factory in cfg.filter_factories:
-            factory(s)
-        if cfg.request_timeout:
-            s.filter_state  # noqa: B018  (timer is checked from the connection timer)
-        if self.debug:
-            stream_debug(log, self.conn.id, s.stream_id, "request headers complete "
-                         "(end_stream=%s):%s", str(end_stream).lower(),
-                         header_lines(s.request_headers))
-        s.decode_headers(end_stream)
-
-    def _express_busy(self) -> bool:
-        express = self.express
-        return express is not None and express.busy
-
-    def _promote_express(self, why: str) -> None:
-        """Something unusual: an exchange in the express lane moves to the general path."""
-        express = self.express
-        if express is not None and express.busy:
-            express.promote(why)
-
-    def _accept_upgrade(self, s: ActiveStream, token: bytes) -> bool:
+    def _accept_upgrade(self, s: ActiveStream, token: bytes, route: Route | None) -> bool:
         st = self.stats
-        route = s.route()
         if not upgrade.allowed(self.config.upgrade_map,
                                route.upgrade_map if route is not None else None, token):
             st.downstream_rq_ws_on_non_ws_route.value += 1
@@ -429,32 +442,23 @@ class ConnectionManager(ReadFilter):
             return False
         st.downstream_cx_upgrades_total.value += 1
         st.downstream_cx_upgrades_active.inc()
-        self.upgrade_stream = s
+        s.upgrade = token
         return True
 
     def _mutate_request(self, h: HeaderMap) -> bytes | None:
+        """Envoy's mutateRequestHeaders: x-forwarded-*, internal-only headers, the request id.
+        Returns the client address when it came from x-forwarded-for."""
         cfg = self.config
-        if not cfg.use_remote_address:
-            raw = h.headers
-            for k, _ in raw:
-                if k in _MUTATE_READS:
-                    break
-            else:  # what xff.mutate and the request id come to when none of their headers is set
-                self.plain = True
-                raw.append((b"x-forwarded-proto", b"https" if self.tls else b"http"))
-                if cfg.generate_request_id:
-                    raw.append((b"x-request-id", _request_id()))
-                return None
         client = xff.mutate(h, cfg.use_remote_address, cfg.xff_num_trusted_hops, self.remote_ip,
                             cfg.internal_nets, b"https" if self.tls else b"http")
         if cfg.generate_request_id:
             if h.get_bytes(b"x-request-id") is None:
-                h.add_bytes(b"x-request-id", _request_id())
+                h.add_bytes(b"x-request-id", request_id())
             elif cfg.use_remote_address and not cfg.preserve_external_request_id and \
                     h.get_bytes(b"x-envoy-internal") is None:
                 # An edge request (xff.mutate marks the internal ones): Envoy does not trust
                 # the client's request id.
-                h.set_bytes(b"x-request-id", _request_id())
+                h.set_bytes(b"x-request-id", request_id())
         return client
 
     def _underscores(self, e: ev.RequestHeaders) -> bool:
@@ -463,193 +467,120 @@ class ConnectionManager(ReadFilter):
         http1 = self.config.http1_stats
         if self.config.underscores_action == xff.REJECT_REQUEST:
             http1.requests_rejected_with_underscores_in_headers.value += 1
-            self._protocol_error(ev.ProtocolError(e.stream_id, 400, "http1.unexpected_underscore",
-                                                  "header name with underscore"))
+            self.protocol_error(ev.ProtocolError(e.stream_id, 400, "http1.unexpected_underscore",
+                                                 "header name with underscore"))
             return False
         e.headers, dropped = xff.drop_underscored(e.headers)
         http1.dropped_headers_with_underscores.value += dropped
         return True
 
-    def request_done(self, s: ActiveStream) -> None:
-        pass
+    def _stream_of(self, stream_id: int) -> ActiveStream | None:
+        s = self.streams.get(stream_id)
+        if s is None and self.streams and not self.proto.multiplexed:
+            s = next(iter(self.streams.values()))  # HTTP/1.1: the one in progress
+        return s
 
-    def _protocol_error(self, e: ev.ProtocolError) -> None:
+    def protocol_error(self, e: ev.ProtocolError) -> None:
+        """The peer broke the protocol: an error reply when the stream can still get one (its
+        status is the codec's hint, the body its reason phrase), else the connection closes."""
         st = self.stats
         st.downstream_cx_protocol_error.value += 1
         self.head_pending = False
         self.delay_close = True
-        s = self.stream
-        if s is not None and s.response_started:
+        s = self._stream_of(e.stream_id)
+        if s is not None and s.state & STARTED:
             self.closing = True
-            self._close(ConnectionCloseType.NO_FLUSH)
+            self.close(ConnectionCloseType.NO_FLUSH)
             return
         if s is None:
             st.downstream_rq_total.value += 1
-            st.downstream_rq_http1_total.value += 1
+            self.proto.rq_total.value += 1
             st.downstream_rq_active.inc()
-            s = ActiveStream(self, e.stream_id, HeaderMap())
-            self.stream = s
-        s.local_complete = True
+            s = self.streams[e.stream_id] = ActiveStream(self, e.stream_id, HeaderMap(),
+                                                         self.last_activity)
+        s.state |= LOCAL_REPLY
         s.stream_info.response_flags.append("DPE")
         status = e.error_status_hint
         # Envoy answers a missing Host with an empty 400, other codec errors with the reason.
         body = b"" if e.details == ev.MISSING_HOST else reason(status).encode()
         s.send_local_reply(status, body, details=e.details)
 
-    # -- responses -------------------------------------------------------------------------
+    # -- stream completion -------------------------------------------------------------------
 
-    def write_informational(self, s: ActiveStream, headers: HeaderMap) -> None:
-        self._flush()
-        self.conn.write(self.codec.send(ev.Informational(s.stream_id, headers.status,
-                                                         headers.headers)))
-
-    def write_headers(self, s: ActiveStream, headers: HeaderMap, end: bool) -> None:
-        # One pass: a new list without the hop-by-hop ones, then date and server.
-        switching = headers.status == 101
-        drop = upgrade.RESP_DROP_101 if switching else _RESP_DROP
-        raw = [kv for kv in headers.headers if kv[0] not in drop]
-        raw.append((b"date", http_date()))
-        raw.append((b"server", self.config.server_name))
-        if (self.closing or self.drain_close or self.conn.closed or not s.request_complete) \
-                and not switching:
-            raw.append((b"connection", b"close"))
-        if self.debug:
-            stream_debug(log, self.conn.id, s.stream_id, "encoding headers via codec "
-                         "(end_stream=%s):%s", str(end).lower(),
-                         header_lines([(":status", str(headers.status))] + [
-                             (k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]))
-        data = self.codec.send_response_head(s.stream_id, headers.status, raw, end)
-        s.last_activity = time.monotonic()
-        self._write(data)
-        if end:
-            self._response_done(s)
-
-    def write_data(self, s: ActiveStream, data: bytes, end: bool) -> None:
-        s.last_activity = time.monotonic()  # response bytes restart the stream idle timer
-        out = self.codec.send_data(s.stream_id, data, end)
-        if out:
-            self._write(out)
-        if end:
-            self._response_done(s)
-
-    def write_trailers(self, s: ActiveStream, trailers: HeaderMap) -> None:
-        self._write(self.codec.send(ev.Trailers(s.stream_id, trailers.headers)))
-        self._response_done(s)
-
-    def _write(self, data: bytes) -> None:
-        self.stats.downstream_cx_tx_bytes_total.value += len(data)
-        corked = self._corked
-        if corked is not None:
-            corked.append(data)
-        else:
-            self.conn.write(data)
-
-    def cork(self) -> bool:
-        """Hold response bytes until :meth:`uncork` (the router corks while it handles one
-        upstream read). False when already corked: then the caller must not uncork."""
-        if self._corked is not None:
-            return False
-        self._corked = []
-        return True
-
-    def uncork(self) -> None:
-        corked = self._corked
-        self._corked = None
-        if corked:
-            self.conn.write(corked[0] if len(corked) == 1 else b"".join(corked))
-
-    def _flush(self) -> None:
-        corked = self._corked
-        if corked:
-            self._corked = []
-            self.conn.write(corked[0] if len(corked) == 1 else b"".join(corked))
-
-    def _close(self, how: ConnectionCloseType) -> None:
-        self._flush()
-        self.conn.close(how)
-
-    def _response_done(self, s: ActiveStream) -> None:
-        if s.response_complete:
+    def response_done(self, s: ActiveStream) -> None:
+        """``s``'s response was written to its end: count it, finish the stream (``finish``,
+        inline), and let the protocol go on (HTTP/1.1: close, or the next request)."""
+        state = s.state
+        if state & LOCAL_DONE:
             return
-        s.response_complete = True
+        s.state = state | LOCAL_DONE
         st = self.stats
-        code = s.stream_info.response_code
-        cls = code // 100
+        ls = self.listener_stats
+        info = s.stream_info
+        cls = info.response_code // 100
         if 1 <= cls <= 5:
             st.by_class[cls].value += 1
-            self.listener_stats.by_class[cls].value += 1
+            ls.by_class[cls].value += 1
         st.downstream_rq_completed.value += 1
-        self.listener_stats.downstream_rq_completed.value += 1
-        if not s.request_complete:
+        ls.downstream_rq_completed.value += 1
+        if not state & REMOTE_DONE:
             st.downstream_rq_response_before_rq_complete.value += 1
-        self._finish(s)
-        self.next_cycle(s.request_complete)
-
-    def next_cycle(self, request_complete: bool, now: float = 0.0) -> None:
-        """A response is complete: close, or serve the next request. ``now``: the caller's
-        monotonic clock reading, if it just took one."""
-        self.last_activity = now or time.monotonic()
-        if self.closing or self.drain_close or not self.codec.keep_alive or \
-                not request_complete:
-            if self.drain_close and not self.closing:
-                self.stats.downstream_cx_drain_close.value += 1
-            self.closing = True
-            if self.delay_close and not self.peer_eof and self.config.delayed_close_timeout:
-                # Envoy's FlushWriteAndDelay after a protocol error: the reply is flushed and
-                # the peer gets delayed_close_timeout to close first (so the unread rest of its
-                # request does not turn our close into a reset that loses the reply).
-                self.reset_on_close = not request_complete
-                self._flush()
-                self.delay_timer = self.loop.call_later(self.config.delayed_close_timeout,
-                                                        self._on_delayed_close_timeout)
-                return
-            self._close(ConnectionCloseType.FLUSH_WRITE)
-            return
-        events = self.codec.start_next_cycle()
-        if events:
-            self.dispatch(events)
-
-    def _finish(self, s: ActiveStream) -> None:
-        if self.stream is s:
-            self.stream = None
-        st = self.stats
-        if s is self.upgrade_stream:
-            self.upgrade_stream = None
+        self.streams.pop(s.stream_id, None)
+        if s.upgrade:
             st.downstream_cx_upgrades_active.dec()
-        st.downstream_rq_active.dec()
-        info = s.stream_info
-        info.end_time = time.monotonic()
-        st.downstream_rq_time.record((info.end_time - s.start) * 1000)
+        st.downstream_rq_active.value -= 1  # (inc()ed when the stream began: marked used)
+        now = info.end_time = s.last_activity
+        st.downstream_rq_time.record((now - s.start) * 1000)
+        s.destroy()
+        logs = self.config.access_logs
+        if logs:
+            for logger in logs:
+                logger.log(s)
+        self.proto.stream_done(s)
+
+    def finish(self, s: ActiveStream, now: float) -> None:
+        """The stream is over (reset, or completed: response_done): it goes, its filters are
+        destroyed, it is logged."""
+        self.streams.pop(s.stream_id, None)
+        st = self.stats
+        if s.upgrade:
+            st.downstream_cx_upgrades_active.dec()
+        st.downstream_rq_active.value -= 1  # (inc()ed when the stream began: marked used)
+        s.stream_info.end_time = now
+        st.downstream_rq_time.record((now - s.start) * 1000)
         s.destroy()
         for logger in self.config.access_logs:
             logger.log(s)
 
     def reset_stream(self, s: ActiveStream, *, local: bool) -> None:
-        if s.destroyed:
+        if s.state & CLOSED:
             return
         if self.debug:
             stream_debug(log, self.conn.id, s.stream_id, "stream reset (%s)",
                          "local" if local else "remote")
         st = self.stats
+        info = s.stream_info
         if local:
             st.downstream_rq_tx_reset.value += 1
-            info = s.stream_info
             if "LR" not in info.response_flags:
                 info.response_flags.append("LR")
-            self.closing = True
-            self._finish(s)
-            self._close(ConnectionCloseType.NO_FLUSH)
         else:
             st.downstream_rq_rx_reset.value += 1
-            s.stream_info.response_flags.append("DC")
-            self._finish(s)
+            info.response_flags.append("DC")
+        self.finish(s, _monotonic())
+        self.proto.stream_reset(s, local)
+
+    def log_filter_error(self, exc: BaseException, filt: object, method: str) -> None:
+        name = self.config.filter_name(filt)
+        log.error("HTTP filter %s raised in %s: %s: %s", name, method, type(exc).__name__, exc,
+                  exc_info=exc)
+        self.stats.scope.counter("envoi.filter_exception").value += 1
 
     # -- connection events -----------------------------------------------------------------
 
     def on_event(self, event: ConnectionEvent) -> None:
         if event is ConnectionEvent.CONNECTED:
             return
-        self._promote_express("connection event")
         _LIVE.discard(self)
         st = self.stats
         st.downstream_cx_destroy.value += 1
@@ -658,163 +589,172 @@ class ConnectionManager(ReadFilter):
             st.downstream_cx_destroy_remote.value += 1
         else:
             st.downstream_cx_destroy_local.value += 1
-        s = self.stream
-        active = s is not None and not s.destroyed
-        if active or (self.head_pending and s is None):
+        active = [s for s in self.streams.values() if not s.state & CLOSED]
+        pending = self.head_pending and not active
+        for _ in range(len(active) + pending):
             st.downstream_cx_destroy_active_rq.value += 1
             if remote:
                 st.downstream_cx_destroy_remote_active_rq.value += 1
             else:
                 st.downstream_cx_destroy_local_active_rq.value += 1
-        if active:
-            self.reset_stream(s, local=False)  # type: ignore[arg-type]
-        elif self.head_pending and s is None:
+        for s in active:
+            self.reset_stream(s, local=False)
+        if pending:
             # Envoy's stream began with the first byte of its head: the close resets it.
             st.downstream_rq_total.value += 1
-            st.downstream_rq_http1_total.value += 1
+            self.proto.rq_total.value += 1
             st.downstream_rq_rx_reset.value += 1
-        elif self.reset_on_close and remote:
+        elif not active and self.reset_on_close and remote:
             st.downstream_rq_rx_reset.value += 1  # answered before its request was complete
         st.downstream_cx_active.dec()
-        if self.http1_counted:
-            st.downstream_cx_http1_active.dec()
         if self.tls:
             st.downstream_cx_ssl_active.dec()
+        self.proto.on_connection_closed()
         st.downstream_cx_length_ms.record(
-            (time.monotonic() - self.conn.stream_info.start_monotonic) * 1000)
-        self.deadline_router = None
+            (_monotonic() - self.conn.stream_info.start_monotonic) * 1000)
         for handle in (self.timer, self.headers_timer, self.deadline_timer, self.delay_timer):
             if handle is not None:
                 handle.cancel()
 
     def on_high_watermark(self) -> None:
-        self._promote_express("downstream watermark")
-        s = self.stream
-        if s is not None:
-            for cb in s.watermark_cbs:
-                cb.on_above_write_buffer_high_watermark()
+        for s in list(self.streams.values()):
+            s.above_write_buffer_high_watermark()
 
     def on_low_watermark(self) -> None:
-        self._promote_express("downstream watermark")
-        s = self.stream
-        if s is not None:
-            for cb in s.watermark_cbs:
-                cb.on_below_write_buffer_low_watermark()
+        for s in list(self.streams.values()):
+            s.below_write_buffer_low_watermark()
 
     # -- timeouts --------------------------------------------------------------------------
     # One timer per connection: activity only stamps a time, and the timer re-arms for the
     # remainder when it fires, so the hot path never reschedules timers.
 
     def _arm_timer(self, delay: float | None = None) -> None:
-        cfg = self.config
         if delay is None:
-            delay = cfg.tick
+            delay = self.config.tick
         if delay is None:
             return
-        self.timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        self.timer = self.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
         if self.conn.closed:
             return
-        self._promote_express("connection timer")
         cfg = self.config
-        now = time.monotonic()
-        s = self.stream
+        now = _monotonic()
         nxt: list[float] = []
-        if s is not None and not s.destroyed:
-            if cfg.request_timeout and not s.request_complete:
-                left = s.start + cfg.request_timeout - now
-                if left <= 0:
-                    self.stats.downstream_rq_timeout.value += 1
-                    self._timeout_reply(s, 408, b"request timeout", "request_overall_timeout")
-                    return
-                nxt.append(left)
-            sit = (route_idle.stream_idle_timeout(s, cfg.stream_idle_timeout) if cfg.route_idle
-                   else cfg.stream_idle_timeout)
-            if sit:
-                left = max(s.last_activity, self.last_activity) + sit - now
-                if left <= 0:
-                    self.stats.downstream_rq_idle_timeout.value += 1
-                    # Envoy: 504 once the request is complete (waiting on the response), else 408.
-                    self._timeout_reply(s, 504 if s.request_complete else 408,
-                                        b"stream timeout", "stream_idle_timeout")
-                    return
-                nxt.append(left)
-        elif cfg.idle_timeout:
-            left = self.last_activity + cfg.idle_timeout - now
-            if left <= 0:
+        streams = [s for s in self.streams.values() if not s.state & CLOSED]
+        for s in streams:
+            left = self._stream_timeouts(s, now)
+            if left is None:
+                return
+            nxt.extend(left)
+        if not streams and cfg.idle_timeout:
+            left_idle = self.last_activity + cfg.idle_timeout - now
+            if left_idle <= 0:
                 self.stats.downstream_cx_idle_timeout.value += 1
                 if self.first or not cfg.drain_timeout:
                     self.closing = True
                     self.conn.close(ConnectionCloseType.FLUSH_WRITE)
                 else:
-                    # Envoy drains an HTTP/1 connection that has seen a request: a request in
-                    # the drain window is answered with connection: close, then it closes.
+                    # Envoy drains a connection that has seen a request: a request in the
+                    # drain window is answered with connection: close, then it closes.
                     self.drain_close = True
+                    self.proto.drain()
                     self.timer = self.loop.call_later(cfg.drain_timeout, self._drain_timeout)
                 return
-            nxt.append(left)
+            nxt.append(left_idle)
         if cfg.tick is not None:
             nxt.append(cfg.tick)
         self._arm_timer(max(0.001, min(nxt)) if nxt else None)
 
-    def route_deadline(self, router: Any, when: float) -> None:
-        """Call ``router.on_global_timeout()`` at loop time ``when`` unless it is cleared first
-        (``deadline_router = None``)."""
-        self.deadline_router = router
-        self.deadline = when
-        t = self.deadline_timer
-        if t is None or self.deadline_when > when:
-            if t is not None:
-                t.cancel()
-            self.deadline_when = when
-            self.deadline_timer = self.loop.call_at(when, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self.deadline_timer = None
-        router = self.deadline_router
-        if router is None:
-            return
-        when = self.deadline
-        if self.loop.time() >= when - 0.001:  # the loop clock counts whole milliseconds
-            self.deadline_router = None
-            router.on_global_timeout()
-        else:
-            self.deadline_when = when
-            self.deadline_timer = self.loop.call_at(when, self._on_deadline)
+    def _stream_timeouts(self, s: ActiveStream, now: float) -> list[float] | None:
+        """The request and stream idle timeouts of ``s``: None when one fired, else the time
+        left on each."""
+        cfg = self.config
+        left: list[float] = []
+        complete = s.state & REMOTE_DONE
+        if cfg.request_timeout and not complete:
+            t = s.start + cfg.request_timeout - now
+            if t <= 0:
+                self.stats.downstream_rq_timeout.value += 1
+                self._timeout_reply(s, 408, b"request timeout", "request_overall_timeout")
+                return None
+            left.append(t)
+        sit = (route_idle.stream_idle_timeout(s, cfg.stream_idle_timeout) if cfg.route_idle
+               else cfg.stream_idle_timeout)
+        if sit:
+            last = s.last_activity if self.proto.multiplexed else \
+                max(s.last_activity, self.last_activity)
+            t = last + sit - now
+            if t <= 0:
+                self.stats.downstream_rq_idle_timeout.value += 1
+                # Envoy: 504 once the request is complete (waiting on the response), else 408.
+                self._timeout_reply(s, 504 if complete else 408, b"stream timeout",
+                                    "stream_idle_timeout")
+                return None
+            left.append(t)
+        return left
 
     def _timeout_reply(self, s: ActiveStream, status: int, body: bytes, details: str) -> None:
-        if s.response_started:
+        if s.state & STARTED:
             self.closing = True
             self.reset_stream(s, local=True)
             return
-        # A reply before the request is complete closes the connection (_response_done); a
-        # 504 after a complete request keeps it, as Envoy does.
+        # A reply before the request is complete closes the connection (HTTP/1.1); a 504 after
+        # a complete request keeps it, as Envoy does.
         s.send_local_reply(status, body, details=details)
 
     def _on_headers_timeout(self) -> None:
         self.headers_timer = None
-        if self.stream is not None or self.conn.closed or self._express_busy():
+        if self.streams or self.conn.closed:
             return
         self.stats.downstream_rq_header_timeout.value += 1
         # Envoy answers 408 "request header timeout" (counted as a request) and closes.
         st = self.stats
         st.downstream_rq_total.value += 1
-        st.downstream_rq_http1_total.value += 1
+        self.proto.rq_total.value += 1
         st.downstream_rq_active.inc()
         self.closing = True
-        err = ev.ProtocolError(0, 408, "request_header_timeout", "request header timeout")
-        self.codec._error(err)  # type: ignore[attr-defined]  # the head is abandoned
-        s = self.stream = ActiveStream(self, 0, HeaderMap())
-        s.local_complete = True
+        self.proto.on_event(ev.ProtocolError(0, 408, "request_header_timeout",
+                                             "request header timeout"))
+        s = self.streams[0] = ActiveStream(self, 0, HeaderMap(), self.last_activity)
+        s.state |= LOCAL_REPLY
         s.send_local_reply(408, b"request header timeout", details="request_header_timeout")
 
-    def log_filter_error(self, exc: BaseException, filt: object, method: str) -> None:
-        name = self.config.filter_name(filt)
-        log.error("HTTP filter %s raised in %s: %s: %s", name, method, type(exc).__name__, exc,
-                  exc_info=exc)
-        self.stats.scope.counter("envoi.filter_exception").value += 1
+    # -- deadlines ---------------------------------------------------------------------------
+    # Each stream keeps its filters' deadlines (the router's request timeout...) in a small
+    # table (ActiveStream.start_deadline); one timer per connection serves them all, armed for
+    # the earliest and re-armed only when it fires early or an earlier deadline comes: a
+    # deadline per request costs a dict entry, not a timer.
+
+    def arm_deadline(self, when: float) -> None:
+        """The earliest deadline is now ``when`` (streams add theirs to ``deadlines``)."""
+        t = self.deadline_timer
+        if t is not None:
+            t.cancel()
+        self.deadline_when = when
+        self.deadline_timer = self.loop.call_at(when, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self.deadline_timer = None
+        now = self.loop.time() + 0.001  # the loop clock counts whole milliseconds
+        earliest = 0.0
+        for s in list(self.streams.values()):
+            table = s.deadlines
+            if not table:
+                continue
+            for fn, when in list(table.items()):
+                if when <= now:
+                    if table.pop(fn, None) is not None and not s.state & CLOSED:
+                        fn()  # (an earlier callback may have cancelled it, or ended s)
+                elif not earliest or when < earliest:
+                    earliest = when
+        for s in self.streams.values():  # (a callback may have started deadlines)
+            for when in (s.deadlines or {}).values():
+                if not earliest or when < earliest:
+                    earliest = when
+        if earliest and (self.deadline_timer is None or self.deadline_when > earliest):
+            self.arm_deadline(earliest)
 
     @property
     def conn(self) -> Connection:

@@ -57,18 +57,6 @@ class HcmStats(StatsGroup):
     downstream_rq_too_many_premature_resets: Counter
     rs_too_large: Counter
     rq_overload_local_reply: Counter
-    # from the router, in the same scope
-    rq_total: Counter
-    rq_direct_response: Counter
-    rq_redirect: Counter
-    no_route: Counter
-    no_cluster: Counter
-    rq_reset_after_downstream_response_started: Counter
-    passthrough_internal_redirect_bad_location: Counter
-    passthrough_internal_redirect_unsafe_scheme: Counter
-    passthrough_internal_redirect_too_many_redirects: Counter
-    passthrough_internal_redirect_no_route: Counter
-    passthrough_internal_redirect_predicate: Counter
     downstream_cx_active: Gauge
     downstream_cx_ssl_active: Gauge
     downstream_cx_http1_active: Gauge

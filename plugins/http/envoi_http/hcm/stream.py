@@ -1,41 +1,92 @@
-"""ActiveStream: one request/response exchange and its HTTP filter chain.
+"""ActiveStream: one request/response exchange, whatever protocol carries it, and its HTTP filter
+chain.
 
 The stream is the callbacks object of every filter on it (Envoy keeps one per filter; here the
-filter manager tracks the stop position itself, so one object serves all and a stream with only
-the router allocates nothing extra). It also implements the access-log ``LogContext``.
+filter paths track the stop positions, so one object serves all and a stream whose chain is the
+router alone allocates nothing more). It also implements the access-log ``LogContext``.
+
+Its life is one small state, ``state``: three facts about the exchange plus two flags, as bits.
+
+======================================  ==============  ============================
+state                                   request         response
+======================================  ==============  ============================
+``OPEN``                                arriving        not started
+``REMOTE_DONE``                         complete        not started  (HTTP/2: half-closed remote)
+``STARTED``                             arriving        head sent
+``REMOTE_DONE | STARTED``               complete        head sent
+``STARTED | LOCAL_DONE``                arriving        complete (an early answer)
+``REMOTE_DONE | STARTED | LOCAL_DONE``  complete        complete: the stream finishes
+======================================  ==============  ============================
+
+``LOCAL_REPLY``: a local reply owns the response; the rest of the request reaches no filter.
+``CLOSED``: finished (completed or reset): its filters were destroyed and it was logged; nothing
+happens to it any more. Transitions only add bits: the request ends once (``REMOTE_DONE``), the
+response starts once and ends once, a stream closes once. Flow control adds ``READ_PAUSED`` (this
+stream stopped the downstream read) and ``SOURCE_PAUSED`` (its response source was told to wait).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from envoi.http.filter import (
     DownstreamWatermarkCallbacks,
     FilterState,
     HttpStreamInfo,
+    ModifyHeaders,
     StreamDecoderFilter,
     StreamEncoderFilter,
     StreamFilter,
 )
 from envoi.http.headers import HeaderMap
 
+from envoi_http.hcm import upgrade
 from envoi_http.hcm.filter_path import FilterPath
 
 if TYPE_CHECKING:
     from envoi.network.filter import Connection
 
-    from envoi_http.hcm.connection_manager import ConnectionManager
+    from envoi_http.hcm.connection_manager import ConnectionManager, ServerProtocol
     from envoi_http.router.config import Route
+
+OPEN = 0
+REMOTE_DONE = 1
+STARTED = 2
+LOCAL_DONE = 4
+LOCAL_REPLY = 8
+CLOSED = 16
+READ_PAUSED = 32
+SOURCE_PAUSED = 64
 
 _NO_TASKS: set[asyncio.Task[Any]] = set()  # shared and always empty (see FilterPath._adapter)
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large",
             426: "Upgrade Required", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+# Hop-by-hop response fields no protocol forwards (the proxy sets date and server itself), as
+# Envoy's mutateResponseHeaders drops them.
+_RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                        b"upgrade", b"date", b"server"))
+_SET_DECODER_CALLBACKS = StreamDecoderFilter.set_decoder_filter_callbacks
+_ON_STREAM_COMPLETE = (StreamDecoderFilter.on_stream_complete,
+                       StreamEncoderFilter.on_stream_complete)
+_date_cache: list[Any] = [0, b""]
+_monotonic = time.monotonic
+
+
+def http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
+    return _date_cache[1]  # type: ignore[no-any-return]
 
 
 class ActiveStream:
+    # Slots, every one set in __init__: a slot read is the cheapest attribute read there is
+    # (a class-level default read through an instance is not specialised, ~3x as slow).
     __slots__ = (
         "__weakref__",
         "_dec",
@@ -43,66 +94,82 @@ class ActiveStream:
         "_filter_state",
         "_route",
         "_route_resolved",
-        "cluster_name_",
-        "destroyed",
+        "deadlines",
         "filters",
         "hcm",
-        "head_request",
-        "http10",
         "last_activity",
-        "local_complete",
         "lone",
-        "read_paused",
-        "request_complete",
         "request_headers",
-        "response_complete",
         "response_headers",
-        "response_started",
         "response_trailers",
         "start",
+        "state",
         "stream_id",
         "stream_info",
         "tasks",
-        "upstream_paused",
+        "upgrade",
         "watermark_cbs",
     )
 
-    def __init__(self, hcm: ConnectionManager, stream_id: int, headers: HeaderMap) -> None:
+    def __init__(self, hcm: ConnectionManager, stream_id: int, headers: HeaderMap,
+                 now: float, route: Route | None = None, resolved: bool = False) -> None:
         self.hcm = hcm
         self.stream_id = stream_id
+        self.state = OPEN
         self.request_headers = headers
         self.response_headers: HeaderMap | None = None
         self.response_trailers: HeaderMap | None = None
-        conn = hcm.conn
-        conn_info = conn.stream_info
-        info = self.stream_info = HttpStreamInfo(conn_info.downstream_remote_address,
-                                                 conn_info.downstream_local_address)
+        info = self.stream_info = HttpStreamInfo(hcm.remote_address, hcm.local_address, now)
+        conn_info = hcm.conn_info
         if conn_info.downstream_ssl is not None or conn_info.requested_server_name:
             info.downstream_ssl = conn_info.downstream_ssl
             info.requested_server_name = conn_info.requested_server_name
-        self.start = info.start_monotonic
-        self.last_activity = self.start
-        self._filter_state: FilterState | None = None  # made on first use
+        self.start = self.last_activity = now
         self.filters: list[Any] = []
         # The filter paths are made when first needed: a stream whose chain is the router alone
-        # (``lone``; it always continues) and no encoder filter has neither.
+        # (``lone``: it always continues) and no encoder filter has neither.
+        self.lone: Any = None
         self._dec: FilterPath | None = None
         self._enc: FilterPath | None = None
-        self.lone: Any = None
-        self.local_complete = False
-        self.response_started = False
-        self.request_complete = False
-        self.response_complete = False
-        self.destroyed = False
+        self._filter_state: FilterState | None = None  # made on first use
+        self._route = route
+        self._route_resolved = resolved
+        if route is not None:
+            info.route_name = route.name
+            info.virtual_host_name = route.vhost.name
+        self.upgrade = b""  # the accepted upgrade (hcm/upgrade.py)
+        self.watermark_cbs: list[DownstreamWatermarkCallbacks] | None = None
         self.tasks: set[asyncio.Task[Any]] = _NO_TASKS  # a set of its own once a task runs
-        self._route: Route | None = None
-        self._route_resolved = False
-        self.watermark_cbs: list[DownstreamWatermarkCallbacks] = []
-        self.read_paused = False
-        self.upstream_paused = False
-        self.head_request = headers.method == b"HEAD"
-        self.http10 = False
-        self.cluster_name_: str | None = None
+        # This stream's filters' deadlines (start_deadline): callback -> loop time; the
+        # connection manager's one timer serves every stream's (ConnectionManager.arm_deadline).
+        self.deadlines: dict[Callable[[], None], float] | None = None
+
+    @property
+    def proto(self) -> ServerProtocol:
+        return self.hcm.proto
+
+    @property
+    def head_request(self) -> bool:
+        """A response to HEAD: its body bytes are never sent."""
+        return self.request_headers.method == b"HEAD"
+
+    # -- the state, by name (the hot paths test the bits) ---------------------------------------
+
+    @property
+    def request_complete(self) -> bool:
+        return bool(self.state & REMOTE_DONE)
+
+    @property
+    def response_started(self) -> bool:
+        return bool(self.state & STARTED)
+
+    @property
+    def local_complete(self) -> bool:
+        return bool(self.state & LOCAL_REPLY)
+
+    @property
+    def destroyed(self) -> bool:
+        return bool(self.state & CLOSED)
 
     @property
     def filter_state(self) -> FilterState:
@@ -127,32 +194,27 @@ class ActiveStream:
         e = self._enc
         if e is None:
             e = self._enc = FilterPath(self, False)
-            e.sink_headers = self._write_headers
-            e.sink_data = self._write_data
-            e.sink_trailers = self._write_trailers
         return e
 
     # -- HttpFilterChainBuilder -------------------------------------------------------------
 
     def add_decoder_filter(self, f: StreamDecoderFilter) -> None:
-        f.set_decoder_filter_callbacks(self)
-        if self._dec is None and self.lone is None and not self.filters and \
-                getattr(f, "always_continues", False):
+        if type(f).set_decoder_filter_callbacks is _SET_DECODER_CALLBACKS:
+            f.decoder_callbacks = self  # what the base class's method does, without the call
+        else:
+            f.set_decoder_filter_callbacks(self)
+        filters = self.filters
+        if not filters and getattr(f, "always_continues", False):
             # Called directly, as the decoder path would call it: its decode methods always
             # return CONTINUE, are not coroutines and never add data.
             self.lone = f
         else:
             self.dec.add(f)
-        self.filters.append(f)
+        filters.append(f)
 
     def add_encoder_filter(self, f: StreamEncoderFilter) -> None:
         f.set_encoder_filter_callbacks(self)
-        # Encoders run last-added first: keep the path in iteration order.
-        path = self.enc
-        path.add(f)
-        path.headers_fns.insert(0, path.headers_fns.pop())
-        path.data_fns.insert(0, path.data_fns.pop())
-        path.trailers_fns.insert(0, path.trailers_fns.pop())
+        self.enc.add(f)  # (encoders run last-added first: the path keeps them in that order)
         if f not in self.filters:
             self.filters.append(f)
 
@@ -160,40 +222,27 @@ class ActiveStream:
         self.add_decoder_filter(f)
         self.add_encoder_filter(f)
 
-    # -- codec events -------------------------------------------------------------------------
-
-    def decode_headers(self, end_stream: bool) -> None:
-        if end_stream:
-            self.request_complete = True
-            self.hcm.request_done(self)
-        lone = self.lone
-        if lone is not None:
-            try:
-                lone.decode_headers(self.request_headers, end_stream)
-            except Exception as exc:
-                self.filter_raised(exc, lone.decode_headers)
-        else:
-            self.dec.run_headers(0, self.request_headers, end_stream)
+    # -- the request, from the connection manager (which starts it: decode_headers) -----------
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         self.stream_info.bytes_received += len(data)
+        state = self.state
         if end_stream:
-            self.request_complete = True
-            self.hcm.request_done(self)
-        if not self.local_complete:
+            self.state = state | REMOTE_DONE
+        if not state & (LOCAL_REPLY | CLOSED):
             lone = self.lone
             if lone is not None:
                 try:
                     lone.decode_data(data, end_stream)
-                except Exception as exc:
+                except Exception as exc:  # free in 3.11 until something raises
                     self.filter_raised(exc, lone.decode_data)
             else:
                 self.dec.run_data(0, data, end_stream)
 
     def decode_trailers(self, trailers: HeaderMap) -> None:
-        self.request_complete = True
-        self.hcm.request_done(self)
-        if not self.local_complete:
+        state = self.state
+        self.state = state | REMOTE_DONE
+        if not state & (LOCAL_REPLY | CLOSED):
             lone = self.lone
             if lone is not None:
                 try:
@@ -215,13 +264,16 @@ class ActiveStream:
 
     def route(self) -> Route | None:
         if not self._route_resolved:
-            self._route_resolved = True
-            table = self.hcm.config.route_table
-            self._route = table.route(self.request_headers) if table is not None else None
-            if self._route is not None:
-                self.stream_info.route_name = self._route.name
-                self.stream_info.virtual_host_name = self._route.vhost.name
+            self.set_route(self.hcm.route_for(self.request_headers))
         return self._route
+
+    def set_route(self, route: Route | None) -> None:
+        self._route_resolved = True
+        self._route = route
+        if route is not None:
+            info = self.stream_info
+            info.route_name = route.name
+            info.virtual_host_name = route.vhost.name
 
     def clear_route_cache(self) -> None:
         self._route_resolved = False
@@ -229,20 +281,42 @@ class ActiveStream:
 
     @property
     def cluster_name(self) -> str | None:
-        return self.cluster_name_
+        return self.stream_info.upstream_cluster
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.hcm.loop
+
+    def start_deadline(self, delay: float, callback: Callable[[], None]) -> None:
+        hcm = self.hcm
+        when = hcm.loop.time() + delay
+        table = self.deadlines
+        if table is None:
+            self.deadlines = {callback: when}
+        else:
+            table[callback] = when
+        if hcm.deadline_timer is None or hcm.deadline_when > when:
+            hcm.arm_deadline(when)
+
+    def cancel_deadline(self, callback: Callable[[], None]) -> None:
+        table = self.deadlines
+        if table:
+            table.pop(callback, None)
 
     def send_local_reply(self, status: int, body: bytes | str = b"",
-                         headers: dict[str, str] | None = None, details: str = "") -> None:
-        if self.destroyed:
+                         headers: dict[str, str] | None = None, details: str = "",
+                         modify_headers: ModifyHeaders | None = None) -> None:
+        state = self.state
+        if state & CLOSED:
             return
         if isinstance(body, str):
             body = body.encode()
         self.stream_info.response_code_details = details
-        if self.response_started:
+        if state & STARTED:
             # Too late for a reply: the client already has a status line.
             self.reset_stream()
             return
-        self.local_complete = True
+        self.state = state | LOCAL_REPLY
         hm = HeaderMap(status=status)
         if body:
             hm.add_bytes(b"content-type", b"text/plain")
@@ -250,16 +324,17 @@ class ActiveStream:
         if headers:
             for k, v in headers.items():
                 hm.set(k, v)
+        if modify_headers is not None:
+            modify_headers(hm)
         enc = self._enc
         if enc is not None and (enc.stop >= 0 or enc.headers is not None):
             # Raised from inside the encoder chain: skip it, the reply goes straight out.
-            self._write_headers(hm, not body)
-            if body:
-                self._write_data(body, True)
+            self.write_head(hm, body or None, True)
             return
-        self.encode_headers(hm, not body)
-        if body and not self.destroyed:
-            self.encode_data(body, True)
+        if body:
+            self.encode_response(hm, body, True)
+        else:
+            self.encode_headers(hm, True)
 
     def reset_stream(self) -> None:
         self.hcm.reset_stream(self, local=True)
@@ -267,7 +342,7 @@ class ActiveStream:
     def filter_raised(self, exc: BaseException, method: Any) -> None:
         """A filter's ``method`` raised: log it with the filter's name, count it, and answer
         500 (or reset the stream when the response has started); the connection goes on."""
-        if self.destroyed:
+        if self.state & CLOSED:
             return
         self.hcm.log_filter_error(exc, getattr(method, "__self__", None),
                                   getattr(method, "__name__", "?"))
@@ -276,7 +351,7 @@ class ActiveStream:
     # -- callbacks: decoder --------------------------------------------------------------------
 
     def continue_decoding(self) -> None:
-        if not self.local_complete and not self.destroyed and self._dec is not None:
+        if not self.state & (LOCAL_REPLY | CLOSED) and self._dec is not None:
             self._dec.resume()
 
     def add_decoded_data(self, data: bytes) -> None:
@@ -292,51 +367,69 @@ class ActiveStream:
         self.response_headers = headers
         enc = self._enc
         if enc is None:  # no encoder filter
-            self._write_headers(headers, end_stream)
+            self.write_head(headers, None, end_stream)
         else:
             enc.run_headers(0, headers, end_stream)
 
+    def encode_response(self, headers: HeaderMap, data: bytes, end_stream: bool) -> None:
+        self.response_headers = headers
+        enc = self._enc
+        if enc is None:  # no encoder filter: head and data in one write
+            self.write_head(headers, data, end_stream)
+            return
+        proto = self.proto
+        corked = proto.cork()  # whatever the encoder filters pass on leaves in one write
+        try:
+            enc.run_headers(0, headers, False)
+            self.encode_data(data, end_stream)
+        finally:
+            if corked:
+                proto.uncork()
+
     def encode_1xx_headers(self, headers: HeaderMap) -> None:
-        self.hcm.write_informational(self, headers)
+        self.proto.write_informational(self, headers)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
-        if not self.destroyed:
+        if not self.state & CLOSED:
             enc = self._enc
             if enc is None:
-                self._write_data(data, end_stream)
+                self.write_data(data, end_stream)
             else:
                 enc.run_data(0, data, end_stream)
 
     def encode_trailers(self, trailers: HeaderMap) -> None:
-        if not self.destroyed:
+        if not self.state & CLOSED:
             enc = self._enc
             if enc is None:
-                self._write_trailers(trailers)
+                self.write_trailers(trailers)
             else:
                 enc.run_trailers(0, trailers)
 
     def add_downstream_watermark_callbacks(self, cbs: DownstreamWatermarkCallbacks) -> None:
-        self.watermark_cbs.append(cbs)
+        if self.watermark_cbs is None:
+            self.watermark_cbs = [cbs]
+        else:
+            self.watermark_cbs.append(cbs)
         if self.hcm.conn.above_high_watermark:
             cbs.on_above_write_buffer_high_watermark()
 
     def on_decoder_filter_above_write_buffer_high_watermark(self) -> None:
         """The upstream cannot take more request body: stop reading the client."""
-        if not self.read_paused:
-            self.read_paused = True
-            self.hcm.conn.read_disable(True)
+        if not self.state & READ_PAUSED:
+            self.state |= READ_PAUSED
+            self.proto.read_disable(self, True)
             self.hcm.stats.downstream_flow_control_paused_reading_total.value += 1
 
     def on_decoder_filter_below_write_buffer_low_watermark(self) -> None:
-        if self.read_paused:
-            self.read_paused = False
-            self.hcm.conn.read_disable(False)
+        if self.state & READ_PAUSED:
+            self.state &= ~READ_PAUSED
+            self.proto.read_disable(self, False)
             self.hcm.stats.downstream_flow_control_resumed_reading_total.value += 1
 
     # -- callbacks: encoder --------------------------------------------------------------------
 
     def continue_encoding(self) -> None:
-        if not self.destroyed and self._enc is not None:
+        if not self.state & CLOSED and self._enc is not None:
             self._enc.resume()
 
     def add_encoded_data(self, data: bytes) -> None:
@@ -348,16 +441,24 @@ class ActiveStream:
     def inject_encoded_data(self, data: bytes, end_stream: bool) -> None:
         self.enc.run_data(self.enc.stop + 1 if self.enc.stop >= 0 else 0, data, end_stream)
 
-    # -- buffer limits ----------------------------------------------------------------------------
+    # -- flow control, from the connection and the filter paths ------------------------------------
+
+    def above_write_buffer_high_watermark(self) -> None:
+        """The client is slow (the connection's, or this stream's, send buffer is full)."""
+        for cb in self.watermark_cbs or ():
+            cb.on_above_write_buffer_high_watermark()
+
+    def below_write_buffer_low_watermark(self) -> None:
+        for cb in self.watermark_cbs or ():
+            cb.on_below_write_buffer_low_watermark()
 
     def buffer_over_limit(self, path: FilterPath, watermark: bool) -> None:
         if watermark:
             if path.decode:
                 self.on_decoder_filter_above_write_buffer_high_watermark()
-            elif not self.upstream_paused:
-                self.upstream_paused = True
-                for cb in self.watermark_cbs:
-                    cb.on_above_write_buffer_high_watermark()
+            elif not self.state & SOURCE_PAUSED:
+                self.state |= SOURCE_PAUSED
+                self.above_write_buffer_high_watermark()
             return
         path.buf = None
         if path.decode:
@@ -372,47 +473,82 @@ class ActiveStream:
     def buffer_drained(self, path: FilterPath) -> None:
         if path.decode:
             self.on_decoder_filter_below_write_buffer_low_watermark()
-        elif self.upstream_paused:
-            self.upstream_paused = False
-            for cb in self.watermark_cbs:
-                cb.on_below_write_buffer_low_watermark()
+        elif self.state & SOURCE_PAUSED:
+            self.state &= ~SOURCE_PAUSED
+            self.below_write_buffer_low_watermark()
 
-    # -- the end of the encoder chain: to the codec -----------------------------------------------
+    # -- the end of the encoder chain: to the protocol --------------------------------------------
 
-    def _write_headers(self, headers: HeaderMap, end: bool) -> None:
-        self.response_started = True
+    def write_headers(self, headers: HeaderMap, end: bool) -> None:
+        self.write_head(headers, None, end)
+
+    def write_head(self, headers: HeaderMap, data: bytes | None, end: bool) -> None:
+        """The end of the encoder chain for a response head, with its first body bytes when
+        they are at hand (``data``; one write). State and stream info, and Envoy's
+        ``mutateResponseHeaders`` in one pass: a new list without the hop-by-hop fields (the
+        upstream's included: the router passes its header list on as it came), then date and
+        server. The stream's headers become that list: the access log sees what was sent."""
+        self.state |= STARTED
         self.response_headers = headers
-        self.stream_info.response_code = headers.status
-        self.hcm.write_headers(self, headers, end)
+        status = headers.status
+        info = self.stream_info
+        info.response_code = status
+        if data is not None and self.request_headers.method != b"HEAD":
+            info.bytes_sent += len(data)  # (a HEAD answer's body is never sent)
+        drop = upgrade.RESP_DROP_101 if status == 101 else _RESP_DROP
+        raw = [kv for kv in headers.headers if kv[0] not in drop]
+        raw.append((b"date", http_date()))
+        raw.append((b"server", self.hcm.server_name))
+        headers.headers = raw
+        self.last_activity = _monotonic()  # response bytes restart the stream idle timer
+        hcm = self.hcm
+        hcm.proto.write_head(self, headers, data, end)
+        if end:
+            hcm.response_done(self)
 
-    def _write_data(self, data: bytes, end: bool) -> None:
-        if not self.head_request:  # a HEAD answer's body is never sent
+    def write_data(self, data: bytes, end: bool) -> None:
+        self.last_activity = _monotonic()
+        if not self.head_request:
             self.stream_info.bytes_sent += len(data)
-        self.hcm.write_data(self, data, end)
+        self.proto.write_data(self, data, end)
+        if end:
+            self.hcm.response_done(self)
 
-    def _write_trailers(self, trailers: HeaderMap) -> None:
+    def write_trailers(self, trailers: HeaderMap) -> None:
+        self.last_activity = _monotonic()
         self.response_trailers = trailers
-        self.hcm.write_trailers(self, trailers)
+        self.proto.write_trailers(self, trailers)
+        self.hcm.response_done(self)
 
     def destroy(self) -> None:
-        if self.destroyed:
+        """Finished: the filters are told and let go (the stream and its filters reference each
+        other; cutting the links lets refcounting free them at once, not the cyclic GC)."""
+        state = self.state
+        if state & CLOSED:
             return
-        self.destroyed = True
-        for t in self.tasks:
-            t.cancel()
-        for f in self.filters:
-            f.on_stream_complete()
-        for f in self.filters:
+        self.state = state | CLOSED
+        if self.tasks:
+            for t in self.tasks:
+                t.cancel()
+        filters = self.filters
+        for f in filters:
+            if type(f).on_stream_complete not in _ON_STREAM_COMPLETE:  # (the base: nothing)
+                f.on_stream_complete()
+        for f in filters:
             f.on_destroy()
-        # Break the stream <-> filter cycles (filters hold the stream as their callbacks), so
-        # refcounting frees a finished stream at once instead of the cyclic GC.
-        self.filters = []
-        self.lone = None
-        self.watermark_cbs = []
+        filters.clear()
+        if self.lone is not None:
+            self.lone = None
+        if self.watermark_cbs is not None:
+            self.watermark_cbs = None
+        if self.deadlines is not None:  # (pending ones end with the stream)
+            self.deadlines = None
         if self._dec is not None:
             self._dec.unlink()
+            self._dec = None
         if self._enc is not None:
             self._enc.unlink()
+            self._enc = None
 
     # -- access log context -------------------------------------------------------------------
 

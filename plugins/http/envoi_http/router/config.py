@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from envoi.config import (
     NOT_IMPLEMENTED,
@@ -21,16 +21,17 @@ from envoi.config import (
 )
 from envoi.extensions import FactoryContext
 from envoi.http.headers import HeaderMap
-from envoi.regex import Regex, compile_regex
 
 from envoi_http.router.hash_policy import HashPolicy, build_hash_policy
+from envoi_http.router.matchers import (
+    Matcher,
+    PlainPrefix,
+    header_matcher,
+    regex,
+    route_matcher,
+)
 from envoi_http.router.re2_rewrite import RegexRewrite
 from envoi_http.router.stats import RequestStats
-
-if TYPE_CHECKING:
-    from envoi_http.hcm.stream import ActiveStream
-
-Matcher = Callable[[HeaderMap, bytes, bytes], bool]  # (headers, path, query) -> matched
 
 # -- what of the route table envoi acts on (envoi.config.implemented refuses the rest) -------
 _R = "envoy.config.route.v3."
@@ -157,6 +158,10 @@ class VirtualHost:
     #: require_tls: 0 NONE, 1 EXTERNAL_ONLY, 2 ALL; tls_redirect answers a request it refuses.
     require_tls: int = 0
     tls_redirect: Route | None = None
+    # The route configuration's own header mutations (applied after the virtual host's), kept
+    # here so that a route leads to every mutation that applies to it.
+    config_request_mutations: HeaderMutations = HeaderMutations()
+    config_response_mutations: HeaderMutations = HeaderMutations()
 
 
 @dataclass(eq=False)
@@ -190,7 +195,7 @@ class Route:
     per_filter: dict[str, object] = field(default_factory=dict)  # typed_per_filter_config
 
     def __post_init__(self) -> None:
-        if isinstance(self.match, _PlainPrefix):
+        if isinstance(self.match, PlainPrefix):
             self.plain_prefix = self.match.prefix
 
     @property
@@ -287,176 +292,6 @@ def _needs_tls_redirect(vh: VirtualHost, h: HeaderMap) -> bool:
 _TLS_ALL = 2
 
 
-# -- matchers -------------------------------------------------------------------------------
-
-
-class _PlainPrefix:
-    """A case-sensitive ``prefix`` match with nothing else to check."""
-
-    __slots__ = ("prefix",)
-
-    def __init__(self, prefix: bytes) -> None:
-        self.prefix = prefix
-
-    def __call__(self, h: HeaderMap, path: bytes, query: bytes) -> bool:
-        return path.startswith(self.prefix)
-
-
-def _string_matcher(sm: Any, path: str) -> Callable[[bytes], bool]:
-    ic = sm.ignore_case
-    kind = sm.WhichOneof("match_pattern")
-    if kind == "safe_regex":
-        # ignore_case has no effect on safe_regex, as in Envoy.
-        rx = _regex(sm.safe_regex.regex, path + ".safe_regex.regex")
-        return lambda v: rx.fullmatch(v) is not None
-    raw: str = getattr(sm, kind or "exact")
-    want = raw.lower().encode() if ic else raw.encode()
-
-    def norm(v: bytes) -> bytes:
-        return v.lower() if ic else v
-
-    if kind == "exact" or kind is None:
-        return lambda v: norm(v) == want
-    if kind == "prefix":
-        return lambda v: norm(v).startswith(want)
-    if kind == "suffix":
-        return lambda v: norm(v).endswith(want)
-    if kind == "contains":
-        return lambda v: want in norm(v)
-    raise ConfigError([ConfigIssue(f"{path}.{kind}", NOT_IMPLEMENTED)])
-
-
-def _regex(pattern: str, path: str) -> Regex:
-    return compile_regex(pattern, path)
-
-
-def _header_matcher(hm: Any, path: str) -> Callable[[HeaderMap], bool]:
-    name = hm.name.lower().encode()
-    invert = hm.invert_match
-    kind = hm.WhichOneof("header_match_specifier")
-    treat_missing = hm.treat_missing_header_as_empty
-    if kind == "present_match":
-        want = bool(hm.present_match)
-
-        def present(h: HeaderMap) -> bool:
-            return (h.get_bytes(name) is not None) == want
-        inner = present
-    else:
-        if kind == "string_match":
-            check = _string_matcher(hm.string_match, path + ".string_match")
-        elif kind == "exact_match":
-            v = hm.exact_match.encode()
-            check = v.__eq__
-        elif kind == "prefix_match":
-            p = hm.prefix_match.encode()
-            check = lambda x: x.startswith(p)  # noqa: E731
-        elif kind == "safe_regex_match":
-            rx = _regex(hm.safe_regex_match.regex, path + ".safe_regex_match.regex")
-            check = lambda x: rx.fullmatch(x) is not None  # noqa: E731
-        elif kind == "suffix_match":
-            sfx = hm.suffix_match.encode()
-            check = lambda x: x.endswith(sfx)  # noqa: E731
-        elif kind == "contains_match":
-            sub = hm.contains_match.encode()
-            check = lambda x: sub in x  # noqa: E731
-        elif kind == "range_match":
-            check = _range_check(hm.range_match.start, hm.range_match.end)
-        elif kind is None:
-            check = lambda x: True  # noqa: E731
-        else:
-            raise ConfigError([ConfigIssue(f"{path}.{kind}", NOT_IMPLEMENTED)])
-
-        def inner(h: HeaderMap) -> bool:
-            if name[:1] == b":":
-                vals = [h.get_bytes(name)]
-            else:
-                vals = [v for k, v in h.headers if k == name] or [None]
-            v = b",".join(x for x in vals if x is not None) if vals[0] is not None else None
-            if v is None:
-                if not treat_missing:
-                    return False
-                v = b""
-            return check(v)
-
-    if invert:
-        return lambda h: not inner(h)
-    return inner
-
-
-def _range_check(start: int, end: int) -> Callable[[bytes], bool]:
-    """Envoy's range_match: the value is a signed decimal integer in [start, end)."""
-
-    def check(v: bytes) -> bool:
-        text = v.strip()
-        body = text[1:] if text[:1] in (b"-", b"+") else text
-        if not body.isdigit():
-            return False
-        return start <= int(text) < end
-
-    return check
-
-
-def _query_matcher(qm: Any, path: str) -> Callable[[bytes], bool]:
-    from urllib.parse import parse_qsl
-
-    name = qm.name
-    if qm.HasField("string_match"):
-        check = _string_matcher(qm.string_match, path + ".string_match")
-    else:
-        check = lambda v: True  # noqa: E731
-
-    def match(query: bytes) -> bool:
-        for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if k == name:
-                return check(v.encode("latin-1"))
-        return False
-
-    return match
-
-
-def _route_matcher(m: Any, path: str) -> tuple[Matcher, bytes | None]:
-    cs = m.case_sensitive.value if m.HasField("case_sensitive") else True
-    kind = m.WhichOneof("path_specifier")
-    prefix: bytes | None = None
-    pm: Callable[[bytes], bool]
-    if kind == "prefix":
-        prefix = m.prefix.encode()
-        p = prefix if cs else prefix.lower()
-        pm = (lambda x: x.startswith(p)) if cs else (lambda x: x.lower().startswith(p))
-    elif kind == "path":
-        p = m.path.encode() if cs else m.path.lower().encode()
-        pm = (lambda x: x == p) if cs else (lambda x: x.lower() == p)
-    elif kind == "safe_regex":
-        # case_sensitive does not apply to safe_regex (Envoy ignores it there too).
-        rx = _regex(m.safe_regex.regex, path + ".safe_regex.regex")
-        pm = lambda x: rx.fullmatch(x) is not None  # noqa: E731
-    elif kind == "path_separated_prefix":
-        prefix = m.path_separated_prefix.encode()
-        p = prefix if cs else prefix.lower()
-
-        def pm(x: bytes) -> bool:
-            x = x if cs else x.lower()
-            return x == p or x.startswith(p + b"/")
-    else:
-        raise ConfigError([ConfigIssue(f"{path}.{kind}", NOT_IMPLEMENTED)])
-    hms = [_header_matcher(h, f"{path}.headers[{i}]") for i, h in enumerate(m.headers)]
-    if m.HasField("grpc"):
-        hms.append(lambda h: (h.get_bytes(b"content-type") or b"").startswith(
-            b"application/grpc"))
-    qms = [_query_matcher(q, f"{path}.query_parameters[{i}]")
-           for i, q in enumerate(m.query_parameters)]
-    if not hms and not qms:
-        if kind == "prefix" and cs:
-            # RouteTable.route tests this with one startswith; the matcher is never called.
-            return _PlainPrefix(prefix), prefix  # type: ignore[arg-type]
-        return (lambda h, p_, q: pm(p_)), prefix
-
-    def full(h: HeaderMap, p_: bytes, q: bytes) -> bool:
-        return pm(p_) and all(f(h) for f in hms) and all(f(q) for f in qms)
-
-    return full, prefix
-
-
 # -- building ------------------------------------------------------------------------------
 
 _ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": APPEND, "ADD_IF_ABSENT": ADD_IF_ABSENT,
@@ -537,7 +372,7 @@ class _BuildContext:
 def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
     ctx = bctx.factory
     issues: list[ConfigIssue] = []
-    match, prefix = _collect(issues, (_NEVER, None), _route_matcher, r.match, path + ".match")
+    match, prefix = _collect(issues, (_NEVER, None), route_matcher, r.match, path + ".match")
     request_mutations = _collect(issues, HeaderMutations(), _mutations, r, "request", path, ctx)
     response_mutations = _collect(issues, HeaderMutations(), _mutations, r, "response", path,
                                   ctx)
@@ -578,7 +413,7 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
         if a.prefix_rewrite:
             rt.prefix_rewrite = a.prefix_rewrite.encode()
         if a.HasField("regex_rewrite"):
-            rx = _collect(issues, None, _regex, a.regex_rewrite.pattern.regex,
+            rx = _collect(issues, None, regex, a.regex_rewrite.pattern.regex,
                           path + ".route.regex_rewrite.pattern.regex")
             if rx is not None:
                 rt.regex_rewrite = RegexRewrite(rx, a.regex_rewrite.substitution.encode())
@@ -684,6 +519,8 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
     bctx = _BuildContext(ctx, known, rc.max_direct_response_body_size_bytes.value
                          if rc.HasField("max_direct_response_body_size_bytes") else 4096)
     top_per_filter = _per_filter(rc, path, ctx, issues)
+    table_request = _collect(issues, HeaderMutations(), _mutations, rc, "request", path, ctx)
+    table_response = _collect(issues, HeaderMutations(), _mutations, rc, "response", path, ctx)
     for i, v in enumerate(rc.virtual_hosts):
         vpath = f"{path}.virtual_hosts[{i}]"
         vh = VirtualHost(
@@ -697,6 +534,8 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
             include_attempt_count_in_response=v.include_attempt_count_in_response,
             per_filter={**top_per_filter, **_per_filter(v, vpath, ctx, issues)},
             require_tls=v.require_tls,
+            config_request_mutations=table_request,
+            config_response_mutations=table_response,
         )
         if v.require_tls:
             vh.tls_redirect = Route(
@@ -707,7 +546,7 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
         if v.virtual_clusters:
             vcs = []
             for j, vc in enumerate(v.virtual_clusters):
-                hms = [_collect(issues, _no_header, _header_matcher, h,
+                hms = [_collect(issues, _no_header, header_matcher, h,
                                 f"{vpath}.virtual_clusters[{j}].headers[{k}]")
                        for k, h in enumerate(vc.headers)]
                 vcs.append((vc.name, (lambda h, p, q, hms=hms: all(f(h) for f in hms)),
@@ -739,8 +578,6 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
                                                  f"Duplicate entry of domain {d} in route "
                                                  + rc.name))
             table[key] = vh
-    table_request = _collect(issues, HeaderMutations(), _mutations, rc, "request", path, ctx)
-    table_response = _collect(issues, HeaderMutations(), _mutations, rc, "response", path, ctx)
     if issues:
         raise ConfigError(issues)
     return RouteTable(
@@ -753,7 +590,3 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
 
 def _no_header(h: HeaderMap) -> bool:
     return False
-
-
-def log_context(stream: ActiveStream) -> Any:
-    return stream

@@ -9,7 +9,9 @@ from envoi.extensions import FactoryContext, HttpFilterFactory
 from envoi.http.filter import HttpFilterChainBuilder, HttpFilterFactoryCb
 
 from envoi_http.options import http1_codec
-from envoi_http.router.filter import Router, RouterConfig
+from envoi_http.router.filter import Router
+from envoi_http.router.plan import RouterConfig
+from envoi_http.router.stats import RouterStats
 
 implements("envoy.extensions.filters.http.router.v3.Router",
            "suppress_envoy_headers", "respect_expected_rq_timeout")
@@ -24,10 +26,11 @@ class RouterFactory(HttpFilterFactory):
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
         suppress = bool(config.suppress_envoy_headers) if config is not None else False
         respect = bool(config.respect_expected_rq_timeout) if config is not None else False
-        cfg = RouterConfig(context.cluster_manager, suppress, http1_codec(context), respect)
+        stats = RouterStats(context.stats.root.scope(f"http.{context.stat_prefix}"))
+        cfg = RouterConfig(context.cluster_manager, suppress, http1_codec(context), stats,
+                           respect)
 
         def add(builder: HttpFilterChainBuilder) -> None:
             builder.add_decoder_filter(Router(cfg))
 
-        add.router_config = cfg  # type: ignore[attr-defined]  # the HCM's express lane reads it
         return add

@@ -1,9 +1,26 @@
-"""The router filter: pick the route's cluster and host, proxy the exchange over a pooled
-HTTP/1.1 connection, retry and time out as the route says, and count Envoy's stats."""
+"""The router filter: the terminal HTTP filter. It picks the route's cluster and host, proxies the
+exchange over a pooled HTTP/1.1 connection, retries and times out as the route says, and counts
+Envoy's stats.
+
+It sees its stream only through the filter-callbacks contract (``envoi.http.filter``): the route,
+the stream info, deadlines, the accepted upgrade, local replies, resets, watermarks and the
+encoder chain. It never knows which connection manager or protocol serves the stream.
+
+One exchange, one state at a time (``Router.state``)::
+
+    IDLE --decode_headers--> WAITING --pool ready--> UPSTREAM --response head--> RESPONDING
+      |                        |  ^                     |                          |
+      | local answer           |  | retry               | 101                      | last byte
+      v                        v  |                     v                          v
+    DONE <--fail/timeout--- BETWEEN <--reset/5xx--- (any attempt)        TUNNEL --EOF--> DONE
+
+``WAITING``..``TUNNEL`` are the states in which an attempt is active (counted in
+``upstream_rq_active``); ``BETWEEN`` is after an attempt ended and before the next one (or the
+failure answer); ``DONE`` is final.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,196 +36,184 @@ from envoi.upstream.cluster import Cluster, Host
 from envoi.upstream.lb import LoadBalancerContext
 from envoi.upstream.outlier import LOCAL_ORIGIN_CONNECT_FAILED, LOCAL_ORIGIN_TIMEOUT
 
-from envoi_http.codec import Backend
 from envoi_http.codec import events as ev
 from envoi_http.router import retry_headers
-from envoi_http.router.pool import Http1Pool, UpstreamConnection, pool_for
-from envoi_http.router.stats import ClusterHttpStats
+from envoi_http.router.direct import redirect_location, rewrite
+from envoi_http.router.plan import RoutePlan, RouterConfig
+from envoi_http.router.pool import pool_for
+from envoi_http.router.retry_headers import CONTROL, EXPECTED
 
 if TYPE_CHECKING:
-    from envoi.context import ClusterManager
-
-    from envoi_http.hcm.stream import ActiveStream
     from envoi_http.router.config import RetryPolicy, Route
+    from envoi_http.router.pool import Http1Pool, UpstreamConnection
+    from envoi_http.router.stats import ClusterHttpStats
 
 H_CONTINUE = FilterHeadersStatus.CONTINUE
 D_CONTINUE = FilterDataStatus.CONTINUE
 T_CONTINUE = FilterTrailersStatus.CONTINUE
 RESET_BEFORE = "upstream connect error or disconnect/reset before headers. reset reason: "
-_RESP_DROP = (b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection")
 _GATEWAY = frozenset((502, 503, 504))
+_SERVICE_TIME = b"x-envoy-upstream-service-time"
+_monotonic = time.monotonic
+ResponseHeaders = ev.ResponseHeaders
+Body = ev.Body
+
+IDLE, WAITING, UPSTREAM, RESPONDING, TUNNEL, BETWEEN, DONE = range(7)
 
 
-class RouterConfig:
-    __slots__ = ("backend", "cluster_manager", "plans", "respect_expected_rq_timeout",
-                 "suppress_envoy_headers")
+def _body(events: list[ev.Event], i: int, first: ev.Body) -> tuple[bytes, bool, int]:
+    """``first`` and the body pieces right after it (from ``events[i]`` on) as one piece:
+    (data, end_stream, index of the next event)."""
+    if first.end_stream or i >= len(events) or type(events[i]) is not Body:
+        return first.data, first.end_stream, i
+    parts = [first.data]
+    end = False
+    while i < len(events) and not end:
+        e = events[i]
+        if type(e) is not Body:
+            break
+        parts.append(e.data)
+        end = e.end_stream
+        i += 1
+    return b"".join(parts), end, i
 
-    def __init__(self, cm: ClusterManager, suppress: bool, backend: Backend,
-                 respect_expected_rq_timeout: bool = False) -> None:
-        self.cluster_manager = cm
-        self.suppress_envoy_headers = suppress
-        self.backend = backend
-        self.respect_expected_rq_timeout = respect_expected_rq_timeout
-        # route -> RoutePlan, worked out on the route's first request (route tables are static)
-        self.plans: dict[Route, RoutePlan] = {}
-
-
-class RoutePlan:
-    """What a route's requests need beyond plain forwarding, decided once per route."""
-
-    __slots__ = ("expected_ms", "express", "hstats", "hstats_of", "request_work", "response_work",
-                 "stats")
-
-    def __init__(self, route: Route, table: Any) -> None:
-        vh = route.vhost
-        self.request_work = bool(
-            route.request_mutations or vh.request_mutations or table.request_mutations
-            or route.prefix_rewrite is not None or route.regex_rewrite is not None
-            or route.host_rewrite is not None)
-        self.response_work = bool(
-            route.response_mutations or vh.response_mutations or table.response_mutations)
-        self.stats = route.stats is not None or bool(vh.vclusters)
-        self.expected_ms = b"%d" % int(route.timeout * 1000)  # x-envoy-expected-rq-timeout-ms
-        # The HCM's express lane (hcm/express.py) may run this route's plain requests.
-        self.express = (route.kind == "cluster" and route.retry_policy is None
-                        and route.hash_policy is None and route.priority == "DEFAULT"
-                        and not vh.include_request_attempt_count
-                        and not vh.include_attempt_count_in_response
-                        and not (self.request_work or self.response_work or self.stats))
-        # The express lane's memo of cluster_http_stats(cluster) for the cluster it last used.
-        self.hstats: ClusterHttpStats | None = None
-        self.hstats_of: Cluster | None = None
-
-
-def _redirect_host(h: HeaderMap, scheme: bytes, port: bytes) -> bytes:
-    """The request's host for a redirect's ``location``, as Envoy's ``processRequestHost``: its
-    port goes when a ``port_redirect`` replaces it, or when the scheme changes and the port is
-    the default of the request's ``x-forwarded-proto``; otherwise it stays."""
-    host = h.authority
-    end = host.rfind(b"]:") + 1 if host[:1] == b"[" else host.rfind(b":")
-    if end <= 0:
-        return host
-    remove = bool(port)
-    proto = h.get_bytes(b"x-forwarded-proto") or b""
-    if not remove and scheme != proto:
-        tail = host[end:]
-        remove = (proto == b"https" and tail == b":443") or (proto == b"http" and tail == b":80")
-    return host[:end] if remove else host
-
-
-def cluster_http_stats(cluster: Cluster) -> ClusterHttpStats:
-    s: ClusterHttpStats | None = cluster.extra.get("envoi_http_stats")
-    if s is None:
-        s = cluster.extra["envoi_http_stats"] = ClusterHttpStats(cluster.stats.scope)
-    return s
+__all__ = ["RoutePlan", "Router", "RouterConfig"]
 
 
 class Router(StreamDecoderFilter):
-    # Immutable defaults live on the class: a request sets only what it changes (one Router is
-    # made per request, so its __init__ is on the hot path).
-    stream: ActiveStream | None = None
-    route: Route | None = None
-    cluster: Cluster | None = None
-    hstats: ClusterHttpStats | None = None
-    headers: HeaderMap | None = None
-    pool: Http1Pool | None = None
-    upstream: UpstreamConnection | None = None
-    host: Host | None = None
-    request_end = False
+    # One Router is made per request. What every request reads is a slot set in __init__ (a
+    # slot read is the cheapest; a class-level default read through an instance is not
+    # specialised, ~3x as slow); what only retries, bodies and upgrades read keeps a
+    # class-level default until a request sets it.
+    __slots__ = (
+        "attempt_start", "attempts", "cluster", "config", "count_attempts", "global_armed",
+        "headers", "host", "hstats", "plan", "pool", "request_end", "response_started",
+        "route", "simple", "state", "timeout", "upstream", "upstream_read_paused",
+    )
     trailers: HeaderMap | None = None
-    response_started = False
-    attempts = 0
-    retries_left = 0
-    attempt_start = 0.0
-    global_armed = False
-    try_timer: asyncio.TimerHandle | None = None
-    retry_timer: asyncio.TimerHandle | None = None
-    timeout = 0.0
+    upgrade = False  # the connection manager accepted an Upgrade for this stream
+    # timeouts and retries (router/retry_headers.py sets them from the route and the request)
     per_try = 0.0
-    done = False
-    upstream_read_paused = False
-    rq_active = False
-    upgrade = False  # an accepted Upgrade request (hcm/upgrade.py)
-    tunnel = False  # the upstream answered 101: bytes pass through
-    retry_policy: RetryPolicy | None = None  # the route's, with the x-envoy-* headers applied
-    count_attempts = False  # vhost include_request_attempt_count
-    attempt_count_in_response = False
+    retry_policy: RetryPolicy | None = None
+    retries_left = 0
     retry_exhausted = False  # a retry was wanted but none was left: not a retry success
     retry_reserved = False  # holds one of the cluster's max_retries while a retry is pending
-    plan: RoutePlan | None = None
+    attempt_count_in_response = False
+    watching = False  # registered for the downstream's watermarks (_watch_downstream)
+    pending_body: list[tuple[bytes, bool]] | None = None  # request body with no upstream yet
+    # The request body as sent so far, to replay on a retry (made on its first byte); None once
+    # it is too big to keep.
+    retry_body: bytearray | bytes | None = b""
     # decode_* always return CONTINUE and never add data: a stream may call them directly.
     always_continues = True
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.pending_body: list[tuple[bytes, bool]] = []
-        self.retry_body: bytearray | None = bytearray()
+        self.state = IDLE
+        self.route: Route | None = None
+        self.plan: RoutePlan | None = None
+        self.cluster: Cluster | None = None
+        self.hstats: ClusterHttpStats | None = None
+        self.headers: HeaderMap | None = None
+        self.request_end = False
+        self.timeout = 0.0
+        # Nothing but forwarding for this request: a plain route (RoutePlan.plain), no
+        # x-envoy-* control header, no upgrade. The hot paths test this one flag.
+        self.simple = False
+        self.response_started = False  # a response head went downstream: no more retries
+        self.global_armed = False
+        self.count_attempts = False  # vhost include_request_attempt_count
+        # the current attempt
+        self.attempts = 0
+        self.host: Host | None = None
+        self.pool: Http1Pool | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.attempt_start = 0.0
+        self.upstream_read_paused = False  # the client is slow: the upstream is not read
 
     # -- decoding ---------------------------------------------------------------------------
 
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> Any:
         cb = self.decoder_callbacks
-        stream: ActiveStream = cb  # type: ignore[assignment]
-        self.stream = stream
-        hstats = stream.hcm.stats
-        hstats.rq_total.value += 1
-        route = stream.route()
-        info = stream.stream_info
+        cfg = self.config
+        stats = cfg.stats
+        stats.rq_total.value += 1
+        # Routes come from this plugin's route table (hcm/config.py builds it).
+        route: Route | None = cb.route()  # type: ignore[assignment]
+        info = cb.stream_info
         if route is None:
-            hstats.no_route.value += 1
+            stats.no_route.value += 1
             info.response_flags.append("NR")
+            self.state = DONE
             cb.send_local_reply(404, b"", details="route_not_found")
             return H_CONTINUE
         self.route = route
-        table = stream.hcm.config.route_table
-        assert table is not None
+        plan = cfg.plans.get(route)
+        if plan is None:
+            plan = cfg.plan(route)
+        self.plan = plan
         if route.kind != "cluster":
-            hstats.rq_direct_response.value += 1
-            if route.kind == "redirect":  # (rq_redirect counts internal redirects only)
-                self._redirect(route, headers)
-            else:
-                self._direct(route)
+            stats.rq_direct_response.value += 1
+            self._local_answer(route, headers)
             return H_CONTINUE
-        name = route.pick_cluster(headers)
-        cluster = self.config.cluster_manager.get(name) if name else None
+        name = route.cluster
+        if name is None:
+            name = route.pick_cluster(headers)
+        cluster = cfg.cluster_manager.clusters.get(name) if name else None
         if cluster is None:
-            hstats.no_cluster.value += 1
+            stats.no_cluster.value += 1
             info.response_flags.append("NC")
+            self.state = DONE
             cb.send_local_reply(route.not_found_code, b"", details="cluster_not_found")
             return H_CONTINUE
         self.cluster = cluster
-        stream.cluster_name_ = cluster.name
         info.upstream_cluster = cluster.name
-        self.hstats = cluster_http_stats(cluster)
-        plan = self.config.plans.get(route)
-        if plan is None:
-            plan = self.config.plans[route] = RoutePlan(route, table)
-        self.plan = plan
+        self.hstats = plan.hstats if plan.hstats_of is cluster else plan.http_stats(cluster)
         if plan.request_work:
             # Header mutations: route, then virtual host, then route config (least specific
-            # wins).
-            route.request_mutations.apply(headers, stream)
-            route.vhost.request_mutations.apply(headers, stream)
-            table.request_mutations.apply(headers, stream)
-            self._rewrite(route, headers)
-        # Retry policy, timeouts, x-envoy-* request headers (router/retry_headers.py).
-        retry_headers.setup(self, route, headers)
+            # wins), then the rewrites.
+            vh = route.vhost
+            route.request_mutations.apply(headers, cb)
+            vh.request_mutations.apply(headers, cb)
+            vh.config_request_mutations.apply(headers, cb)
+            rewrite(route, headers, cfg.suppress_envoy_headers)
+        raw = headers.headers
+        for k, _ in raw:
+            if k in CONTROL:
+                # Retry policy and timeouts from x-envoy-* request headers too.
+                retry_headers.setup(self, route, headers)
+                break
+        else:  # what retry_headers.setup() comes to, worked out once for the route
+            self.timeout = plan.timeout
+            self.simple = plan.plain
+            if route.retry_policy is not None:
+                self.retry_policy = route.retry_policy
+                self.retries_left = plan.retries
+                self.per_try = plan.per_try
+            if plan.expected is not None:
+                raw.append((EXPECTED, plan.expected))
+            if not plan.plain:
+                self.count_attempts = plan.count_attempts
+                self.attempt_count_in_response = plan.attempt_count_in_response
         self.headers = headers
         self.request_end = end_stream
-        if stream.hcm.upgrade_stream is stream:
+        if cb.upgrade:
             self.upgrade = True
             self.retries_left = 0
-        stream.add_downstream_watermark_callbacks(self)
+            self.simple = False
         self._start_attempt()
-        if end_stream:
-            self._arm_global_timer()
+        if end_stream and self.timeout and self.state != DONE:
+            self.global_armed = True
+            cb.start_deadline(self.timeout, self.on_global_timeout)
         return H_CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool) -> Any:
-        if self.done:
+        if self.state == DONE:
             return D_CONTINUE
         rb = self.retry_body
         if rb is not None and self.retries_left:
+            if type(rb) is bytes:
+                rb = self.retry_body = bytearray()
             rb += data
             if len(rb) > self.decoder_callbacks.buffer_limit:
                 self.retry_body = None  # too big to replay: no more retries
@@ -216,11 +221,14 @@ class Router(StreamDecoderFilter):
         if end_stream:
             self.request_end = True
             self._arm_global_timer()
-        if up is not None and (self.tunnel or not self.upgrade):
+        if up is not None and (not self.upgrade or self.state == TUNNEL):
             up.send_data(data, end_stream)
         else:  # no upstream yet, or an upgrade waiting for the 101
-            self.pending_body.append((data, end_stream))
-            if sum(len(d) for d, _ in self.pending_body) > self.decoder_callbacks.buffer_limit:
+            pending = self.pending_body
+            if pending is None:
+                pending = self.pending_body = []
+            pending.append((data, end_stream))
+            if sum(len(d) for d, _ in pending) > self.decoder_callbacks.buffer_limit:
                 self.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
         return D_CONTINUE
 
@@ -234,99 +242,79 @@ class Router(StreamDecoderFilter):
 
     # -- local answers ----------------------------------------------------------------------
 
-    def _reply(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
-        stream = self.stream
-        assert stream is not None and self.route is not None
-        stream.local_complete = True
-        hm = HeaderMap(extra, status=status)
-        if body:
-            hm.add_bytes(b"content-type", b"text/plain")
-            hm.add_bytes(b"content-length", b"%d" % len(body))
-        self._response_mutations(hm)
-        stream.encode_headers(hm, not body)
-        if body:
-            stream.encode_data(body, True)
+    def _local_answer(self, route: Route, headers: HeaderMap) -> None:
+        """A ``direct_response`` or ``redirect`` route: answered here, with the route's
+        response header mutations."""
+        self.state = DONE
+        if route.kind == "redirect":  # (rq_redirect counts internal redirects only)
+            assert route.redirect is not None
+            location = redirect_location(route, headers)
+            status, body = route.redirect.response_code, b""
 
-    def _direct(self, route: Route) -> None:
-        self.stream.stream_info.response_code_details = "direct_response"  # type: ignore[union-attr]
-        self._reply(route.direct_status, route.direct_body, [])
-
-    def _redirect(self, route: Route, h: HeaderMap) -> None:
-        rd = route.redirect
-        assert rd is not None
-        # Envoy's :scheme of an HTTP/1.1 request is its (trusted) x-forwarded-proto.
-        scheme = rd.scheme or h.get_bytes(b"x-forwarded-proto") or h.scheme or b"http"
-        port = b":%d" % rd.port if rd.port else b""
-        # require_tls keeps the Host as received, port and all (Envoy's SslRedirector).
-        host = rd.host or (h.authority if rd.keep_port else _redirect_host(h, scheme, port))
-        path, sep, query = h.path.partition(b"?")
-        if rd.path is not None:
-            path = rd.path
-        elif rd.prefix_rewrite is not None and route.prefix is not None:
-            path = rd.prefix_rewrite + path[len(route.prefix):]
-        if sep and not rd.strip_query and b"?" not in path:
-            path = path + b"?" + query
-        self.stream.stream_info.response_code_details = "direct_response"  # type: ignore[union-attr]
-        self._reply(rd.response_code, b"", [(b"location", scheme + b"://" + host + port + path)])
-
-    def _rewrite(self, route: Route, h: HeaderMap) -> None:
-        if route.prefix_rewrite is not None and route.prefix is not None:
-            if not self.config.suppress_envoy_headers:
-                h.set_bytes(b"x-envoy-original-path", h.path)
-            h.path = route.prefix_rewrite + h.path[len(route.prefix):]
-        elif route.regex_rewrite is not None:
-            path, sep, query = h.path.partition(b"?")
-            h.set_bytes(b"x-envoy-original-path", h.path)
-            h.path = route.regex_rewrite(path) + sep + query
-        if route.host_rewrite is not None:
-            h.set_bytes(b"x-envoy-original-host", h.authority)
-            h.authority = route.host_rewrite
+            def modify(hm: HeaderMap) -> None:
+                hm.add_bytes(b"location", location)
+                self._response_mutations(hm)
+        else:
+            status, body = route.direct_status, route.direct_body
+            modify = self._response_mutations
+        self.decoder_callbacks.send_local_reply(status, body, details="direct_response",
+                                                modify_headers=modify)
 
     def _response_mutations(self, hm: HeaderMap) -> None:
         plan = self.plan
-        if plan is not None and not plan.response_work:
-            return
-        stream = self.stream
         route = self.route
-        assert stream is not None and route is not None
-        route.response_mutations.apply(hm, stream)
-        route.vhost.response_mutations.apply(hm, stream)
-        table = stream.hcm.config.route_table
-        if table is not None:
-            table.response_mutations.apply(hm, stream)
+        if route is None or (plan is not None and not plan.response_work):
+            return
+        cb = self.decoder_callbacks
+        vh = route.vhost
+        route.response_mutations.apply(hm, cb)
+        vh.response_mutations.apply(hm, cb)
+        vh.config_response_mutations.apply(hm, cb)
 
     # -- attempts ---------------------------------------------------------------------------
 
     def _start_attempt(self) -> None:
-        cluster = self.cluster
-        stream = self.stream
-        assert cluster is not None and stream is not None
-        host = cluster.choose_host(self._lb_context())
+        cluster: Cluster = self.cluster  # type: ignore[assignment]
+        route: Route = self.route  # type: ignore[assignment]
+        host = cluster.choose_host(None if self.simple else self._lb_context())
         if host is None:
-            stream.stream_info.response_flags.append("UH")
+            self.decoder_callbacks.stream_info.response_flags.append("UH")
             self._fail(503, b"no healthy upstream", "no_healthy_upstream")
             return
         self.host = host
-        requests = cluster.resources[self.route.priority].requests  # type: ignore[union-attr]
+        requests = cluster.resources[route.priority].requests
         if not requests.can_create():  # max_requests (Envoy counts it as a pending overflow)
             cluster.stats.upstream_rq_pending_overflow.value += 1
             self._overflow()
             return
         requests.inc()
-        self.attempts += 1
-        if self.count_attempts or self.attempts > 1:
+        attempts = self.attempts = self.attempts + 1
+        if attempts > 1 or self.count_attempts:
             retry_headers.on_attempt(self)
-        self.attempt_start = time.monotonic()
+        self.attempt_start = _monotonic()
         cluster.stats.upstream_rq_active.inc()
-        self.rq_active = True
         host.rq_active += 1
-        if self.plan is None or self.plan.stats:
+        self.state = WAITING
+        plan: RoutePlan = self.plan  # type: ignore[assignment]
+        if plan.stats:
             for rs in self._request_stats():
                 rs.upstream_rq_total.value += 1
-        pool = self.pool = pool_for(cluster, host, self.config.backend,
-                                    priority=self.route.priority)  # type: ignore[union-attr]
-        stream.stream_info.upstream_host = pool.address_string
-        pool.request(self)
+        pool = self.pool = pool_for(cluster, host, self.config.backend, priority=route.priority)
+        self.decoder_callbacks.stream_info.upstream_host = pool.address_string
+        conn = pool.take_idle(self)
+        if conn is None:
+            pool.request(self)  # a new connection, or a wait
+        elif self.simple:  # on_pool_ready's work for a request with nothing but its head
+            self.state = UPSTREAM
+            self.upstream = conn
+            # Envoy counts a request when it is attached to a connection (not while it waits).
+            cluster.stats.upstream_rq_total.value += 1
+            host.rq_total += 1
+            h: HeaderMap = self.headers  # type: ignore[assignment]
+            conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers,
+                           self.request_end)
+        else:
+            self.on_pool_ready(conn)
 
     # -- upstream hooks: load-balancer context and outlier reports (keep these small) -------
 
@@ -335,7 +323,7 @@ class Router(StreamDecoderFilter):
         hp = self.route.hash_policy if self.route is not None else None
         if hp is None or self.headers is None:
             return None
-        info = self.stream.stream_info  # type: ignore[union-attr]
+        info = self.decoder_callbacks.stream_info
         return LoadBalancerContext(hp.compute(self.headers, info.downstream_remote_address))
 
     def _outlier(self, result: int) -> None:
@@ -347,29 +335,28 @@ class Router(StreamDecoderFilter):
     def _request_stats(self) -> list[Any] | tuple[()]:
         route = self.route
         plan = self.plan
-        if route is None or (plan is not None and not plan.stats) or (
-                route.stats is None and not route.vhost.vclusters):
+        if route is None or (plan is not None and not plan.stats):
             return ()
         out = []
-        if route is not None:
-            if route.stats is not None:
-                out.append(route.stats)
-            vh = route.vhost
-            if vh.vclusters and self.headers is not None:
-                h = self.headers
-                for _, m, rs in vh.vclusters:
-                    if m(h, b"", b""):
-                        out.append(rs)
-                        break
-                else:
-                    if vh.vcluster_other is not None:
-                        out.append(vh.vcluster_other)
+        if route.stats is not None:
+            out.append(route.stats)
+        vh = route.vhost
+        if vh.vclusters and self.headers is not None:
+            h = self.headers
+            for _, m, rs in vh.vclusters:
+                if m(h, b"", b""):
+                    out.append(rs)
+                    break
+            else:
+                if vh.vcluster_other is not None:
+                    out.append(vh.vcluster_other)
         return out
 
     def on_pool_ready(self, conn: UpstreamConnection) -> None:
-        if self.done:
+        if self.state != WAITING:
             conn.release()
             return
+        self.state = UPSTREAM
         self.upstream = conn
         # Envoy counts a request when it is attached to a connection (not while it waits).
         self.cluster.stats.upstream_rq_total.value += 1  # type: ignore[union-attr]
@@ -377,39 +364,37 @@ class Router(StreamDecoderFilter):
         h = self.headers
         assert h is not None
         pending = self.pending_body
-        body_follows = bool(pending) or not self.request_end or (
-            self.attempts > 1 and bool(self.retry_body))
+        retry_body = self.retry_body if self.attempts > 1 else None
         if self.upgrade:  # the head goes alone; tunnel bytes wait for the 101
-            body_follows = pending = False  # type: ignore[assignment]
-        conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers,
-                       not body_follows)
-        if self.attempts > 1 and self.retry_body:
-            conn.send(ev.Body(0, bytes(self.retry_body), self.request_end
-                              and self.trailers is None))
-        elif pending:
-            self.pending_body = []
-            for data, end in pending:
-                conn.send(ev.Body(0, data, end))
-            self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
-        if self.trailers is not None and self.request_end:
-            conn.send(ev.Trailers(0, self.trailers.headers))
+            conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers, True)
+        else:
+            end = not pending and self.request_end and not retry_body
+            conn.send_head(h.method, h.path, h.authority, h.scheme or b"http", h.headers, end)
+            if retry_body:
+                conn.send(ev.Body(0, bytes(retry_body), self.request_end
+                                  and self.trailers is None))
+            elif pending:
+                self.pending_body = None
+                for data, data_end in pending:
+                    conn.send(ev.Body(0, data, data_end))
+                self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+            if self.trailers is not None and self.request_end:
+                conn.send(ev.Trailers(0, self.trailers.headers))
         if self.per_try:
-            self.try_timer = self.stream.hcm.loop.call_later(  # type: ignore[union-attr]
-                self.per_try, self._on_per_try_timeout)
+            self.decoder_callbacks.start_deadline(self.per_try, self._on_per_try_timeout)
 
     def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None:
-        if self.done:
+        if self.state != WAITING:
             return
         self._end_attempt(success=False)
-        stream = self.stream
-        assert stream is not None
         if reason == "overflow":
             self._overflow()
             return
-        stream.stream_info.upstream_host = host.address_string
-        if self._maybe_retry(None, reset=True):
+        info = self.decoder_callbacks.stream_info
+        info.upstream_host = host.address_string
+        if self._maybe_retry(None):
             return
-        stream.stream_info.response_flags.append("UF")
+        info.response_flags.append("UF")
         self._charge_abort(503)
         if reason == "timeout":
             why, details = "connection timeout", "connection_timeout"
@@ -431,7 +416,7 @@ class Router(StreamDecoderFilter):
             rs.codes.record(code)
 
     def _overflow(self) -> None:
-        self.stream.stream_info.response_flags.append("UO")  # type: ignore[union-attr]
+        self.decoder_callbacks.stream_info.response_flags.append("UO")
         self._fail(503, (RESET_BEFORE + "overflow").encode(),
                    "upstream_reset_before_response_started{overflow}",
                    {"x-envoy-overloaded": "true"} if not self.config.suppress_envoy_headers
@@ -439,28 +424,30 @@ class Router(StreamDecoderFilter):
 
     def _fail(self, status: int, body: bytes, details: str,
               headers: dict[str, str] | None = None) -> None:
-        self.done = True
+        self.state = DONE
         self._cancel_timers()
         if self.attempt_count_in_response and self.attempts:
             headers = {**(headers or {}), "x-envoy-attempt-count": str(self.attempts)}
         self.decoder_callbacks.send_local_reply(status, body, headers, details)
 
     def _end_attempt(self, success: bool) -> None:
-        if self.try_timer is not None:
-            self.try_timer.cancel()
-            self.try_timer = None
-        if self.rq_active:
-            self.rq_active = False
+        """The attempt is over (``BETWEEN``): its timer and its place in the active counts go."""
+        state = self.state
+        if WAITING <= state <= TUNNEL:
+            self.state = BETWEEN
+            if self.per_try:
+                self.decoder_callbacks.cancel_deadline(self._on_per_try_timeout)
             assert self.cluster is not None and self.host is not None
-            self.cluster.stats.upstream_rq_active.dec()
+            self.cluster.stats.upstream_rq_active.value -= 1  # (inc()ed: marked used)
             self.cluster.resources[self.route.priority].requests.dec()  # type: ignore[union-attr]
             self.host.rq_active -= 1
             if not success:
                 self.host.rq_error += 1
 
-    def _maybe_retry(self, status: int | None, reset: bool) -> bool:
-        route = self.route
-        rp = self.retry_policy if route is not None else None
+    def _maybe_retry(self, status: int | None) -> bool:
+        """A retry for this failure (``status``: the response's; None: a reset or connect
+        failure) when the retry policy asks for one and one is left; the back-off starts."""
+        rp = self.retry_policy
         if rp is None or self.response_started:
             return False
         on = rp.retry_on
@@ -477,13 +464,13 @@ class Router(StreamDecoderFilter):
         cluster = self.cluster
         assert cluster is not None
         rstats = self._request_stats()
-        if self.retries_left <= 0 or (self.retry_body is None):
+        if self.retries_left <= 0 or self.retry_body is None:
             cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
             for rs in rstats:
                 rs.upstream_rq_retry_limit_exceeded.value += 1
             self.retry_exhausted = True
             return False
-        retries = cluster.resources[route.priority].retries  # type: ignore[union-attr]
+        retries = cluster.resources[self.route.priority].retries  # type: ignore[union-attr]
         if not retries.can_create():  # max_retries / retry_budget
             cluster.stats.upstream_rq_retry_overflow.value += 1
             self.retry_exhausted = True
@@ -497,7 +484,7 @@ class Router(StreamDecoderFilter):
             rs.upstream_rq_retry.value += 1
         n = rp.num_retries - self.retries_left
         delay = random.uniform(0, min(rp.max_interval, rp.base_interval * (2 ** n - 1)))
-        self.retry_timer = asyncio.get_running_loop().call_later(delay, self._retry)
+        self.decoder_callbacks.start_deadline(delay, self._retry)
         return True
 
     def _release_retry(self) -> None:
@@ -506,41 +493,66 @@ class Router(StreamDecoderFilter):
             self.cluster.resources[self.route.priority].retries.dec()  # type: ignore[union-attr]
 
     def _retry(self) -> None:
-        self.retry_timer = None
         self._release_retry()
-        if not self.done:
+        if self.state == BETWEEN:
             self._start_attempt()
 
     # -- upstream events --------------------------------------------------------------------
 
     def on_upstream_events(self, events: list[ev.Event]) -> None:
-        stream = self.stream
-        if stream is None or not stream.hcm.cork():
-            self._on_upstream_events(events)
-            return
-        try:
-            self._on_upstream_events(events)
-        finally:
-            stream.hcm.uncork()
-
-    def _on_upstream_events(self, events: list[ev.Event]) -> None:
+        """One upstream read's events. What of a response arrives in one read leaves in one
+        write: a head with body bytes goes out through ``encode_response``, and body pieces
+        that follow each other are passed on together."""
+        n = len(events)
+        if n == 2:
+            # The usual small response: its head and whole body in one read.
+            e, b = events
+            if type(e) is ResponseHeaders and type(b) is Body and b.end_stream and \
+                    self.state == UPSTREAM and e.status != 101:
+                hm = self._response_head(e)
+                if hm is not None:
+                    self._complete()
+                    self.decoder_callbacks.encode_response(hm, b.data, True)
+                return
         up = self.upstream
-        for e in events:
-            if self.done or self.upstream is not up:
+        cb = self.decoder_callbacks
+        i = 0
+        while i < n:
+            if self.state == DONE or self.upstream is not up:
                 # Over, or this attempt was discarded for a retry (the rest of its read --
                 # typically the 503's body -- belongs to no one).
                 return
+            e = events[i]
+            i += 1
             t = type(e)
-            if t is ev.Body:
-                end = e.end_stream  # type: ignore[union-attr]
+            if t is Body:
+                data, end, i = _body(events, i, e)  # type: ignore[arg-type]
                 if end:
                     self._complete()
-                self.decoder_callbacks.encode_data(e.data, end)  # type: ignore[union-attr]
-            elif t is ev.ResponseHeaders:
-                self._on_response_headers(e)  # type: ignore[arg-type]
+                elif not self.watching:
+                    self._watch_downstream()
+                cb.encode_data(data, end)
+            elif t is ResponseHeaders:
+                hm = self._response_head(e)  # type: ignore[arg-type]
+                if hm is None:
+                    continue
+                if e.end_stream:  # type: ignore[union-attr]
+                    self._complete()
+                    cb.encode_headers(hm, True)
+                elif i < n and type(events[i]) is Body and e.status != 101:  # type: ignore[union-attr]
+                    data, end, i = _body(events, i + 1, events[i])  # type: ignore[arg-type]
+                    if end:
+                        self._complete()
+                    elif not self.watching:
+                        self._watch_downstream()
+                    cb.encode_response(hm, data, end)
+                else:
+                    if not self.watching:
+                        self._watch_downstream()
+                    cb.encode_headers(hm, False)
             elif t is ev.Trailers:
                 self._complete()
-                self.decoder_callbacks.encode_trailers(HeaderMap(e.headers))  # type: ignore[union-attr]
+                cb.encode_trailers(HeaderMap(e.headers))  # type: ignore[union-attr]
             elif t is ev.ProtocolError:
                 assert self.cluster is not None
                 self.cluster.stats.upstream_cx_protocol_error.value += 1
@@ -550,80 +562,95 @@ class Router(StreamDecoderFilter):
             elif t is ev.UpgradeRequested and self.upgrade:
                 self._open_tunnel(e.data)  # type: ignore[union-attr]
 
+    def _watch_downstream(self) -> None:
+        """A response is streaming: from now on a slow client pauses the upstream (a response
+        read whole never needs it)."""
+        self.watching = True
+        self.decoder_callbacks.add_downstream_watermark_callbacks(self)
+
     def _open_tunnel(self, data: bytes) -> None:
-        self.tunnel = True
+        self.state = TUNNEL
+        cb = self.decoder_callbacks
         if data:
-            self.decoder_callbacks.encode_data(data, False)
-        pending, self.pending_body = self.pending_body, []
+            cb.encode_data(data, False)
+        pending, self.pending_body = self.pending_body, None
         up = self.upstream
-        if up is not None:
+        if up is not None and pending:
             for chunk, end in pending:
                 up.send(ev.Body(0, chunk, end))
-            if pending:
-                self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+            cb.on_decoder_filter_below_write_buffer_low_watermark()
 
-    def _on_response_headers(self, e: ev.ResponseHeaders) -> None:
+    def _response_head(self, e: ev.ResponseHeaders) -> HeaderMap | None:
+        """The upstream's response head: a retry (None), or the stats and the head to send
+        downstream. The head keeps the upstream's header list (the connection manager drops
+        the hop-by-hop fields once, as the response leaves)."""
         status = e.status
-        cluster = self.cluster
-        hs = self.hstats
-        assert cluster is not None and hs is not None
-        if self.host is not None and self.host.outlier is not None:
-            self.host.outlier.put_http_response_code(status)
-        if (status >= 500 or status == 409 or (
-                self.route is not None and self.retry_policy is not None
-                and status >= 400)) and self._maybe_retry(status, reset=False):
-            hs.retry.record(status)
-            self._end_attempt(success=False)
-            up = self.upstream
-            self.upstream = None
-            if up is not None:
-                if e.end_stream:
-                    up.release()  # a complete answer: the connection is reusable, as in Envoy
-                else:
-                    up.abort()  # the rest of this response is not wanted
-            return
-        if self.attempts > 1 and not self.retry_exhausted:
-            cluster.stats.upstream_rq_retry_success.value += 1
-            for rs in self._request_stats():
-                rs.upstream_rq_retry_success.value += 1
+        hs: ClusterHttpStats = self.hstats  # type: ignore[assignment]
+        simple = self.simple
+        host: Host = self.host  # type: ignore[assignment]
+        if host.outlier is not None:
+            host.outlier.put_http_response_code(status)
+        if not simple:
+            if (status >= 500 or status == 409 or (self.retry_policy is not None
+                                                  and status >= 400)) and \
+                    self._maybe_retry(status):
+                hs.retry.record(status)
+                self._end_attempt(success=False)
+                up = self.upstream
+                self.upstream = None
+                if up is not None:
+                    if e.end_stream:
+                        up.release()  # a complete answer: the connection is reusable (Envoy)
+                    else:
+                        up.abort()  # the rest of this response is not wanted
+                return None
+            if self.attempts > 1 and not self.retry_exhausted:
+                self.cluster.stats.upstream_rq_retry_success.value += 1  # type: ignore[union-attr]
+                for rs in self._request_stats():
+                    rs.upstream_rq_retry_success.value += 1
+        self.state = RESPONDING
         self.response_started = True
-        elapsed = (time.monotonic() - self.attempt_start) * 1000
+        elapsed = (_monotonic() - self.attempt_start) * 1000
         hs.answered(status)
         hs.rq_time.record(elapsed)
-        if self.plan is None or self.plan.stats:
-            for rs in self._request_stats():
-                rs.codes.record(status)
-                rs.upstream_rq_time.record(elapsed)
-        host = self.host
-        if host is not None:
-            if status >= 500:
-                host.rq_error += 1
-            else:
-                host.rq_success += 1
+        if status >= 500:
+            host.rq_error += 1
+        else:
+            host.rq_success += 1
         raw = e.headers
-        for name, _ in raw:
-            if name in _RESP_DROP and status != 101:
-                raw = [(k, v) for k, v in raw if k not in _RESP_DROP]
-                break
+        if status != 101 and not self.config.suppress_envoy_headers:
+            raw.append((_SERVICE_TIME, b"%d" % int(elapsed)))
         hm = HeaderMap(raw, status=status)
-        self.stream.stream_info.response_code_details = "via_upstream"  # type: ignore[union-attr]
-        if not self.config.suppress_envoy_headers and status != 101:
-            hm.add_bytes(b"x-envoy-upstream-service-time", b"%d" % int(elapsed))
-        if self.attempt_count_in_response:
-            hm.add_bytes(b"x-envoy-attempt-count", b"%d" % self.attempts)
-        self._response_mutations(hm)
-        if e.end_stream:
-            self._complete()
-        self.decoder_callbacks.encode_headers(hm, e.end_stream)
+        self.decoder_callbacks.stream_info.response_code_details = "via_upstream"
+        if not simple:
+            plan = self.plan
+            if plan is not None and plan.stats:
+                for rs in self._request_stats():
+                    rs.codes.record(status)
+                    rs.upstream_rq_time.record(elapsed)
+            if self.attempt_count_in_response:
+                hm.add_bytes(b"x-envoy-attempt-count", b"%d" % self.attempts)
+            if plan is None or plan.response_work:
+                self._response_mutations(hm)
+        return hm
 
     def _complete(self) -> None:
-        self._end_attempt(success=True)
-        self._cancel_timers()
-        self.done = True
+        """The upstream response ended: the attempt succeeded and its connection goes back to
+        the pool (before the response's last bytes go downstream: a pipelined request may
+        reuse it)."""
+        state = self.state
+        if WAITING <= state <= TUNNEL:  # _end_attempt(success=True), inline
+            cluster = self.cluster
+            cluster.stats.upstream_rq_active.value -= 1  # type: ignore[union-attr]
+            cluster.resources[self.route.priority].requests.dec()  # type: ignore[union-attr]
+            self.host.rq_active -= 1  # type: ignore[union-attr]
+        # DONE: a deadline still pending (the request timeout, the attempt's) finds nothing to
+        # do, and ends with the stream, which ends now that the response is complete.
+        self.state = DONE
         up = self.upstream
         self.upstream = None
         if up is not None:
-            if self.tunnel:  # the upstream closed the tunnel (EOF): never back to the pool
+            if state == TUNNEL:  # the upstream closed the tunnel (EOF): never back to the pool
                 up.handler = None
                 up.reset_active = True  # the transport closes itself after the EOF
                 return
@@ -632,30 +659,30 @@ class Router(StreamDecoderFilter):
             up.release()
 
     def _upstream_reset(self, reason: str) -> None:
+        started = self.response_started
         up = self.upstream
         self.upstream = None
         if up is not None:
             up.abort()
         self._outlier(LOCAL_ORIGIN_CONNECT_FAILED)
         self._end_attempt(success=False)
-        if self.response_started:
-            self.done = True
+        cb = self.decoder_callbacks
+        if started:
+            self.state = DONE
             self._cancel_timers()
-            stream = self.stream
-            assert stream is not None
-            stream.stream_info.response_flags.append("UC")
-            stream.hcm.stats.rq_reset_after_downstream_response_started.value += 1
-            self.decoder_callbacks.reset_stream()
+            cb.stream_info.response_flags.append("UC")
+            self.config.stats.rq_reset_after_downstream_response_started.value += 1
+            cb.reset_stream()
             return
-        if self._maybe_retry(None, reset=True):
+        if self._maybe_retry(None):
             return
-        self.stream.stream_info.response_flags.append("UC")  # type: ignore[union-attr]
+        cb.stream_info.response_flags.append("UC")
         self._charge_abort(503)
         self._fail(503, (RESET_BEFORE + reason).encode(),
                    "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}")
 
     def on_upstream_closed(self) -> None:
-        if not self.done:
+        if self.state != DONE:
             self._upstream_reset("connection termination")
 
     def on_upstream_above_high_watermark(self) -> None:
@@ -685,18 +712,17 @@ class Router(StreamDecoderFilter):
     # -- timeouts --------------------------------------------------------------------------
 
     def _arm_global_timer(self) -> None:
-        # No timer per request: the HCM keeps one deadline per connection (``route_deadline``).
-        if self.timeout and not self.global_armed and not self.done:
+        if self.timeout and not self.global_armed and self.state != DONE:
             self.global_armed = True
-            hcm = self.stream.hcm  # type: ignore[union-attr]
-            hcm.route_deadline(self, hcm.loop.time() + self.timeout)
+            self.decoder_callbacks.start_deadline(self.timeout, self.on_global_timeout)
 
     def on_global_timeout(self) -> None:
         self.global_armed = False
         self._timeout(per_try=False)
 
     def _on_per_try_timeout(self) -> None:
-        self.try_timer = None
+        if self.state == DONE:
+            return
         cluster = self.cluster
         assert cluster is not None
         cluster.stats.upstream_rq_per_try_timeout.value += 1
@@ -706,21 +732,21 @@ class Router(StreamDecoderFilter):
         if up is not None:
             up.abort()
         self._end_attempt(success=False)
-        if self._maybe_retry(504, reset=False):
+        if self._maybe_retry(504):
             return
         self._timeout(per_try=True)
 
     def _timeout(self, per_try: bool) -> None:
-        if self.done:
+        if self.state == DONE:
             return
+        started = self.response_started
         cluster = self.cluster
-        stream = self.stream
-        assert cluster is not None and stream is not None
+        assert cluster is not None
         if not per_try:
             cluster.stats.upstream_rq_timeout.value += 1
             if self.host is not None:
                 self.host.rq_timeout += 1
-            if self.rq_active:
+            if WAITING <= self.state <= TUNNEL:
                 self._outlier(LOCAL_ORIGIN_TIMEOUT)
         for rs in self._request_stats():
             rs.upstream_rq_timeout.value += 1
@@ -728,39 +754,39 @@ class Router(StreamDecoderFilter):
         self.upstream = None
         if up is not None:
             up.abort()
+        waiting = self.state == WAITING
         self._end_attempt(success=False)
-        if self.pool is not None:
+        if waiting and self.pool is not None:
             self.pool.cancel(self)
-        stream.stream_info.response_flags.append("UT")
-        if self.response_started:
-            self.done = True
+        cb = self.decoder_callbacks
+        cb.stream_info.response_flags.append("UT")
+        if started:
+            self.state = DONE
             self._cancel_timers()
-            self.decoder_callbacks.reset_stream()
+            cb.reset_stream()
             return
         assert self.hstats is not None
         self.hstats.codes.record(504)
         self._fail(504, b"upstream request timeout", "response_timeout")
 
     def _cancel_timers(self) -> None:
+        cb = self.decoder_callbacks
         if self.global_armed:
             self.global_armed = False
-            hcm = self.stream.hcm  # type: ignore[union-attr]
-            if hcm.deadline_router is self:
-                hcm.deadline_router = None
-        if self.try_timer is not None:
-            self.try_timer.cancel()
-            self.try_timer = None
-        if self.retry_timer is not None:
-            self.retry_timer.cancel()
-            self.retry_timer = None
+            cb.cancel_deadline(self.on_global_timeout)
+        if self.per_try:
+            cb.cancel_deadline(self._on_per_try_timeout)
+        if self.retry_policy is not None:
+            cb.cancel_deadline(self._retry)
         self._release_retry()
 
     def on_destroy(self) -> None:
-        if self.done and self.upstream is None and not self.rq_active and \
-                not self.global_armed and self.try_timer is None and self.retry_timer is None:
-            return  # completed: nothing left to release
-        self._cancel_timers()
-        if self.pool is not None and self.upstream is None and not self.done:
+        state = self.state
+        if state == DONE and self.upstream is None:
+            return  # completed, or answered locally: nothing left to release
+        if state != IDLE:
+            self._cancel_timers()
+        if state == WAITING and self.pool is not None:
             self.pool.cancel(self)
         up = self.upstream
         self.upstream = None
@@ -768,4 +794,4 @@ class Router(StreamDecoderFilter):
             # The downstream went away mid-exchange: the connection cannot be reused.
             up.abort()
         self._end_attempt(success=False)
-        self.done = True
+        self.state = DONE

@@ -375,6 +375,10 @@ class H2Pool:
         self.connecting = 0
         self.pending: deque[PoolCallbacks] = deque()
 
+    def take_idle(self, cb: PoolCallbacks) -> H2Stream | None:
+        """The HTTP/1.1 pool's shortcut for an idle connection; here ``request`` decides."""
+        return None
+
     def request(self, cb: PoolCallbacks) -> None:
         for conn in self.conns:
             if conn.room > 0:

@@ -162,6 +162,17 @@ class Http1Pool:
         self.pending: deque[PoolCallbacks] = deque()
         self.connecting = 0
 
+    def take_idle(self, cb: PoolCallbacks) -> UpstreamConnection | None:
+        """An idle connection, now handling ``cb``'s request; None when none is idle (then
+        ``request(cb)`` connects or queues)."""
+        idle = self.idle
+        while idle:
+            c = idle.pop()
+            if not c.closed:
+                c.handler = cb
+                return c
+        return None
+
     def request(self, cb: PoolCallbacks) -> None:
         idle = self.idle
         while idle:

@@ -40,7 +40,7 @@ RQ_TIMEOUT = b"x-envoy-upstream-rq-timeout-ms"
 PER_TRY = b"x-envoy-upstream-rq-per-try-timeout-ms"
 EXPECTED = b"x-envoy-expected-rq-timeout-ms"
 ATTEMPT_COUNT = b"x-envoy-attempt-count"
-_CONTROL = frozenset((RETRY_ON, RETRY_GRPC_ON, MAX_RETRIES, RQ_TIMEOUT, PER_TRY, EXPECTED))
+CONTROL = frozenset((RETRY_ON, RETRY_GRPC_ON, MAX_RETRIES, RQ_TIMEOUT, PER_TRY, EXPECTED))
 
 
 def _conditions(value: bytes | None) -> frozenset[str]:
@@ -72,17 +72,33 @@ def _retry_policy(route: Route, h: HeaderMap) -> RetryPolicy | None:
     return rp
 
 
+def route_timeouts(route: Route) -> tuple[float, float]:
+    """The route's own (timeout, per-try timeout): what a request without x-envoy-* control
+    headers gets (the router's RoutePlan keeps them)."""
+    rp = route.retry_policy
+    return effective(route.timeout, rp.per_try_timeout if rp is not None else 0.0)
+
+
+def effective(timeout: float, per_try: float) -> tuple[float, float]:
+    """A per-try timeout not below the global one is dropped, as Envoy does."""
+    if per_try and timeout and per_try >= timeout:
+        per_try = 0.0
+    return timeout, per_try
+
+
 def setup(r: Router, route: Route, h: HeaderMap) -> None:
-    """Set the request's retry policy, timeouts and ``x-envoy-expected-rq-timeout-ms``."""
+    """Set the request's retry policy, timeouts and ``x-envoy-expected-rq-timeout-ms`` when the
+    request carries x-envoy-* control headers (the router's RoutePlan has the answer for the
+    others)."""
     rp = route.retry_policy
     timeout = route.timeout
     per_try = rp.per_try_timeout if rp is not None else 0.0
-    for k, _ in h.headers:  # (a loop, not any(genexpr): this runs for every request)
-        if k in _CONTROL:
+    for k, _ in h.headers:
+        if k in CONTROL:
             break
     else:
         k = b""
-    if k in _CONTROL:
+    if k in CONTROL:
         rp = _retry_policy(route, h)
         if rp is not None and rp is not route.retry_policy:
             per_try = rp.per_try_timeout
@@ -102,8 +118,7 @@ def setup(r: Router, route: Route, h: HeaderMap) -> None:
             pt = _ms(v)
             if pt is not None:
                 per_try = pt
-    if per_try and timeout and per_try >= timeout:
-        per_try = 0.0
+    timeout, per_try = effective(timeout, per_try)
     r.retry_policy = rp
     r.retries_left = rp.num_retries if rp is not None else 0
     r.timeout = timeout
@@ -124,8 +139,7 @@ def on_attempt(r: Router) -> None:
     if r.count_attempts:
         h.set_bytes(ATTEMPT_COUNT, b"%d" % r.attempts)
     if r.attempts > 1 and r.timeout and not r.config.suppress_envoy_headers:
-        stream = r.stream
-        elapsed = time.monotonic() - stream.start if stream is not None else 0.0
+        elapsed = time.monotonic() - r.decoder_callbacks.stream_info.start_monotonic
         left = max(0.0, r.timeout - elapsed)
         expected = r.per_try if r.per_try and r.per_try < left else left
         h.set_bytes(EXPECTED, b"%d" % int(expected * 1000))

@@ -46,6 +46,23 @@ class CodeStats:
         return pair
 
 
+class RouterStats(StatsGroup):
+    """The router's ``http.<stat_prefix>.*`` stats (Envoy's ``ALL_ROUTER_STATS``), beside the
+    connection manager's in the same scope."""
+
+    rq_total: Counter
+    rq_direct_response: Counter
+    rq_redirect: Counter
+    no_route: Counter
+    no_cluster: Counter
+    rq_reset_after_downstream_response_started: Counter
+    passthrough_internal_redirect_bad_location: Counter
+    passthrough_internal_redirect_unsafe_scheme: Counter
+    passthrough_internal_redirect_too_many_redirects: Counter
+    passthrough_internal_redirect_no_route: Counter
+    passthrough_internal_redirect_predicate: Counter
+
+
 class RequestStats(StatsGroup):
     """The set Envoy keeps per virtual cluster and per route with a ``stat_prefix``."""
 

@@ -1,0 +1,90 @@
+"""What the router decides once rather than per request: its config (one per router factory, so
+per connection manager) and, per route, a :class:`RoutePlan` made on the route's first request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from envoi.upstream.cluster import Cluster
+
+from envoi_http.codec import Backend
+from envoi_http.router.retry_headers import route_timeouts
+from envoi_http.router.stats import ClusterHttpStats, RouterStats
+
+if TYPE_CHECKING:
+    from envoi.context import ClusterManager
+
+    from envoi_http.router.config import Route
+
+
+class RouterConfig:
+    __slots__ = ("backend", "cluster_manager", "plans", "respect_expected_rq_timeout", "stats",
+                 "suppress_envoy_headers")
+
+    def __init__(self, cm: ClusterManager, suppress: bool, backend: Backend,
+                 stats: RouterStats, respect_expected_rq_timeout: bool = False) -> None:
+        self.cluster_manager = cm
+        self.suppress_envoy_headers = suppress
+        self.backend = backend
+        self.stats = stats
+        self.respect_expected_rq_timeout = respect_expected_rq_timeout
+        # route -> RoutePlan, worked out on the route's first request (route tables are static)
+        self.plans: dict[Route, RoutePlan] = {}
+
+    def plan(self, route: Route) -> RoutePlan:
+        plan = self.plans.get(route)
+        if plan is None:
+            plan = self.plans[route] = RoutePlan(route, self.suppress_envoy_headers)
+        return plan
+
+
+class RoutePlan:
+    """What a route's requests need beyond plain forwarding, decided once per route, and the
+    lookup a request would repeat (the cluster's HTTP stats), memoized."""
+
+    __slots__ = ("attempt_count_in_response", "count_attempts", "expected", "hstats",
+                 "hstats_of", "per_try", "plain", "request_work", "response_work",
+                 "retries", "stats", "timeout")
+
+    def __init__(self, route: Route, suppress_envoy_headers: bool = False) -> None:
+        vh = route.vhost
+        # What router/retry_headers.setup() comes to for a request without x-envoy-* control
+        # headers: the route's timeouts and retries, and x-envoy-expected-rq-timeout-ms.
+        self.timeout, self.per_try = route_timeouts(route)
+        rp = route.retry_policy
+        self.retries = rp.num_retries if rp is not None else 0
+        expected = self.per_try or self.timeout
+        self.expected = (b"%d" % int(expected * 1000)
+                         if expected and not suppress_envoy_headers else None)
+        self.count_attempts = vh.include_request_attempt_count
+        self.attempt_count_in_response = vh.include_attempt_count_in_response
+        self.request_work = bool(
+            route.request_mutations or vh.request_mutations or vh.config_request_mutations
+            or route.prefix_rewrite is not None or route.regex_rewrite is not None
+            or route.host_rewrite is not None)
+        self.response_work = bool(
+            route.response_mutations or vh.response_mutations or vh.config_response_mutations)
+        self.stats = route.stats is not None or bool(vh.vclusters)
+        # Nothing but forwarding: no retries, mutations, rewrites, route stats, attempt counts,
+        # hash policy or priority.
+        self.plain = (route.kind == "cluster" and route.retry_policy is None
+                      and route.hash_policy is None and route.priority == "DEFAULT"
+                      and not vh.include_request_attempt_count
+                      and not vh.include_attempt_count_in_response
+                      and not (self.request_work or self.response_work or self.stats))
+        self.hstats: ClusterHttpStats | None = None
+        self.hstats_of: Cluster | None = None
+
+    def http_stats(self, cluster: Cluster) -> ClusterHttpStats:
+        hs = self.hstats
+        if self.hstats_of is not cluster or hs is None:  # (a cluster replaced by CDS: its own)
+            hs = self.hstats = cluster_http_stats(cluster)
+            self.hstats_of = cluster
+        return hs
+
+
+def cluster_http_stats(cluster: Cluster) -> ClusterHttpStats:
+    s: ClusterHttpStats | None = cluster.extra.get("envoi_http_stats")
+    if s is None:
+        s = cluster.extra["envoi_http_stats"] = ClusterHttpStats(cluster.stats.scope)
+    return s
