@@ -4,7 +4,6 @@ debug lines (checked end to end through an HTTP request)."""
 from __future__ import annotations
 
 import logging
-import os
 import urllib.request
 from pathlib import Path
 
@@ -44,8 +43,7 @@ def test_debug_shows_connection_and_stream_life(tmp_path: Path) -> None:
     cfg.write_text(text.replace("9901", str(admin)).replace("10080", str(port)))
     log = tmp_path / "envoi.log"
     proc = EnvoiProcess(cfg, admin, args=["-l", "debug", "--log-path", str(log),
-                                          "--disable-plugin-autoload", "-p", "envoi_http.plugin"],
-                        env={**os.environ, "ENVOI_HTTP_EXPRESS": "0"})
+                                          "--disable-plugin-autoload", "-p", "envoi_http.plugin"])
     proc.start()
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:

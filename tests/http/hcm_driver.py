@@ -20,6 +20,7 @@ from envoi.stats import Store
 from envoi.testing import NetworkFilterDriver
 from envoi_http.hcm.config import HcmConfig
 from envoi_http.hcm.connection_manager import ConnectionManager
+from envoi_http.hcm.http1 import Http1Connection
 from envoi_http.hcm.stats import HcmStats
 
 Chain = Callable[[HttpFilterChainBuilder], None]
@@ -34,7 +35,7 @@ def hcm_config(chain: Chain, store: Store | None = None, **overrides: Any) -> Hc
         max_headers_count=100, accept_http_10=False, stream_idle_timeout=0.0,
         request_timeout=0.0, request_headers_timeout=0.0, idle_timeout=0.0,
         filter_factories=(chain,), route_table=None, access_logs=(), context=None,  # type: ignore[arg-type]
-        enable_trailers=True,
+        enable_trailers=True, protocol=Http1Connection,
     )
     return replace(cfg, **overrides) if overrides else cfg
 

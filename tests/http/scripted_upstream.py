@@ -8,7 +8,6 @@ its body is what a real server's short answer looks like on the wire (one read a
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -221,15 +220,12 @@ def exchange(port: int, request: bytes, timeout: float = 5.0,
         return read_reply(s, timeout, head_request)
 
 
-# The proxies an oracle test runs: the real Envoy, envoi, and envoi with the express lane off
-# (every request through the general filter-chain path).
-PROXIES = ["envoy", "envoi", "envoi-general"]
+# The proxies an oracle test runs: the real Envoy and envoi.
+PROXIES = ["envoy", "envoi"]
 
 
 def start_proxy(kind: str, text: str, admin: int, proxy_process: Callable[..., Any],
                 envoi_process: Callable[..., Any]) -> Any:
     """Start ``text`` under ``kind`` (one of ``PROXIES``) with the ``proxy_process`` and
     ``envoi_process`` fixtures; the result answers ``stats()`` and ``get(path)``."""
-    if kind == "envoi-general":
-        return envoi_process(text, admin, env={**os.environ, "ENVOI_HTTP_EXPRESS": "0"})
     return proxy_process(kind, text, admin)

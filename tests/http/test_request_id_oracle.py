@@ -1,5 +1,5 @@
-"""The ``x-request-id`` an upstream sees, through the real Envoy 1.39.3 and through envoi (express
-lane on and off) with the same config and requests.
+"""The ``x-request-id`` an upstream sees, through the real Envoy 1.39.3 and through envoi with
+the same config and requests.
 
 Envoy trusts a client's request id only when the request is not an edge request: with
 ``use_remote_address: true`` a client outside ``internal_address_config`` (loopback is not

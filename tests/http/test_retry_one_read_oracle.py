@@ -1,6 +1,6 @@
 """Retries when the upstream's retriable answer arrives with its head and body in one read (the
 usual shape of a short 503) and with the body 100 ms after the head, through the real Envoy
-1.39.3 and through envoi (express lane on, and ``ENVOI_HTTP_EXPRESS=0``) with the same config.
+1.39.3 and through envoi with the same config.
 
 Envoy answers every case; envoi used to hang on the one-read shape: the discarded attempt's
 end-of-body event completed the stream after the retry was scheduled and cancelled its timer,

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
 from typing import Any
 
 from envoi.config import ConfigError, ConfigIssue, duration_seconds, implements, refuse_unlisted
-from envoi.extensions import AccessLogger, FactoryContext, HttpFilterFactory, NetworkFilterFactory
+from envoi.extensions import FactoryContext, HttpFilterFactory, NetworkFilterFactory
 from envoi.http.filter import HttpFilterFactoryCb
 from envoi.network.filter import FilterChainBuilder, NetworkFilterFactoryCb
-from envoi.stats import Scope
 
-from envoi_http.codec import Backend
 from envoi_http.hcm.connection_manager import ConnectionManager
+from envoi_http.hcm.http1 import Http1Connection
 from envoi_http.hcm.internal import internal_networks
 from envoi_http.hcm.path_normalization import PathNormalization
-from envoi_http.hcm.stats import HcmStats, Http1CodecStats, ListenerHttpStats
+from envoi_http.hcm.settings import HcmConfig
+from envoi_http.hcm.stats import HcmStats, Http1CodecStats
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
-from envoi_http.router.config import RouteTable, build_route_table
+from envoi_http.router.config import build_route_table
 from envoi_http.router.idle import route_idle_timeouts
 from envoi_http.router.idle import shortest as shortest_route_idle
 
@@ -47,89 +45,6 @@ _COMMON_OPTIONS = ("idle_timeout", "max_headers_count", "headers_with_underscore
 _HTTP1_OPTIONS = ("accept_http_10", "enable_trailers")
 implements("envoy.config.core.v3.HttpProtocolOptions", *_COMMON_OPTIONS)
 implements("envoy.config.core.v3.Http1ProtocolOptions", *_HTTP1_OPTIONS)
-
-
-@dataclass
-class HcmConfig:
-    stat_prefix: str
-    stats: HcmStats
-    root: Scope
-    codec_backend: Backend
-    auto_codec: bool
-    use_remote_address: bool
-    xff_num_trusted_hops: int
-    generate_request_id: bool
-    server_name: bytes
-    max_request_headers_kb: int
-    max_headers_count: int
-    accept_http_10: bool
-    stream_idle_timeout: float
-    request_timeout: float
-    request_headers_timeout: float
-    idle_timeout: float
-    filter_factories: tuple[HttpFilterFactoryCb, ...]
-    route_table: RouteTable | None
-    access_logs: tuple[AccessLogger, ...]
-    context: FactoryContext
-    enable_trailers: bool = False
-    preserve_external_request_id: bool = False
-    drain_timeout: float = 5.0
-    delayed_close_timeout: float = 1.0
-    upgrade_map: dict[bytes, bool] = field(default_factory=dict)
-    underscores_action: int = 0  # hcm/xff.py: ALLOW, REJECT_REQUEST, DROP_HEADER
-    http1_stats: Any = None
-    route_idle: bool = False  # some route sets idle_timeout (router/idle.py)
-    route_idle_min: float = 0.0  # the shortest non-zero one
-    internal_nets: tuple[Any, ...] = ()  # internal_address_config.cidr_ranges (hcm/internal.py)
-    # normalize_path / merge_slashes / path_with_escaped_slashes_action (hcm/path_normalization)
-    path_normalization: PathNormalization | None = None
-    _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
-    filter_names: tuple[str, ...] = ()  # the config name of each of filter_factories
-    _names_by_type: dict[type, str] | None = None
-
-    def filter_name(self, filt: object) -> str:
-        """The configured name (``http_filters[i].name``) of the factory that makes filters of
-        ``filt``'s class; worked out the first time a filter fails (the factories' callbacks
-        are run against a builder that only notes the classes), so the hot path pays nothing."""
-        names = self._names_by_type
-        if names is None:
-            names = self._names_by_type = {}
-            for cb, name in zip(self.filter_factories, self.filter_names, strict=False):
-                probe = _ClassNotingBuilder()
-                # A callback that needs the real stream gives no name.
-                with contextlib.suppress(Exception):
-                    cb(probe)
-                for cls in probe.classes:
-                    names.setdefault(cls, name)
-        cls = type(filt)
-        return names.get(cls) or f"{cls.__module__}.{cls.__qualname__}"
-
-    @property
-    def tick(self) -> float | None:
-        vals = [v for v in (self.stream_idle_timeout, self.request_timeout, self.idle_timeout,
-                            self.route_idle_min) if v]
-        return min(vals) if vals else None
-
-    def listener_stats_for(self, listener: Any) -> ListenerHttpStats:
-        key = id(listener)
-        found = self._listener_stats.get(key)
-        if found is None:
-            name = getattr(listener, "stat_name", "") or "unknown"
-            found = ListenerHttpStats(self.root.scope(f"listener.{name}.http.{self.stat_prefix}"))
-            self._listener_stats[key] = found
-        return found
-
-
-class _ClassNotingBuilder:
-    """An ``HttpFilterChainBuilder`` that only notes the classes of the filters added."""
-
-    def __init__(self) -> None:
-        self.classes: list[type] = []
-
-    def add_decoder_filter(self, f: object) -> None:
-        self.classes.append(type(f))
-
-    add_encoder_filter = add_filter = add_decoder_filter
 
 
 def _dur(msg: Any, name: str, default: float) -> float:
@@ -240,6 +155,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             route_idle_min=shortest_route_idle(table),
             internal_nets=internal_networks(config),
             path_normalization=PathNormalization.from_proto(config),
+            protocol=Http1Connection,
         )
 
         def add_filter(builder: FilterChainBuilder) -> None:

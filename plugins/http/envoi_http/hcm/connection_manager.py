@@ -50,12 +50,11 @@ import asyncio
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from envoi.http.headers import HeaderMap
 from envoi.log import conn_debug, header_lines, stream_debug
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter
-from envoi.stats import Counter
 
 from envoi_http.codec import events as ev
 from envoi_http.hcm import internal, upgrade, xff
@@ -68,14 +67,14 @@ from envoi_http.hcm.stream import (
     REMOTE_DONE,
     STARTED,
     ActiveStream,
+    ServerProtocol,
     reason,
 )
-from envoi_http.router import idle as route_idle
 
 if TYPE_CHECKING:
     from envoi.network.filter import Connection
 
-    from envoi_http.hcm.config import HcmConfig
+    from envoi_http.hcm.settings import HcmConfig
     from envoi_http.router.config import Route
 
 log = logging.getLogger("envoi.http")
@@ -89,6 +88,10 @@ _MUTATE_READS = internal.INTERNAL_ONLY | {b"x-forwarded-proto", b"x-forwarded-fo
                                          b"x-request-id"}
 
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# SETTINGS (empty) then GOAWAY(last stream 0, HTTP_1_1_REQUIRED): a clear "not here" for h2c.
+H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+              b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0d")
 # This process's open HTTP connections, for the server's drain (plugin.envoi_draining).
 _LIVE: weakref.WeakSet[ConnectionManager] = weakref.WeakSet()
 
@@ -97,30 +100,6 @@ def drain_all() -> None:
     """Start the drain of every open HTTP connection of this process."""
     for hcm in list(_LIVE):
         hcm.drain()
-
-
-class ServerProtocol(Protocol):
-    """The protocol half of a connection manager (see the module docstring)."""
-
-    multiplexed: bool
-    rq_total: Counter  # http.<prefix>.downstream_rq_http1_total / _http2_total
-
-    def on_data(self, data: bytes, end_stream: bool) -> None: ...
-    def write_head(self, s: ActiveStream, headers: HeaderMap, data: bytes | None,
-                   end: bool) -> None: ...
-    def write_data(self, s: ActiveStream, data: bytes, end: bool) -> None: ...
-    def write_trailers(self, s: ActiveStream, trailers: HeaderMap) -> None: ...
-    def write_informational(self, s: ActiveStream, headers: HeaderMap) -> None: ...
-    def cork(self) -> bool: ...
-    def uncork(self) -> None: ...
-    def flush(self) -> None: ...
-    def stream_done(self, s: ActiveStream) -> None: ...
-    def stream_reset(self, s: ActiveStream, local: bool) -> None: ...
-    def read_disable(self, s: ActiveStream, disable: bool) -> None: ...
-    def acknowledge(self, s: ActiveStream, nbytes: int) -> None: ...
-    def drain(self) -> None: ...
-    def on_event(self, e: Any) -> None: ...
-    def on_connection_closed(self) -> None: ...
 
 
 class ConnectionManager(ReadFilter):
@@ -163,8 +142,6 @@ class ConnectionManager(ReadFilter):
     # -- network filter ---------------------------------------------------------------------
 
     def on_new_connection(self) -> FilterStatus:
-        from envoi_http.hcm.http1 import Http1Connection
-
         conn = self.conn = self.read_callbacks.connection
         # asyncio.get_running_loop() costs a getpid() syscall per call: ask once per connection.
         self.loop = asyncio.get_running_loop()
@@ -183,7 +160,9 @@ class ConnectionManager(ReadFilter):
         self.remote_address = info.downstream_remote_address
         self.local_address = info.downstream_local_address
         self.remote_ip = self.remote_address.rsplit(":", 1)[0].strip("[]").encode()
-        self.proto = Http1Connection(self)
+        protocol = self.config.protocol
+        assert protocol is not None, "HcmConfig.protocol: the factory sets it"
+        self.proto = protocol(self)
         conn.add_connection_callbacks(self.on_event)
         _LIVE.add(self)
         conn.add_watermark_callbacks(self.on_high_watermark, self.on_low_watermark)
@@ -261,8 +240,6 @@ class ConnectionManager(ReadFilter):
     def _h2_preface(self, data: bytes) -> bool:
         """codec_type AUTO and a client that opens with the HTTP/2 preface: refused until
         HTTP/2 is served (SETTINGS, then GOAWAY HTTP_1_1_REQUIRED)."""
-        from envoi_http.hcm.http1 import H2_PREFACE, H2_REFUSAL
-
         if not data.startswith(H2_PREFACE[: len(data)]):
             return False
         self.stats.downstream_cx_protocol_error.value += 1
@@ -680,8 +657,11 @@ class ConnectionManager(ReadFilter):
                 self._timeout_reply(s, 408, b"request timeout", "request_overall_timeout")
                 return None
             left.append(t)
-        sit = (route_idle.stream_idle_timeout(s, cfg.stream_idle_timeout) if cfg.route_idle
-               else cfg.stream_idle_timeout)
+        sit = cfg.stream_idle_timeout
+        if cfg.route_idle:  # a route's idle_timeout replaces it (router/idle.py)
+            route = s.route()
+            if route is not None and route.idle_timeout is not None:
+                sit = route.idle_timeout
         if sit:
             last = s.last_activity if self.proto.multiplexed else \
                 max(s.last_activity, self.last_activity)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from envoi.http.filter import (
     FilterDataStatus,
@@ -24,8 +24,24 @@ from envoi.http.filter import (
 )
 from envoi.http.headers import HeaderMap
 
-if TYPE_CHECKING:
-    from envoi_http.hcm.stream import ActiveStream
+
+class PathStream(Protocol):
+    """What a filter path needs of its stream (``stream.ActiveStream``)."""
+
+    tasks: set[asyncio.Task[Any]]
+
+    @property
+    def buffer_limit(self) -> int: ...
+    @property
+    def local_complete(self) -> bool: ...
+    @property
+    def destroyed(self) -> bool: ...
+    def buffer_over_limit(self, path: FilterPath, watermark: bool) -> None: ...
+    def buffer_drained(self, path: FilterPath) -> None: ...
+    def filter_raised(self, exc: BaseException, method: Any) -> None: ...
+    def write_head(self, headers: HeaderMap, data: bytes | None, end: bool) -> None: ...
+    def write_data(self, data: bytes, end: bool) -> None: ...
+    def write_trailers(self, trailers: HeaderMap) -> None: ...
 
 H_CONTINUE = FilterHeadersStatus.CONTINUE
 H_STOP = FilterHeadersStatus.STOP_ITERATION
@@ -63,7 +79,7 @@ class FilterPath:
         "watermark",
     )
 
-    def __init__(self, stream: ActiveStream, decode: bool) -> None:
+    def __init__(self, stream: PathStream, decode: bool) -> None:
         # The stream and its paths reference each other until the stream ends: destroy() cuts
         # the links, so refcounting frees them (not the cyclic GC, ~12 us a request under load).
         self.stream = stream

@@ -27,10 +27,6 @@ from envoi_http.hcm.stream import REMOTE_DONE, ActiveStream
 if TYPE_CHECKING:
     from envoi_http.hcm.connection_manager import ConnectionManager
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# SETTINGS (empty) then GOAWAY(last stream 0, HTTP_1_1_REQUIRED): a clear "not here" for h2c.
-H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-              b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0d")
 _CLOSE = (b"connection", b"close")
 log = logging.getLogger("envoi.http")
 

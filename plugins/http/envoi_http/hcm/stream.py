@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from envoi.http.filter import (
     DownstreamWatermarkCallbacks,
@@ -48,8 +48,9 @@ from envoi_http.hcm.filter_path import FilterPath
 
 if TYPE_CHECKING:
     from envoi.network.filter import Connection
+    from envoi.stats import Counter
 
-    from envoi_http.hcm.connection_manager import ConnectionManager, ServerProtocol
+    from envoi_http.hcm.stats import HcmStats
     from envoi_http.router.config import Route
 
 OPEN = 0
@@ -84,6 +85,52 @@ def http_date() -> bytes:
     return _date_cache[1]  # type: ignore[no-any-return]
 
 
+class ServerProtocol(Protocol):
+    """The protocol half of a connection manager (see the module docstring)."""
+
+    multiplexed: bool
+    rq_total: Counter  # http.<prefix>.downstream_rq_http1_total / _http2_total
+
+    def on_data(self, data: bytes, end_stream: bool) -> None: ...
+    def write_head(self, s: ActiveStream, headers: HeaderMap, data: bytes | None,
+                   end: bool) -> None: ...
+    def write_data(self, s: ActiveStream, data: bytes, end: bool) -> None: ...
+    def write_trailers(self, s: ActiveStream, trailers: HeaderMap) -> None: ...
+    def write_informational(self, s: ActiveStream, headers: HeaderMap) -> None: ...
+    def cork(self) -> bool: ...
+    def uncork(self) -> None: ...
+    def flush(self) -> None: ...
+    def stream_done(self, s: ActiveStream) -> None: ...
+    def stream_reset(self, s: ActiveStream, local: bool) -> None: ...
+    def read_disable(self, s: ActiveStream, disable: bool) -> None: ...
+    def acknowledge(self, s: ActiveStream, nbytes: int) -> None: ...
+    def drain(self) -> None: ...
+    def on_event(self, e: Any) -> None: ...
+    def on_connection_closed(self) -> None: ...
+
+
+class StreamOwner(Protocol):
+    """What a stream needs of its connection manager (``connection_manager.ConnectionManager``)."""
+
+    proto: ServerProtocol
+    conn: Connection
+    loop: asyncio.AbstractEventLoop
+    stats: HcmStats
+    server_name: bytes
+    remote_address: str
+    local_address: str
+    conn_info: Any
+    buffer_limit: int
+    deadline_timer: asyncio.TimerHandle | None
+    deadline_when: float
+
+    def arm_deadline(self, when: float) -> None: ...
+    def route_for(self, headers: HeaderMap) -> Route | None: ...
+    def response_done(self, s: ActiveStream) -> None: ...
+    def reset_stream(self, s: ActiveStream, *, local: bool) -> None: ...
+    def log_filter_error(self, exc: BaseException, filt: object, method: str) -> None: ...
+
+
 class ActiveStream:
     # Slots, every one set in __init__: a slot read is the cheapest attribute read there is
     # (a class-level default read through an instance is not specialised, ~3x as slow).
@@ -111,7 +158,7 @@ class ActiveStream:
         "watermark_cbs",
     )
 
-    def __init__(self, hcm: ConnectionManager, stream_id: int, headers: HeaderMap,
+    def __init__(self, hcm: StreamOwner, stream_id: int, headers: HeaderMap,
                  now: float, route: Route | None = None, resolved: bool = False) -> None:
         self.hcm = hcm
         self.stream_id = stream_id

@@ -181,7 +181,15 @@ class Router(StreamDecoderFilter):
         for k, _ in raw:
             if k in CONTROL:
                 # Retry policy and timeouts from x-envoy-* request headers too.
-                retry_headers.setup(self, route, headers)
+                rr = retry_headers.setup(route, headers, cfg.respect_expected_rq_timeout,
+                                         cfg.suppress_envoy_headers)
+                self.timeout, self.per_try, rp = rr.timeout, rr.per_try, rr.policy
+                if rp is not None:
+                    self.retry_policy = rp
+                    self.retries_left = rp.num_retries
+                vh = route.vhost
+                self.count_attempts = vh.include_request_attempt_count
+                self.attempt_count_in_response = vh.include_attempt_count_in_response
                 break
         else:  # what retry_headers.setup() comes to, worked out once for the route
             self.timeout = plan.timeout
@@ -290,7 +298,10 @@ class Router(StreamDecoderFilter):
         requests.inc()
         attempts = self.attempts = self.attempts + 1
         if attempts > 1 or self.count_attempts:
-            retry_headers.on_attempt(self)
+            retry_headers.on_attempt(self.headers, attempts, self.count_attempts,  # type: ignore[arg-type]
+                                     self.timeout, self.per_try,
+                                     self.decoder_callbacks.stream_info.start_monotonic,
+                                     self.config.suppress_envoy_headers)
         self.attempt_start = _monotonic()
         cluster.stats.upstream_rq_active.inc()
         host.rq_active += 1

@@ -7,8 +7,9 @@ for the response, ``408`` before the request is complete, a reset once the respo
 ``http.<prefix>.downstream_rq_idle_timeout`` either way (never ``upstream_rq_timeout``). The
 timer restarts on activity either way (a request read, a response write).
 
-Nothing runs per request: the HCM's connection timer asks :func:`stream_idle_timeout` when it
-fires, and its tick is at most the shortest route idle timeout (:func:`shortest`).
+Nothing runs per request: the HCM's connection timer reads the stream's route's
+``idle_timeout`` when it fires, and its tick is at most the shortest route idle timeout
+(:func:`shortest`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from envoi_http.hcm.stream import ActiveStream
     from envoi_http.router.config import RouteTable
 
 
@@ -35,11 +35,3 @@ def shortest(table: RouteTable | None) -> float:
     """The shortest non-zero route idle timeout (0.0: none), for the HCM timer's tick."""
     vals = [v for v in route_idle_timeouts(table) if v > 0]
     return min(vals) if vals else 0.0
-
-
-def stream_idle_timeout(s: ActiveStream, hcm_default: float) -> float:
-    """The idle timeout that applies to ``s``: its route's, else the HCM's."""
-    route = s.route()
-    if route is None or route.idle_timeout is None:
-        return hcm_default
-    return route.idle_timeout

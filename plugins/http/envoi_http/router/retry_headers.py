@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from envoi_http.router.config import RetryPolicy
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from envoi.http.headers import HeaderMap
 
     from envoi_http.router.config import Route
-    from envoi_http.router.filter import Router
 
 RETRY_ON = b"x-envoy-retry-on"
 RETRY_GRPC_ON = b"x-envoy-retry-grpc-on"
@@ -86,60 +85,53 @@ def effective(timeout: float, per_try: float) -> tuple[float, float]:
     return timeout, per_try
 
 
-def setup(r: Router, route: Route, h: HeaderMap) -> None:
-    """Set the request's retry policy, timeouts and ``x-envoy-expected-rq-timeout-ms`` when the
-    request carries x-envoy-* control headers (the router's RoutePlan has the answer for the
-    others)."""
-    rp = route.retry_policy
-    timeout = route.timeout
+class RequestRetry(NamedTuple):
+    """What the route and the request's x-envoy-* headers make of retries and timeouts."""
+
+    policy: RetryPolicy | None
+    timeout: float
+    per_try: float
+
+
+def setup(route: Route, h: HeaderMap, respect_expected_rq_timeout: bool,
+          suppress_envoy_headers: bool) -> RequestRetry:
+    """The retry policy and timeouts of a request that carries x-envoy-* control headers (the
+    router's RoutePlan has the answer for the others); removes the headers it used and sets
+    ``x-envoy-expected-rq-timeout-ms``."""
+    rp = _retry_policy(route, h)
     per_try = rp.per_try_timeout if rp is not None else 0.0
-    for k, _ in h.headers:
-        if k in CONTROL:
-            break
-    else:
-        k = b""
-    if k in CONTROL:
-        rp = _retry_policy(route, h)
-        if rp is not None and rp is not route.retry_policy:
-            per_try = rp.per_try_timeout
-        used = None
-        if r.config.respect_expected_rq_timeout:
-            used = _ms(h.get_bytes(EXPECTED))
-        if used is None:
-            v = h.get_bytes(RQ_TIMEOUT)
-            if v is not None:
-                h.remove_bytes(RQ_TIMEOUT)
-                used = _ms(v)
-        if used is not None:
-            timeout = used
-        v = h.get_bytes(PER_TRY)
+    timeout = route.timeout
+    used = None
+    if respect_expected_rq_timeout:
+        used = _ms(h.get_bytes(EXPECTED))
+    if used is None:
+        v = h.get_bytes(RQ_TIMEOUT)
         if v is not None:
-            h.remove_bytes(PER_TRY)
-            pt = _ms(v)
-            if pt is not None:
-                per_try = pt
+            h.remove_bytes(RQ_TIMEOUT)
+            used = _ms(v)
+    if used is not None:
+        timeout = used
+    v = h.get_bytes(PER_TRY)
+    if v is not None:
+        h.remove_bytes(PER_TRY)
+        pt = _ms(v)
+        if pt is not None:
+            per_try = pt
     timeout, per_try = effective(timeout, per_try)
-    r.retry_policy = rp
-    r.retries_left = rp.num_retries if rp is not None else 0
-    r.timeout = timeout
-    r.per_try = per_try
     expected = per_try or timeout
-    if expected and not r.config.suppress_envoy_headers:
+    if expected and not suppress_envoy_headers:
         h.set_bytes(EXPECTED, b"%d" % int(expected * 1000))
-    vh = route.vhost
-    r.count_attempts = vh.include_request_attempt_count
-    r.attempt_count_in_response = vh.include_attempt_count_in_response
+    return RequestRetry(rp, timeout, per_try)
 
 
-def on_attempt(r: Router) -> None:
-    """Before attempt ``r.attempts`` goes upstream (called for retries and counted attempts)."""
-    h = r.headers
-    if h is None:
-        return
-    if r.count_attempts:
-        h.set_bytes(ATTEMPT_COUNT, b"%d" % r.attempts)
-    if r.attempts > 1 and r.timeout and not r.config.suppress_envoy_headers:
-        elapsed = time.monotonic() - r.decoder_callbacks.stream_info.start_monotonic
-        left = max(0.0, r.timeout - elapsed)
-        expected = r.per_try if r.per_try and r.per_try < left else left
+def on_attempt(h: HeaderMap, attempts: int, count_attempts: bool, timeout: float,
+               per_try: float, started: float, suppress_envoy_headers: bool) -> None:
+    """Before attempt ``attempts`` goes upstream (retries and counted attempts): the attempt
+    count, and the time left as ``x-envoy-expected-rq-timeout-ms`` (``started``: the
+    request's monotonic start)."""
+    if count_attempts:
+        h.set_bytes(ATTEMPT_COUNT, b"%d" % attempts)
+    if attempts > 1 and timeout and not suppress_envoy_headers:
+        left = max(0.0, timeout - (time.monotonic() - started))
+        expected = per_try if per_try and per_try < left else left
         h.set_bytes(EXPECTED, b"%d" % int(expected * 1000))
