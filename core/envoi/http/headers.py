@@ -135,8 +135,12 @@ class HeaderMap:
 
     def add(self, name: str | bytes, value: str | bytes) -> None:
         """Append a value (a second ``set-cookie`` and so on)."""
-        n, v = _name(name), _b(value)
-        if not self._set_pseudo(n, v):
+        # (_name and _b inline: filters call this on every request)
+        n = name.encode("latin-1").lower() if name.__class__ is str else _name(name)
+        v = value.encode("latin-1") if value.__class__ is str else _b(value)
+        if n[:1] == b":" or n == b"host":
+            self._set_pseudo(n, v)
+        else:
             self.headers.append((n, v))
 
     def add_bytes(self, name: bytes, value: bytes) -> None:

@@ -72,8 +72,11 @@ class Resource:
     def max(self) -> int:
         return self._max
 
+    # can_create/inc/dec run for every request: the plain limit is read as ``_max`` (one
+    # attribute), the budget overrides them with its computed ``max()``.
+
     def can_create(self) -> bool:
-        return self.count < self.max()
+        return self.count < self._max
 
     def inc(self) -> None:
         self.count += 1
@@ -86,13 +89,14 @@ class Resource:
 
     def _update(self) -> None:
         # Set only on a change: Envoy's never-touched gauges stay out of ``?usedonly``.
-        limit = self.max()
-        is_open = 1 if self.count >= limit else 0
+        limit = self._max
+        count = self.count
+        is_open = 1 if count >= limit else 0
         if self.open_gauge.value != is_open:
             self.open_gauge.set(is_open)
         rg = self.remaining_gauge
-        if rg is not None and (rg.value != limit - self.count or not rg.used):
-            rg.set(max(0, limit - self.count))
+        if rg is not None and (rg.value != limit - count or not rg.used):
+            rg.set(max(0, limit - count))
 
 
 class RetryBudget(Resource):
@@ -112,7 +116,11 @@ class RetryBudget(Resource):
         budget = int((self.requests.count + self.pending.count) * self.percent / 100)
         return max(budget, self.minimum)
 
+    def can_create(self) -> bool:
+        return self.count < self.max()
+
     def _update(self) -> None:
+        self._max = self.max()  # (what the base class's checks read)
         super()._update()
         # Envoy: the budget depends on other resources, so its remaining gauge just says 0.
         if self.remaining_gauge is not None:

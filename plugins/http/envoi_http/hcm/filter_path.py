@@ -20,6 +20,8 @@ from envoi.http.filter import (
     FilterDataStatus,
     FilterHeadersStatus,
     FilterTrailersStatus,
+    StreamDecoderFilter,
+    StreamEncoderFilter,
     is_async_method,
 )
 from envoi.http.headers import HeaderMap
@@ -58,13 +60,16 @@ _PENDING = -1  # what an async adapter returns while its task runs
 Fn = Callable[..., Any]
 _DECODE = ("decode_headers", "decode_data", "decode_trailers")
 _ENCODE = ("encode_headers", "encode_data", "encode_trailers")
-_has_async: dict[tuple[type, bool], bool] = {}  # (filter class, decode?) -> any async method
+_has_async: dict[tuple[type, bool], bool] = {}
+_PASS_DATA = StreamEncoderFilter.encode_data  # the base class's: passes the data on
+_PASS_DECODE_DATA = StreamDecoderFilter.decode_data  # (filter class, decode?) -> any async method
 
 
 class FilterPath:
     __slots__ = (
         "buf",
         "data_fns",
+        "data_passes",
         "decode",
         "end",
         "hdr_pending",
@@ -96,6 +101,9 @@ class FilterPath:
         self.trailers: HeaderMap | None = None
         self.watermark = False
         self.seen: tuple[bytes, bool] | None = None  # the chunk an async decode_data holds
+        # No filter on this path has its own data method (each passes body data on as it
+        # is): the body can travel with the head (run_headers' ``data``).
+        self.data_passes = True
 
     def add(self, f: Any) -> None:
         """Add a filter: last on the decoder path, first on the encoder path (encoders run in
@@ -106,6 +114,9 @@ class FilterPath:
         if has_async is None:
             has_async = _has_async[key] = any(
                 is_async_method(f, name) for name in (_DECODE if decode else _ENCODE))
+        if type(f).encode_data is not _PASS_DATA if not decode else \
+                type(f).decode_data is not _PASS_DECODE_DATA:
+            self.data_passes = False
         if not has_async:  # the common case: bind the three methods, nothing else
             if decode:
                 self.headers_fns.append(f.decode_headers)
@@ -129,7 +140,12 @@ class FilterPath:
 
     # -- iteration ------------------------------------------------------------------------
 
-    def run_headers(self, i: int, headers: HeaderMap, end: bool) -> None:
+    def run_headers(self, i: int, headers: HeaderMap, end: bool,
+                    data: bytes | None = None, data_end: bool = False) -> bool:
+        """Headers from filter ``i`` on. ``data`` (encoder path, no filter on it looks at data:
+        ``data_passes``): the body bytes that follow the head, written with it when the head
+        reaches the end of the path. False when iteration stopped before the end (then the
+        caller hands ``data`` on as usual)."""
         self.headers = headers
         fns = self.headers_fns
         n = len(fns)
@@ -139,9 +155,9 @@ class FilterPath:
                 st = fns[i](headers, end)
             except Exception as exc:  # free in 3.11 until something raises
                 stream.filter_raised(exc, fns[i])
-                return
+                return False
             if stream.local_complete and self.decode:
-                return
+                return False
             if end and self.buf is not None and self.stop < 0:
                 # The filter added a body to a headers-only message (add_decoded_data): later
                 # filters see the headers without end_stream, then that body.
@@ -152,7 +168,7 @@ class FilterPath:
                         self._hold(added, True)
                     elif not (stream.local_complete and self.decode):
                         self.run_data(i + 1, added, True)
-                    return
+                    return False
                 self.buf = bytearray(added)  # held behind the stopped headers
             if st == H_CONTINUE:
                 i += 1
@@ -163,7 +179,7 @@ class FilterPath:
                     self.run_headers(i + 1, headers, False)
                     if self.stop < 0:
                         self.run_data(i + 1, b"", True)
-                    return
+                    return False
                 i += 1
                 continue
             self.stop = i
@@ -171,9 +187,13 @@ class FilterPath:
             self.end = end
             self.stop_all = st != H_STOP
             self.watermark = st == H_STOP_ALL_WATERMARK
-            return
+            return False
         if not self.decode:
-            stream.write_head(headers, None, end)
+            if data is not None:
+                stream.write_head(headers, data, data_end)
+            else:
+                stream.write_head(headers, None, end)
+        return True
 
     def run_data(self, i: int, data: bytes, end: bool) -> None:
         fns = self.data_fns

@@ -71,6 +71,7 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large"
 _RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                         b"upgrade", b"date", b"server"))
 _SET_DECODER_CALLBACKS = StreamDecoderFilter.set_decoder_filter_callbacks
+_SET_ENCODER_CALLBACKS = StreamEncoderFilter.set_encoder_filter_callbacks
 _ON_STREAM_COMPLETE = (StreamDecoderFilter.on_stream_complete,
                        StreamEncoderFilter.on_stream_complete)
 _date_cache: list[Any] = [0, b""]
@@ -260,10 +261,14 @@ class ActiveStream:
         filters.append(f)
 
     def add_encoder_filter(self, f: StreamEncoderFilter) -> None:
-        f.set_encoder_filter_callbacks(self)
+        if type(f).set_encoder_filter_callbacks is _SET_ENCODER_CALLBACKS:
+            f.encoder_callbacks = self  # what the base class's method does, without the call
+        else:
+            f.set_encoder_filter_callbacks(self)
         self.enc.add(f)  # (encoders run last-added first: the path keeps them in that order)
-        if f not in self.filters:
-            self.filters.append(f)
+        filters = self.filters
+        if not filters or (filters[-1] is not f and f not in filters):  # (add_filter: it is)
+            filters.append(f)
 
     def add_filter(self, f: StreamFilter) -> None:
         self.add_decoder_filter(f)
@@ -424,7 +429,14 @@ class ActiveStream:
         if enc is None:  # no encoder filter: head and data in one write
             self.write_head(headers, data, end_stream)
             return
-        proto = self.proto
+        if enc.data_passes and enc.stop < 0 and enc.buf is None:
+            # No encoder filter looks at body data: the head goes through them, and the body
+            # leaves with it (unless a filter stops the head; then it follows as usual).
+            if enc.run_headers(0, headers, False, data, end_stream):
+                return
+            self.encode_data(data, end_stream)
+            return
+        proto = self.hcm.proto
         corked = proto.cork()  # whatever the encoder filters pass on leaves in one write
         try:
             enc.run_headers(0, headers, False)

@@ -40,7 +40,7 @@ from envoi_http.codec import events as ev
 from envoi_http.router import retry_headers
 from envoi_http.router.direct import redirect_location, rewrite
 from envoi_http.router.plan import RoutePlan, RouterConfig
-from envoi_http.router.pool import pool_for
+from envoi_http.router.pool import POOLS, pool_for
 from envoi_http.router.retry_headers import CONTROL, EXPECTED
 
 if TYPE_CHECKING:
@@ -310,7 +310,11 @@ class Router(StreamDecoderFilter):
         if plan.stats:
             for rs in self._request_stats():
                 rs.upstream_rq_total.value += 1
-        pool = self.pool = pool_for(cluster, host, self.config.backend, priority=route.priority)
+        pools = cluster.extra.get(POOLS)  # (pool_for's lookup, without the call)
+        pool = pools.get(host) if pools is not None and route.priority == "DEFAULT" else None
+        if pool is None:
+            pool = pool_for(cluster, host, self.config.backend, priority=route.priority)
+        self.pool = pool
         self.decoder_callbacks.stream_info.upstream_host = pool.address_string
         conn = pool.take_idle(self)
         if conn is None:

@@ -259,13 +259,17 @@ class Http1Pool:
         self.idle.clear()
 
 
+#: ``cluster.extra`` key of the cluster's HTTP/1.1 pools: {host or (host, priority): pool}.
+POOLS = "envoi_http1_pools"
+
+
 def pool_for(cluster: Cluster, host: Host, backend: Backend,
              max_requests: int | None = None, priority: str = "DEFAULT") -> Http1Pool:
     """The pool of (cluster, host, priority); ``max_requests`` defaults to the cluster's
     ``max_requests_per_connection`` (read once, when the pool is made)."""
-    pools: dict[Any, Http1Pool] | None = cluster.extra.get("envoi_http1_pools")
+    pools: dict[Any, Http1Pool] | None = cluster.extra.get(POOLS)
     if pools is None:
-        pools = cluster.extra["envoi_http1_pools"] = {}
+        pools = cluster.extra[POOLS] = {}
         cluster.add_member_update_cb(lambda _added, removed: _drop_pools(pools, removed))
     key = host if priority == "DEFAULT" else (host, priority)
     p = pools.get(key)
