@@ -163,6 +163,19 @@ def test_no_cluster_no_stats() -> None:
     d.close()
 
 
+def test_route_cluster_counts_before_the_router_chose() -> None:
+    """In a real chain grpc_stats runs before the router: the stream has no chosen cluster yet,
+    and the route's cluster is the one counted (Envoy's ``clusterInfo()``)."""
+    d = HttpFilterDriver(GrpcStatsFactory(), {"stats_for_all_methods": True}, cluster="routed")
+    d.cluster_name = None
+    d.decode_headers(GRPC, end_stream=True)
+    d.encode_headers({"grpc-status": "0"}, status=200, end_stream=True)
+    assert d.stats.changed() == {
+        "cluster.routed.grpc.envoi.smoke.Greeter.SayHello." + k: 1
+        for k in ("0", "success", "total")}
+    d.close()
+
+
 def test_client_chosen_methods_are_bounded(monkeypatch: Any) -> None:
     monkeypatch.setattr(grpc_stats_mod, "MAX_DYNAMIC_METHODS", 3)
     from envoi.testing import factory_context

@@ -43,7 +43,7 @@ from envoi.http.headers import HeaderMap
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2  # noqa: F401
 
 from envoi_grpc.framing import FrameCounter
-from envoi_grpc.stats import GRPC, GrpcStatsRegistry, MethodStats, registry
+from envoi_grpc.stats import GRPC, GrpcStatsRegistry, MethodStats, registry, stream_cluster
 
 NAME = "envoy.filters.http.grpc_stats"
 TYPE_URL = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
@@ -133,7 +133,7 @@ class GrpcStatsFilter(StreamFilter):
             self._tap_request(headers)
         if end_stream:
             self.request_end = time.monotonic()
-        cluster = self.decoder_callbacks.cluster_name
+        cluster = stream_cluster(self.decoder_callbacks)
         if cluster is None:
             return FilterHeadersStatus.CONTINUE
         names = service_and_method(headers.path)
@@ -218,7 +218,7 @@ class GrpcStatsFilter(StreamFilter):
         self.tapped = {"stream": self.decoder_callbacks.stream_id,
                        "service": service.decode("latin-1"),
                        "method": method.decode("latin-1"),
-                       "cluster": self.decoder_callbacks.cluster_name,
+                       "cluster": stream_cluster(self.decoder_callbacks),
                        "start": time.monotonic()}
 
     def _tap_call(self, grpc_status: bytes | None) -> None:

@@ -46,7 +46,7 @@ from envoi.http.grpc import (
 from envoi.http.headers import HeaderMap
 from envoy.extensions.filters.http.grpc_web.v3 import grpc_web_pb2  # noqa: F401 (registers it)
 
-from envoi_grpc.stats import GRPC_WEB, GrpcStatsRegistry, MethodStats, registry
+from envoi_grpc.stats import GRPC_WEB, GrpcStatsRegistry, MethodStats, registry, stream_cluster
 from envoi_grpc.web_codec import Base64Error, TextDecoder, TextEncoder, encode_text, trailer_frame
 
 NAME = "envoy.filters.http.grpc_web"
@@ -99,7 +99,7 @@ class GrpcWebFilter(StreamFilter):
             return FilterHeadersStatus.CONTINUE
         self.is_web = True
         headers.remove_bytes(_CL)
-        cluster = self.decoder_callbacks.cluster_name
+        cluster = stream_cluster(self.decoder_callbacks)
         if cluster is not None:
             names = service_and_method(headers.path)
             if names is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import weakref
 
+from envoi.http.filter import StreamDecoderFilterCallbacks as _Callbacks
 from envoi.stats import Counter, Histogram, Scope, Store
 
 GRPC = "grpc"
@@ -124,3 +125,16 @@ def registry(store: Store) -> GrpcStatsRegistry:
     if r is None:
         r = _registries[store] = GrpcStatsRegistry(store.root)
     return r
+
+
+def stream_cluster(callbacks: _Callbacks) -> str | None:
+    """The cluster a stream's stats go to, known when the request headers are decoded (Envoy's
+    ``clusterInfo()``): the one the router already chose, else the route's cluster. The router
+    runs after the gRPC filters, so in a real chain it is the route's; a route that picks its
+    cluster per request (``weighted_clusters``, ``cluster_header``) has none here and its calls
+    are not counted."""
+    chosen = callbacks.cluster_name
+    if chosen is not None:
+        return chosen
+    route = callbacks.route()
+    return route.cluster_name if route is not None else None
