@@ -136,10 +136,11 @@ def test_http10_and_expect_continue(proxy: tuple[EnvoiProcess, int]) -> None:
     assert j["body_len"] == 2000 and "expect" not in j["headers"]
 
 
-def test_h2_preface_is_refused_clearly(proxy: tuple[EnvoiProcess, int]) -> None:
+def test_h2_preface_is_served(proxy: tuple[EnvoiProcess, int]) -> None:
     _, port = proxy
     out = raw(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-    assert out[3] == 0x04 and out[9 + 3] == 0x07  # SETTINGS then GOAWAY
+    # codec_type AUTO serves HTTP/2 as Envoy does: our SETTINGS, then WINDOW_UPDATE, no GOAWAY
+    assert out[3] == 0x04 and out[9 + 24 + 3] == 0x08
 
 
 def test_upstream_down_is_503(envoi_process: Callable[..., EnvoiProcess]) -> None:

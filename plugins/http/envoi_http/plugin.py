@@ -39,6 +39,14 @@ def envoi_http_filters() -> Sequence[HttpFilterFactory]:
 
 
 @hookimpl
+def envoi_configured(server: ServerContext) -> None:
+    """Every cluster's HTTP protocol options, checked once (router/pools.py)."""
+    from envoi_http.router.pools import check_clusters
+
+    check_clusters(server.cluster_manager.clusters)
+
+
+@hookimpl
 def envoi_access_log_operators() -> Mapping[str, OperatorFactory]:
     return OPERATORS  # %RESPONSE_CODE_DETAILS%, %ROUTE_NAME%, ...
 

@@ -70,7 +70,12 @@ DEFAULT_OPTIONS = Http2Options()
 
 def implemented_fields() -> tuple[str, ...]:
     """The ``Http2ProtocolOptions`` fields ``from_proto`` acts on (any other is an issue)."""
-    return (*_WRAPPED, *_PLAIN, _OVERRIDE, _DEPRECATED_OVERRIDE)
+    return (*_WRAPPED, *_PLAIN, _OVERRIDE, _DEPRECATED_OVERRIDE, "connection_keepalive")
+
+
+# ``connection_keepalive``'s message: what ``_keepalive`` acts on (``connection_idle_interval``
+# is refused there).
+KEEPALIVE_FIELDS = ("interval", "timeout", "interval_jitter")
 
 
 def from_proto(msg: Any, path: str) -> tuple[Http2Options, list[tuple[str, str]]]:

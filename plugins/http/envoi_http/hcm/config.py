@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from envoi.config import ConfigError, ConfigIssue, duration_seconds, implements, refuse_unlisted
@@ -9,12 +10,17 @@ from envoi.extensions import FactoryContext, HttpFilterFactory, NetworkFilterFac
 from envoi.http.filter import HttpFilterFactoryCb
 from envoi.network.filter import FilterChainBuilder, NetworkFilterFactoryCb
 
+from envoi_http.codec.h2_options import from_proto as http2_from_proto
+from envoi_http.codec.h2_options import implemented_fields as http2_fields
+from envoi_http.codec.h2_stats import codec_stats
 from envoi_http.hcm.connection_manager import ConnectionManager
 from envoi_http.hcm.http1 import Http1Connection
+from envoi_http.hcm.http2 import Http2Connection, auto_protocol
 from envoi_http.hcm.internal import internal_networks
 from envoi_http.hcm.path_normalization import PathNormalization
 from envoi_http.hcm.settings import HcmConfig
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats
+from envoi_http.hcm.stream import ServerProtocol
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
 from envoi_http.router.config import build_route_table
@@ -24,8 +30,8 @@ from envoi_http.router.idle import shortest as shortest_route_idle
 ROUTER_NAME = "envoy.filters.http.router"
 
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-# What of the HttpConnectionManager envoi acts on; codec_type values other than AUTO and HTTP1
-# are refused below. The route table's messages are declared in router/config.py.
+# What of the HttpConnectionManager envoi acts on; codec_type HTTP3 is refused below. The
+# route table's messages are declared in router/config.py.
 implements(_HCM,
            "codec_type", "stat_prefix", "route_config", "http_filters",
            "common_http_protocol_options", "http_protocol_options", "server_name",
@@ -34,7 +40,8 @@ implements(_HCM,
            "use_remote_address",
            "xff_num_trusted_hops", "internal_address_config", "generate_request_id",
            "preserve_external_request_id", "upgrade_configs", "normalize_path",
-           "merge_slashes", "path_with_escaped_slashes_action")
+           "merge_slashes", "path_with_escaped_slashes_action",
+           "http2_protocol_options")
 implements(_HCM + ".UpgradeConfig", "upgrade_type", "enabled")
 implements(_HCM + ".InternalAddressConfig", "cidr_ranges")
 implements("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -45,6 +52,12 @@ _COMMON_OPTIONS = ("idle_timeout", "max_headers_count", "headers_with_underscore
 _HTTP1_OPTIONS = ("accept_http_10", "enable_trailers")
 implements("envoy.config.core.v3.HttpProtocolOptions", *_COMMON_OPTIONS)
 implements("envoy.config.core.v3.Http1ProtocolOptions", *_HTTP1_OPTIONS)
+implements("envoy.config.core.v3.Http2ProtocolOptions", *http2_fields())
+
+
+# codec_type -> the protocol half of each connection (AUTO: ALPN h2, or the first bytes decide)
+_PROTOCOLS: dict[str, Callable[[Any], ServerProtocol]] = {
+    "HTTP1": Http1Connection, "HTTP2": Http2Connection}
 
 
 def _dur(msg: Any, name: str, default: float) -> float:
@@ -91,8 +104,14 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             issues.append(ConfigIssue(path + ".stat_prefix", "required"))
         codec_type = config.DESCRIPTOR.fields_by_name["codec_type"].enum_type.values_by_number[
             config.codec_type].name
-        if codec_type not in ("AUTO", "HTTP1"):
+        if codec_type not in ("AUTO", "HTTP1", "HTTP2"):
             issues.append(ConfigIssue(path + ".codec_type", f"{codec_type} is not supported yet"))
+        h2_opts, h2_issues = http2_from_proto(config.http2_protocol_options,
+                                              path + ".http2_protocol_options")
+        issues.extend(ConfigIssue(p, msg) for p, msg in h2_issues)
+        if h2_opts.allow_connect:
+            issues.append(ConfigIssue(path + ".http2_protocol_options.allow_connect",
+                                      "extended CONNECT is not implemented by envoi yet"))
         issues += refuse_unlisted(config.common_http_protocol_options, _COMMON_OPTIONS,
                                   path + ".common_http_protocol_options")
         issues += refuse_unlisted(config.http_protocol_options, _HTTP1_OPTIONS,
@@ -155,7 +174,10 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             route_idle_min=shortest_route_idle(table),
             internal_nets=internal_networks(config),
             path_normalization=PathNormalization.from_proto(config),
-            protocol=Http1Connection,
+            # AUTO: ALPN h2, or the first bytes (the HTTP/2 preface or not), decide
+            protocol=_PROTOCOLS.get(codec_type, auto_protocol),
+            http2_options=h2_opts,
+            http2_stats=codec_stats(root),
         )
 
         def add_filter(builder: FilterChainBuilder) -> None:

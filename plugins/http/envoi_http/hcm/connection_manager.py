@@ -88,10 +88,6 @@ _MUTATE_READS = internal.INTERNAL_ONLY | {b"x-forwarded-proto", b"x-forwarded-fo
                                          b"x-request-id"}
 
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# SETTINGS (empty) then GOAWAY(last stream 0, HTTP_1_1_REQUIRED): a clear "not here" for h2c.
-H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-              b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0d")
 # This process's open HTTP connections, for the server's drain (plugin.envoi_draining).
 _LIVE: weakref.WeakSet[ConnectionManager] = weakref.WeakSet()
 
@@ -180,12 +176,9 @@ class ConnectionManager(ReadFilter):
         if data:
             self.stats.downstream_cx_rx_bytes_total.value += len(data)
             self.last_activity = _monotonic()
-            if self.first:
-                self.first = False
-                if self.config.auto_codec and data[:3] == b"PRI" and self._h2_preface(data):
-                    return STOP
+            self.first = False
             if self.headers_timer is None and self.config.request_headers_timeout and \
-                    not self.streams:
+                    not self.streams and not self.proto.multiplexed:
                 self.headers_timer = self.loop.call_later(
                     self.config.request_headers_timeout, self._on_headers_timeout)
             if self.closing:
@@ -236,17 +229,6 @@ class ConnectionManager(ReadFilter):
             self.stats.downstream_cx_delayed_close_timeout.value += 1
             self.reset_on_close = False
             self.close(ConnectionCloseType.FLUSH_WRITE)
-
-    def _h2_preface(self, data: bytes) -> bool:
-        """codec_type AUTO and a client that opens with the HTTP/2 preface: refused until
-        HTTP/2 is served (SETTINGS, then GOAWAY HTTP_1_1_REQUIRED)."""
-        if not data.startswith(H2_PREFACE[: len(data)]):
-            return False
-        self.stats.downstream_cx_protocol_error.value += 1
-        self.closing = True
-        self.conn.write(H2_REFUSAL)
-        self.close(ConnectionCloseType.FLUSH_WRITE)
-        return True
 
     def close(self, how: ConnectionCloseType) -> None:
         self.proto.flush()
@@ -327,8 +309,9 @@ class ConnectionManager(ReadFilter):
             # than a new list for the usual one or two headers to drop (``host`` is always one).
             i = len(raw) - 1
             while i >= 0:
-                if raw[i][0] in _REQ_DROP:
-                    del raw[i]
+                if raw[i][0] in _REQ_DROP and not (
+                        raw[i][0] == b"te" and raw[i][1].lower() == b"trailers"):
+                    del raw[i]  # (``te: trailers`` goes on, as Envoy keeps it: gRPC needs it)
                 i -= 1
         path = e.target
         if path[:1] != b"/":
@@ -365,7 +348,9 @@ class ConnectionManager(ReadFilter):
         s = self.streams[sid] = ActiveStream(self, sid, headers, self.last_activity, route, True)
         if self.debug:
             conn_debug(log, self.conn.id, "new stream")
-        if version == b"1.0":
+        if version == b"2":
+            s.stream_info.protocol = "HTTP/2"
+        elif version == b"1.0":
             s.stream_info.protocol = "HTTP/1.0"
         if token and not self._accept_upgrade(s, token, route):
             return

@@ -13,6 +13,7 @@ from envoi.http.filter import HttpFilterFactoryCb
 from envoi.stats import Scope
 
 from envoi_http.codec import Backend
+from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
 from envoi_http.hcm.path_normalization import PathNormalization
 from envoi_http.hcm.stats import HcmStats, ListenerHttpStats
 from envoi_http.hcm.stream import ServerProtocol
@@ -56,6 +57,8 @@ class HcmConfig:
     # The protocol half of each connection (hcm/http1.py's Http1Connection), made with the
     # connection manager: the factory wires it, so that the agnostic half imports no protocol.
     protocol: Callable[[Any], ServerProtocol] | None = None
+    http2_options: Http2Options = DEFAULT_OPTIONS  # http2_protocol_options (codec/h2_options)
+    http2_stats: Any = None  # http2.* at the root (codec/h2_stats.py)
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
     filter_names: tuple[str, ...] = ()  # the config name of each of filter_factories
     _names_by_type: dict[type, str] | None = None

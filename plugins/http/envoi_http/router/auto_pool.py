@@ -67,6 +67,11 @@ class AutoPool:
                                self.priority)
         return pool_for(self.cluster, self.host, self.backend, self.max_requests, self.priority)
 
+    def take_idle(self, cb: Any) -> Any:
+        """The chosen protocol's pool's idle connection (stream); None before the probe."""
+        chosen = self.chosen
+        return None if chosen is None else self.pool(chosen).take_idle(cb)
+
     def request(self, cb: Any) -> None:
         chosen = self.chosen
         if chosen is not None:

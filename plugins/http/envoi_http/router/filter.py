@@ -40,12 +40,14 @@ from envoi_http.codec import events as ev
 from envoi_http.router import retry_headers
 from envoi_http.router.direct import redirect_location, rewrite
 from envoi_http.router.plan import RoutePlan, RouterConfig
-from envoi_http.router.pool import POOLS, pool_for
+from envoi_http.router.pools import select_pool
 from envoi_http.router.retry_headers import CONTROL, EXPECTED
 
 if TYPE_CHECKING:
+    from envoi_http.router.auto_pool import AutoPool
     from envoi_http.router.config import RetryPolicy, Route
-    from envoi_http.router.pool import Http1Pool, UpstreamConnection
+    from envoi_http.router.h2_pool import H2Pool
+    from envoi_http.router.pool import Http1Pool, UpstreamHandle
     from envoi_http.router.stats import ClusterHttpStats
 
 H_CONTINUE = FilterHeadersStatus.CONTINUE
@@ -126,8 +128,8 @@ class Router(StreamDecoderFilter):
         # the current attempt
         self.attempts = 0
         self.host: Host | None = None
-        self.pool: Http1Pool | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.pool: Http1Pool | H2Pool | AutoPool | None = None
+        self.upstream: UpstreamHandle | None = None
         self.attempt_start = 0.0
         self.upstream_read_paused = False  # the client is slow: the upstream is not read
 
@@ -310,11 +312,9 @@ class Router(StreamDecoderFilter):
         if plan.stats:
             for rs in self._request_stats():
                 rs.upstream_rq_total.value += 1
-        pools = cluster.extra.get(POOLS)  # (pool_for's lookup, without the call)
-        pool = pools.get(host) if pools is not None and route.priority == "DEFAULT" else None
-        if pool is None:
-            pool = pool_for(cluster, host, self.config.backend, priority=route.priority)
-        self.pool = pool
+        pool = self.pool = select_pool(cluster, host, self.config.backend,
+                                       self.decoder_callbacks.stream_info.protocol == "HTTP/2",
+                                       route.priority)
         self.decoder_callbacks.stream_info.upstream_host = pool.address_string
         conn = pool.take_idle(self)
         if conn is None:
@@ -367,7 +367,7 @@ class Router(StreamDecoderFilter):
                     out.append(vh.vcluster_other)
         return out
 
-    def on_pool_ready(self, conn: UpstreamConnection) -> None:
+    def on_pool_ready(self, conn: UpstreamHandle) -> None:
         if self.state != WAITING:
             conn.release()
             return

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any
 
 from envoi.upstream.cluster import Cluster, Host, UpstreamConnectError
 
@@ -38,18 +38,7 @@ from envoi_http.codec.h2_hpack import never_indexed
 from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
 from envoi_http.codec.h2_stats import Http2CodecStats, codec_stats
 from envoi_http.h2_keepalive import Keepalive
-
-
-class PoolCallbacks(Protocol):
-    """What a request gives the pool: the HTTP/1.1 pool's callbacks, with the handle an
-    ``H2Stream`` (same methods as the HTTP/1.1 ``UpstreamConnection``)."""
-
-    def on_pool_ready(self, conn: H2Stream) -> None: ...
-    def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None: ...
-    def on_upstream_events(self, events: list[ev.Event]) -> None: ...
-    def on_upstream_closed(self) -> None: ...
-    def on_upstream_above_high_watermark(self) -> None: ...
-    def on_upstream_below_low_watermark(self) -> None: ...
+from envoi_http.router.pool import PoolCallbacks
 
 
 class H2Stream:
@@ -376,7 +365,11 @@ class H2Pool:
         self.pending: deque[PoolCallbacks] = deque()
 
     def take_idle(self, cb: PoolCallbacks) -> H2Stream | None:
-        """The HTTP/1.1 pool's shortcut for an idle connection; here ``request`` decides."""
+        """A stream on a connection with room, now handling ``cb``'s request; None when no
+        connection has room (then ``request(cb)`` connects or queues)."""
+        for conn in self.conns:
+            if conn.room > 0:
+                return conn.new_stream(cb)
         return None
 
     def request(self, cb: PoolCallbacks) -> None:

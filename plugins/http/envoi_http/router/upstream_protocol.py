@@ -45,6 +45,7 @@ for _config in ("ExplicitHttpConfig", "UseDownstreamHttpConfig", "AutoHttpConfig
 implements("envoy.config.core.v3.HttpProtocolOptions", *_COMMON_OK)
 implements("envoy.config.core.v3.Http1ProtocolOptions", *_HTTP1_OK)
 implements("envoy.config.core.v3.Http2ProtocolOptions", *h2_options.implemented_fields())
+implements("envoy.config.core.v3.KeepaliveSettings", *h2_options.KEEPALIVE_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""An HTTP/2 connection when envoi drains (SIGTERM): a busy one gets Envoy's drain sequence --
+GOAWAY(2^31-1) at once, the final GOAWAY with the last stream after the HCM's
+``drain_timeout`` -- the streams already open finish, a stream opened after the final GOAWAY is
+refused, and the connection closes when its last stream ends; an idle one gets the final GOAWAY
+and closes at once (as an idle HTTP/1.1 connection closes)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from envoi.testing import free_port
+from h2_frames import Peer, request_block
+from h2_peers import proxy_yaml
+from http_peers import EchoServer
+from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame
+
+
+def read_frames(sock: socket.socket, peer: Peer, seconds: float) -> tuple[list[Any], bool]:
+    frames: list[Any] = []
+    sock.settimeout(0.05)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            return frames, True
+        frames += peer.parse(data).frames
+    return frames, False
+
+
+def test_goaway_sequence_on_drain(envoi_process: Callable[..., Any]) -> None:
+    with EchoServer() as echo:
+        port, admin = free_port(), free_port()
+        yaml_text = proxy_yaml(port, admin, echo.port, echo.port,
+                               extra_hcm="\n          drain_timeout: 0.5s")
+        proc = envoi_process(yaml_text, admin, args=["--drain-time-s", "10"])
+        peer = Peer()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(peer.hello() + peer.settings_ack() +
+                     peer.headers(1, request_block(b"/direct")) +
+                     peer.headers(3, request_block(b"/h1/x", b"POST", extra=[
+                         (b"content-length", b"4")]), False))  # busy: its body is to come
+        frames, _ = read_frames(sock, peer, 1.0)
+        assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames)
+        assert not any(isinstance(f, GoAwayFrame) for f in frames)
+
+        proc.signal(signal.SIGTERM)  # the server drains: GOAWAY(2^31-1) on this busy one
+        frames, closed = read_frames(sock, peer, 0.3)
+        goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+        assert [(g.last_stream_id, g.error_code) for g in goaways] == [(2**31 - 1, 0)]
+        sock.sendall(peer.headers(5, request_block(b"/h1/x"), True))  # still taken
+        frames, closed = read_frames(sock, peer, 0.2)
+        assert any(isinstance(f, HeadersFrame) and f.stream_id == 5 for f in frames)
+        assert not closed
+
+        frames, closed = read_frames(sock, peer, 1.0)  # drain_timeout: the final GOAWAY
+        goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+        assert [(g.last_stream_id, g.error_code) for g in goaways] == [(5, 0)]
+        assert not closed  # stream 3 is open
+        sock.sendall(peer.data(3, b"body", True))
+        frames, closed = read_frames(sock, peer, 2.0)
+        assert any(isinstance(f, HeadersFrame) and f.stream_id == 3 for f in frames)
+        assert closed  # no stream left: the connection goes
+        sock.close()
+
+
+def test_idle_connection_closes_with_goaway_on_drain(
+        envoi_process: Callable[..., Any]) -> None:
+    with EchoServer() as echo:
+        port, admin = free_port(), free_port()
+        proc = envoi_process(proxy_yaml(port, admin, echo.port, echo.port), admin,
+                             args=["--drain-time-s", "10"])
+        peer = Peer()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(peer.hello() + peer.settings_ack() +
+                     peer.headers(1, request_block(b"/direct")))
+        frames, _ = read_frames(sock, peer, 1.0)
+        assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames)
+        proc.signal(signal.SIGTERM)  # idle: the last GOAWAY at once, then the close
+        frames, closed = read_frames(sock, peer, 2.0)
+        goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+        assert [(g.last_stream_id, g.error_code) for g in goaways] == [(1, 0)]
+        assert closed
+        sock.close()
+
+
+def test_stream_after_final_goaway_is_refused_and_open_ones_finish(
+        envoi_process: Callable[..., Any]) -> None:
+    with EchoServer() as echo:
+        port, admin = free_port(), free_port()
+        yaml_text = proxy_yaml(port, admin, echo.port, echo.port,
+                               extra_hcm="\n          drain_timeout: 0.3s")
+        proc = envoi_process(yaml_text, admin, args=["--drain-time-s", "10"])
+        peer = Peer()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(peer.hello() + peer.settings_ack() +
+                     peer.headers(1, request_block(b"/h1/x", b"POST", extra=[
+                         (b"content-length", b"4")]), False))  # the body is still to come
+        read_frames(sock, peer, 0.3)
+        proc.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        sock.sendall(peer.headers(3, request_block(b"/direct")))
+        frames, _ = read_frames(sock, peer, 1.0)  # drain starts, final GOAWAY(3) follows
+        assert [g.last_stream_id for g in frames if isinstance(g, GoAwayFrame)] == [2**31 - 1, 3]
+        sock.sendall(peer.headers(5, request_block(b"/direct")))
+        frames, closed = read_frames(sock, peer, 0.5)
+        assert [(f.stream_id, f.error_code) for f in frames
+                if isinstance(f, RstStreamFrame)] == [(5, 7)]
+        assert not closed  # stream 1 is still open
+        sock.sendall(peer.data(1, b"body", True))
+        frames, closed = read_frames(sock, peer, 2.0)
+        assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames)
+        assert closed
+        sock.close()
