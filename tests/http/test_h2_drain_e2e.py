@@ -38,7 +38,7 @@ def test_goaway_sequence_on_drain(envoi_process: Callable[..., Any]) -> None:
     with EchoServer() as echo:
         port, admin = free_port(), free_port()
         yaml_text = proxy_yaml(port, admin, echo.port, echo.port,
-                               extra_hcm="\n          drain_timeout: 0.5s")
+                               extra_hcm="\n          drain_timeout: 1.5s")
         proc = envoi_process(yaml_text, admin, args=["--drain-time-s", "10"])
         peer = Peer()
         sock = socket.create_connection(("127.0.0.1", port))
@@ -59,7 +59,8 @@ def test_goaway_sequence_on_drain(envoi_process: Callable[..., Any]) -> None:
         assert any(isinstance(f, HeadersFrame) and f.stream_id == 5 for f in frames)
         assert not closed
 
-        frames, closed = read_frames(sock, peer, 1.0)  # drain_timeout: the final GOAWAY
+        assert not any(isinstance(f, GoAwayFrame) for f in frames)  # (before drain_timeout)
+        frames, closed = read_frames(sock, peer, 2.5)  # drain_timeout: the final GOAWAY
         goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
         assert [(g.last_stream_id, g.error_code) for g in goaways] == [(5, 0)]
         assert not closed  # stream 3 is open
