@@ -177,10 +177,9 @@ SCENARIOS: list[Scenario] = [
     Scenario("mongo", "pymongo insert_one + find_one loop through mongo_proxy + tcp_proxy "
              "to SecantusDB", "mongo", configs.mongo_proxy, _mongo, _verify_mongo),
     Scenario("h2-small", "h2c (prior knowledge) GET, 100-byte response, h2load 8 streams per "
-             "connection", "h2", configs.http_proxy, _h2load("/"), SMALL,
-             pending="envoi does not serve HTTP/2 yet (issue 14)"),
+             "connection", "h2", configs.http_proxy, _h2load("/"), SMALL),
     Scenario("h2-64k", "h2c GET, 64 KiB response, h2load", "h2", configs.http_proxy,
-             _h2load("/64k"), LARGE, pending="envoi does not serve HTTP/2 yet (issue 14)"),
+             _h2load("/64k"), LARGE),
     Scenario("grpc-unary", "gRPC unary calls over h2c both sides (h2load POSTs a framed "
              "message, 8 streams per connection; nghttpd answers with a grpc-status trailer)",
              "grpc", configs.grpc_proxy, _grpc_h2load, _verify_grpc,
