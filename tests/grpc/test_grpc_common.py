@@ -77,6 +77,6 @@ def test_local_reply_headers() -> None:
         (b"grpc-message", b"no healthy upstream")]
     assert grpc.local_reply_headers(404, b"not\nfound 100%\n") == [
         (b"content-type", b"application/grpc"), (b"grpc-status", b"12"),
-        (b"grpc-message", b"not%0Afound 100%25")]
+        (b"grpc-message", b"not%0Afound 100%25%0A")]
     assert grpc.local_reply_headers(500, b"", grpc_status=4) == [
         (b"content-type", b"application/grpc"), (b"grpc-status", b"4")]

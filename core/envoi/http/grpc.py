@@ -158,11 +158,10 @@ def local_reply_headers(http_status: int, body: bytes,
     """The headers of a local reply to a gRPC request, as Envoy's ``sendLocalReply`` makes it:
     a trailers-only response (``:status`` 200 is the caller's, with end of stream) carrying
     ``content-type: application/grpc``, ``grpc-status`` (given, else mapped from the HTTP
-    status) and the body, less one trailing newline, as ``grpc-message``."""
+    status) and the body, as it is (a trailing newline too: Envoy 1.39.3 sends ``%0A``), as
+    ``grpc-message``."""
     code = grpc_status if grpc_status is not None else http_to_grpc_status(http_status)
     out = [(b"content-type", CONTENT_TYPE), (b"grpc-status", b"%d" % code)]
     if body:
-        if body.endswith(b"\n"):
-            body = body[:-1]
         out.append((b"grpc-message", percent_encode_message(body)))
     return out

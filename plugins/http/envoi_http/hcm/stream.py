@@ -41,6 +41,8 @@ from envoi.http.filter import (
     StreamEncoderFilter,
     StreamFilter,
 )
+from envoi.http.grpc import is_grpc_request
+from envoi.http.grpc import local_reply_headers as grpc_local_reply_headers
 from envoi.http.headers import HeaderMap
 
 from envoi_http.hcm import upgrade
@@ -145,6 +147,7 @@ class ActiveStream:
         "deadlines",
         "filters",
         "hcm",
+        "is_grpc",
         "last_activity",
         "lone",
         "request_headers",
@@ -165,6 +168,8 @@ class ActiveStream:
         self.stream_id = stream_id
         self.state = OPEN
         self.request_headers = headers
+        # As the request came (before filters rewrite it: grpc_web's requests are not gRPC).
+        self.is_grpc = is_grpc_request(headers.get_bytes(b"content-type"), headers.path)
         self.response_headers: HeaderMap | None = None
         self.response_trailers: HeaderMap | None = None
         info = self.stream_info = HttpStreamInfo(hcm.remote_address, hcm.local_address, now)
@@ -369,10 +374,18 @@ class ActiveStream:
             self.reset_stream()
             return
         self.state = state | LOCAL_REPLY
-        hm = HeaderMap(status=status)
-        if body:
-            hm.add_bytes(b"content-type", b"text/plain")
-            hm.add_bytes(b"content-length", b"%d" % len(body))
+        if self.is_grpc:
+            # A gRPC client reads a gRPC error: trailers-only, HTTP 200, grpc-status mapped
+            # from the HTTP code and the body as grpc-message (Envoy's sendLocalReply).
+            hm = HeaderMap(status=200)
+            for name, value in grpc_local_reply_headers(status, body):
+                hm.add_bytes(name, value)
+            body = b""
+        else:
+            hm = HeaderMap(status=status)
+            if body:
+                hm.add_bytes(b"content-type", b"text/plain")
+                hm.add_bytes(b"content-length", b"%d" % len(body))
         if headers:
             for k, v in headers.items():
                 hm.set(k, v)
