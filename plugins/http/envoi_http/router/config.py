@@ -340,13 +340,27 @@ def _modifiable(name: str) -> bool:
     return not name.startswith(":") and name.lower() != "host"
 
 
-def _retry_policy(rp: Any) -> RetryPolicy:
+#: The ``retry_on`` conditions the router acts on (router/filter.py ``_maybe_retry``); any other
+#: (``refused-stream``, ``retriable-headers``, the gRPC ones such as ``unavailable``...) is a
+#: config error rather than a condition silently never met.
+RETRY_ON_IMPLEMENTED = frozenset(("5xx", "gateway-error", "reset", "connect-failure",
+                                  "reset-before-request", "retriable-4xx",
+                                  "retriable-status-codes"))
+
+
+def _retry_policy(rp: Any, path: str = "retry_policy") -> RetryPolicy:
+    conditions = [x.strip() for x in rp.retry_on.split(",") if x.strip()]
+    unknown = [c for c in conditions if c not in RETRY_ON_IMPLEMENTED]
+    if unknown:
+        raise ConfigError([ConfigIssue(f"{path}.retry_on", f"{', '.join(unknown)}: not "
+                                       "implemented by envoi (it retries on "
+                                       f"{', '.join(sorted(RETRY_ON_IMPLEMENTED))})")])
     base = duration_seconds(rp.retry_back_off.base_interval) if rp.HasField(
         "retry_back_off") and rp.retry_back_off.HasField("base_interval") else 0.025
     mx = duration_seconds(rp.retry_back_off.max_interval) if rp.HasField(
         "retry_back_off") and rp.retry_back_off.HasField("max_interval") else base * 10
     return RetryPolicy(
-        retry_on=frozenset(x.strip() for x in rp.retry_on.split(",") if x.strip()),
+        retry_on=frozenset(conditions),
         num_retries=rp.num_retries.value if rp.HasField("num_retries") else 1,
         per_try_timeout=duration_seconds(rp.per_try_timeout) if rp.HasField(
             "per_try_timeout") else 0.0,
@@ -424,7 +438,8 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
         if a.HasField("idle_timeout"):
             rt.idle_timeout = duration_seconds(a.idle_timeout)
         if a.HasField("retry_policy"):
-            rt.retry_policy = _retry_policy(a.retry_policy)
+            rt.retry_policy = _collect(issues, None, _retry_policy, a.retry_policy,
+                                       path + ".route.retry_policy")
         else:
             rt.retry_policy = vh.retry_policy
         if a.hash_policy:
@@ -529,7 +544,8 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
                                        vpath, ctx),
             response_mutations=_collect(issues, HeaderMutations(), _mutations, v, "response",
                                         vpath, ctx),
-            retry_policy=_retry_policy(v.retry_policy) if v.HasField("retry_policy") else None,
+            retry_policy=_collect(issues, None, _retry_policy, v.retry_policy,
+                                  vpath + ".retry_policy") if v.HasField("retry_policy") else None,
             include_request_attempt_count=v.include_request_attempt_count,
             include_attempt_count_in_response=v.include_attempt_count_in_response,
             per_filter={**top_per_filter, **_per_filter(v, vpath, ctx, issues)},
