@@ -182,8 +182,7 @@ SCENARIOS: list[Scenario] = [
              _h2load("/64k"), LARGE),
     Scenario("grpc-unary", "gRPC unary calls over h2c both sides (h2load POSTs a framed "
              "message, 8 streams per connection; nghttpd answers with a grpc-status trailer)",
-             "grpc", configs.grpc_proxy, _grpc_h2load, _verify_grpc,
-             pending="envoi does not serve HTTP/2 through the HCM yet (issues 13/14)"),
+             "grpc", configs.grpc_proxy, _grpc_h2load, _verify_grpc),
     Scenario("dynamodb", "boto3 PutItem + GetItem loop (checked) through the dynamo filter to "
              "moto's server; the stock Envoy has no dynamo filter (contrib), so its row and "
              "envoi-base run the plain HTTP route", "dynamodb", configs.dynamodb_filter,
