@@ -92,6 +92,23 @@ class ServerContext(Protocol):
     def local_info(self) -> LocalInfo: ...
 
 
+class RouteConfigProvider(Protocol):
+    """RDS: one named route configuration (an HCM's ``rds``), as its config source has it. The
+    same provider serves every HCM naming the same route configuration and source."""
+
+    @property
+    def name(self) -> str:
+        """``route_config_name``."""
+
+    def attach(self, owner: object, build: Callable[[Any, str], T],
+               use: Callable[[Any, T], None]) -> None:
+        """Keep ``owner`` (held weakly) on the current route configuration: each one that
+        arrives is compiled with ``build(RouteConfiguration, path)`` (a ``ConfigError`` there
+        refuses the update, in every process) and handed over with ``use(owner, built)`` in
+        every process at once, so new requests see it at once. When a configuration is held
+        already, it is built and handed over now (a ``ConfigError`` then refuses ``owner``)."""
+
+
 class FactoryContext(ServerContext, Protocol):
     """What a factory gets while it builds its runtime object, once, at config time."""
 
@@ -143,6 +160,13 @@ class FactoryContext(ServerContext, Protocol):
         """The live tap's publishing point of filter ``filter_name`` on this listener (one per
         listener and filter): ``if point.active: point.publish(type, connection_id, fields)``
         publishes a decoded event to whoever streams ``/tap`` (see :mod:`envoi.tap`)."""
+
+    def route_config_provider(self, rds: Any, path: str,
+                              stat_prefix: str) -> RouteConfigProvider:
+        """The provider of an HCM's ``rds`` (``envoy...http_connection_manager.v3.Rds``) at
+        ``path``; its stats are ``http.<stat_prefix>.rds.<route_config_name>.*``. A listener
+        whose route configurations have not arrived yet warms (serves nothing) until they do,
+        or until the config source's ``initial_fetch_timeout``. Raises ``ConfigError``."""
 
     def format_string(self, fmt: str, path: str) -> Formatter:
         """Compile an Envoy format string (``%REQ(x)% %RESPONSE_CODE%``...) with every command

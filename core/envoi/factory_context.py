@@ -21,7 +21,14 @@ from envoi.config import (
     unpack_typed_config,
 )
 from envoi.config.typed import unpack_any
-from envoi.context import ClusterManager, FactoryContext, LocalInfo, Runtime, ServerContext
+from envoi.context import (
+    ClusterManager,
+    FactoryContext,
+    LocalInfo,
+    RouteConfigProvider,
+    Runtime,
+    ServerContext,
+)
 from envoi.extensions import (
     AccessLoggerFactory,
     ExtensionFactory,
@@ -227,6 +234,14 @@ class FactoryContextImpl:
 
     def format_string(self, fmt: str, path: str) -> Formatter:
         return compile_format(fmt, path, self._plugins.access_log_operators)
+
+    def route_config_provider(self, rds: Any, path: str,
+                              stat_prefix: str) -> RouteConfigProvider:
+        providers = getattr(self._server, "route_configs", None)
+        if providers is None:  # a server context without xDS (a plugin's own test double)
+            raise ConfigError([ConfigIssue(path, "RDS needs an envoi server (this context "
+                                           "has no route configuration providers)")])
+        return cast(RouteConfigProvider, providers.get(rds, path, stat_prefix))
 
 
 def _join(base: str, rel: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import contextlib
 import logging
 import os
@@ -40,6 +41,7 @@ from envoi.tap import TapHub, WorkerTaps
 from envoi.upstream import health_sync  # registers the host_health worker operation
 from envoi.upstream.cluster_manager import ClusterManager
 from envoi.upstream.host import health_flags_string
+from envoi.xds.routes import RouteConfigProviders
 from envoi.xds.state import DynamicState
 
 log = logging.getLogger("envoi")
@@ -226,6 +228,10 @@ class ServerView:
     def tap_hub(self) -> TapHub:
         return self._server.tap_hub
 
+    @property
+    def route_configs(self) -> RouteConfigProviders:
+        return self._server.route_configs
+
     def __repr__(self) -> str:
         return f"<envoi server {self._server.state}>"
 
@@ -259,6 +265,8 @@ class Server:
         #: LDS/CDS/EDS state (every process) and, in the main one, its subscriptions.
         self.xds = DynamicState(self)
         self.xds_manager: Any = None
+        #: RDS: the route configurations HCMs name (``rds``), in every process.
+        self.route_configs = RouteConfigProviders(self)
         self.bootstrap: Any = None
         self._state = "PRE_INITIALIZING"
         self.healthcheck_failed = False
@@ -382,15 +390,15 @@ class Server:
                 continue
             names.add(lcfg.name)
             try:
-                self.listeners.append(build_listener(
-                    self.factory_context, self, lcfg, path,
-                    reuse_port=self.options.concurrency > 1))
+                self.listeners.append(self.route_configs.build_listener(functools.partial(
+                    build_listener, self.factory_context, self, lcfg, path,
+                    reuse_port=self.options.concurrency > 1)))
                 self.lm_stats.listener_added.inc()
             except ConfigError as exc:
                 self.lm_stats.listener_create_failure.inc()
                 issues.extend(exc.errors)
-        if not issues and (dynamic or any(c.config.type == c.config.EDS
-                                          for c in self.cluster_manager.clusters.values())):
+        if not issues and (dynamic or self.route_configs.providers or any(
+                c.config.type == c.config.EDS for c in self.cluster_manager.clusters.values())):
             from envoi.xds.manager import XdsManager
 
             self.xds_manager = XdsManager(self)

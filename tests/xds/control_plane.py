@@ -34,6 +34,25 @@ ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 GARBAGE = b"\xff\xff\xff\xff\x0f"
 
 
+PER_TYPE = (("envoy.service.listener.v3.ListenerDiscoveryService", "Listeners"),
+            ("envoy.service.cluster.v3.ClusterDiscoveryService", "Clusters"),
+            ("envoy.service.endpoint.v3.EndpointDiscoveryService", "Endpoints"),
+            ("envoy.service.route.v3.RouteDiscoveryService", "Routes"))
+
+
+class _Handlers(grpc.GenericRpcHandler):
+    """Methods by full name: ADS's, and each type's own service's."""
+
+    def __init__(self, by_name: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.by_name = by_name
+
+    def service(self, details: Any) -> grpc.RpcMethodHandler | None:
+        method = details.method.lstrip("/")
+        if method.startswith(ADS + "/"):
+            method = method[len(ADS) + 1:]
+        return self.by_name.get(method)
+
+
 def pack(msg: Any) -> any_pb2.Any:
     if isinstance(msg, any_pb2.Any):
         return msg
@@ -111,12 +130,17 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             return grpc.stream_stream_rpc_method_handler(
                 fn, request_deserializer=req.FromString, response_serializer=self._serialize)
 
-        return grpc.method_handlers_generic_handler(ADS, {
+        handlers = {
             "StreamAggregatedResources": handler(self.StreamAggregatedResources,
                                                  discovery_pb2.DiscoveryRequest),
             "DeltaAggregatedResources": handler(self.DeltaAggregatedResources,
                                                 discovery_pb2.DeltaDiscoveryRequest),
-        })
+        }
+        # Each type's own service (api_type GRPC / DELTA_GRPC without ADS): the same streams.
+        for service, kind in PER_TYPE:
+            handlers[f"{service}/Stream{kind}"] = handlers["StreamAggregatedResources"]
+            handlers[f"{service}/Delta{kind}"] = handlers["DeltaAggregatedResources"]
+        return _Handlers(handlers)
 
     def requests(self, node_id: str) -> list[Any]:
         with self.lock:

@@ -186,13 +186,16 @@ class Pair:
         self.envoi_args, self.concurrency, self.envoi_env = envoi_args, concurrency, envoi_env
         self.nodes = NODES if with_envoy else NODES[:1]
         self.ports = {n: free_port() for n in self.nodes}
+        self.ports2 = {n: free_port() for n in self.nodes}  # for a second listener
         self.admins = {n: free_port() for n in self.nodes}
         self.procs: dict[str, Any] = {}
 
-    def set_listeners(self, version: str, make: Callable[[int], Any | list[Any]]) -> None:
-        """Each node's listeners: ``make(its port)`` (one or a list)."""
+    def set_listeners(self, version: str, make: Callable[..., Any | list[Any]],
+                      two: bool = False) -> None:
+        """Each node's listeners: ``make(its port)`` (one or a list), or with ``two``
+        ``make(its port, its second port)``."""
         for n in self.nodes:
-            made = make(self.ports[n])
+            made = make(self.ports[n], self.ports2[n]) if two else make(self.ports[n])
             made = made if isinstance(made, list) else [made]
             self.cp.set(LDS, version, {lst.name: lst for lst in made}, node=n)
 
@@ -210,7 +213,7 @@ class Pair:
             cfg = self.tmp / "envoy" / "envoy.yaml"
             cfg.write_text(self.bootstrap("envoy"))
             self.procs["envoy"] = EnvoyProcess(cfg, self.admins["envoy"],
-                                               self.tmp / "envoy" / "envoy.log").start()
+                                               self.tmp / "envoy" / "envoy.log").start(live=False)
         return self
 
     def stop(self) -> None:
@@ -258,12 +261,12 @@ class Pair:
                                    + self.envoi.log()[-3000:]) from None
 
     def wait_get(self, want_port: int | None, path: str = "/", timeout: float = 20,
-                 status: int | None = None) -> None:
-        """Wait until a request to each node's listener reaches ``want_port``'s echo server
-        (or answers ``status``)."""
+                 status: int | None = None, second: bool = False) -> None:
+        """Wait until a request to each node's listener (``second``: its second one) reaches
+        ``want_port``'s echo server (or answers ``status``)."""
         for n in self.nodes:
             def check(n: str = n) -> bool:
-                st, port = get(self.ports[n], path)
+                st, port = get((self.ports2 if second else self.ports)[n], path)
                 return st == status if status is not None else port == want_port
             wait_for(check, timeout, what=f"{n}: {path} -> {want_port or status}")
 

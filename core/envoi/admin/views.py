@@ -255,7 +255,21 @@ def config_dump(server: AdminServerApi) -> config_dump_pb2.ConfigDump:
     _dynamic(server, clusters, listeners)
     dump.configs.add().Pack(clusters)
     dump.configs.add().Pack(listeners)
+    dump.configs.add().Pack(_routes(server))
     return dump
+
+
+def _routes(server: AdminServerApi) -> config_dump_shared_pb2.RoutesConfigDump:
+    """RDS: each route configuration held, with its version and when it arrived."""
+    out = config_dump_shared_pb2.RoutesConfigDump()
+    providers = getattr(getattr(server, "route_configs", None), "providers", {})
+    for provider in sorted(providers.values(), key=lambda p: p.name):
+        if provider.message is None:
+            continue
+        entry = out.dynamic_route_configs.add(version_info=provider.version_info,
+                                              last_updated=_timestamp(provider.last_updated))
+        entry.route_config.Pack(provider.message)
+    return out
 
 
 def _dynamic(server: AdminServerApi, clusters: Any, listeners: Any) -> None:
@@ -279,14 +293,15 @@ def _dynamic(server: AdminServerApi, clusters: Any, listeners: Any) -> None:
     if LISTENER in manager.versions:
         listeners.version_info = manager.versions[LISTENER]
     errors = getattr(state, "listener_errors", {})
-    for name in sorted({*state.resources, *errors}):
+    warming = {name: res for name, (_, res) in getattr(state, "warming_listeners", {}).items()}
+    for name in sorted({*state.resources, *errors, *warming}):
         lentry = listeners.dynamic_listeners.add(name=name)
-        res = state.resources.get(name)
-        if res is not None:
-            active = lentry.active_state
-            active.version_info = res.version_info
-            active.last_updated.CopyFrom(_timestamp(res.last_updated))
-            active.listener.Pack(res.message)
+        for res, where in ((state.resources.get(name), lentry.active_state),
+                           (warming.get(name), lentry.warming_state)):
+            if res is not None:
+                where.version_info = res.version_info
+                where.last_updated.CopyFrom(_timestamp(res.last_updated))
+                where.listener.Pack(res.message)
         failed = errors.get(name)
         if failed is not None:  # Envoy's UpdateFailureState: the refused listener and why
             err = lentry.error_state

@@ -55,7 +55,9 @@ class EnvoyProcess:
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> EnvoyProcess:
+    def start(self, *, live: bool = True) -> EnvoyProcess:
+        """Start, and wait until ``/ready`` says LIVE (``live=False``: until the admin answers,
+        for a server that stays INITIALIZING while it waits for its xDS resources)."""
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [envoy_binary(), "-c", str(self.config), "--concurrency", "1",
@@ -68,7 +70,8 @@ class EnvoyProcess:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"envoy exited: {self.log.read_text()}")
-            return self.get("/ready").strip() == "LIVE"
+            answer = self.get("/ready").strip()
+            return answer == "LIVE" if live else answer in ("LIVE", "INITIALIZING")
 
         wait_for(ready, 60, what="envoy /ready")
         return self

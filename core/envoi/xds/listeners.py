@@ -57,7 +57,8 @@ def build_one(server: Any, state: Any, name: str, cfg: Any, port: int | None) ->
         raise ConfigError([ConfigIssue(path, "a static listener has this name; it cannot be "
                                        "added or updated over LDS")])
     workers = server.pool is not None or server.worker_index is not None
-    lst = build_listener(server.factory_context, server, cfg, path, reuse_port=workers)
+    lst: ActiveListener = server.route_configs.build_listener(lambda: build_listener(
+        server.factory_context, server, cfg, path, reuse_port=workers))
     old = state.listeners.get(name)
     same = old is not None and state.addresses.get(name) == _address(cfg)
     host, cfg_port = _address(cfg)
@@ -120,32 +121,46 @@ def commit(server: Any, prepared: PreparedListeners) -> None:
     main = server.worker_index is None
     lm = server.lm_stats
     for name, lst, res in prepared.upserts:
-        old = state.listeners.pop(name, None)
-        if old is not None:
-            state.drain(old)
-            if main:
-                lm.listener_modified.inc()
-        elif main:
-            lm.listener_added.inc()
-        state.listeners[name] = lst
-        state.addresses[name] = _address(res.message)
-        state.resources[name] = res
-        server.listeners.append(lst)
-        if lst.sock is not None and state.serving:
-            state.start(lst)
-            if main:
-                lm.listener_create_success.inc()
-            log.info("lds: listener '%s' serving on %s:%d", name, lst.host, lst.port)
+        if main:
+            known = name in state.listeners or name in state.warming_listeners
+            (lm.listener_modified if known else lm.listener_added).inc()
+        warming = state.warming_listeners.pop(name, None)
+        if warming is not None:  # a newer version replaces the one still warming
+            _close(warming[0])
+        if not server.route_configs.ready(lst):
+            # Its route configurations have not arrived: it warms, the old one (if any) serves.
+            state.warming_listeners[name] = (lst, res)
+            continue
+        activate(server, name, lst, res)
     for name in prepared.removes:
+        warming = state.warming_listeners.pop(name, None)
+        if warming is not None:
+            _close(warming[0])
         old = state.listeners.pop(name, None)
         state.addresses.pop(name, None)
         state.resources.pop(name, None)
         if old is not None:
             state.drain(old)
-            if main:
-                lm.listener_removed.inc()
-    if main:
-        lm.total_listeners_active.set(len(server.listeners))
+        if main and (old is not None or warming is not None):
+            lm.listener_removed.inc()
+    state.listener_gauges()
+
+
+def activate(server: Any, name: str, lst: ActiveListener, res: Resource) -> None:
+    """``lst`` takes over from the listener of that name (which drains), and serves."""
+    state = server.xds
+    old = state.listeners.pop(name, None)
+    if old is not None:
+        state.drain(old)
+    state.listeners[name] = lst
+    state.addresses[name] = _address(res.message)
+    state.resources[name] = res
+    server.listeners.append(lst)
+    if lst.sock is not None and state.serving:
+        state.start(lst)
+        if server.worker_index is None:
+            server.lm_stats.listener_create_success.inc()
+        log.info("lds: listener '%s' serving on %s:%d", name, lst.host, lst.port)
 
 
 UPDATE = WorkerUpdate("xds_listeners", prepare, commit)

@@ -26,6 +26,7 @@ from envoi.xds.resources import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
+    ROUTE,
     TYPE_ORDER,
     ReloadStats,
     Resource,
@@ -33,6 +34,7 @@ from envoi.xds.resources import (
     UpdateFailure,
     check,
 )
+from envoi.xds.routes import Key, RouteConfigProvider, routes_payload
 from envoi.xds.sources import GrpcSource, Source, api_source, config_source
 
 log = logging.getLogger("envoi.xds")
@@ -48,6 +50,8 @@ class XdsManager:
         self.muxes: dict[tuple[GrpcSource, str | None], GrpcMux] = {}
         self.ads: GrpcSource | None = None
         self.versions: dict[str, str] = {}
+        self.rds_files: dict[Key, FileSubscription] = {}
+        self._route_timers: dict[Key, asyncio.TimerHandle] = {}
         self.cds_reload: ReloadStats | None = None
         self.eds_sources: dict[str, Source] = {}
         self._plans = itertools.count(1)
@@ -97,6 +101,7 @@ class XdsManager:
             handler = self.on_clusters if type_url == CLUSTER else self.on_listeners
             self._subscribe(type_url, src, handler, SubscriptionStats(scope))
         self.refresh_endpoint_interest()
+        self.refresh_route_interest()
 
     def _check_grpc_clusters(self, sources: list[tuple[str, Source]]) -> list[ConfigIssue]:
         out = []
@@ -153,18 +158,20 @@ class XdsManager:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.state.serving = True
-        for sub in [*self.files, *self.eds_files.values()]:
+        for sub in [*self.files, *self.eds_files.values(), *self.rds_files.values()]:
             self._tasks.append(loop.create_task(sub.run()))
         for mux in self.muxes.values():
             self._tasks.append(loop.create_task(mux.run()))
         for name in list(self.state.warming):
             self._arm_fetch_timeout(name)
+        for provider in self.server.route_configs.providers.values():
+            self._arm_route_timeout(provider)
 
     def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         self._tasks.clear()
-        for timer in self._timers.values():
+        for timer in [*self._timers.values(), *self._route_timers.values()]:
             timer.cancel()
 
     def _known(self) -> frozenset[str]:
@@ -236,6 +243,7 @@ class XdsManager:
             else:
                 for name in [*(n for n, _, _ in prepared.upserts), *prepared.removes]:
                     state.listener_errors.pop(name, None)
+            self.refresh_route_interest()
         return "\n".join(errors) or None
 
     # -- CDS -----------------------------------------------------------------------------------
@@ -411,4 +419,141 @@ class XdsManager:
         for name in list(self._timers):
             if name not in self.state.warming:
                 self._timers.pop(name).cancel()
+        return "\n".join(errors) or None
+
+    # -- RDS -----------------------------------------------------------------------------------
+
+    def refresh_route_interest(self) -> None:
+        """Subscribe to the route configurations listeners use (serving or warming), and
+        forget, in every process, the providers no listener uses any more."""
+        state, rc = self.state, self.server.route_configs
+        users = [*self.server.listeners, *(lst for lst, _ in state.warming_listeners.values())]
+        wanted = rc.in_use(iter(users))
+        unused = [k for k in rc.providers if k not in wanted]
+        for key in unused:
+            self.rds_files.pop(key, None)
+            timer = self._route_timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+        if unused:
+            self._apply("xds_routes_forget", unused)
+        by_mux: dict[tuple[GrpcSource, bool], set[str]] = {}
+        for key, provider in wanted.items():
+            src = provider.source
+            if src.kind == "path":
+                if key not in self.rds_files:
+                    sub = FileSubscription(
+                        src.path, ROUTE, functools.partial(self._on_route_file, provider),
+                        provider.stats, watched_directory=src.watched_directory,
+                        plugin_type_urls=frozenset(self.server.plugins.plugin_type_urls))
+                    self.rds_files[key] = sub
+                    sub.refresh()
+                    if self.loop is not None:
+                        self._tasks.append(self.loop.create_task(sub.run()))
+            else:
+                g = self.ads if src.kind == "ads" else src.grpc
+                assert g is not None
+                by_mux.setdefault((g, src.kind == "ads"), set()).add(provider.name)
+            self._arm_route_timeout(provider)
+        used = set()
+        for (g, aggregated), names in by_mux.items():
+            mux = self._mux(g, aggregated, ROUTE)
+            used.add(id(mux))
+            if ROUTE in mux.watches:
+                fresh = names - mux.watches[ROUTE].names
+                for provider in self._route_providers(mux):
+                    if provider.name in fresh:  # a subscription starts
+                        provider.stats.update_attempt.inc()
+                mux.set_names(ROUTE, frozenset(names))
+            else:
+                mux.watch(Watch(ROUTE, functools.partial(self.on_routes, mux), None,
+                                names=frozenset(names),
+                                count=functools.partial(self._count_routes, mux)))
+        for mux in self.muxes.values():
+            if ROUTE in mux.watches and id(mux) not in used:
+                mux.set_names(ROUTE, frozenset())
+
+    def _route_providers(self, mux: GrpcMux) -> list[RouteConfigProvider]:
+        """The providers whose configurations come over ``mux``."""
+        out = []
+        for provider in self.server.route_configs.providers.values():
+            src = provider.source
+            g = self.ads if src.kind == "ads" else src.grpc
+            if g is not None and self.muxes.get((g, None if src.kind == "ads" else ROUTE)) is mux:
+                out.append(provider)
+        return out
+
+    def _count_routes(self, mux: GrpcMux, counters: tuple[str, ...]) -> None:
+        for provider in self._route_providers(mux):
+            for name in counters:
+                provider.stats.scope.counter(name).inc()
+
+    def _arm_route_timeout(self, provider: RouteConfigProvider) -> None:
+        timeout = provider.source.initial_fetch_timeout
+        if (self.loop is None or provider.ready or provider.key in self._route_timers
+                or timeout <= 0):
+            return
+        self._route_timers[provider.key] = self.loop.call_later(
+            timeout, self._routes_timed_out, provider)
+
+    def _routes_timed_out(self, provider: RouteConfigProvider) -> None:
+        self._route_timers.pop(provider.key, None)
+        if provider.ready or provider.key not in self.server.route_configs.providers:
+            return
+        provider.stats.init_fetch_timeout.inc()
+        log.warning("%s: none within initial_fetch_timeout; its listeners serve without routes",
+                    provider.path)
+        self._apply("xds_routes_ready", [provider.key])
+
+    def _apply_routes(self, provider: RouteConfigProvider, msg: Any, version: str) -> str | None:
+        """One RouteConfiguration for one provider, in every process; why not, or None."""
+        try:
+            check(msg, provider.path, self._known())
+        except ConfigError as exc:
+            return str(exc)
+        if provider.ready and provider.message == msg:
+            return None  # unchanged: nothing is rebuilt (Envoy compares hashes)
+        error = self._apply("xds_routes", routes_payload(provider, msg, version, time.time()))
+        if error is None:
+            provider.stats.config_reload.inc()
+            provider.stats.config_reload_time_ms.set(int(time.time() * 1000))
+            timer = self._route_timers.pop(provider.key, None)
+            if timer is not None:
+                timer.cancel()
+        return error
+
+    def _on_route_file(self, provider: RouteConfigProvider, resources: list[tuple[str, Any]],
+                       version: str) -> str | None:
+        for name, msg in resources:
+            if name == provider.name:
+                return self._apply_routes(provider, msg, version)
+        provider.stats.update_empty.inc()  # the file does not hold it: nothing changes
+        return None
+
+    def on_routes(self, mux: GrpcMux, resources: list[tuple[str, Any]], version: str,
+                  removed: list[str] | None) -> str | None:
+        started = time.monotonic()
+        errors: list[str] = []
+        providers = self._route_providers(mux)
+        got: set[Key] = set()
+        for name, msg in resources:
+            for provider in providers:
+                if provider.name != name:
+                    continue
+                got.add(provider.key)
+                provider.stats.update_attempt.inc()
+                error = self._apply_routes(provider, msg, version)
+                if error is None:
+                    provider.stats.success(version, started)
+                else:
+                    provider.stats.update_rejected.inc()
+                    errors.append(error)
+        if removed is None:
+            # State of the world: a configuration held before and now absent keeps its routes
+            # (Envoy counts update_empty and changes nothing).
+            for provider in providers:
+                if provider.key not in got and provider.message is not None:
+                    provider.stats.update_attempt.inc()
+                    provider.stats.success(version, started)
+                    provider.stats.update_empty.inc()
         return "\n".join(errors) or None

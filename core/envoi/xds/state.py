@@ -29,6 +29,8 @@ class DynamicState:
         self.listeners: dict[str, ActiveListener] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.resources: dict[str, Resource] = {}
+        #: Listeners waiting for their route configurations (RDS), and their resources.
+        self.warming_listeners: dict[str, tuple[ActiveListener, Resource]] = {}
         #: The last refused update of each listener (``error_state`` in /config_dump), until
         #: one is accepted: the refused resource, when, and why (the main process only).
         self.listener_errors: dict[str, UpdateFailure] = {}
@@ -95,6 +97,24 @@ class DynamicState:
     def _draining_gauge(self) -> None:
         if self.server.worker_index is None:
             self.server.lm_stats.total_listeners_draining.set(len(self.draining))
+
+    def activate_ready_listeners(self) -> None:
+        """Warming listeners whose route configurations are all here (or timed out) serve."""
+        from envoi.xds.listeners import activate
+
+        ready = [n for n, (lst, _) in self.warming_listeners.items()
+                 if self.server.route_configs.ready(lst)]
+        for name in ready:
+            lst, res = self.warming_listeners.pop(name)
+            activate(self.server, name, lst, res)
+        if ready:
+            self.listener_gauges()
+
+    def listener_gauges(self) -> None:
+        if self.server.worker_index is None:
+            lm = self.server.lm_stats
+            lm.total_listeners_active.set(len(self.server.listeners))
+            lm.total_listeners_warming.set(len(self.warming_listeners))
 
     def open_connections(self) -> int:
         return sum(len(lst.connections) for lst in self.draining)

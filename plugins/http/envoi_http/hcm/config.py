@@ -13,6 +13,7 @@ from envoi.network.filter import FilterChainBuilder, NetworkFilterFactoryCb
 from envoi_http.codec.h2_options import from_proto as http2_from_proto
 from envoi_http.codec.h2_options import implemented_fields as http2_fields
 from envoi_http.codec.h2_stats import codec_stats
+from envoi_http.hcm import rds as hcm_rds
 from envoi_http.hcm.connection_manager import ConnectionManager
 from envoi_http.hcm.http1 import Http1Connection
 from envoi_http.hcm.http2 import Http2Connection, auto_protocol
@@ -33,7 +34,7 @@ _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnecti
 # What of the HttpConnectionManager envoi acts on; codec_type HTTP3 is refused below. The
 # route table's messages are declared in router/config.py.
 implements(_HCM,
-           "codec_type", "stat_prefix", "route_config", "http_filters",
+           "codec_type", "stat_prefix", "route_config", "rds", "http_filters",
            "common_http_protocol_options", "http_protocol_options", "server_name",
            "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
            "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
@@ -119,10 +120,12 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
         # Make the context path point at this HCM's typed_config for nested errors.
         ctx = context
         cm = context.cluster_manager
-        table = None
+        table = rds = None
         try:
             if config.HasField("route_config"):
                 table = build_route_table(config.route_config, path + ".route_config", ctx)
+            elif config.HasField("rds"):  # the table comes (and changes) over RDS: hcm/rds.py
+                rds = hcm_rds.provider(config, path, ctx)
         except ConfigError as exc:
             issues.extend(exc.errors)
         try:
@@ -179,6 +182,9 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             http2_options=h2_opts,
             http2_stats=codec_stats(root),
         )
+
+        if rds is not None:
+            hcm_rds.attach(rds, cfg, ctx)
 
         def add_filter(builder: FilterChainBuilder) -> None:
             builder.add_read_filter(ConnectionManager(cfg))
