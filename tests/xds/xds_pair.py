@@ -139,8 +139,9 @@ def get_port(port: int, path: str = "/") -> int | None:
 
 
 def summary(requests: list[Any]) -> list[tuple[str, str, str, bool]]:
-    """(type, version_info, response_nonce, NACK?) per request."""
-    return [(r.type_url.rsplit(".", 1)[-1], r.version_info, r.response_nonce,
+    """(type, version_info, response_nonce, NACK?) per request (a delta request has no
+    version_info: "")."""
+    return [(r.type_url.rsplit(".", 1)[-1], getattr(r, "version_info", ""), r.response_nonce,
              r.HasField("error_detail")) for r in requests]
 
 

@@ -226,6 +226,10 @@ class GrpcMux:
         if error is not None:
             if w.stats is not None:
                 w.stats.update_rejected.inc()
+                if self.delta and decoded:
+                    # Envoy's delta subscription counts the attempt when the update arrives
+                    # and again when it is refused (state of the world: once, either way).
+                    w.stats.update_attempt.inc()
             log.warning("%s update rejected (nonce %s): %s", resp.type_url.rsplit(".", 1)[-1],
                         resp.nonce, error)
             if w.on_result is not None:

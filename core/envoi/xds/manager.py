@@ -406,6 +406,8 @@ class XdsManager:
             except ConfigError as exc:
                 for c in targets:
                     c.stats.scope.counter("update_rejected").inc()
+                    if removed is not None:  # delta: Envoy counts a refused update's attempt twice
+                        c.stats.update_attempt.inc()
                 errors.append(f"endpoints '{service}': " + "; ".join(
                     f"{i.path}: {i.message}" for i in exc.errors))
                 continue
@@ -542,11 +544,13 @@ class XdsManager:
                     continue
                 got.add(provider.key)
                 provider.stats.update_attempt.inc()
-                error = self._apply_routes(provider, msg, version)
+                error = self._apply_routes(provider, msg, mux.resource_versions.get(name, version))
                 if error is None:
                     provider.stats.success(version, started)
                 else:
                     provider.stats.update_rejected.inc()
+                    if removed is not None:  # delta: Envoy counts a refused update's attempt twice
+                        provider.stats.update_attempt.inc()
                     errors.append(error)
         if removed is None:
             # State of the world: a configuration held before and now absent keeps its routes
