@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import contextlib
+import functools
 import logging
 import os
 import resource

@@ -184,9 +184,16 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
         )
 
         if rds is not None:
-            hcm_rds.attach(rds, cfg, ctx)
+            hcm_rds.attach(rds, cfg, lambda rc, p: build_route_table(rc, p, ctx), _use_table)
 
         def add_filter(builder: FilterChainBuilder) -> None:
             builder.add_read_filter(ConnectionManager(cfg))
 
         return add_filter
+
+
+def _use_table(cfg: HcmConfig, table: RouteTable) -> None:
+    """A route table from RDS takes over: new streams route with it."""
+    cfg.route_table = table
+    cfg.route_idle = bool(route_idle_timeouts(table))
+    cfg.route_idle_min = shortest_route_idle(table)
