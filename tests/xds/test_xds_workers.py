@@ -7,6 +7,8 @@ process and their verdicts reach every worker."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +16,18 @@ from control_plane import ControlPlane
 from envoi.testing import free_port
 from google.protobuf import json_format
 from http_peers import EchoServer
-from xds_pair import CDS, EDS, Pair, acks, assignment, cluster, get, listener
+from xds_pair import (
+    CDS,
+    EDS,
+    RDS,
+    Pair,
+    acks,
+    assignment,
+    cluster,
+    get,
+    listener,
+    route_config,
+)
 
 BATCH = 40  # new connections per check: all on one worker by chance is 2**-39
 
@@ -127,3 +140,52 @@ def test_health_checks_of_a_cds_cluster_reach_every_worker(tmp_path: Path,
             assert results == [(200, a.port)] * BATCH, results
             workers = _per_worker(pair)
             assert len(workers) == 2 and all(v > 0 for v in workers.values()), workers
+
+
+def test_route_configs_over_rds_reach_every_worker(tmp_path: Path, cp: ControlPlane) -> None:
+    """RDS with workers: a listener warms in every process until its route configuration comes,
+    then serves from both workers; a change reaches both (new connections and one kept open);
+    an invalid one is NACKed and no worker changes."""
+    with EchoServer() as a, EchoServer() as b:
+        pair = Pair(tmp_path, cp, with_envoy=False, concurrency=2)
+        cp.set(CDS, "1", {"svc": cluster("svc"), "other": cluster("other")})
+        cp.set(EDS, "1", {"svc": assignment("svc", [a.port]),
+                          "other": assignment("other", [b.port])})
+        pair.set_listeners("1", lambda p: listener(p, "svc"))
+        with pair:
+            port = pair.ports["envoi"]
+            pair.wait_get(a.port)
+            pair.set_listeners("2", lambda p: listener(p, rds="routes"))
+            pair.envoi.wait_stat("listener_manager.total_listeners_warming", 1)
+            # The listener of v1 keeps serving while v2 waits for its routes.
+            assert _batch(port) == [(200, a.port)] * BATCH
+
+            cp.set(RDS, "1", {"routes": route_config("routes", {"/": "other"})})
+            pair.wait_get(b.port)
+            pair.envoi.wait_stat("listener_manager.total_listeners_warming", 0)
+            before = _per_worker(pair)
+            assert _batch(port) == [(200, b.port)] * BATCH
+            after = _per_worker(pair)
+            assert len(after) == 2 and all(after[k] > before.get(k, 0) for k in after), \
+                (before, after)
+            kept = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            kept.request("GET", "/")
+            assert json.loads(kept.getresponse().read())["port"] == b.port
+
+            cp.set(RDS, "2", {"routes": route_config("routes", {"/": "svc"})})
+            pair.envoi.wait_stat("http.ads_http.rds.routes.update_success", 2)
+            assert _batch(port) == [(200, a.port)] * BATCH  # both workers, at once
+            kept.request("GET", "/")  # the connection opened under v1 routes with v2
+            assert json.loads(kept.getresponse().read())["port"] == a.port
+
+            bad = route_config("routes", {"/": "other"})
+            bad.virtual_hosts[0].routes[0].match.ClearField("prefix")
+            bad.virtual_hosts[0].routes[0].match.safe_regex.regex = "(unclosed"
+            cp.set(RDS, "3", {"routes": bad})
+            pair.envoi.wait_stat("http.ads_http.rds.routes.update_rejected", 1)
+            assert acks(cp.requests("envoi"), "RouteConfiguration")[-1] == ("2", True)
+            assert _batch(port) == [(200, a.port)] * BATCH
+            kept.request("GET", "/")
+            assert json.loads(kept.getresponse().read())["port"] == a.port
+            kept.close()
+            assert pair.dump("envoi")["routes"] == [("routes", "2")]
