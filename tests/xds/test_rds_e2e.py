@@ -152,6 +152,33 @@ def test_rds_initial_fetch_timeout_and_a_listener_that_drops_its_routes(
                     what=f"{node} unsubscribes from RDS")
 
 
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_rds_over_its_own_grpc_stream(tmp_path: Path, cp: ControlPlane, api_type: str) -> None:
+    """``api_config_source`` (not ADS): RouteDiscoveryService on a stream of its own, in both."""
+    source = {"api_config_source": {
+        "api_type": api_type, "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]},
+        "resource_api_version": "V3"}
+    with EchoServer() as a, EchoServer() as b:
+        pair = Pair(tmp_path, cp)
+        cp.set(CDS, "1", {"svc": cluster("svc"), "other": cluster("other")})
+        cp.set(EDS, "1", {"svc": assignment("svc", [a.port]),
+                          "other": assignment("other", [b.port])})
+        cp.set(RDS, "1", {"routes": route_config("routes", {"/": "svc"})})
+        pair.set_listeners("1", lambda p: listener(p, rds="routes", rds_source=source))
+        with pair:
+            pair.wait_get(a.port)
+            cp.set(RDS, "2", {"routes": route_config("routes", {"/": "other"})})
+            pair.wait_get(b.port)
+            pair.wait_stat("http.ads_http.rds.routes.update_success", 2)
+            for node in pair.nodes:
+                assert any(s.requests[0].type_url == RDS and len(
+                    {r.type_url for r in s.requests}) == 1 for s in cp.streams_of(node)), node
+            mine, theirs = (_rds_stats(pair.stats("envoi")), _rds_stats(pair.stats("envoy")))
+            assert mine == theirs, (mine, theirs)
+            assert _short(pair.dump("envoi")) == _short(pair.dump("envoy"))
+
+
 RDS_BOOTSTRAP = """
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
