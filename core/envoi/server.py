@@ -474,7 +474,8 @@ class Server:
                     [ConfigIssue(f"listener '{lst.name}'",
                                  f"cannot bind to {lst.host}:{lst.port}: {exc.strerror or exc}")]
                 ) from exc
-            self.lm_stats.listener_create_success.inc()
+            # Envoy counts it once per worker that added the listener.
+            self.lm_stats.listener_create_success.inc(self.options.concurrency)
 
     async def _start_admin(self) -> None:
         if self.admin_address is None:

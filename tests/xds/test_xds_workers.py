@@ -64,6 +64,8 @@ def test_updates_reach_every_worker_or_none(tmp_path: Path, cp: ControlPlane) ->
             assert _batch(port) == [(200, a.port)] * BATCH
             workers = _per_worker(pair)
             assert len(workers) == 2 and all(v > 0 for v in workers.values()), workers
+            # As Envoy counts it: once per worker that added the listener.
+            assert pair.envoi.stats()["listener_manager.listener_create_success"] == 2
 
             # Routes (inline in LDS): every worker sends /x to the other cluster at once.
             pair.set_listeners("2", lambda p: listener(p, routes={"/x": "other", "/": "svc"}))

@@ -158,9 +158,12 @@ def activate(server: Any, name: str, lst: ActiveListener, res: Resource) -> None
     server.listeners.append(lst)
     if lst.sock is not None and state.serving:
         state.start(lst)
-        if server.worker_index is None:
-            server.lm_stats.listener_create_success.inc()
         log.info("lds: listener '%s' serving on %s:%d", name, lst.host, lst.port)
+    if server.worker_index is None and state.serving and (
+            lst.sock is not None or server.pool is not None):
+        # Envoy counts it once per worker that added the listener (the workers have: an
+        # update reaches every worker or none).
+        server.lm_stats.listener_create_success.inc(server.options.concurrency)
 
 
 UPDATE = WorkerUpdate("xds_listeners", prepare, commit)
