@@ -255,7 +255,9 @@ def config_dump(server: AdminServerApi) -> config_dump_pb2.ConfigDump:
     _dynamic(server, clusters, listeners)
     dump.configs.add().Pack(clusters)
     dump.configs.add().Pack(listeners)
-    dump.configs.add().Pack(_routes(server))
+    routes = _routes(server)
+    if routes.dynamic_route_configs:  # (Envoy shows it always, with the inline ones as static)
+        dump.configs.add().Pack(routes)
     return dump
 
 
