@@ -24,7 +24,7 @@ from envoi_http.hcm.stats import HcmStats, Http1CodecStats
 from envoi_http.hcm.stream import ServerProtocol
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
-from envoi_http.router.config import build_route_table
+from envoi_http.router.config import RouteTable, build_route_table
 from envoi_http.router.idle import route_idle_timeouts
 from envoi_http.router.idle import shortest as shortest_route_idle
 
