@@ -182,7 +182,7 @@ def handle_server_info(server: AdminServerApi, request: Request) -> Response:
 
 
 def handle_config_dump(server: AdminServerApi, request: Request) -> Response:
-    return _json(views.config_dump_json(server))
+    return _json(views.config_dump_json(server, include_eds=_flag(request, "include_eds")))
 
 
 def handle_certs(server: AdminServerApi, request: Request) -> Response:
@@ -280,7 +280,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/certs", "print certs on machine", handle_certs),
     Endpoint("/clusters", "upstream cluster status", handle_clusters,
              params=(_FORMAT_TEXT_JSON,)),
-    Endpoint("/config_dump", "dump current Envoy configs", handle_config_dump),
+    Endpoint("/config_dump", "dump current Envoy configs", handle_config_dump,
+             params=(("include_eds", "Dump currently loaded configuration including EDS. See "
+                                     "the response definition for more information"),)),
     Endpoint("/drain_listeners", "drain listeners", handle_drain_listeners, mutates=True,
              params=(("graceful", "When draining listeners, enter a graceful drain period "
                       "prior to closing listeners. This behaviour and duration is configurable "

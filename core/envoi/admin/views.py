@@ -27,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from envoi import __version__
 from envoi.admin.api import AdminServerApi, CircuitBreakerThresholds, ClusterInfo, HostInfo
+from envoi.upstream.host import HostSet
 
 #: What Envoy calls its hot-restart protocol version; envoi has no hot restart.
 HOT_RESTART_VERSION = "disabled"
@@ -232,7 +233,7 @@ def _timestamp(t: float) -> Timestamp:
     return ts
 
 
-def config_dump(server: AdminServerApi) -> config_dump_pb2.ConfigDump:
+def config_dump(server: AdminServerApi, include_eds: bool = False) -> config_dump_pb2.ConfigDump:
     """Bootstrap, static clusters and static listeners, each a ``*ConfigDump`` in an ``Any``."""
     loaded = _timestamp(server.start_time)
     bootstrap = server.bootstrap
@@ -254,6 +255,8 @@ def config_dump(server: AdminServerApi) -> config_dump_pb2.ConfigDump:
             lentry.listener.Pack(listener)
     _dynamic(server, clusters, listeners)
     dump.configs.add().Pack(clusters)
+    if include_eds:  # Envoy's order: bootstrap, clusters, endpoint, listeners, routes
+        dump.configs.add().Pack(_endpoints(server))
     dump.configs.add().Pack(listeners)
     routes = _routes(server)
     if routes.dynamic_route_configs:  # (Envoy shows it always, with the inline ones as static)
@@ -323,8 +326,8 @@ def _renderable(msg: Any) -> bool:
     return True
 
 
-def config_dump_json(server: AdminServerApi) -> str:
-    return to_json(config_dump(server))
+def config_dump_json(server: AdminServerApi, include_eds: bool = False) -> str:
+    return to_json(config_dump(server, include_eds))
 
 
 # ------------------------------------------------------------------------------------ /certs
@@ -356,3 +359,49 @@ def certs_json(server: AdminServerApi) -> str:
             entry.cert_chain.append(_cert_details(cert, now))
     return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=1,
                                      always_print_fields_with_no_presence=True) + "\n"
+
+
+def _endpoints(server: AdminServerApi) -> config_dump_shared_pb2.EndpointsConfigDump:
+    """``?include_eds``: each active cluster's hosts as the ``ClusterLoadAssignment`` Envoy
+    builds from its priority set (one ``LocalityLbEndpoints`` per priority and locality, each
+    host's coarse health); clusters added over CDS under ``dynamic_endpoint_configs``, the
+    bootstrap's under ``static_endpoint_configs``. Warming clusters are not shown (nor in Envoy)."""
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    out = config_dump_shared_pb2.EndpointsConfigDump()
+    cm = getattr(server, "cluster_manager", None)
+    for name, cluster in sorted(getattr(cm, "clusters", {}).items()):
+        cfg = cluster.config
+        service = (cfg.eds_cluster_config.service_name
+                   if cfg.HasField("eds_cluster_config") else "")
+        cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=service or name)
+        cla.policy.SetInParent()
+        # Envoy's priority set always holds priority 0, empty or not.
+        for hs in cluster.priority_set or [HostSet(0)]:
+            cla.policy.overprovisioning_factor.value = hs.overprovisioning_factor
+            by_locality: dict[tuple[str, str, str], list[Any]] = {}
+            for h in hs.hosts:
+                by_locality.setdefault(h.locality, []).append(h)
+            for locality, hosts in by_locality.items():
+                group = cla.endpoints.add(priority=hs.priority)
+                group.locality.SetInParent()
+                group.locality.region, group.locality.zone, group.locality.sub_zone = locality
+                group.load_balancing_weight.value = hs.locality_weights.get(locality, 0)
+                for h in hosts:
+                    _lb_endpoint(group.lb_endpoints.add(), h)
+        entries = (out.dynamic_endpoint_configs if cluster.added_via_api
+                   else out.static_endpoint_configs)
+        entries.add().endpoint_config.Pack(cla)
+    return out
+
+
+def _lb_endpoint(lb: Any, h: Any) -> None:
+    lb.load_balancing_weight.value = h.weight
+    lb.health_status = (health_check_pb2.HEALTHY if h.healthy else
+                        health_check_pb2.DEGRADED if h.degraded else health_check_pb2.UNHEALTHY)
+    ep = lb.endpoint
+    ep.hostname = h.hostname
+    ep.address.CopyFrom(_socket_address(h.address, h.port))
+    ep.health_check_config.SetInParent()
+    if h.health_check_address is not None and h.health_check_address[1] != h.port:
+        ep.health_check_config.port_value = h.health_check_address[1]
