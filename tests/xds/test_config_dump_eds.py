@@ -69,3 +69,26 @@ def test_include_eds_like_envoy(tmp_path: Path, cp: ControlPlane) -> None:
             pair.wait_stat("cluster.named.membership_total", 0)
             mine, theirs = _eds(pair, "envoi"), _eds(pair, "envoy")
             assert mine == theirs, (mine, theirs)
+
+
+def test_an_eds_response_that_omits_a_cluster_leaves_its_hosts(tmp_path: Path,
+                                                                cp: ControlPlane) -> None:
+    """State of the world EDS naming only some clusters: the others keep their endpoints, in
+    Envoy as in envoi (Envoy hands a watch only the resources it asked for and were sent)."""
+    with EchoServer() as a, EchoServer() as b:
+        pair = Pair(tmp_path, cp)
+        cp.set(CDS, "1", {"svc": cluster("svc"), "other": cluster("other")})
+        cp.set(EDS, "1", {"svc": assignment("svc", [a.port]),
+                          "other": assignment("other", [b.port])})
+        pair.set_listeners("1", lambda p: listener(p, routes={"/b": "other", "/": "svc"}))
+        with pair:
+            pair.wait_get(b.port, "/b")
+            cp.set(EDS, "2", {"svc": assignment("svc", [b.port])})
+            pair.wait_get(b.port, "/")
+            pair.wait_stat("cluster.svc.update_success", 2)
+            for node in pair.nodes:
+                st = pair.stats(node)
+                assert st["cluster.other.membership_total"] == 1, node
+            pair.wait_get(b.port, "/b")
+            mine, theirs = _eds(pair, "envoi"), _eds(pair, "envoy")
+            assert mine == theirs, (mine, theirs)
