@@ -119,6 +119,10 @@ class FactoryContext(ServerContext, Protocol):
     def listener_name(self) -> str:
         """The listener this filter chain belongs to ('' outside a listener)."""
     @property
+    def traffic_direction(self) -> str:
+        """That listener's ``traffic_direction`` (``UNSPECIFIED``, ``INBOUND``, ``OUTBOUND``):
+        an HTTP connection manager on an OUTBOUND listener traces egress operations."""
+    @property
     def scope(self) -> Scope:
         """The stats scope of what encloses this entry (the root scope for filters; the
         cluster's scope for cluster extensions)."""

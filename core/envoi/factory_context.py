@@ -51,16 +51,19 @@ T = TypeVar("T")
 class FactoryContextImpl:
     """A :class:`~envoi.context.FactoryContext` over a server context and the plugins."""
 
-    __slots__ = ("_plugins", "_server", "listener_name", "path", "scope", "stat_prefix")
+    __slots__ = ("_plugins", "_server", "listener_name", "path", "scope", "stat_prefix",
+                 "traffic_direction")
 
     def __init__(self, server: ServerContext, plugins: Plugins, *, scope: Scope | None = None,
-                 path: str = "", listener_name: str = "", stat_prefix: str = "") -> None:
+                 path: str = "", listener_name: str = "", stat_prefix: str = "",
+                 traffic_direction: str = "UNSPECIFIED") -> None:
         self._server = server
         self._plugins = plugins
         self.scope = scope if scope is not None else server.stats.root
         self.path = path
         self.listener_name = listener_name
         self.stat_prefix = stat_prefix
+        self.traffic_direction = traffic_direction
 
     # -- ServerContext --------------------------------------------------------------------------
 
@@ -95,12 +98,15 @@ class FactoryContextImpl:
     # -- FactoryContext --------------------------------------------------------------------------
 
     def with_path(self, path: str, *, scope: Scope | None = None, stat_prefix: str | None = None,
-                  listener_name: str | None = None) -> FactoryContextImpl:
+                  listener_name: str | None = None,
+                  traffic_direction: str | None = None) -> FactoryContextImpl:
         return FactoryContextImpl(
             self._server, self._plugins, scope=scope if scope is not None else self.scope,
             path=path,
             listener_name=self.listener_name if listener_name is None else listener_name,
-            stat_prefix=self.stat_prefix if stat_prefix is None else stat_prefix)
+            stat_prefix=self.stat_prefix if stat_prefix is None else stat_prefix,
+            traffic_direction=(self.traffic_direction if traffic_direction is None
+                               else traffic_direction))
 
     def resolve_extension(self, base: type[F], entry: Any, path: str) -> tuple[F, Any]:
         if not entry.HasField("typed_config") and self._has_config_type(base, entry.name):

@@ -85,7 +85,7 @@ def test_every_declaration_names_a_real_message_and_field() -> None:
     assert check_declarations() == []
     declared = implemented_fields()
     assert "envoy.config.bootstrap.v3.Bootstrap" in declared
-    assert "tracing" not in declared[HCM_URL.rsplit("/", 1)[1]]
+    assert "via" not in declared[HCM_URL.rsplit("/", 1)[1]]
 
 
 def test_readme_list_is_generated_from_the_declarations() -> None:
@@ -97,19 +97,19 @@ def test_readme_list_is_generated_from_the_declarations() -> None:
 def test_nested_fields_everywhere_are_walked() -> None:
     Plugins()
     text = bootstrap(
-        hcm(route_extra={"decorator": {"operation": "op"}},
+        hcm(route_extra={"per_request_buffer_limit_bytes": 5},
             vhost_extra={"cors": {"allow_credentials": True}},
-            tracing={}),
+            via="proxy"),
         clusters=[cluster(track_timeout_budgets=True, cleanup_interval="5s")],
-        traffic_direction="INBOUND",
+        freebind=True,
     )
     issues = unimplemented_fields(parse_bootstrap(text))
     rc = f"{F0}.typed_config.route_config.virtual_hosts[0]"
     assert sorted(str(i) for i in issues) == sorted(f"{p}: {NOT_IMPLEMENTED}" for p in [
-        f"{L0}.traffic_direction",
-        f"{F0}.typed_config.tracing",
+        f"{L0}.freebind",
+        f"{F0}.typed_config.via",
         f"{rc}.cors",
-        f"{rc}.routes[0].decorator",
+        f"{rc}.routes[0].per_request_buffer_limit_bytes",
         f"{C0}.track_timeout_budgets",
         f"{C0}.cleanup_interval",
     ])
@@ -166,14 +166,14 @@ def test_validate_mode_exits_1_with_every_error(tmp_path: Path) -> None:
 def test_no_follow_on_lines(tmp_path: Path) -> None:
     # An unusable address is one line, not also "a socket_address is required"; a filter chain
     # that fails is not followed by "no filter chains specified".
-    text = bootstrap(hcm(tracing={}), clusters=[cluster()])
+    text = bootstrap(hcm(via="proxy"), clusters=[cluster()])
     data = yaml.safe_load(text)
     data["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
         "endpoint"]["address"] = {"pipe": {"path": "/tmp/x.sock"}}
     lines = load_issues(tmp_path, yaml.safe_dump(data))
     ep = f"{C0}.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address"
     assert sorted(lines) == sorted([
-        f"{F0}.typed_config.tracing: {NOT_IMPLEMENTED}",
+        f"{F0}.typed_config.via: {NOT_IMPLEMENTED}",
         f"{ep}.pipe: {NOT_IMPLEMENTED}",
     ])
 

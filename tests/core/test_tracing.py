@@ -429,8 +429,9 @@ def closed_port() -> int:
 
 
 def test_a_hanging_collector_costs_counted_drops_not_latency() -> None:
-    """A collector that accepts and never answers: reports wait (two at most), the rest are
-    dropped and counted, memory stays bounded, and adding a span never waits."""
+    """A collector that accepts and never answers: reports wait (two at most), spans wait in
+    the buffer up to its bound, the rest are dropped and counted, and adding a span never
+    waits."""
     hang = socket.socket()
     hang.bind(("127.0.0.1", 0))
     hang.listen(64)
@@ -457,7 +458,8 @@ def test_a_hanging_collector_costs_counted_drops_not_latency() -> None:
         stats, worst = asyncio.run(scenario())
     finally:
         hang.close()
-    assert stats.spans_dropped.value >= 4900 and stats.spans_sent.value == 0
+    # (two reports of five wait, a hundred spans wait in the buffer: the rest are dropped)
+    assert stats.spans_dropped.value >= 4850 and stats.spans_sent.value == 0
     assert worst < 0.05  # a span is handed over, never sent inline (a loose bound: CI is busy)
 
 

@@ -24,7 +24,7 @@ from envoi.tls import context as _tls_context  # its TLS declarations, before an
 implements("envoy.config.listener.v3.Listener",
            "name", "address", "stat_prefix", "filter_chains", "default_filter_chain",
            "per_connection_buffer_limit_bytes", "tcp_backlog_size", "listener_filters",
-           "listener_filters_timeout")
+           "listener_filters_timeout", "traffic_direction")
 implements("envoy.config.listener.v3.ListenerFilter", "name", "typed_config")
 implements("envoy.config.listener.v3.FilterChain",
            "name", "filter_chain_match", "filters", "transport_socket",
@@ -165,7 +165,8 @@ def build_listener(context: FactoryContextImpl, owner: ListenerOwner, cfg: Any, 
         issues.append(ConfigIssue(path + ".address.socket_address.address",
                                   f"malformed IP address: {sa.address}"))
     chains: list[FilterChain] = []
-    ctx = context.with_path(path, listener_name=cfg.name)
+    ctx = context.with_path(path, listener_name=cfg.name,
+                            traffic_direction=_enum_name(cfg, "traffic_direction"))
     listener_filters, lf_issues = build_listener_filters(ctx, cfg, path)
     issues.extend(lf_issues)
     lf_timeout = DEFAULT_LISTENER_FILTERS_TIMEOUT

@@ -8,11 +8,11 @@ from typing import Any
 
 from envoi import hookimpl
 from envoi.extensions import FactoryContext, TracerFactory
+from envoi.tracing.opentelemetry import OpenTelemetryTracer
 from envoi.tracing.span import Tracer
+from envoi.tracing.zipkin import ZipkinTracer
 
-# The tracer modules (and their config-field declarations) are imported when a tracer is made:
-# until the HTTP connection manager acts on ``tracing``, no config reaches them, and the
-# implemented-fields list must not claim them.
+# (Imported here, with the factories: their modules declare the config fields they act on.)
 
 
 class OpenTelemetryTracerFactory(TracerFactory):
@@ -20,8 +20,6 @@ class OpenTelemetryTracerFactory(TracerFactory):
     type_urls = ("envoy.config.trace.v3.OpenTelemetryConfig",)
 
     def create_tracer(self, config: Any, context: FactoryContext) -> Tracer:
-        from envoi.tracing.opentelemetry import OpenTelemetryTracer
-
         return OpenTelemetryTracer(config, context)
 
 
@@ -31,8 +29,6 @@ class ZipkinTracerFactory(TracerFactory):
     type_urls = ("envoy.config.trace.v3.ZipkinConfig",)
 
     def create_tracer(self, config: Any, context: FactoryContext) -> Tracer:
-        from envoi.tracing.zipkin import ZipkinTracer
-
         return ZipkinTracer(config, context)
 
 

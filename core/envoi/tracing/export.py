@@ -91,14 +91,12 @@ class BatchExporter:
         self._arm()
 
     def flush(self) -> None:
-        """Send what is buffered as one report (or drop it, counted, when every report slot
-        waits on the collector)."""
-        if not self.spans:
+        """Send what is buffered as one report. While every report slot waits on the
+        collector the spans stay buffered (``add`` drops, counted, past ``max_spans``) and go
+        when a report is done: a burst is not lost to a collector that is merely slow."""
+        if not self.spans or len(self.in_flight) >= self.max_in_flight:
             return
         batch, self.spans = self.spans, []
-        if len(self.in_flight) >= self.max_in_flight:
-            self._dropped(len(batch))
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -106,7 +104,12 @@ class BatchExporter:
             return
         task = loop.create_task(self._send(batch))
         self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
+        task.add_done_callback(self._report_done)
+
+    def _report_done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if len(self.spans) >= self._runtime_int("min_flush_spans", 5):
+            self.flush()
 
     async def _send(self, batch: list[Span]) -> None:
         try:

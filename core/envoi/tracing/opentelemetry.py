@@ -3,8 +3,10 @@
 As Envoy 1.39's OpenTelemetry tracer (checked against it: ``tests/http/test_tracing_*``):
 
 * a request's ``traceparent`` (and ``tracestate``) makes the ingress span a child of the
-  caller's span, in its trace, sampled as the caller says (the flag wins over Envoy's own
-  decision); without one a new 128-bit trace starts, sampled by Envoy's decision;
+  caller's span, in its trace, sampled only when both the caller's flag and Envoy's own
+  decision say so (seen against Envoy 1.39.3: a sampled caller on a request its decision does
+  not trace gets ``-00`` upstream and no span); without one a new 128-bit trace starts,
+  sampled by Envoy's decision;
 * spans are ``SPAN_KIND_SERVER`` (ingress) or ``SPAN_KIND_CLIENT`` (egress), tags are string
   attributes; the upstream request gets ``traceparent`` and ``tracestate`` (empty too);
 * reports are ``ExportTraceServiceRequest``s with one resource (``service.name`` from
@@ -168,8 +170,9 @@ class OpenTelemetryTracer:
         if parent is None:
             return Span(name, kind, new_id(16), new_id(8), "", traced, "", start_ns,
                         sink=self.exporter, tracer=self)
-        # The caller's sampled flag wins, as in Envoy.
-        return Span(name, kind, parent.trace_id, new_id(8), parent.parent_id, parent.sampled,
+        # Sampled when the caller and the decision both say so, as in Envoy 1.39.3.
+        return Span(name, kind, parent.trace_id, new_id(8), parent.parent_id,
+                    parent.sampled and traced,
                     parent.tracestate, start_ns, sink=self.exporter, tracer=self)
 
     def child(self, parent: Span, name: str, start_ns: int) -> Span:

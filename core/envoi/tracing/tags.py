@@ -4,6 +4,7 @@ Ingress (downstream) span, when the stream ends (Envoy's ``finalizeDownstreamSpa
 order: ``node_id``, ``zone``, ``guid:x-request-id``, ``http.url``, ``http.method``,
 ``downstream_cluster`` (``x-envoy-downstream-service-cluster`` or ``-``), ``user_agent`` (or
 ``-``), ``http.protocol``, ``peer.address`` (the downstream's address without port),
+``guid:x-client-trace-id`` (when the request has one),
 ``request_size``, ``response_size``, ``component: proxy``, ``upstream_cluster``,
 ``upstream_cluster.name``, ``http.status_code``, ``response_flags`` (``-`` when none),
 ``error: true`` for a 5xx or no response, then the custom tags.
@@ -86,7 +87,8 @@ def downstream_tags(span: Span, *, node_id: str, zone: str, request_id: str, url
                     peer_address: str, request_size: int, response_size: int,
                     upstream_cluster: str, status: int, response_flags: str,
                     custom: Sequence[CustomTag] = (),
-                    get_header: Callable[[str], str | None] = lambda _: None) -> None:
+                    get_header: Callable[[str], str | None] = lambda _: None,
+                    client_trace_id: str = "") -> None:
     t = span.set_tag
     t("node_id", node_id)
     t("zone", zone)
@@ -97,6 +99,8 @@ def downstream_tags(span: Span, *, node_id: str, zone: str, request_id: str, url
     t("user_agent", user_agent or "-")
     t("http.protocol", protocol)
     t("peer.address", peer_address)
+    if client_trace_id:
+        t("guid:x-client-trace-id", client_trace_id)
     t("request_size", str(request_size))
     t("response_size", str(response_size))
     _common(span, upstream_cluster, status, response_flags)

@@ -75,7 +75,8 @@ def encode_spans(spans: Sequence[Span], service_name: str, ipv4: str) -> bytes:
         doc["duration"] = max(0, end_us - start_us)
         doc["localEndpoint"] = {"serviceName": service_name, "ipv4": ipv4, "port": 0}
         doc["annotations"] = [{"timestamp": end_us, "value": "ss"}]
-        doc["tags"] = dict(span.tags or {})
+        # Envoy's Zipkin spans keep no empty tag (the ingress span's ``zone`` without one).
+        doc["tags"] = {k: v for k, v in (span.tags or {}).items() if v}
         if (span.extra or {}).get("shared"):
             doc["shared"] = True
         out.append(doc)
@@ -137,21 +138,27 @@ class ZipkinTracer:
 
     def start_span(self, name: str, kind: SpanKind, get_header: Getter, traced: bool,
                    start_ns: int) -> Span:
+        # Envoy's Zipkin tracer names the ingress span after the request's host (a route
+        # decorator renames it afterwards).
+        name = get_header(":authority") or get_header("host") or name
         ctx = extract_b3(get_header)
+        # An egress operation (an OUTBOUND listener's, kind CLIENT) is a span of its own, never
+        # shared with the caller's.
+        shared = self.shared and kind is SpanKind.SERVER
         if ctx is not None and ctx.trace_id:
             sampled = traced if ctx.sampled is None else ctx.sampled
-            span_id = ctx.span_id if self.shared else new_id(8)
-            parent = ctx.parent_id if self.shared else ctx.span_id
+            span_id = ctx.span_id if shared else new_id(8)
+            parent = ctx.parent_id if shared else ctx.span_id
             span = Span(name, kind, ctx.trace_id, span_id, parent, sampled, "", start_ns,
                         sink=self.exporter, tracer=self)
-            span.extra = {"shared": self.shared}
+            span.extra = {"shared": shared}
             return span
         if ctx is not None and ctx.sampled is not None:  # a sampling decision alone
             traced = ctx.sampled
         trace_id = new_id(16 if self.trace_id_128 else 8)
         span = Span(name, kind, trace_id, trace_id[-16:], "", traced, "", start_ns,
                     sink=self.exporter, tracer=self)
-        span.extra = {"shared": True}
+        span.extra = {"shared": kind is SpanKind.SERVER}
         return span
 
     def child(self, parent: Span, name: str, start_ns: int) -> Span:

@@ -22,6 +22,7 @@ from envoi_http.hcm.path_normalization import PathNormalization
 from envoi_http.hcm.settings import HcmConfig
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats
 from envoi_http.hcm.stream import ServerProtocol
+from envoi_http.hcm.tracing import build_tracing
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
 from envoi_http.router.config import RouteTable, build_route_table
@@ -42,7 +43,7 @@ implements(_HCM,
            "xff_num_trusted_hops", "internal_address_config", "generate_request_id",
            "preserve_external_request_id", "upgrade_configs", "normalize_path",
            "merge_slashes", "path_with_escaped_slashes_action",
-           "http2_protocol_options")
+           "http2_protocol_options", "tracing")
 implements(_HCM + ".UpgradeConfig", "upgrade_type", "enabled")
 implements(_HCM + ".InternalAddressConfig", "cidr_ranges")
 implements("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -133,6 +134,11 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
         except ConfigError as exc:
             issues.extend(exc.errors)
             filters = []
+        tracing = None
+        try:
+            tracing = build_tracing(config, path, ctx, config.stat_prefix)
+        except ConfigError as exc:
+            issues.extend(exc.errors)
         if issues:
             raise ConfigError(issues)
         del cm
@@ -181,6 +187,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             protocol=_PROTOCOLS.get(codec_type, auto_protocol),
             http2_options=h2_opts,
             http2_stats=codec_stats(root),
+            tracing=tracing,
         )
 
         if rds is not None:

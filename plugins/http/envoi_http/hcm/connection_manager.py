@@ -346,6 +346,8 @@ class ConnectionManager(ReadFilter):
         route = table.route(headers) if table is not None else None
         sid = e.stream_id
         s = self.streams[sid] = ActiveStream(self, sid, headers, self.last_activity, route, True)
+        if cfg.tracing is not None:  # the decision and the ingress span (hcm/tracing.py)
+            s.trace = cfg.tracing.start(headers, route)
         if self.debug:
             conn_debug(log, self.conn.id, "new stream")
         if version == b"2":
@@ -494,6 +496,9 @@ class ConnectionManager(ReadFilter):
         now = info.end_time = s.last_activity
         st.downstream_rq_time.record((now - s.start) * 1000)
         s.destroy()
+        trace = s.trace
+        if trace is not None:  # (after destroy: the router's egress spans end first)
+            trace.tracing.finish(trace, s)
         logs = self.config.access_logs
         if logs:
             for logger in logs:
@@ -511,6 +516,9 @@ class ConnectionManager(ReadFilter):
         s.stream_info.end_time = now
         st.downstream_rq_time.record((now - s.start) * 1000)
         s.destroy()
+        trace = s.trace
+        if trace is not None:
+            trace.tracing.finish(trace, s)
         for logger in self.config.access_logs:
             logger.log(s)
 

@@ -17,6 +17,7 @@ from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
 from envoi_http.hcm.path_normalization import PathNormalization
 from envoi_http.hcm.stats import HcmStats, ListenerHttpStats
 from envoi_http.hcm.stream import ServerProtocol
+from envoi_http.hcm.tracing import HttpTracing
 from envoi_http.router.config import RouteTable
 
 
@@ -59,6 +60,7 @@ class HcmConfig:
     protocol: Callable[[Any], ServerProtocol] | None = None
     http2_options: Http2Options = DEFAULT_OPTIONS  # http2_protocol_options (codec/h2_options)
     http2_stats: Any = None  # http2.* at the root (codec/h2_stats.py)
+    tracing: HttpTracing | None = None  # ``tracing`` (hcm/tracing.py)
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
     filter_names: tuple[str, ...] = ()  # the config name of each of filter_factories
     _names_by_type: dict[type, str] | None = None

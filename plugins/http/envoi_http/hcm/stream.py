@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from envoi.stats import Counter
 
     from envoi_http.hcm.stats import HcmStats
+    from envoi_http.hcm.tracing import StreamTrace
     from envoi_http.router.config import Route
 
 OPEN = 0
@@ -158,6 +159,7 @@ class ActiveStream:
         "stream_id",
         "stream_info",
         "tasks",
+        "trace",
         "upgrade",
         "watermark_cbs",
     )
@@ -191,6 +193,7 @@ class ActiveStream:
             info.route_name = route.name
             info.virtual_host_name = route.vhost.name
         self.upgrade = b""  # the accepted upgrade (hcm/upgrade.py)
+        self.trace: StreamTrace | None = None  # its tracing, when the HCM traces (hcm/tracing.py)
         self.watermark_cbs: list[DownstreamWatermarkCallbacks] | None = None
         self.tasks: set[asyncio.Task[Any]] = _NO_TASKS  # a set of its own once a task runs
         # This stream's filters' deadlines (start_deadline): callback -> loop time; the
@@ -569,6 +572,9 @@ class ActiveStream:
             info.bytes_sent += len(data)  # (a HEAD answer's body is never sent)
         drop = upgrade.RESP_DROP_101 if status == 101 else _RESP_DROP
         raw = [kv for kv in headers.headers if kv[0] not in drop]
+        trace = self.trace
+        if trace is not None:  # x-envoy-decorator-operation (hcm/tracing.py)
+            trace.response_head(raw)
         raw.append((b"date", http_date()))
         raw.append((b"server", self.hcm.server_name))
         headers.headers = raw

@@ -22,6 +22,7 @@ from envoi.config import (
 from envoi.extensions import FactoryContext
 from envoi.http.headers import HeaderMap
 
+from envoi_http.hcm.tracing import Decorator, RouteTracing, route_decorator, route_tracing
 from envoi_http.router.hash_policy import HashPolicy, build_hash_policy
 from envoi_http.router.matchers import (
     Matcher,
@@ -47,7 +48,7 @@ implements(_R + "VirtualHost",
 implements(_R + "Route",
            "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
            "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
-           "stat_prefix", "typed_per_filter_config")
+           "stat_prefix", "typed_per_filter_config", "decorator", "tracing")
 implements(_R + "RouteMatch",
            "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers",
            "query_parameters", "grpc")
@@ -193,6 +194,8 @@ class Route:
     hash_policy: HashPolicy | None = None  # RING_HASH/MAGLEV request hash (router/hash_policy.py)
     priority: str = "DEFAULT"  # routing priority: which circuit breakers apply (DEFAULT, HIGH)
     per_filter: dict[str, object] = field(default_factory=dict)  # typed_per_filter_config
+    decorator: Decorator | None = None  # the span's operation name (hcm/tracing.py)
+    tracing: RouteTracing | None = None  # sampling and custom tags of its own (hcm/tracing.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.match, PlainPrefix):
@@ -395,6 +398,10 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
     if r.stat_prefix:
         rt.stats = RequestStats(ctx.stats.root.scope(f"vhost.{vh.name}.route.{r.stat_prefix}"))
     rt.per_filter = _per_filter(r, path, ctx, issues)
+    if r.HasField("decorator"):
+        rt.decorator = route_decorator(r.decorator)
+    if r.HasField("tracing"):
+        rt.tracing = _collect(issues, None, route_tracing, r.tracing, path + ".tracing")
     action = r.WhichOneof("action")
     if action == "route":
         a = r.route

@@ -14,7 +14,7 @@ from envoi_http.router.plan import RouterConfig
 from envoi_http.router.stats import RouterStats
 
 implements("envoy.extensions.filters.http.router.v3.Router",
-           "suppress_envoy_headers", "respect_expected_rq_timeout")
+           "suppress_envoy_headers", "respect_expected_rq_timeout", "start_child_span")
 
 
 class RouterFactory(HttpFilterFactory):
@@ -29,6 +29,8 @@ class RouterFactory(HttpFilterFactory):
         stats = RouterStats(context.stats.root.scope(f"http.{context.stat_prefix}"))
         cfg = RouterConfig(context.cluster_manager, suppress, http1_codec(context), stats,
                            respect)
+        # An egress span per upstream attempt (router/tracing.py), when the stream is traced.
+        cfg.start_child_span = bool(config.start_child_span) if config is not None else False
 
         def add(builder: HttpFilterChainBuilder) -> None:
             builder.add_decoder_filter(Router(cfg))

@@ -37,13 +37,16 @@ from envoi.upstream.lb import LoadBalancerContext
 from envoi.upstream.outlier import LOCAL_ORIGIN_CONNECT_FAILED, LOCAL_ORIGIN_TIMEOUT
 
 from envoi_http.codec import events as ev
-from envoi_http.router import retry_headers
+from envoi_http.router import retry_headers, tracing
 from envoi_http.router.direct import redirect_location, rewrite
 from envoi_http.router.plan import RoutePlan, RouterConfig
 from envoi_http.router.pools import select_pool
 from envoi_http.router.retry_headers import CONTROL, EXPECTED
 
 if TYPE_CHECKING:
+    from envoi.tracing.span import Span
+
+    from envoi_http.hcm.tracing import StreamTrace
     from envoi_http.router.auto_pool import AutoPool
     from envoi_http.router.config import RetryPolicy, Route
     from envoi_http.router.h2_pool import H2Pool
@@ -108,6 +111,12 @@ class Router(StreamDecoderFilter):
     retry_body: bytearray | bytes | None = b""
     # decode_* always return CONTINUE and never add data: a stream may call them directly.
     always_continues = True
+    # tracing (router/tracing.py): the stream's trace, the attempt's egress span and the
+    # upstream's status for it
+    trace: StreamTrace | None = None
+    trace_child: Span | None = None
+    trace_status = 0
+    trace_flags_at = 0
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -207,6 +216,9 @@ class Router(StreamDecoderFilter):
                 self.attempt_count_in_response = plan.attempt_count_in_response
         self.headers = headers
         self.request_end = end_stream
+        trace = getattr(cb, "trace", None)  # (the connection manager's streams have one)
+        if trace is not None:
+            self.trace = trace
         if cb.upgrade:
             self.upgrade = True
             self.retries_left = 0
@@ -304,6 +316,12 @@ class Router(StreamDecoderFilter):
                                      self.timeout, self.per_try,
                                      self.decoder_callbacks.stream_info.start_monotonic,
                                      self.config.suppress_envoy_headers)
+        if self.trace is not None:
+            self.trace_status = 0
+            self.trace_flags_at = len(self.decoder_callbacks.stream_info.response_flags)
+            self.trace_child = tracing.start_attempt(
+                self.trace, self.config.start_child_span, cluster.name,
+                self.headers, attempts - 1)  # type: ignore[arg-type]
         self.attempt_start = _monotonic()
         cluster.stats.upstream_rq_active.inc()
         host.rq_active += 1
@@ -401,6 +419,10 @@ class Router(StreamDecoderFilter):
     def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None:
         if self.state != WAITING:
             return
+        if self.trace_child is not None:  # (no connection: no protocol, Envoy's reset reason)
+            self._end_trace("overflow" if reason == "overflow" else "connection timeout"
+                            if reason == "timeout" else "remote connection failure",
+                            "UO" if reason == "overflow" else "UF", connected=False)
         self._end_attempt(success=False)
         if reason == "overflow":
             self._overflow()
@@ -458,6 +480,15 @@ class Router(StreamDecoderFilter):
             self.host.rq_active -= 1
             if not success:
                 self.host.rq_error += 1
+            if self.trace_child is not None:
+                self._end_trace()
+
+    def _end_trace(self, reset: str = "", flag: str = "", connected: bool = True) -> None:
+        child = self.trace_child
+        self.trace_child = None
+        tracing.end_attempt(self.trace, child, self.decoder_callbacks.stream_info,  # type: ignore[arg-type]
+                            self.trace_status, self.route, self.headers,  # type: ignore[arg-type]
+                            self.trace_flags_at, reset, flag, connected)
 
     def _maybe_retry(self, status: int | None) -> bool:
         """A retry for this failure (``status``: the response's; None: a reset or connect
@@ -484,6 +515,8 @@ class Router(StreamDecoderFilter):
             for rs in rstats:
                 rs.upstream_rq_retry_limit_exceeded.value += 1
             self.retry_exhausted = True
+            # Envoy's URX (UpstreamRetryLimitExceeded): the answer is the last attempt's.
+            self.decoder_callbacks.stream_info.response_flags.append("URX")
             return False
         retries = cluster.resources[self.route.priority].retries  # type: ignore[union-attr]
         if not retries.can_create():  # max_retries / retry_budget
@@ -600,6 +633,8 @@ class Router(StreamDecoderFilter):
         downstream. The head keeps the upstream's header list (the connection manager drops
         the hop-by-hop fields once, as the response leaves)."""
         status = e.status
+        if self.trace_child is not None:
+            self.trace_status = status
         hs: ClusterHttpStats = self.hstats  # type: ignore[assignment]
         simple = self.simple
         host: Host = self.host  # type: ignore[assignment]
@@ -610,6 +645,8 @@ class Router(StreamDecoderFilter):
                                                   and status >= 400)) and \
                     self._maybe_retry(status):
                 hs.retry.record(status)
+                if self.trace_child is not None:  # (Envoy resets the attempt it retries)
+                    self.trace_child.set_tag("canceled", "true")
                 self._end_attempt(success=False)
                 up = self.upstream
                 self.upstream = None
@@ -659,6 +696,8 @@ class Router(StreamDecoderFilter):
             cluster.stats.upstream_rq_active.value -= 1  # type: ignore[union-attr]
             cluster.resources[self.route.priority].requests.dec()  # type: ignore[union-attr]
             self.host.rq_active -= 1  # type: ignore[union-attr]
+            if self.trace_child is not None:
+                self._end_trace()
         # DONE: a deadline still pending (the request timeout, the attempt's) finds nothing to
         # do, and ends with the stream, which ends now that the response is complete.
         self.state = DONE
@@ -680,6 +719,8 @@ class Router(StreamDecoderFilter):
         if up is not None:
             up.abort()
         self._outlier(LOCAL_ORIGIN_CONNECT_FAILED)
+        if self.trace_child is not None:
+            self._end_trace(reason)
         self._end_attempt(success=False)
         cb = self.decoder_callbacks
         if started:
@@ -769,6 +810,8 @@ class Router(StreamDecoderFilter):
         self.upstream = None
         if up is not None:
             up.abort()
+        if self.trace_child is not None:  # (Envoy resets the attempt that timed out)
+            self.trace_child.set_tag("canceled", "true")
         waiting = self.state == WAITING
         self._end_attempt(success=False)
         if waiting and self.pool is not None:
@@ -808,5 +851,7 @@ class Router(StreamDecoderFilter):
         if up is not None:
             # The downstream went away mid-exchange: the connection cannot be reused.
             up.abort()
+        if self.trace_child is not None:
+            self.trace_child.set_tag("canceled", "true")
         self._end_attempt(success=False)
         self.state = DONE

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 
 class RouterConfig:
-    __slots__ = ("backend", "cluster_manager", "plans", "respect_expected_rq_timeout", "stats",
-                 "suppress_envoy_headers")
+    __slots__ = ("backend", "cluster_manager", "plans", "respect_expected_rq_timeout",
+                 "start_child_span", "stats", "suppress_envoy_headers")
 
     def __init__(self, cm: ClusterManager, suppress: bool, backend: Backend,
                  stats: RouterStats, respect_expected_rq_timeout: bool = False) -> None:
@@ -28,6 +28,7 @@ class RouterConfig:
         self.backend = backend
         self.stats = stats
         self.respect_expected_rq_timeout = respect_expected_rq_timeout
+        self.start_child_span = False
         # route -> RoutePlan, worked out on the route's first request (route tables are static)
         self.plans: dict[Route, RoutePlan] = {}
 
