@@ -460,7 +460,9 @@ def test_a_hanging_collector_costs_counted_drops_not_latency() -> None:
         hang.close()
     # (two reports of five wait, a hundred spans wait in the buffer: the rest are dropped)
     assert stats.spans_dropped.value >= 4850 and stats.spans_sent.value == 0
-    assert worst < 0.05  # a span is handed over, never sent inline (a loose bound: CI is busy)
+    # A span is handed over, never sent inline: waiting on the collector would take its 30 s
+    # timeout; the bound is loose because a loaded 2-core box pauses a process for tens of ms.
+    assert worst < 0.5
 
 
 def test_buffer_bound_and_timer_flush() -> None:
