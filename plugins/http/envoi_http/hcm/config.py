@@ -19,6 +19,7 @@ from envoi_http.hcm.http1 import Http1Connection
 from envoi_http.hcm.http2 import Http2Connection, auto_protocol
 from envoi_http.hcm.internal import internal_networks
 from envoi_http.hcm.path_normalization import PathNormalization
+from envoi_http.hcm.route_chain import RouteChains, terminal_disabled, toggled_names
 from envoi_http.hcm.settings import HcmConfig
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats
 from envoi_http.hcm.stream import ServerProtocol
@@ -47,7 +48,7 @@ implements(_HCM,
 implements(_HCM + ".UpgradeConfig", "upgrade_type", "enabled")
 implements(_HCM + ".InternalAddressConfig", "cidr_ranges")
 implements("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
-           "name", "typed_config")
+           "name", "typed_config", "disabled")
 # The HCM's (downstream) protocol options. Clusters use the same messages with other fields:
 # each consumer refuses in its own place what it does not act on (refuse_unlisted below).
 _COMMON_OPTIONS = ("idle_timeout", "max_headers_count", "headers_with_underscores_action")
@@ -76,6 +77,10 @@ def build_http_filters(config: Any, context: FactoryContext) -> list[HttpFilterF
         try:
             factory, cfg = context.resolve_extension(
                 HttpFilterFactory, f, fpath)  # type: ignore[type-abstract]
+            if f.disabled and i == n - 1:
+                issues.append(ConfigIssue(fpath + ".disabled", f"Error: the last (terminal) "
+                                          f"filter ({f.name}) in the chain cannot be disabled "
+                                          "by default."))
             if factory.terminal and i != n - 1:
                 issues.append(ConfigIssue(fpath, f"terminal filter named {f.name} must be the "
                                                  "last filter in the http filter chain"))
@@ -139,6 +144,12 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             tracing = build_tracing(config, path, ctx, config.stat_prefix)
         except ConfigError as exc:
             issues.extend(exc.errors)
+        names = tuple(f.name for f in config.http_filters)
+        default_off = tuple(f.disabled for f in config.http_filters)
+        chains = None
+        if filters and (any(default_off) or toggled_names(table) & set(names)):
+            issues += terminal_disabled(table, names[-1], path + ".route_config")
+            chains = RouteChains(tuple(filters), names, default_off)
         if issues:
             raise ConfigError(issues)
         del cm
@@ -168,7 +179,8 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             request_headers_timeout=_dur(config, "request_headers_timeout", 0.0),
             idle_timeout=_dur(common, "idle_timeout", 3600.0),
             filter_factories=tuple(filters),
-            filter_names=tuple(f.name for f in config.http_filters),
+            filter_names=names,
+            route_chains=chains,
             route_table=table,
             access_logs=tuple(context.access_loggers(config.access_log, path + ".access_log")),
             context=context,

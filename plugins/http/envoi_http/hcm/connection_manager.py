@@ -363,7 +363,8 @@ class ConnectionManager(ReadFilter):
             info.extra["direct_remote_address"] = info.downstream_remote_address
             info.downstream_remote_address = (
                 "[%s]:0" if b":" in client else "%s:0") % client.decode()
-        for factory in cfg.filter_factories:
+        chains = cfg.route_chains
+        for factory in (cfg.filter_factories if chains is None else chains.for_route(route)):
             factory(s)
         end = e.end_stream
         if self.debug:

@@ -15,6 +15,7 @@ from envoi.stats import Scope
 from envoi_http.codec import Backend
 from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
 from envoi_http.hcm.path_normalization import PathNormalization
+from envoi_http.hcm.route_chain import RouteChains
 from envoi_http.hcm.stats import HcmStats, ListenerHttpStats
 from envoi_http.hcm.stream import ServerProtocol
 from envoi_http.hcm.tracing import HttpTracing
@@ -63,6 +64,8 @@ class HcmConfig:
     tracing: HttpTracing | None = None  # ``tracing`` (hcm/tracing.py)
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
     filter_names: tuple[str, ...] = ()  # the config name of each of filter_factories
+    # Routes turn filters on or off (hcm/route_chain.py); None: every stream runs them all.
+    route_chains: RouteChains | None = None
     _names_by_type: dict[type, str] | None = None
 
     def filter_name(self, filt: object) -> str:

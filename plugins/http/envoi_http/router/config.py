@@ -18,6 +18,7 @@ from envoi.config import (
     data_source_bytes,
     duration_seconds,
     implements,
+    unpack_typed_config,
 )
 from envoi.extensions import FactoryContext
 from envoi.http.headers import HeaderMap
@@ -156,6 +157,8 @@ class VirtualHost:
     include_attempt_count_in_response: bool = False
     #: typed_per_filter_config of the virtual host, over the route config's (merged once).
     per_filter: dict[str, object] = field(default_factory=dict)
+    #: Filters this virtual host (or its route config) turns off (True) or on (False) by name.
+    filter_disabled: dict[str, bool] = field(default_factory=dict)
     #: require_tls: 0 NONE, 1 EXTERNAL_ONLY, 2 ALL; tls_redirect answers a request it refuses.
     require_tls: int = 0
     tls_redirect: Route | None = None
@@ -196,6 +199,7 @@ class Route:
     per_filter: dict[str, object] = field(default_factory=dict)  # typed_per_filter_config
     decorator: Decorator | None = None  # the span's operation name (hcm/tracing.py)
     tracing: RouteTracing | None = None  # sampling and custom tags of its own (hcm/tracing.py)
+    filter_disabled: dict[str, bool] = field(default_factory=dict)  # (as the virtual host's)
 
     def __post_init__(self) -> None:
         if isinstance(self.match, PlainPrefix):
@@ -212,6 +216,12 @@ class Route:
     def per_filter_config(self, name: str) -> object | None:
         found = self.per_filter.get(name)
         return found if found is not None else self.vhost.per_filter.get(name)
+
+    def filter_disabled_here(self, name: str) -> bool | None:
+        """Whether the route (else its virtual host, else the route config) turns the filter
+        configured as ``name`` off (True) or on (False); None when none of them says."""
+        found = self.filter_disabled.get(name)
+        return found if found is not None else self.vhost.filter_disabled.get(name)
 
     def pick_cluster(self, h: HeaderMap) -> str | None:
         if self.cluster is not None:
@@ -244,6 +254,14 @@ class RouteTable:
 
     # authority as received -> virtual host (or None): most requests repeat a few authorities.
     _memo: dict[bytes, VirtualHost | None] = field(default_factory=dict)
+
+    def virtual_hosts(self) -> list[VirtualHost]:
+        """Every virtual host of the table (config-time walks: idle timeouts, filter toggles)."""
+        out = [*self.exact.values(), *(v for _, v in self.suffixes),
+               *(v for _, v in self.prefixes)]
+        if self.default is not None:
+            out.append(self.default)
+        return out
 
     def vhost(self, authority: bytes) -> VirtualHost | None:
         memo = self._memo
@@ -397,7 +415,7 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
                request_mutations=request_mutations, response_mutations=response_mutations)
     if r.stat_prefix:
         rt.stats = RequestStats(ctx.stats.root.scope(f"vhost.{vh.name}.route.{r.stat_prefix}"))
-    rt.per_filter = _per_filter(r, path, ctx, issues)
+    rt.per_filter, rt.filter_disabled = _per_filter(r, path, ctx, issues)
     if r.HasField("decorator"):
         rt.decorator = route_decorator(r.decorator)
     if r.HasField("tracing"):
@@ -511,16 +529,40 @@ def _never(h: HeaderMap, path: bytes, query: bytes) -> bool:
 _NEVER: Matcher = _never
 
 
+_FILTER_CONFIG = "envoy.config.route.v3.FilterConfig"
+implements(_FILTER_CONFIG, "config", "disabled")
+
+
 def _per_filter(msg: Any, path: str, ctx: FactoryContext,
-                issues: list[ConfigIssue]) -> dict[str, object]:
+                issues: list[ConfigIssue]) -> tuple[dict[str, object], dict[str, bool]]:
+    """A ``typed_per_filter_config`` map: the per-route configs by filter name, and which
+    filters it turns off or on. Any entry turns its filter on, except a ``FilterConfig`` that
+    says ``disabled: true`` (Envoy's route-based filter chain); a ``FilterConfig`` carries the
+    filter's own per-route config in ``config``."""
     if not msg.typed_per_filter_config:
-        return {}
+        return {}, {}
+    base = path + ".typed_per_filter_config"
+    configs: dict[str, Any] = {}
+    disabled: dict[str, bool] = {}
+    for name, any_msg in msg.typed_per_filter_config.items():
+        if any_msg.type_url.rsplit("/", 1)[-1] != _FILTER_CONFIG:
+            configs[name] = any_msg
+            disabled[name] = False
+            continue
+        fc: Any = unpack_typed_config(any_msg, f"{base}[{name}]")
+        disabled[name] = fc.disabled
+        if fc.HasField("config"):
+            configs[name] = fc.config
+        elif not fc.disabled:
+            issues.append(ConfigIssue(f"{base}[{name}]", "Empty route/virtual host per filter "
+                                                         f"configuration for {name} filter"))
+    if not configs:
+        return {}, disabled
     try:
-        return ctx.per_filter_configs(msg.typed_per_filter_config,
-                                      path + ".typed_per_filter_config")
+        return ctx.per_filter_configs(configs, base), disabled
     except ConfigError as exc:
         issues.extend(exc.errors)
-        return {}
+        return {}, disabled
 
 
 def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
@@ -540,11 +582,12 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
         known = cm.is_configured
     bctx = _BuildContext(ctx, known, rc.max_direct_response_body_size_bytes.value
                          if rc.HasField("max_direct_response_body_size_bytes") else 4096)
-    top_per_filter = _per_filter(rc, path, ctx, issues)
+    top_per_filter, top_disabled = _per_filter(rc, path, ctx, issues)
     table_request = _collect(issues, HeaderMutations(), _mutations, rc, "request", path, ctx)
     table_response = _collect(issues, HeaderMutations(), _mutations, rc, "response", path, ctx)
     for i, v in enumerate(rc.virtual_hosts):
         vpath = f"{path}.virtual_hosts[{i}]"
+        v_per_filter, v_disabled = _per_filter(v, vpath, ctx, issues)
         vh = VirtualHost(
             name=v.name,
             request_mutations=_collect(issues, HeaderMutations(), _mutations, v, "request",
@@ -555,7 +598,8 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
                                   vpath + ".retry_policy") if v.HasField("retry_policy") else None,
             include_request_attempt_count=v.include_request_attempt_count,
             include_attempt_count_in_response=v.include_attempt_count_in_response,
-            per_filter={**top_per_filter, **_per_filter(v, vpath, ctx, issues)},
+            per_filter={**top_per_filter, **v_per_filter},
+            filter_disabled={**top_disabled, **v_disabled},
             require_tls=v.require_tls,
             config_request_mutations=table_request,
             config_response_mutations=table_response,

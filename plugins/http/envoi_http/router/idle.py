@@ -24,11 +24,7 @@ def route_idle_timeouts(table: RouteTable | None) -> list[float]:
     """Every route ``idle_timeout`` set in the table (0 included)."""
     if table is None:
         return []
-    vhosts = [*table.exact.values(), *(v for _, v in table.suffixes),
-              *(v for _, v in table.prefixes)]
-    if table.default is not None:
-        vhosts.append(table.default)
-    return [r.idle_timeout for vh in vhosts for r in vh.routes if r.idle_timeout is not None]
+    return [r.idle_timeout for vh in table.virtual_hosts() for r in vh.routes if r.idle_timeout is not None]
 
 
 def shortest(table: RouteTable | None) -> float:
