@@ -186,7 +186,7 @@ def ok(body: bytes = b"hello", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
-# -- a pool failure: the stream that asked answers it --------------------------------------------
+# -- a pool failure: the stream that asked answers it ---------------------------------------------
 
 
 @pytest.mark.parametrize("with_filter", [False, True], ids=["router-only", "with-a-filter"])
@@ -220,7 +220,7 @@ def test_pool_failure_is_a_503_on_the_stream_and_the_connection_goes_on(
     run(body)
 
 
-# -- watermarks ------------------------------------------------------------------------------------
+# -- watermarks -----------------------------------------------------------------------------------
 
 
 def test_a_slow_client_pauses_the_upstream_and_resumes_it(tmp_path: Path) -> None:
@@ -264,7 +264,7 @@ def test_a_slow_upstream_pauses_the_client_and_resumes_it(tmp_path: Path) -> Non
     run(body)
 
 
-# -- the connection's one timer ----------------------------------------------------------------
+# -- the connection's one timer -------------------------------------------------------------------
 
 
 def test_route_timeouts_of_many_requests_share_one_timer(tmp_path: Path) -> None:
@@ -315,7 +315,7 @@ def test_stream_idle_timeout_from_the_connection_timer(tmp_path: Path) -> None:
     run(body)
 
 
-# -- a 101 upgrade -------------------------------------------------------------------------------
+# -- a 101 upgrade --------------------------------------------------------------------------------
 
 
 def test_a_101_upgrade_tunnels_bytes_both_ways(tmp_path: Path) -> None:
@@ -347,7 +347,7 @@ def test_a_101_upgrade_tunnels_bytes_both_ways(tmp_path: Path) -> None:
     run(body)
 
 
-# -- pipelined requests whose upstream answers early ------------------------------------------------
+# -- pipelined requests whose upstream answers early ----------------------------------------------
 
 
 def test_the_next_pipelined_request_starts_after_the_previous_answer_returns(
@@ -391,7 +391,7 @@ def test_an_answer_before_the_request_is_complete_closes_after_it(tmp_path: Path
     run(body)
 
 
-# -- a filter added or removed per route -------------------------------------------------------------
+# -- a filter added or removed per route ----------------------------------------------------------
 
 
 def stamp_routes(filter_config: str) -> str:

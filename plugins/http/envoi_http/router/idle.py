@@ -24,7 +24,8 @@ def route_idle_timeouts(table: RouteTable | None) -> list[float]:
     """Every route ``idle_timeout`` set in the table (0 included)."""
     if table is None:
         return []
-    return [r.idle_timeout for vh in table.virtual_hosts() for r in vh.routes if r.idle_timeout is not None]
+    return [r.idle_timeout for vh in table.virtual_hosts() for r in vh.routes
+            if r.idle_timeout is not None]
 
 
 def shortest(table: RouteTable | None) -> float:
