@@ -260,9 +260,10 @@ class ActiveStream:
         else:
             f.set_decoder_filter_callbacks(self)
         filters = self.filters
-        if not filters and getattr(f, "always_continues", False):
+        if self._dec is None and self.lone is None and getattr(f, "always_continues", False):
             # Called directly, as the decoder path would call it: its decode methods always
-            # return CONTINUE, are not coroutines and never add data.
+            # return CONTINUE, are not coroutines and never add data. (Encoder-only filters
+            # before it do not need a decoder path either.)
             self.lone = f
         else:
             self.dec.add(f)
