@@ -19,7 +19,14 @@ from typing import IO, Any
 from envoi import hookimpl
 from envoi.config import ConfigError, ConfigIssue, data_source_bytes, implements
 from envoi.extensions import AccessLoggerFactory, FactoryContext
-from envoi.stream_info import Formatter, LogContext, Operator, OperatorFactory, StreamInfo
+from envoi.stream_info import (
+    Formatter,
+    LogContext,
+    Operator,
+    OperatorFactory,
+    StreamInfo,
+    Verbatim,
+)
 
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
@@ -191,7 +198,11 @@ def compile_operator(m: re.Match[str], path: str, operators: Operators = CORE_OP
     return factory(arg)
 
 
-def compile_format(fmt: str, path: str = "", operators: Operators = CORE_OPERATORS) -> Formatter:
+def compile_format(fmt: str, path: str = "", operators: Operators = CORE_OPERATORS,
+                   omit_empty: bool = False) -> Formatter:
+    """A format string to its formatter. A value that is absent (or empty) is written ``-``;
+    with ``omit_empty`` (Envoy's ``omit_empty_values``, what header values use) as nothing."""
+    absent = "" if omit_empty else "-"
     parts: list[str | tuple[Operator, int | None, bool]] = []
     pos = 0
     for m in _OP_RE.finditer(fmt):
@@ -212,7 +223,7 @@ def compile_format(fmt: str, path: str = "", operators: Operators = CORE_OPERATO
                 out.append(p)
                 continue
             v = p[0](ctx)
-            s = "-" if v is None or v == "" else str(v)
+            s = absent if v is None or (v == "" and type(v) is not Verbatim) else str(v)
             if p[1] is not None:
                 s = s[: p[1]]
             out.append(s)
@@ -242,7 +253,7 @@ def compile_json_format(struct: Any, path: str, operators: Operators = CORE_OPER
 
                 def typed(ctx: LogContext) -> Any:
                     v = op(ctx)
-                    if v is None or v == "":
+                    if v is None or (v == "" and type(v) is not Verbatim):
                         return None
                     if isinstance(v, int):
                         return v
@@ -341,6 +352,10 @@ def _formatter(config: Any, path: str, operators: Operators,
     from google.protobuf import json_format
 
     if config is not None and config.ListFields():
+        if config.content_type:
+            # The type a local reply's body is sent as (hcm/local_reply.py); a log line has none.
+            raise ConfigError([ConfigIssue(path + ".log_format.content_type",
+                                           "not implemented by envoi")])
         if config.HasField("json_format"):
             return compile_json_format(json_format.MessageToDict(config.json_format), path,
                                        operators)

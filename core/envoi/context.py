@@ -174,4 +174,5 @@ class FactoryContext(ServerContext, Protocol):
 
     def format_string(self, fmt: str, path: str) -> Formatter:
         """Compile an Envoy format string (``%REQ(x)% %RESPONSE_CODE%``...) with every command
-        operator the core and the plugins register; raises ``ConfigError`` on an unknown one."""
+        operator the core and the plugins register; raises ``ConfigError`` on an unknown one. As
+        in Envoy's header values, an absent value is written as nothing (not ``-``)."""

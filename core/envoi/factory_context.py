@@ -239,7 +239,7 @@ class FactoryContextImpl:
         return hub.point(self.listener_name, filter_name)
 
     def format_string(self, fmt: str, path: str) -> Formatter:
-        return compile_format(fmt, path, self._plugins.access_log_operators)
+        return compile_format(fmt, path, self._plugins.access_log_operators, omit_empty=True)
 
     def route_config_provider(self, rds: Any, path: str,
                               stat_prefix: str) -> RouteConfigProvider:

@@ -75,6 +75,14 @@ class LogContext(Protocol):
     def response_code(self) -> int: ...
 
 
+class Verbatim(str):
+    """An operator's value written as it is, even when empty (Envoy writes ``-`` for a value
+    that is absent, and for most empty ones; ``%LOCAL_REPLY_BODY%`` writes an empty body as
+    nothing)."""
+
+    __slots__ = ()
+
+
 #: A compiled ``%COMMAND(arg)%``: reads a log context, returns the value (None is written ``-``).
 Operator = Callable[[LogContext], str | int | None]
 #: Makes an :data:`Operator` from the command's argument (``None`` without parentheses).

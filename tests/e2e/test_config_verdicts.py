@@ -88,6 +88,19 @@ def vhost_set(**kw: Any) -> Edit:
     return lambda cfg: vhosts(cfg)[0].update(kw)
 
 
+LRC = f"{TC}.local_reply_config"
+STATUS_GE_400 = {"status_code_filter": {"comparison": {
+    "op": "GE", "value": {"default_value": 400, "runtime_key": "k"}}}}
+
+
+def mirror(policies: list[dict[str, Any]]) -> Edit:
+    return lambda cfg: route0(cfg)["route"].update(request_mirror_policies=policies)
+
+
+def local_reply(**kw: Any) -> Edit:
+    return lambda cfg: hcm(cfg).update(local_reply_config=kw)
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -165,6 +178,35 @@ REJECTED = [
          f"{TC}.use_remote_address", "expected a boolean"),
     Case("duration as a bare number", lambda c: cluster0(c).update(connect_timeout=1), False,
          "static_resources.clusters[0].connect_timeout", "invalid duration"),
+    Case("mirror policy to a cluster that does not exist",
+         mirror([{"cluster": "nope"}]), False,
+         f"{VH0}.routes[0].route.request_mirror_policies[0].cluster",
+         "route: unknown shadow cluster 'nope'"),
+    Case("mirror policy with both cluster and cluster_header",
+         mirror([{"cluster": "web", "cluster_header": "x-c"}]), False,
+         f"{VH0}.routes[0].route.request_mirror_policies[0]", "Only one of cluster"),
+    Case("mirror policy with neither cluster nor cluster_header",
+         mirror([{"runtime_fraction": {"default_value": {"numerator": 5}}}]), False,
+         f"{VH0}.routes[0].route.request_mirror_policies[0]", "Exactly one of cluster"),
+    Case("local reply mapper without a filter",
+         local_reply(mappers=[{"status_code": 404}]), False,
+         f"{LRC}.mappers[0].filter", "value is required"),
+    Case("local reply mapper status_code out of range",
+         local_reply(mappers=[{"filter": STATUS_GE_400, "status_code": 700}]), False,
+         f"{LRC}.mappers[0].status_code", "[200, 600)"),
+    Case("local reply and_filter with one filter",
+         local_reply(mappers=[{"filter": {"and_filter": {"filters": [STATUS_GE_400]}}}]), False,
+         f"{LRC}.mappers[0].filter.and_filter.filters", "at least 2 item(s)"),
+    Case("local reply response_flag_filter with an unknown flag",
+         local_reply(mappers=[{"filter": {"response_flag_filter": {"flags": ["XX"]}}}]), False,
+         f"{LRC}.mappers[0].filter.response_flag_filter.flags[0]", "value must be in list"),
+    Case("local reply headers_to_add naming :status",
+         local_reply(mappers=[{"filter": STATUS_GE_400, "headers_to_add": [
+             {"header": {"key": ":status", "value": "200"}}]}]), False,
+         f"{LRC}.mappers[0].headers_to_add[0].header.key", "may not be modified"),
+    Case("local reply body_format with an unknown command operator",
+         local_reply(body_format={"text_format": "%NO_SUCH_THING%"}), False,
+         f"{LRC}.body_format.text_format", "Not supported field in StreamInfo: NO_SUCH_THING"),
 ]
 
 ACCEPTED = [

@@ -18,6 +18,7 @@ from envoi_http.hcm.connection_manager import ConnectionManager
 from envoi_http.hcm.http1 import Http1Connection
 from envoi_http.hcm.http2 import Http2Connection, auto_protocol
 from envoi_http.hcm.internal import internal_networks
+from envoi_http.hcm.local_reply import build_local_reply
 from envoi_http.hcm.path_normalization import PathNormalization
 from envoi_http.hcm.route_chain import RouteChains, terminal_disabled, toggled_names
 from envoi_http.hcm.settings import HcmConfig
@@ -44,7 +45,7 @@ implements(_HCM,
            "xff_num_trusted_hops", "internal_address_config", "generate_request_id",
            "preserve_external_request_id", "upgrade_configs", "normalize_path",
            "merge_slashes", "path_with_escaped_slashes_action",
-           "http2_protocol_options", "tracing")
+           "http2_protocol_options", "tracing", "local_reply_config")
 implements(_HCM + ".UpgradeConfig", "upgrade_type", "enabled")
 implements(_HCM + ".InternalAddressConfig", "cidr_ranges")
 implements("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -150,6 +151,11 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
         if filters and (any(default_off) or toggled_names(table) & set(names)):
             issues += terminal_disabled(table, names[-1], path + ".route_config")
             chains = RouteChains(tuple(filters), names, default_off)
+        local_reply = None
+        try:
+            local_reply = build_local_reply(config, path, ctx)
+        except ConfigError as exc:
+            issues.extend(exc.errors)
         if issues:
             raise ConfigError(issues)
         del cm
@@ -200,6 +206,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             http2_options=h2_opts,
             http2_stats=codec_stats(root),
             tracing=tracing,
+            local_reply=local_reply,
         )
 
         if rds is not None:

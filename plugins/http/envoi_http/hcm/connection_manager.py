@@ -106,6 +106,7 @@ class ConnectionManager(ReadFilter):
         self.config = config
         self.stats = config.stats
         self.server_name = config.server_name
+        self.local_reply = config.local_reply
         self.streams: dict[int, ActiveStream] = {}
         self.first = True
         self.closing = False
@@ -464,11 +465,11 @@ class ConnectionManager(ReadFilter):
             s = self.streams[e.stream_id] = ActiveStream(self, e.stream_id, HeaderMap(),
                                                          self.last_activity)
         s.state |= LOCAL_REPLY
-        s.stream_info.response_flags.append("DPE")
         status = e.error_status_hint
-        # Envoy answers a missing Host with an empty 400, other codec errors with the reason.
+        # Envoy answers a missing Host with an empty 400, other codec errors with the reason;
+        # the DPE flag is set after the local_reply_config rewrite saw the reply.
         body = b"" if e.details == ev.MISSING_HOST else reason(status).encode()
-        s.send_local_reply(status, body, details=e.details)
+        s.send_local_reply(status, body, details=e.details, flag="DPE")
 
     # -- stream completion -------------------------------------------------------------------
 

@@ -136,7 +136,8 @@ class PathNormalization:
             unescaped = _unescape_slashes(path)
             if unescaped is not None:
                 if self.escaped_slashes == _REJECT:
-                    return REJECT, target
+                    # As Envoy: unescaped first, then refused (what %REQ(:PATH)% shows).
+                    return REJECT, unescaped + sep + query
                 if self.escaped_slashes == _REDIRECT:
                     result = REDIRECT
                 path = unescaped

@@ -14,6 +14,7 @@ from envoi.stats import Scope
 
 from envoi_http.codec import Backend
 from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
+from envoi_http.hcm.local_reply import LocalReply
 from envoi_http.hcm.path_normalization import PathNormalization
 from envoi_http.hcm.route_chain import RouteChains
 from envoi_http.hcm.stats import HcmStats, ListenerHttpStats
@@ -56,6 +57,7 @@ class HcmConfig:
     internal_nets: tuple[Any, ...] = ()  # internal_address_config.cidr_ranges (hcm/internal.py)
     # normalize_path / merge_slashes / path_with_escaped_slashes_action (hcm/path_normalization)
     path_normalization: PathNormalization | None = None
+    local_reply: LocalReply | None = None  # local_reply_config (hcm/local_reply.py)
     # The protocol half of each connection (hcm/http1.py's Http1Connection), made with the
     # connection manager: the factory wires it, so that the agnostic half imports no protocol.
     protocol: Callable[[Any], ServerProtocol] | None = None

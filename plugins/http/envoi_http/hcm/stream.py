@@ -47,11 +47,13 @@ from envoi.http.headers import HeaderMap
 
 from envoi_http.hcm import upgrade
 from envoi_http.hcm.filter_path import FilterPath
+from envoi_http.hcm.local_reply import grpc_error
 
 if TYPE_CHECKING:
     from envoi.network.filter import Connection
     from envoi.stats import Counter
 
+    from envoi_http.hcm.local_reply import LocalReply
     from envoi_http.hcm.stats import HcmStats
     from envoi_http.hcm.tracing import StreamTrace
     from envoi_http.router.config import Route
@@ -125,6 +127,7 @@ class StreamOwner(Protocol):
     local_address: str
     conn_info: Any
     buffer_limit: int
+    local_reply: LocalReply | None
     deadline_timer: asyncio.TimerHandle | None
     deadline_when: float
 
@@ -366,7 +369,9 @@ class ActiveStream:
 
     def send_local_reply(self, status: int, body: bytes | str = b"",
                          headers: dict[str, str] | None = None, details: str = "",
-                         modify_headers: ModifyHeaders | None = None) -> None:
+                         modify_headers: ModifyHeaders | None = None, flag: str = "") -> None:
+        """``flag``: a response flag the reply sets once made (Envoy's DPE is not yet set when
+        ``local_reply_config`` looks at a codec error's reply)."""
         state = self.state
         if state & CLOSED:
             return
@@ -378,7 +383,8 @@ class ActiveStream:
             self.reset_stream()
             return
         self.state = state | LOCAL_REPLY
-        if self.is_grpc:
+        rewrite = self.hcm.local_reply
+        if self.is_grpc and rewrite is None:
             # A gRPC client reads a gRPC error: trailers-only, HTTP 200, grpc-status mapped
             # from the HTTP code and the body as grpc-message (Envoy's sendLocalReply).
             hm = HeaderMap(status=200)
@@ -387,7 +393,7 @@ class ActiveStream:
             body = b""
         else:
             hm = HeaderMap(status=status)
-            if body:
+            if body and rewrite is None:
                 hm.add_bytes(b"content-type", b"text/plain")
                 hm.add_bytes(b"content-length", b"%d" % len(body))
         if headers:
@@ -395,6 +401,12 @@ class ActiveStream:
                 hm.set(k, v)
         if modify_headers is not None:
             modify_headers(hm)
+        if rewrite is not None:  # local_reply_config (hcm/local_reply.py)
+            body, _ = rewrite.apply(self.stream_info, self.request_headers, hm, body)
+            if self.is_grpc:  # the rewritten reply becomes the gRPC error, as in Envoy
+                body = grpc_error(hm, body)
+        if flag:
+            self.stream_info.response_flags.append(flag)
         enc = self._enc
         if enc is not None and (enc.stop >= 0 or enc.headers is not None):
             # Raised from inside the encoder chain: skip it, the reply goes straight out.

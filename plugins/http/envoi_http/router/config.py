@@ -32,6 +32,7 @@ from envoi_http.router.matchers import (
     regex,
     route_matcher,
 )
+from envoi_http.router.mirror import MirrorPolicy, mirror_policies
 from envoi_http.router.re2_rewrite import RegexRewrite
 from envoi_http.router.stats import RequestStats
 
@@ -200,6 +201,7 @@ class Route:
     decorator: Decorator | None = None  # the span's operation name (hcm/tracing.py)
     tracing: RouteTracing | None = None  # sampling and custom tags of its own (hcm/tracing.py)
     filter_disabled: dict[str, bool] = field(default_factory=dict)  # (as the virtual host's)
+    mirrors: tuple[MirrorPolicy, ...] = ()  # request_mirror_policies (router/mirror.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.match, PlainPrefix):
@@ -322,10 +324,17 @@ _ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": APPEND, "ADD_IF_ABSENT": ADD_IF_ABSENT,
 
 def _mutations(msg: Any, which: str, path: str, ctx: FactoryContext) -> HeaderMutations:
     """``<which>_headers_to_add`` / ``<which>_headers_to_remove`` of a route, virtual host or
-    route config. As in Envoy, a pseudo-header or ``host`` may be neither added nor removed."""
-    add = getattr(msg, f"{which}_headers_to_add")
-    remove = getattr(msg, f"{which}_headers_to_remove")
-    path_add = f"{path}.{which}_headers_to_add"
+    route config."""
+    return header_mutations(getattr(msg, f"{which}_headers_to_add"),
+                            getattr(msg, f"{which}_headers_to_remove"),
+                            f"{path}.{which}_headers_to_add", f"{path}.{which}_headers_to_remove",
+                            ctx)
+
+
+def header_mutations(add: Any, remove: Any, path_add: str, path_remove: str,
+                     ctx: FactoryContext) -> HeaderMutations:
+    """A list of ``HeaderValueOption`` to add (values may hold command operators) and of names
+    to remove. As in Envoy, a pseudo-header or ``host`` may be neither added nor removed."""
     issues = []
     for i, opt in enumerate(add):
         if not _modifiable(opt.header.key):
@@ -334,7 +343,7 @@ def _mutations(msg: Any, which: str, path: str, ctx: FactoryContext) -> HeaderMu
                                       "be modified"))
     for i, name in enumerate(remove):
         if not _modifiable(name):
-            issues.append(ConfigIssue(f"{path}.{which}_headers_to_remove[{i}]",
+            issues.append(ConfigIssue(f"{path_remove}[{i}]",
                                       f"{name!r}: :-prefixed or host headers may not be "
                                       "removed"))
     out = []
@@ -472,6 +481,10 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
                                       path + ".route.hash_policy")
         if a.priority == 1:
             rt.priority = "HIGH"
+        if a.request_mirror_policies:
+            rt.mirrors = _collect(issues, (), mirror_policies, a.request_mirror_policies,
+                                  path + ".route.request_mirror_policies", known,
+                                  _runtime(ctx), ctx.stats.root)
         if a.upgrade_configs:
             from envoi_http.hcm.upgrade import upgrade_map
 
@@ -510,6 +523,13 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
 
 
 _T = TypeVar("_T")
+
+
+def _runtime(ctx: FactoryContext) -> Any:
+    try:
+        return ctx.runtime
+    except Exception:  # a context without a server (unit tests): no runtime keys
+        return None
 
 
 def _collect(issues: list[ConfigIssue], fallback: Any, fn: Callable[..., _T], *args: Any) -> _T:

@@ -42,6 +42,7 @@ from envoi_http.router.direct import redirect_location, rewrite
 from envoi_http.router.plan import RoutePlan, RouterConfig
 from envoi_http.router.pools import select_pool
 from envoi_http.router.retry_headers import CONTROL, EXPECTED
+from envoi_http.router.shadow import Shadow, start_shadows
 
 if TYPE_CHECKING:
     from envoi.tracing.span import Span
@@ -109,6 +110,7 @@ class Router(StreamDecoderFilter):
     # The request body as sent so far, to replay on a retry (made on its first byte); None once
     # it is too big to keep.
     retry_body: bytearray | bytes | None = b""
+    shadows: list[Shadow] | None = None  # request_mirror_policies (router/shadow.py)
     # decode_* always return CONTINUE and never add data: a stream may call them directly.
     always_continues = True
     # tracing (router/tracing.py): the stream's trace, the attempt's egress span and the
@@ -219,6 +221,9 @@ class Router(StreamDecoderFilter):
         trace = getattr(cb, "trace", None)  # (the connection manager's streams have one)
         if trace is not None:
             self.trace = trace
+        if route.mirrors:  # shadows leave before the request: they never wait for it
+            self.shadows = start_shadows(route.mirrors, headers, end_stream, cfg, self.timeout,
+                                         cb.buffer_limit, info.protocol == "HTTP/2")
         if cb.upgrade:
             self.upgrade = True
             self.retries_left = 0
@@ -239,6 +244,10 @@ class Router(StreamDecoderFilter):
             rb += data
             if len(rb) > self.decoder_callbacks.buffer_limit:
                 self.retry_body = None  # too big to replay: no more retries
+        shadows = self.shadows
+        if shadows is not None:
+            for sh in shadows:
+                sh.send_data(data, end_stream)
         up = self.upstream
         if end_stream:
             self.request_end = True
@@ -257,6 +266,9 @@ class Router(StreamDecoderFilter):
     def decode_trailers(self, trailers: HeaderMap) -> Any:
         self.request_end = True
         self.trailers = trailers
+        if self.shadows is not None:
+            for sh in self.shadows:
+                sh.send_trailers(trailers)
         self._arm_global_timer()
         if self.upstream is not None:
             self.upstream.send(ev.Trailers(0, trailers.headers))
@@ -839,6 +851,9 @@ class Router(StreamDecoderFilter):
         self._release_retry()
 
     def on_destroy(self) -> None:
+        if self.shadows is not None and not self.request_end:
+            for sh in self.shadows:  # the request will never end: neither will its shadows
+                sh.abort()
         state = self.state
         if state == DONE and self.upstream is None:
             return  # completed, or answered locally: nothing left to release
