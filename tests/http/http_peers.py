@@ -85,3 +85,25 @@ def router_config(listen: int, admin: int, echo_a: int, echo_b: int) -> str:
     s = s.replace("type: STRICT_DNS\n    dns_lookup_family: V4_ONLY", "type: STATIC")
     s = s.replace("lb_policy: LEAST_REQUEST", "lb_policy: ROUND_ROBIN")
     return s.replace("address: localhost,", "address: 127.0.0.1,")
+
+
+# The HCM's filter list with only the router (10-space indent, the HCM_LISTENER's fields): a test
+# follows it with its route_config.
+ROUTER_ONLY = """\
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+
+# One STATIC cluster ``up`` at 127.0.0.1:{up}, an item of ``static_resources.clusters``.
+UP_CLUSTER = """\
+  - name: up
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+"""

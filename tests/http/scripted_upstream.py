@@ -4,16 +4,25 @@ The upstream reads each request (head, and a ``content-length`` body), records i
 test's ``answer(request, attempt)`` for the writes to make: a list of ``(bytes, delay)`` pairs,
 each sent with its own ``sendall`` after sleeping ``delay`` seconds. One write holding a head and
 its body is what a real server's short answer looks like on the wire (one read at the proxy).
+
+The kit every raw upstream of the e2e tests builds on: :class:`TcpUpstream` (a loopback server
+on a free port, one thread per connection, ``close()`` ends them) and :func:`read_head` (the bytes
+of one request head). :class:`ScriptedUpstream` is the general one; a test whose upstream needs
+its own shape (silence, a half-sent body, an upgrade) subclasses :class:`TcpUpstream` and writes
+only ``serve``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from envoi.testing import free_port
 
 
 @dataclass
@@ -29,23 +38,34 @@ class Request:
 Answer = Callable[[Request, int], list[tuple[bytes, float]]]
 
 
-class ScriptedUpstream:
-    """``answer(request, attempt)``: ``attempt`` counts the requests seen with the same
-    ``x-test-id`` (1 for the first). ``seen[test_id]`` lists the requests in arrival order."""
+class TcpUpstream:
+    """A TCP server on ``127.0.0.1`` and a free ``port``; each accepted connection runs
+    ``serve(conn)`` on its own daemon thread and is closed when ``serve`` returns (``OSError``
+    there ends the connection quietly). ``connections`` counts the accepted ones; ``stop`` is set
+    by ``close()``, which also closes the listening socket and every connection still open, so a
+    ``serve`` that waits on ``stop`` (not on a fixed sleep) ends with the test."""
 
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
+    def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.seen: dict[str, list[Request]] = {}
+        self.port: int = self.sock.getsockname()[1]
         self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def close(self) -> None:
-        self.sock.close()
+    def serve(self, c: socket.socket) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> ScriptedUpstream:
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        with self.lock:
+            for c in self.conns:
+                with contextlib.suppress(OSError):
+                    c.close()
+
+    def __enter__(self) -> TcpUpstream:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -58,48 +78,74 @@ class ScriptedUpstream:
             except OSError:
                 return
             with self.lock:
+                self.conns.append(c)
                 self.connections += 1
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c: socket.socket) -> None:
-        with c:
-            buf = b""
-            try:
-                while True:
-                    while b"\r\n\r\n" not in buf:
-                        chunk = c.recv(65536)
-                        if not chunk:
-                            return
-                        buf += chunk
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    lines = head.decode("latin-1").split("\r\n")
-                    method, path, _ = lines[0].split(" ", 2)
-                    hdrs = {k.strip().lower(): v.strip()
+        with c, contextlib.suppress(OSError):
+            self.serve(c)
+
+
+def read_head(c: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes] | None:
+    """Read from ``c`` (after ``buf``) up to the blank line that ends a head: (the head without
+    its ``\\r\\n\\r\\n``, the bytes after it); None when the peer closes first."""
+    while b"\r\n\r\n" not in buf:
+        chunk = c.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """(method, target, headers with lower-case names; a repeated name keeps the last value)."""
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    return method, target, {k.strip().lower(): v.strip()
                             for k, _, v in (ln.partition(":") for ln in lines[1:])}
-                    if hdrs.get("transfer-encoding", "").lower() == "chunked":
-                        got = _read_chunked(c, buf)
-                        if got is None:
-                            return
-                        body, buf = got
-                    else:
-                        n = int(hdrs.get("content-length") or 0)
-                        while len(buf) < n:
-                            chunk = c.recv(65536)
-                            if not chunk:
-                                return
-                            buf += chunk
-                        body, buf = buf[:n], buf[n:]
-                    req = Request(method, path, hdrs, body, head)
-                    tid = hdrs.get("x-test-id", "")
-                    with self.lock:
-                        self.seen.setdefault(tid, []).append(req)
-                        attempt = len(self.seen[tid])
-                    for data, delay in self.answer(req, attempt):
-                        if delay:
-                            time.sleep(delay)
-                        c.sendall(data)
-            except OSError:
+
+
+class ScriptedUpstream(TcpUpstream):
+    """``answer(request, attempt)``: ``attempt`` counts the requests seen with the same
+    ``x-test-id`` (1 for the first). ``seen[test_id]`` lists the requests in arrival order."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.seen: dict[str, list[Request]] = {}
+        super().__init__()
+
+    def serve(self, c: socket.socket) -> None:
+        buf = b""
+        while True:
+            got = read_head(c, buf)
+            if got is None:
                 return
+            head, buf = got
+            method, path, hdrs = parse_head(head)
+            if hdrs.get("transfer-encoding", "").lower() == "chunked":
+                chunked = _read_chunked(c, buf)
+                if chunked is None:
+                    return
+                body, buf = chunked
+            else:
+                n = int(hdrs.get("content-length") or 0)
+                while len(buf) < n:
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                body, buf = buf[:n], buf[n:]
+            req = Request(method, path, hdrs, body, head)
+            tid = hdrs.get("x-test-id", "")
+            with self.lock:
+                self.seen.setdefault(tid, []).append(req)
+                attempt = len(self.seen[tid])
+            for data, delay in self.answer(req, attempt):
+                if delay:
+                    time.sleep(delay)
+                c.sendall(data)
 
 
 def _read_chunked(c: socket.socket, buf: bytes) -> tuple[bytes, bytes] | None:
@@ -229,3 +275,26 @@ def start_proxy(kind: str, text: str, admin: int, proxy_process: Callable[..., A
     """Start ``text`` under ``kind`` (one of ``PROXIES``) with the ``proxy_process`` and
     ``envoi_process`` fixtures; the result answers ``stats()`` and ``get(path)``."""
     return proxy_process(kind, text, admin)
+
+
+@dataclass
+class Proxy:
+    """Envoy or envoi (``kind``) running a test's config: its listener ``port``, its ``admin``
+    port and its ``process`` (``stats()``, ``get(path)``, an envoi's ``signal()``...)."""
+
+    kind: str
+    port: int
+    admin: int
+    process: Any
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.process.stats())
+
+
+def start_config(kind: str, template: str, proxy_process: Callable[..., Any],
+                 **fields: Any) -> Proxy:
+    """``template.format(port=..., admin=..., **fields)`` on two free ports, started under
+    ``kind`` with the ``proxy_process`` fixture (which stops it after the test)."""
+    port, admin = free_port(), free_port()
+    text = template.format(port=port, admin=admin, **fields)
+    return Proxy(kind, port, admin, proxy_process(kind, text, admin))

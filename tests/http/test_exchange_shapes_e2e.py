@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,14 +21,12 @@ from typing import Any, NamedTuple
 
 import pytest
 from envoi.testing import EnvoiProcess, free_port, wait_for
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from scripted_upstream import TcpUpstream, read_head
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: exp
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all
@@ -40,15 +37,7 @@ CONFIG = HCM_LISTENER + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
 
 PLAIN_BODY = b"plain response body\n"
 BIG_BODY = bytes(range(256)) * 1024  # 256 KiB
@@ -58,60 +47,29 @@ ERROR_BODY = b"upstream says no\n"
 # -- the scripted upstream ------------------------------------------------------------------------
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(TcpUpstream):
     """An HTTP/1.1 server that answers by path (query ignored) and records the raw bytes of
     every request it receives, by request target. One thread per connection; connections are
     kept alive unless the behaviour ends them."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
         self.requests: dict[str, list[bytes]] = {}
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
     def received(self, target: str) -> int:
         with self.lock:
             return len(self.requests.get(target, []))
 
-    def close(self) -> None:
-        self.sock.close()
-        with self.lock:
-            for c in self.conns:
-                with contextlib.suppress(OSError):
-                    c.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
+    def serve(self, c: socket.socket) -> None:
         buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = c.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                method, target, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
-                with self.lock:
-                    self.requests.setdefault(target.decode(), []).append(head + b"\r\n\r\n")
-                path = target.split(b"?", 1)[0].decode()
-                if not self._answer(c, method, path):
-                    return
-        except OSError:
-            return
-        finally:
-            c.close()
+        while (got := read_head(c, buf)) is not None:
+            head, buf = got
+            method, target, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
+            with self.lock:
+                self.requests.setdefault(target.decode(), []).append(head + b"\r\n\r\n")
+            path = target.split(b"?", 1)[0].decode()
+            if not self._answer(c, method, path):
+                return
 
     def _answer(self, c: socket.socket, method: bytes, path: str) -> bool:
         """Send the scripted answer; False when the connection is to be closed."""

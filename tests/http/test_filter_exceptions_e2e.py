@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port, wait_for
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, UP_CLUSTER
 from scripted_upstream import Request, ScriptedUpstream, read_reply, response
 
 HERE = Path(__file__).parent
@@ -46,15 +46,7 @@ CONFIG = HCM_LISTENER + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
 
 
 def answer(req: Request, attempt: int) -> list[tuple[bytes, float]]:

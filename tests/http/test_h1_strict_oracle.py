@@ -17,15 +17,12 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import Request, ScriptedUpstream, response
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: st
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all
@@ -34,15 +31,7 @@ CONFIG = HCM_LISTENER + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
 H = b"POST / HTTP/1.1\r\nHost: h\r\n"
 CHUNKED = H + b"Transfer-Encoding: chunked\r\n\r\n"
 CASES = {

@@ -14,14 +14,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from envoi.testing import EnvoiProcess, free_port
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all
@@ -32,15 +29,7 @@ CONFIG = HCM_LISTENER + """\
               - match: {{prefix: "/"}}
                 direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
 
 BARE_LF_REQUEST = b"GET / HTTP/1.1\nHost: a\r\nConnection: close\r\n\r\n"
 UPSTREAM_REQUEST = b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"

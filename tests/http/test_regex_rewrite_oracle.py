@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import Request, ScriptedUpstream, exchange, response
 
 ROUTES = [
@@ -36,25 +36,14 @@ def config(admin: int, port: int, up: int) -> str:
                      for prefix, pat, sub in ROUTES)
     text = HCM_LISTENER + """\
           stat_prefix: rw
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all
               domains: ["*"]
               routes:""" + routes + """
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
     return text.format(admin=admin, port=port, up=up)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port
+from http_peers import ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_proxy
 
 HEAD = """
@@ -21,14 +22,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 static_resources:
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+""" + UP_CLUSTER + """\
   listeners:
 """
 LISTENER = """
@@ -42,10 +36,7 @@ LISTENER = """
             http_connection_manager.v3.HttpConnectionManager"
           stat_prefix: {name}
           {extra}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all

@@ -23,20 +23,14 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port
+from http_peers import UP_CLUSTER
 
 HEAD = """
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 static_resources:
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+""" + UP_CLUSTER + """\
   listeners:
 """
 LISTENER = """

@@ -13,15 +13,12 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_proxy
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: rr
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all
@@ -41,15 +38,7 @@ CONFIG = HCM_LISTENER + """\
                     retriable_status_codes: [503]
                     num_retries: 2
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
 NO = b"upstream says no"
 
 

@@ -5,22 +5,18 @@ it off), restarts on response bytes, and answers as the stream idle timeout does
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from envoi.testing import free_port
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from scripted_upstream import Proxy, TcpUpstream, read_head, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
           stream_idle_timeout: 1s
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all
@@ -35,67 +31,29 @@ CONFIG = HCM_LISTENER + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(TcpUpstream):
     """Answers by path: /stall never, /mid a head and 3 of 10 bytes, /drip one byte every
     0.25 s (2 s in all), /late after 1.5 s."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(c,), daemon=True).start()
-
-    def _handle(self, c: socket.socket) -> None:
-        with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = c.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
-            path = buf.split(b" ", 2)[1]
-            try:
-                if path == b"/mid":
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-                elif path == b"/drip":
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
-                    for _ in range(8):
-                        self.stop.wait(0.25)  # the upstream's pacing (what is tested)
-                        c.sendall(b"x")
-                elif path == b"/late":
-                    self.stop.wait(1.5)
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            except OSError:
-                return
-            self.stop.wait(30)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-
-
-class Server:
-    def __init__(self, kind: str, port: int, stats: Callable[[], dict[str, Any]]) -> None:
-        self.kind, self.port, self.stats = kind, port, stats
+    def serve(self, c: socket.socket) -> None:
+        got = read_head(c)
+        if got is None:
+            return
+        path = got[0].split(b" ", 2)[1]
+        if path == b"/mid":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        elif path == b"/drip":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+            for _ in range(8):
+                self.stop.wait(0.25)  # the upstream's pacing (what is tested)
+                c.sendall(b"x")
+        elif path == b"/late":
+            self.stop.wait(1.5)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.stop.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +65,8 @@ def upstream() -> Iterator[ScriptedUpstream]:
 
 @pytest.fixture(params=["envoy", "envoi"])
 def server(request: pytest.FixtureRequest, upstream: ScriptedUpstream,
-           proxy_process: Callable[[str, str, int], Any]) -> Iterator[Server]:
-    port, admin = free_port(), free_port()
-    text = CONFIG.format(port=port, admin=admin, up=upstream.port)
-    yield Server(request.param, port, proxy_process(request.param, text, admin).stats)
+           proxy_process: Callable[[str, str, int], Any]) -> Iterator[Proxy]:
+    yield start_config(request.param, CONFIG, proxy_process, up=upstream.port)
 
 
 def exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, bool, float, float]:
@@ -144,12 +100,12 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
 
 
-def stats(server: Server) -> dict[str, Any]:
+def stats(server: Proxy) -> dict[str, Any]:
     return {k: v for k, v in server.stats().items()
             if k.startswith(("http.t.", "cluster.up.upstream_rq"))}
 
 
-def wait_stat(server: Server, name: str, want: int) -> dict[str, Any]:
+def wait_stat(server: Proxy, name: str, want: int) -> dict[str, Any]:
     deadline = time.monotonic() + 5
     while (st := stats(server)).get(name) != want:
         assert time.monotonic() < deadline, (server.kind, name, st.get(name))
@@ -160,7 +116,7 @@ def wait_stat(server: Server, name: str, want: int) -> dict[str, Any]:
 STREAM_TIMEOUT_504 = b"HTTP/1.1 504 Gateway Timeout"
 
 
-def test_shorter_route_idle_timeout_before_headers_is_504(server: Server) -> None:
+def test_shorter_route_idle_timeout_before_headers_is_504(server: Proxy) -> None:
     out, closed, first, _ = exchange(server.port, get("/short/stall"), wait=1.5)
     assert out.startswith(STREAM_TIMEOUT_504) and out.endswith(b"\r\n\r\nstream timeout"), out
     assert not closed  # the connection is kept, as for the HCM's stream idle timeout
@@ -170,20 +126,20 @@ def test_shorter_route_idle_timeout_before_headers_is_504(server: Server) -> Non
     assert st.get("cluster.up.upstream_rq_timeout", 0) == 0  # not the route timeout
 
 
-def test_longer_route_idle_timeout_outlasts_the_hcm_one(server: Server) -> None:
+def test_longer_route_idle_timeout_outlasts_the_hcm_one(server: Proxy) -> None:
     out, _, first, _ = exchange(server.port, get("/long/late"), wait=2.5)
     assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"ok"), out
     assert first > 1.3
     assert stats(server).get("http.t.downstream_rq_idle_timeout", 0) == 0
 
 
-def test_hcm_stream_idle_timeout_applies_without_a_route_one(server: Server) -> None:
+def test_hcm_stream_idle_timeout_applies_without_a_route_one(server: Proxy) -> None:
     out, _, first, _ = exchange(server.port, get("/late"), wait=2.5)
     assert out.startswith(STREAM_TIMEOUT_504), out
     assert 0.9 < first < 1.4
 
 
-def test_zero_route_idle_timeout_turns_it_off(server: Server) -> None:
+def test_zero_route_idle_timeout_turns_it_off(server: Proxy) -> None:
     # The HCM's 1 s does not fire; the route's 2 s timeout does.
     out, closed, first, _ = exchange(server.port, get("/off/stall"), wait=3.0)
     assert out.startswith(STREAM_TIMEOUT_504) and out.endswith(b"upstream request timeout"), out
@@ -192,14 +148,14 @@ def test_zero_route_idle_timeout_turns_it_off(server: Server) -> None:
     assert st.get("http.t.downstream_rq_idle_timeout", 0) == 0
 
 
-def test_response_bytes_restart_the_idle_timer(server: Server) -> None:
+def test_response_bytes_restart_the_idle_timer(server: Proxy) -> None:
     # One byte every 0.25 s for 2 s against a 0.4 s route idle timeout: never idle.
     out, _, _, _ = exchange(server.port, get("/short/drip"), wait=2.8)
     assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"\r\n\r\nxxxxxxxx"), out
     assert stats(server).get("http.t.downstream_rq_idle_timeout", 0) == 0
 
 
-def test_idle_before_the_request_ends_is_408(server: Server) -> None:
+def test_idle_before_the_request_ends_is_408(server: Proxy) -> None:
     req = b"POST /short/stall HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab"
     out, closed, first, _ = exchange(server.port, req, wait=2.5)
     assert out.startswith(b"HTTP/1.1 408 Request Timeout") and out.endswith(b"stream timeout")
@@ -209,7 +165,7 @@ def test_idle_before_the_request_ends_is_408(server: Server) -> None:
     assert st["http.t.downstream_rq_4xx"] == 1
 
 
-def test_stall_mid_response_resets(server: Server) -> None:
+def test_stall_mid_response_resets(server: Proxy) -> None:
     out, closed, _, last = exchange(server.port, get("/short/mid"), wait=3.0)
     assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"\r\n\r\nabc"), out
     assert closed

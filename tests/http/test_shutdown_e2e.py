@@ -17,16 +17,13 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port, wait_for
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import Request, ScriptedUpstream, read_reply, response
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: sd
           {extra}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all
@@ -35,15 +32,7 @@ CONFIG = HCM_LISTENER + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
 GET = b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n"
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from envoi.testing import free_port
-from http_peers import HCM_LISTENER
+from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from scripted_upstream import Proxy, TcpUpstream, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
@@ -22,10 +22,7 @@ CONFIG = HCM_LISTENER + """\
           stream_idle_timeout: 1s
           drain_timeout: 0.5s
           common_http_protocol_options: {{idle_timeout: 0.6s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: all
@@ -38,46 +35,14 @@ CONFIG = HCM_LISTENER + """\
               - match: {{prefix: "/"}}
                 direct_response: {{status: 200, body: {{inline_string: "ok\\n"}}}}
   clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+""" + UP_CLUSTER
 
 
-class SilentUpstream:
-    """Accepts connections, reads what comes, never answers."""
+class SilentUpstream(TcpUpstream):
+    """Accepts connections, never reads nor answers; they stay open until ``close()``."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.conns:
-            c.close()
-
-
-class Server:
-    """Envoy or envoi on CONFIG; ``stats()`` reads its admin."""
-
-    def __init__(self, kind: str, port: int, stats: Callable[[], dict[str, Any]]) -> None:
-        self.kind, self.port, self.stats = kind, port, stats
+    def serve(self, c: socket.socket) -> None:
+        self.stop.wait()
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +54,8 @@ def upstream() -> Iterator[SilentUpstream]:
 
 @pytest.fixture(params=["envoy", "envoi"])
 def server(request: pytest.FixtureRequest, upstream: SilentUpstream,
-           proxy_process: Callable[[str, str, int], Any]) -> Iterator[Server]:
-    port, admin = free_port(), free_port()
-    text = CONFIG.format(port=port, admin=admin, up=upstream.port)
-    yield Server(request.param, port, proxy_process(request.param, text, admin).stats)
+           proxy_process: Callable[[str, str, int], Any]) -> Iterator[Proxy]:
+    yield start_config(request.param, CONFIG, proxy_process, up=upstream.port)
 
 
 def exchange(port: int, steps: list[tuple[bytes, float]], wait: float = 5.0) -> tuple[bytes, bool,
@@ -134,11 +97,11 @@ def head(out: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
     return lines[0], hdrs, body
 
 
-def stat(server: Server, name: str) -> Any:
+def stat(server: Proxy, name: str) -> Any:
     return server.stats().get(f"http.t.{name}")
 
 
-def wait_stat(server: Server, name: str, want: int, timeout: float = 5.0) -> None:
+def wait_stat(server: Proxy, name: str, want: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while stat(server, name) != want:
         assert time.monotonic() < deadline, (server.kind, name, stat(server, name))
@@ -154,7 +117,7 @@ def neighbours(port: int, stop: threading.Event, answers: list[bytes]) -> None:
         stop.wait(0.05)
 
 
-def test_slowloris_request_headers_timeout(server: Server) -> None:
+def test_slowloris_request_headers_timeout(server: Proxy) -> None:
     stop, answers = threading.Event(), []  # type: ignore[var-annotated]
     t = threading.Thread(target=neighbours, args=(server.port, stop, answers))
     t.start()
@@ -176,7 +139,7 @@ def test_slowloris_request_headers_timeout(server: Server) -> None:
     assert len(answers) >= 5 and set(answers) == {b"HTTP/1.1 200 OK"}, answers
 
 
-def test_stream_idle_timeout_before_request_end_is_408(server: Server) -> None:
+def test_stream_idle_timeout_before_request_end_is_408(server: Proxy) -> None:
     out, closed, _ = exchange(server.port, [
         (b"POST /hang HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n", 0)])
     status, hdrs, body = head(out)
@@ -186,7 +149,7 @@ def test_stream_idle_timeout_before_request_end_is_408(server: Server) -> None:
 
 
 def test_stream_idle_timeout_waiting_for_response_is_504_and_keeps_connection(
-        server: Server) -> None:
+        server: Proxy) -> None:
     out, closed, _ = exchange(server.port, [(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n", 0)],
                               wait=1.5)
     status, hdrs, body = head(out)
@@ -195,7 +158,7 @@ def test_stream_idle_timeout_waiting_for_response_is_504_and_keeps_connection(
     assert stat(server, "downstream_rq_idle_timeout") == 1
 
 
-def test_request_timeout_is_408(server: Server) -> None:
+def test_request_timeout_is_408(server: Proxy) -> None:
     # Body bytes keep the stream from idling; the whole request takes too long.
     steps = [(b"POST /hang HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n", 0.7),
              (b"a", 0.7), (b"b", 0.7), (b"c", 0.7), (b"d", 0)]
@@ -207,13 +170,13 @@ def test_request_timeout_is_408(server: Server) -> None:
     assert stat(server, "downstream_rq_idle_timeout") == 0
 
 
-def test_idle_timeout_without_a_request_closes_at_once(server: Server) -> None:
+def test_idle_timeout_without_a_request_closes_at_once(server: Proxy) -> None:
     out, closed, took = exchange(server.port, [], wait=3)
     assert out == b"" and closed and 0.5 < took < 1.5, (server.kind, took)
     assert stat(server, "downstream_cx_idle_timeout") == 1
 
 
-def test_idle_timeout_after_a_request_drains_then_closes(server: Server) -> None:
+def test_idle_timeout_after_a_request_drains_then_closes(server: Proxy) -> None:
     out, closed, took = exchange(server.port, [(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0)],
                                  wait=4)
     assert out.startswith(b"HTTP/1.1 200 OK") and closed
@@ -222,7 +185,7 @@ def test_idle_timeout_after_a_request_drains_then_closes(server: Server) -> None
     assert stat(server, "downstream_cx_idle_timeout") == 1
 
 
-def test_route_timeout_is_504(server: Server) -> None:
+def test_route_timeout_is_504(server: Proxy) -> None:
     out, closed, _ = exchange(server.port, [(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n", 0)],
                               wait=0.8)
     status, _, body = head(out)
@@ -253,7 +216,7 @@ ENVOI_DIFFERS = ({"bare_lf": (b"HTTP/1.1 400 Bad Request", True)}
 
 
 @pytest.mark.parametrize(("name", "data", "want", "proto_err"), BAD, ids=[b[0] for b in BAD])
-def test_bad_input(server: Server, name: str, data: bytes, want: bytes, proto_err: bool) -> None:
+def test_bad_input(server: Proxy, name: str, data: bytes, want: bytes, proto_err: bool) -> None:
     if server.kind == "envoi" and name in ENVOI_DIFFERS:
         want, proto_err = ENVOI_DIFFERS[name]
     with socket.create_connection(("127.0.0.1", server.port)) as neighbour:
