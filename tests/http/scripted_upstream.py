@@ -270,11 +270,14 @@ def exchange(port: int, request: bytes, timeout: float = 5.0,
 PROXIES = ["envoy", "envoi"]
 
 
-def start_proxy(kind: str, text: str, admin: int, proxy_process: Callable[..., Any],
-                envoi_process: Callable[..., Any]) -> Any:
-    """Start ``text`` under ``kind`` (one of ``PROXIES``) with the ``proxy_process`` and
-    ``envoi_process`` fixtures; the result answers ``stats()`` and ``get(path)``."""
-    return proxy_process(kind, text, admin)
+def distinct_ports(n: int) -> list[int]:
+    """``n`` free ports, no two the same (``free_port()`` may hand one out twice)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    return ports
 
 
 @dataclass

@@ -9,12 +9,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 from envoi.testing import EnvoiProcess, free_port
 from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from scripted_upstream import TcpUpstream, read_head
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
@@ -35,29 +35,18 @@ BARE_LF_REQUEST = b"GET / HTTP/1.1\nHost: a\r\nConnection: close\r\n\r\n"
 UPSTREAM_REQUEST = b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
 
+class BareLfUpstream(TcpUpstream):
+    """Answers every request with a status line ended by a bare LF."""
+
+    def serve(self, c: socket.socket) -> None:
+        read_head(c)
+        c.sendall(b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nup")
+
+
 @pytest.fixture(scope="module")
 def bare_lf_upstream() -> Iterator[int]:
-    """Answers every request with a status line ended by a bare LF."""
-    sock = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                c, _ = sock.accept()
-            except OSError:
-                return
-            with c:
-                buf = b""
-                while b"\r\n\r\n" not in buf:
-                    chunk = c.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                c.sendall(b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nup")
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield sock.getsockname()[1]
-    sock.close()
+    with BareLfUpstream() as up:
+        yield up.port
 
 
 def ask(port: int, data: bytes) -> bytes:

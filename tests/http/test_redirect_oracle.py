@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from envoi.testing import free_port
 from http_peers import HCM_LISTENER
-from scripted_upstream import PROXIES, exchange, start_proxy
+from scripted_upstream import PROXIES, exchange
 
 REDIRECTS = {
     "/https": "{https_redirect: true}",
@@ -47,10 +47,9 @@ def config(admin: int, port: int) -> str:
 
 
 @pytest.mark.parametrize("kind", PROXIES)
-def test_redirect_location_as_envoy(kind: str, proxy_process: Callable[..., Any],
-                                    envoi_process: Callable[..., Any]) -> None:
+def test_redirect_location_as_envoy(kind: str, proxy_process: Callable[..., Any]) -> None:
     port, admin = free_port(), free_port()
-    start_proxy(kind, config(admin, port), admin, proxy_process, envoi_process)
+    proxy_process(kind, config(admin, port), admin)
     got = {}
     for path in REDIRECTS:
         for host in HOSTS:

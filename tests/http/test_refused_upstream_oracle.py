@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from envoi.testing import free_port, wait_for
 from http_peers import HCM_LISTENER
-from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_proxy
+from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: ref
@@ -93,13 +93,10 @@ def clusters_counters(text: str, cluster: str) -> dict[str, str]:
 @pytest.mark.parametrize("kind", PROXIES)
 def test_refused_upstream_counted_as_envoy(kind: str, tmp_path: Path,
                                            upstream: ScriptedUpstream,
-                                           proxy_process: Callable[..., Any],
-                                           envoi_process: Callable[..., Any]) -> None:
-    port, admin, closed = free_port(), free_port(), free_port()
+                                           proxy_process: Callable[..., Any]) -> None:
     log = tmp_path / f"{kind}-access.log"
-    proc = start_proxy(kind, CONFIG.format(admin=admin, port=port, up=upstream.port,
-                                           closed=closed, log=log),
-                       admin, proxy_process, envoi_process)
+    p = start_config(kind, CONFIG, proxy_process, up=upstream.port, closed=free_port(), log=log)
+    port, proc = p.port, p.process
     statuses = []
     for path in ["/refused"] * REQUESTS + ["/ok", "/fail"]:
         r = exchange(port, f"GET {path} HTTP/1.1\r\nhost: a\r\n\r\n".encode())

@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from envoi.testing import free_port
 from http_peers import ROUTER_ONLY, UP_CLUSTER
-from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_proxy
+from scripted_upstream import PROXIES, Request, ScriptedUpstream, distinct_ports, exchange, response
 
 HEAD = """
 admin:
@@ -69,17 +68,12 @@ def upstream() -> Iterator[ScriptedUpstream]:
 
 @pytest.mark.parametrize("kind", PROXIES)
 def test_request_id_of_external_requests_as_envoy(
-        kind: str, upstream: ScriptedUpstream, proxy_process: Callable[..., Any],
-        envoi_process: Callable[..., Any]) -> None:
-    admin = free_port()
-    ports = {}
-    while len(ports) < len(VARIANTS):
-        p = free_port()
-        if p != admin and p not in ports.values():
-            ports[list(VARIANTS)[len(ports)]] = p
+        kind: str, upstream: ScriptedUpstream, proxy_process: Callable[..., Any]) -> None:
+    admin, *listen = distinct_ports(1 + len(VARIANTS))
+    ports = dict(zip(VARIANTS, listen, strict=True))
     text = HEAD.format(admin=admin, up=upstream.port) + "".join(
         LISTENER.format(name=n, port=ports[n], extra=extra) for n, extra in VARIANTS.items())
-    start_proxy(kind, text, admin, proxy_process, envoi_process)
+    proxy_process(kind, text, admin)
     got = {}
     for name, port in ports.items():
         for method in ("GET", "POST"):

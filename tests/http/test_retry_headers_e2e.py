@@ -16,14 +16,13 @@ only stops ``x-envoy-expected-rq-timeout-ms`` being set (an incoming one passes)
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from envoi.testing import free_port
 from http_peers import UP_CLUSTER
+from scripted_upstream import TcpUpstream, distinct_ports, parse_head, read_head
 
 HEAD = """
 admin:
@@ -175,66 +174,33 @@ EXPECTED = [
 Observed = tuple[int, int, dict[str, str]]
 
 
-class Upstream:
+class Upstream(TcpUpstream):
     """/fail: 503; /slow: 200 after 1 s; else 200. Records each request's x-envoy-* headers."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.seen: dict[str, list[dict[str, str]]] = {}
-        self.stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__()
 
-    def _run(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
+    def serve(self, c: socket.socket) -> None:
+        buf = b""
+        while (got := read_head(c, buf)) is not None:
+            head, buf = got
+            _, path, hdrs = parse_head(head)
+            self.seen.setdefault(hdrs.get("x-test-id", ""), []).append(
+                {k: v for k, v in hdrs.items() if k.startswith("x-envoy-")})
+            if path == "/fail":
+                c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                continue
+            if path == "/slow" and self.stop.wait(1.0):
                 return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
-        with c:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = c.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.decode().split("\r\n")
-                hdrs = {k.strip().lower(): v.strip()
-                        for k, _, v in (ln.partition(":") for ln in lines[1:])}
-                self.seen.setdefault(hdrs.get("x-test-id", ""), []).append(
-                    {k: v for k, v in hdrs.items() if k.startswith("x-envoy-")})
-                path = lines[0].split(" ")[1]
-                try:
-                    if path == "/fail":
-                        c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-                        continue
-                    if path == "/slow" and self.stop.wait(1.0):
-                        return
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                except OSError:
-                    return
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
     up = Upstream()
     yield up
-    up.stop.set()
-    up.sock.close()
-
-
-def distinct_ports(n: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
-    return ports
+    up.close()
 
 
 @pytest.fixture(params=["envoy", "envoi"])

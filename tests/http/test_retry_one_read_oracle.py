@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from envoi.testing import free_port
 from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
-from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_proxy
+from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: rr
@@ -63,12 +62,9 @@ def upstream() -> Iterator[ScriptedUpstream]:
 
 @pytest.fixture(params=PROXIES)
 def proxy(request: pytest.FixtureRequest, upstream: ScriptedUpstream,
-          proxy_process: Callable[[str, str, int], Any],
-          envoi_process: Callable[..., Any]) -> tuple[str, int, Any]:
-    port, admin = free_port(), free_port()
-    text = CONFIG.format(admin=admin, port=port, up=upstream.port)
-    return request.param, port, start_proxy(request.param, text, admin, proxy_process,
-                                            envoi_process)
+          proxy_process: Callable[[str, str, int], Any]) -> tuple[str, int, Any]:
+    p = start_config(request.param, CONFIG, proxy_process, up=upstream.port)
+    return p.kind, p.port, p.process
 
 
 CASES = [(route, kind, shape, method)

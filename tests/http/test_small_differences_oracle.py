@@ -15,9 +15,8 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
-from envoi.testing import free_port
 from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
-from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_proxy
+from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: sm
@@ -97,11 +96,8 @@ def shape(reply: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
 
 @pytest.mark.parametrize("kind", PROXIES)
 def test_small_things_as_envoy(kind: str, upstream: ScriptedUpstream,
-                               proxy_process: Callable[..., Any],
-                               envoi_process: Callable[..., Any]) -> None:
-    port, admin = free_port(), free_port()
-    start_proxy(kind, CONFIG.format(admin=admin, port=port, up=upstream.port), admin,
-                proxy_process, envoi_process)
+                               proxy_process: Callable[..., Any]) -> None:
+    port = start_config(kind, CONFIG, proxy_process, up=upstream.port).port
     got: dict[str, Any] = {name: shape(raw(port, data)) for name, data in BAD.items()}
     for m in METHODS:
         tid = f"{kind}-{m}"

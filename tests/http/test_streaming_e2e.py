@@ -20,6 +20,7 @@ import httpx
 import pytest
 from envoi.testing import EnvoiProcess, free_port, wait_for
 from http_peers import HCM_LISTENER
+from scripted_upstream import TcpUpstream
 
 SIZE = 100 * 1024 * 1024
 RSS_LIMIT_KB = 150 * 1024
@@ -82,60 +83,46 @@ ENVOI = HCM_LISTENER + """\
 """
 
 
-class Counter:
+class Counter(TcpUpstream):
     """An HTTP/1.1 upstream (h11, one thread per connection) that hashes request bodies and
     answers ``<bytes> <sha256>``; ``hold`` (an Event, when set) keeps it from reading."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.release = threading.Event()
         self.release.set()
         self.started = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
+    def serve(self, c: socket.socket) -> None:
         conn = h11.Connection(h11.SERVER)
-        with c:
+        while True:
+            h = hashlib.sha256()
+            n = 0
             while True:
-                h = hashlib.sha256()
-                n = 0
-                while True:
-                    e = conn.next_event()
-                    if e is h11.NEED_DATA:
-                        if isinstance(conn.their_state, type(h11.SEND_BODY)) and \
-                                conn.their_state is h11.SEND_BODY:
-                            self.started.set()
-                            self.release.wait()
-                        data = c.recv(65536)
-                        conn.receive_data(data)
-                        if not data:
-                            return
-                    elif isinstance(e, h11.Data):
-                        h.update(e.data)
-                        n += len(e.data)
-                    elif isinstance(e, h11.EndOfMessage):
-                        break
-                    elif isinstance(e, h11.ConnectionClosed):
+                e = conn.next_event()
+                if e is h11.NEED_DATA:
+                    if isinstance(conn.their_state, type(h11.SEND_BODY)) and \
+                            conn.their_state is h11.SEND_BODY:
+                        self.started.set()
+                        self.release.wait()
+                    data = c.recv(65536)
+                    conn.receive_data(data)
+                    if not data:
                         return
-                body = f"{n} {h.hexdigest()}".encode()
-                c.sendall(conn.send(h11.Response(status_code=200, headers=[
-                    ("content-length", str(len(body)))])) + conn.send(h11.Data(data=body))
-                    + conn.send(h11.EndOfMessage()))
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                elif isinstance(e, h11.Data):
+                    h.update(e.data)
+                    n += len(e.data)
+                elif isinstance(e, h11.EndOfMessage):
+                    break
+                elif isinstance(e, h11.ConnectionClosed):
                     return
-                conn.start_next_cycle()
-
-    def close(self) -> None:
-        self.sock.close()
+            body = f"{n} {h.hexdigest()}".encode()
+            c.sendall(conn.send(h11.Response(status_code=200, headers=[
+                ("content-length", str(len(body)))])) + conn.send(h11.Data(data=body))
+                + conn.send(h11.EndOfMessage()))
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
 
 
 class RssSampler:

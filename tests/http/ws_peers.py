@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 
+from scripted_upstream import TcpUpstream, read_head
 from websockets.sync.server import Server, ServerConnection, serve
 
 
@@ -37,50 +38,32 @@ class WsEcho:
         self.server.shutdown()
 
 
-class RawUpgradeEcho:
+class RawUpgradeEcho(TcpUpstream):
     """Reads a request head; answers 101 when it asks for an upgrade (any token) and then
     echoes bytes, else 200 with the request head as the body. Records each head."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.heads: list[bytes] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
-    def _run(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
-        with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
+    def serve(self, c: socket.socket) -> None:
+        got = read_head(c)
+        if got is None:
+            return
+        head, rest = got
+        self.heads.append(head)
+        low = head.lower()
+        if b"\r\nupgrade:" in low:
+            token = low.split(b"\r\nupgrade:", 1)[1].split(b"\r\n", 1)[0].strip()
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: " + token +
+                      b"\r\nconnection: upgrade\r\n\r\n" + rest)
+            while True:
                 chunk = c.recv(65536)
                 if not chunk:
                     return
-                buf += chunk
-            head, _, rest = buf.partition(b"\r\n\r\n")
-            self.heads.append(head)
-            low = head.lower()
-            if b"\r\nupgrade:" in low:
-                token = low.split(b"\r\nupgrade:", 1)[1].split(b"\r\n", 1)[0].strip()
-                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: " + token +
-                          b"\r\nconnection: upgrade\r\n\r\n" + rest)
-                while True:
-                    chunk = c.recv(65536)
-                    if not chunk:
-                        return
-                    c.sendall(chunk)
-            body = head + b"\r\n\r\n"
-            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                c.sendall(chunk)
+        body = head + b"\r\n\r\n"
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
 
     def __enter__(self) -> RawUpgradeEcho:
-        self.thread.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
