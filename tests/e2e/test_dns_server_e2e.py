@@ -14,7 +14,7 @@ import pytest
 from dnslib import QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
 from envoi.testing import EnvoiProcess, free_port, wait_for
-from upstream_peers import Backend, backend_address, request
+from upstream_peers import WEB_LISTENER, Backend, backend_address, request
 
 NAME = "svc.envoi.test"
 
@@ -65,30 +65,7 @@ class _Quiet:
 
 
 def config(admin: int, listen: int, port: int, dns_port: int, extra: str = "") -> str:
-    return f"""
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: web_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
-          stat_prefix: web
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: web
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
+    return WEB_LISTENER.format(admin=admin, listen=listen) + f"""\
                 route: {{cluster: svc}}
   clusters:
   - name: svc

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from envoi.testing import EnvoiProcess, free_port, wait_for
-from upstream_peers import Backend, backend_port, host_flags, request, wait_flags
+from upstream_peers import WEB_LISTENER, Backend, backend_port, host_flags, request, wait_flags
 
 
 def config(admin: int, listen: int, ports: list[int], *, cluster_extra: str = "",
@@ -24,30 +24,7 @@ def config(admin: int, listen: int, ports: list[int], *, cluster_extra: str = ""
     eps = "\n".join(
         f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, "
         f"port_value: {p}}}}}}}" for p in ports)
-    return f"""
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: web_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
-          stat_prefix: web
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: web
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
+    return WEB_LISTENER.format(admin=admin, listen=listen) + f"""\
                 route:
                   cluster: web
 {route_extra}

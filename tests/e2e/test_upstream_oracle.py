@@ -10,33 +10,10 @@ from typing import Any
 
 import pytest
 from envoi.testing import EnvoiProcess, EnvoyProcess, free_port, wait_for
-from upstream_peers import Backend, host_flags, request, wait_flags
+from upstream_peers import WEB_LISTENER, Backend, host_flags, request, wait_flags
 
 # shared/reference/envoy-configs/health_checks.yaml, ports as format fields.
-CONFIG = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: web_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
-          stat_prefix: web
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: web
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
+CONFIG = WEB_LISTENER + """\
                 route: {{cluster: web}}
   clusters:
   - name: web

@@ -13,6 +13,35 @@ from envoi.testing import free_port, wait_for
 
 HERE = Path(__file__).parent
 
+# The admin and one HCM listener ``web_in`` (router only, every path to one route) of the
+# upstream tests, format fields ``admin`` and ``listen``: a test follows it with the route's
+# action (at 16 spaces) and its clusters.
+WEB_LISTENER = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: web_in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
+            http_connection_manager.v3.HttpConnectionManager"
+          stat_prefix: web
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: web
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+"""
+
 
 class Backend:
     """One ``hc_backend.py`` process on a fixed port (so it can be killed and restarted)."""
