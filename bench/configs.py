@@ -32,15 +32,22 @@ def _cluster(name: str, port: int, extra: str = "") -> str:
 """
 
 
-def http_proxy(admin: int, listen: int, backend: int) -> str:
-    """One listener with the http_connection_manager (HTTP/1.1 and h2c: codec_type AUTO) and the
-    router to one STATIC cluster, everything else at its default."""
-    return _admin(admin) + f"""static_resources:
+def _listener(name: str, listen: int) -> str:
+    """``static_resources`` with the start of one listener: a config follows it with the
+    listener's filters (items at 6 spaces)."""
+    return f"""static_resources:
   listeners:
-  - name: ingress
+  - name: {name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
     filter_chains:
     - filters:
+"""
+
+
+def http_proxy(admin: int, listen: int, backend: int) -> str:
+    """One listener with the http_connection_manager (HTTP/1.1 and h2c: codec_type AUTO) and the
+    router to one STATIC cluster, everything else at its default."""
+    return _admin(admin) + _listener("ingress", listen) + f"""\
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/{HCM_TYPE}
@@ -63,12 +70,7 @@ def http_proxy(admin: int, listen: int, backend: int) -> str:
 
 
 def tcp_proxy(admin: int, listen: int, backend: int) -> str:
-    return _admin(admin) + f"""static_resources:
-  listeners:
-  - name: tcp_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
+    return _admin(admin) + _listener("tcp_in", listen) + """\
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
@@ -80,12 +82,7 @@ def tcp_proxy(admin: int, listen: int, backend: int) -> str:
 
 def mongo_proxy(admin: int, listen: int, backend: int) -> str:
     """mongo_proxy (decoding every message, per-command stats) in front of tcp_proxy."""
-    return _admin(admin) + f"""static_resources:
-  listeners:
-  - name: mongo_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
+    return _admin(admin) + _listener("mongo_in", listen) + """\
       - name: envoy.filters.network.mongo_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy
@@ -105,12 +102,7 @@ def _dynamodb(admin: int, listen: int, backend: int, dynamo_filter: bool) -> str
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.dynamo.v3.Dynamo
 """ if dynamo_filter else ""
-    return _admin(admin) + f"""static_resources:
-  listeners:
-  - name: dynamodb
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
+    return _admin(admin) + _listener("dynamodb", listen) + f"""\
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/{HCM_TYPE}

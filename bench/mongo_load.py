@@ -7,11 +7,10 @@ over, then one JSON line: ops, seconds, p50/p99 per operation in ms, errors.
 
 from __future__ import annotations
 
-import argparse
-import json
-import multiprocessing as mp
 import time
 from typing import Any
+
+from bench.client_loop import main, timed_loop
 
 
 def _client(port: int, index: int, warmup: float, seconds: float, barrier: Any,
@@ -39,49 +38,11 @@ def _client(port: int, index: int, warmup: float, seconds: float, barrier: Any,
         i += 1
 
     try:
-        end = time.perf_counter() + warmup
-        while time.perf_counter() < end:
-            one_pair(False)
-        barrier.wait()
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            one_pair(True)
+        timed_loop(one_pair, warmup, seconds, barrier)
     finally:
         client.close()
     results.put((latencies, errors))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--clients", type=int, default=4)
-    args = ap.parse_args()
-    ctx = mp.get_context("fork")
-    barrier = ctx.Barrier(args.clients + 1)
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(args.port, i, args.warmup, args.seconds, barrier,
-                                               results)) for i in range(args.clients)]
-    for p in procs:
-        p.start()
-    barrier.wait(timeout=60 + args.warmup)
-    t0 = time.perf_counter()
-    print("start", flush=True)
-    collected = [results.get(timeout=args.seconds + 60) for _ in procs]
-    elapsed = time.perf_counter() - t0
-    print("end", flush=True)
-    for p in procs:
-        p.join(30)
-    latencies = sorted(x for lat, _ in collected for x in lat)
-    n = len(latencies)
-
-    def pct(q: float) -> float:
-        return latencies[min(n - 1, int(q * n))] * 1000 if n else 0.0
-
-    print(json.dumps({"ops": n, "seconds": elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-                      "errors": sum(e for _, e in collected)}), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    main(_client, patience=60)

@@ -107,3 +107,14 @@ UP_CLUSTER = """\
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
 """
+
+# The admin and the cluster ``up`` (format fields ``admin`` and ``up``), then ``listeners:``: a
+# test appends its listeners (items at 2 spaces).
+UP_THEN_LISTENERS = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  clusters:
+""" + UP_CLUSTER + """\
+  listeners:
+"""

@@ -13,17 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import ROUTER_ONLY, UP_CLUSTER
+from http_peers import ROUTER_ONLY, UP_THEN_LISTENERS
 from scripted_upstream import PROXIES, Request, ScriptedUpstream, distinct_ports, exchange, response
 
-HEAD = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  clusters:
-""" + UP_CLUSTER + """\
-  listeners:
-"""
+HEAD = UP_THEN_LISTENERS
 LISTENER = """
   - name: l_{name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}

@@ -21,17 +21,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import UP_CLUSTER
+from http_peers import UP_THEN_LISTENERS
 from scripted_upstream import TcpUpstream, distinct_ports, parse_head, read_head
 
-HEAD = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  clusters:
-""" + UP_CLUSTER + """\
-  listeners:
-"""
+HEAD = UP_THEN_LISTENERS
 LISTENER = """
   - name: l_{name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
