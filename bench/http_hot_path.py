@@ -39,6 +39,7 @@ ADD_HEADER = """\
               header: x-example
               value: added-by-plugin
 """
+CALLS_N = 2000  # requests of the profiled repetition that counts calls per request
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:19000\r\n\r\n"  # what wrk sends
 BODY = b"x" * 100
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 24 Nov 2026 14:17:41 GMT\r\n"
@@ -144,6 +145,12 @@ async def main() -> None:
         prof.runcall(run, args.n)
         pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         return
+    # Python calls per request (functions and builtins, as cProfile counts them): independent of
+    # the machine's load, so the figure to compare changes by.
+    prof = cProfile.Profile()
+    prof.runcall(run, CALLS_N)
+    calls = sum(nc for _, nc, _, _, _ in pstats.Stats(prof).stats.values())  # type: ignore[attr-defined]
+    print(f"Python calls per request: {(calls - 1) / CALLS_N:.1f}")
     results = []
     for _ in range(args.reps):
         before = downstream.writes

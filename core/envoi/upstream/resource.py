@@ -79,13 +79,18 @@ class Resource:
         return self.count < self._max
 
     def inc(self) -> None:
-        self.count += 1
-        self._update()
+        count = self.count = self.count + 1
+        # _update() changes nothing below the limit, closed and without a remaining gauge
+        # (every request's case: one comparison instead of a call).
+        if count >= self._max or self.open_gauge.value or self.remaining_gauge is not None:
+            self._update()
 
     def dec(self) -> None:
-        if self.count > 0:
-            self.count -= 1
-        self._update()
+        count = self.count
+        if count > 0:
+            count = self.count = count - 1
+        if count >= self._max or self.open_gauge.value or self.remaining_gauge is not None:
+            self._update()
 
     def _update(self) -> None:
         # Set only on a change: Envoy's never-touched gauges stay out of ``?usedonly``.
@@ -118,6 +123,17 @@ class RetryBudget(Resource):
 
     def can_create(self) -> bool:
         return self.count < self.max()
+
+    # The budget's limit moves with other resources: always brought up to date.
+
+    def inc(self) -> None:
+        self.count += 1
+        self._update()
+
+    def dec(self) -> None:
+        if self.count > 0:
+            self.count -= 1
+        self._update()
 
     def _update(self) -> None:
         self._max = self.max()  # (what the base class's checks read)

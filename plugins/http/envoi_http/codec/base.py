@@ -196,6 +196,20 @@ class Http1Codec(ABC):
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> bytes:
         return self.send(ev.Body(stream_id, data, end_stream))
 
+    def send_response(self, stream_id: int, status: int, headers: Headers, data: bytes,
+                      end_stream: bool) -> bytes:
+        """A response head and its (first) body bytes: ``send_response_head`` then
+        ``send_data``, as one piece of bytes."""
+        out = self.send_response_head(stream_id, status, headers, False)
+        tail = self.send_data(stream_id, data, end_stream)
+        return out + tail if tail else out
+
+    @abstractmethod
+    def protocol_error(self, event: ev.ProtocolError) -> None:
+        """The connection is given up as HTTP/1.1 (by the codec itself, or by its user: the
+        connection manager's request header timeout): no more parsing, no keep-alive, and
+        ``event`` comes out of the next ``receive``/``start_next_cycle`` (client: as a 503)."""
+
     @abstractmethod
     def start_next_cycle(self) -> list[Event]:
         """Server: the response is complete; return held-back events of the next request."""

@@ -139,7 +139,7 @@ class H11Codec(Http1Codec):
             self._chunks = None
             if self._head:
                 self._flush_head(False)
-            self._error(ev.ProtocolError(self._sid, 400, ev.INVALID_CHUNK_SIZE, why))
+            self.protocol_error(ev.ProtocolError(self._sid, 400, ev.INVALID_CHUNK_SIZE, why))
 
     def _drain(self) -> list[Event]:
         if self._head and self._in_msg:
@@ -189,7 +189,7 @@ class H11Codec(Http1Codec):
                     why = self._early.problem(buf) if buf else None
                     if why is not None:  # h11 would wait for bytes that cannot help (h11_early)
                         details = ev.INVALID_METHOD if why == "invalid method" else ev.CODEC_ERROR
-                        self._error(ev.ProtocolError(self._sid + 1, 400, details, why))
+                        self.protocol_error(ev.ProtocolError(self._sid + 1, 400, details, why))
                 return
 
     def _on_request(self, e: h11.Request) -> None:
@@ -212,7 +212,7 @@ class H11Codec(Http1Codec):
             err = ev.ProtocolError(self._sid, 400, ev.INVALID_CONTENT_LENGTH,
                                    "repeated content-length")
         if err is not None:
-            self._error(err)
+            self.protocol_error(err)
             return
         self._req_keep = keep = version == b"1.1" and not info.close
         self._head_req, self._http10 = method == b"HEAD", version == b"1.0"
@@ -322,9 +322,9 @@ class H11Codec(Http1Codec):
             return
         hint, details = _classify(exc)
         sid = self._sid if self._in_msg or not self._server else self._sid + 1
-        self._error(ev.ProtocolError(sid, hint, details, str(exc)))
+        self.protocol_error(ev.ProtocolError(sid, hint, details, str(exc)))
 
-    def _error(self, event: ev.ProtocolError) -> None:
+    def protocol_error(self, event: ev.ProtocolError) -> None:
         if not self._server and event.error_status_hint != 503:
             event = ev.ProtocolError(event.stream_id, 503, event.details, event.message)
         self._dead = True

@@ -367,7 +367,7 @@ class HttptoolsCodec(Http1Codec):
             refused = exc.__context__
             if not isinstance(refused, _Refused):
                 raise
-            self._error(refused.event)
+            self.protocol_error(refused.event)
         except httptools.HttpParserError as exc:
             self._fail(*_classify(exc), str(exc))
         if self._in_head and not self._dead:
@@ -441,9 +441,9 @@ class HttptoolsCodec(Http1Codec):
 
     def _fail(self, hint: int, details: str, message: str) -> None:
         sid = self._sid if self._in_msg else self._sid + 1
-        self._error(ev.ProtocolError(sid, hint, details, message))
+        self.protocol_error(ev.ProtocolError(sid, hint, details, message))
 
-    def _error(self, event: ev.ProtocolError) -> None:
+    def protocol_error(self, event: ev.ProtocolError) -> None:
         if self._dead:
             return
         if not self._server and event.error_status_hint != 503:
@@ -510,6 +510,17 @@ class HttptoolsCodec(Http1Codec):
             self._response_done()
         return fr.encode_head(fr.status_line(status, reason), headers)
 
+    def send_response(self, stream_id: int, status: int, headers: Headers, data: bytes,
+                      end_stream: bool) -> bytes:
+        out = self.send_response_head(stream_id, status, headers, False)
+        if end_stream and self._done_sid < self._current:  # _response_done(), inline
+            self.keep_alive = False
+        mode = self._mode
+        if mode == fr.LENGTH:  # encode_data's usual case, inline
+            return out + data
+        tail = fr.encode_data(mode, data, end_stream)
+        return out + tail if tail else out
+
     def _response_done(self) -> None:
         if self._done_sid < self._current:
             self.keep_alive = False  # Envoy closes when the response beats the request
@@ -534,7 +545,19 @@ class HttptoolsCodec(Http1Codec):
             out.append(held.popleft())
         if self._sid <= self._current:
             self._sink = out  # the rest of the request being parsed goes out directly
-        return self._drain()
+        # _drain(), inline
+        if self._head is not None and self._in_msg:
+            self._flush_head(False)  # the body has not started yet: deliver the head now
+        if self._body is not None:
+            self._sink.append(Body(self._sid, self._body, False))
+            self._body = None
+        out = self._out
+        if not out:
+            return out
+        self._out = []
+        if self._sink is out:
+            self._sink = self._out
+        return out
 
     @property
     def idle(self) -> bool:

@@ -52,6 +52,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from envoi.http.grpc import is_grpc_request
 from envoi.http.headers import HeaderMap
 from envoi.log import conn_debug, header_lines, stream_debug
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter
@@ -302,17 +303,24 @@ class ConnectionManager(ReadFilter):
         st.downstream_rq_active.inc()
         raw = e.headers
         token = e.upgrade
+        # The request's content-type, for ActiveStream.is_grpc, when the pass below looked.
+        ctype: bytes | None = None
+        looked = False
         if token and token != b"h2c" and token != b"connect":
             raw = upgrade.request_headers(raw)
         else:
             token = b""
+            looked = True
             # In place, from the end (the list is the codec's, made for this request): cheaper
             # than a new list for the usual one or two headers to drop (``host`` is always one).
             i = len(raw) - 1
             while i >= 0:
-                if raw[i][0] in _REQ_DROP and not (
-                        raw[i][0] == b"te" and raw[i][1].lower() == b"trailers"):
-                    del raw[i]  # (``te: trailers`` goes on, as Envoy keeps it: gRPC needs it)
+                name = raw[i][0]
+                if name in _REQ_DROP:
+                    if not (name == b"te" and raw[i][1].lower() == b"trailers"):
+                        del raw[i]  # (``te: trailers`` goes on, as Envoy keeps it: gRPC needs it)
+                elif name == b"content-type":
+                    ctype = raw[i][1]  # (from the end: the first one is what is left)
                 i -= 1
         path = e.target
         if path[:1] != b"/":
@@ -346,7 +354,9 @@ class ConnectionManager(ReadFilter):
         table = cfg.route_table
         route = table.route(headers) if table is not None else None
         sid = e.stream_id
-        s = self.streams[sid] = ActiveStream(self, sid, headers, self.last_activity, route, True)
+        grpc = (ctype is not None and is_grpc_request(ctype, headers.path)) if looked else None
+        s = self.streams[sid] = ActiveStream(self, sid, headers, self.last_activity, route, True,
+                                             grpc)
         if cfg.tracing is not None:  # the decision and the ingress span (hcm/tracing.py)
             s.trace = cfg.tracing.start(headers, route)
         if self.debug:

@@ -22,6 +22,7 @@ from envoi.network.filter import ConnectionCloseType
 
 from envoi_http.codec import events as ev
 from envoi_http.codec import make_codec
+from envoi_http.codec.events import RequestHeaders
 from envoi_http.hcm.stream import REMOTE_DONE, ActiveStream
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class Http1Connection:
                 events = codec.receive(data)
                 if self.queued is not None:
                     self.queued += events
+                elif len(events) == 1 and type(events[0]) is RequestHeaders:
+                    m.new_stream(events[0])  # a whole request without body: dispatch's work
                 else:
                     m.dispatch(events)
             if end_stream and not m.closing:
@@ -80,12 +83,15 @@ class Http1Connection:
                 else:
                     m.dispatch(events)
         finally:
-            if corked:
-                self.uncork()
+            if corked:  # uncork(), inline
+                out = self.corked
+                self.corked = None
+                if out:
+                    self.conn.write(out[0] if len(out) == 1 else b"".join(out))
 
     def on_event(self, e: Any) -> None:
         if type(e) is ev.ProtocolError:  # the manager gave up on the request being read
-            self.codec._error(e)  # type: ignore[attr-defined]
+            self.codec.protocol_error(e)
 
     # -- bytes out ---------------------------------------------------------------------------
 
@@ -132,10 +138,7 @@ class Http1Connection:
         if data is None:
             out = codec.send_response_head(s.stream_id, status, raw, end)
         else:
-            out = codec.send_response_head(s.stream_id, status, raw, False)
-            tail = codec.send_data(s.stream_id, data, end)
-            if tail:
-                out += tail
+            out = codec.send_response(s.stream_id, status, raw, data, end)
         self.stats.downstream_cx_tx_bytes_total.value += len(out)
         corked = self.corked
         if corked is not None:

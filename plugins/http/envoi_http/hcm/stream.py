@@ -168,13 +168,16 @@ class ActiveStream:
     )
 
     def __init__(self, hcm: StreamOwner, stream_id: int, headers: HeaderMap,
-                 now: float, route: Route | None = None, resolved: bool = False) -> None:
+                 now: float, route: Route | None = None, resolved: bool = False,
+                 is_grpc: bool | None = None) -> None:
         self.hcm = hcm
         self.stream_id = stream_id
         self.state = OPEN
         self.request_headers = headers
-        # As the request came (before filters rewrite it: grpc_web's requests are not gRPC).
-        self.is_grpc = is_grpc_request(headers.get_bytes(b"content-type"), headers.path)
+        # As the request came (before filters rewrite it: grpc_web's requests are not gRPC);
+        # ``is_grpc``: the caller already knows (it saw the content-type).
+        self.is_grpc = is_grpc_request(headers.get_bytes(b"content-type"), headers.path) \
+            if is_grpc is None else is_grpc
         self.response_headers: HeaderMap | None = None
         self.response_trailers: HeaderMap | None = None
         info = self.stream_info = HttpStreamInfo(hcm.remote_address, hcm.local_address, now)

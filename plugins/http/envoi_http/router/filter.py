@@ -342,10 +342,19 @@ class Router(StreamDecoderFilter):
         if plan.stats:
             for rs in self._request_stats():
                 rs.upstream_rq_total.value += 1
-        pool = self.pool = select_pool(cluster, host, self.config.backend,
-                                       self.decoder_callbacks.stream_info.protocol == "HTTP/2",
-                                       route.priority)
-        self.decoder_callbacks.stream_info.upstream_host = pool.address_string
+        info = self.decoder_callbacks.stream_info
+        h2 = info.protocol == "HTTP/2"
+        # The route's HTTP/1.1 pools of this cluster, remembered by the plan (select_pool's
+        # answer for an HTTP/1.1 downstream, without its lookups); a host without one yet, an
+        # HTTP/2 downstream or another cluster asks select_pool.
+        pool: Http1Pool | H2Pool | AutoPool | None = (
+            plan.h1_pools.get(host) if plan.pools_of is cluster and not h2 else None)
+        if pool is None:
+            pool = select_pool(cluster, host, self.config.backend, h2, route.priority)
+            if not h2:
+                plan.remember_pools(cluster, pool, route.priority)
+        self.pool = pool
+        info.upstream_host = pool.address_string
         conn = pool.take_idle(self)
         if conn is None:
             pool.request(self)  # a new connection, or a wait

@@ -3,11 +3,12 @@ per connection manager) and, per route, a :class:`RoutePlan` made on the route's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from envoi.upstream.cluster import Cluster
 
 from envoi_http.codec import Backend
+from envoi_http.router.pool import POOLS, Http1Pool
 from envoi_http.router.retry_headers import route_timeouts
 from envoi_http.router.stats import ClusterHttpStats, RouterStats
 
@@ -43,9 +44,9 @@ class RoutePlan:
     """What a route's requests need beyond plain forwarding, decided once per route, and the
     lookup a request would repeat (the cluster's HTTP stats), memoized."""
 
-    __slots__ = ("attempt_count_in_response", "count_attempts", "expected", "hstats",
-                 "hstats_of", "per_try", "plain", "request_work", "response_work",
-                 "retries", "stats", "timeout")
+    __slots__ = ("attempt_count_in_response", "count_attempts", "expected", "h1_pools",
+                 "hstats", "hstats_of", "per_try", "plain", "pools_of", "request_work",
+                 "response_work", "retries", "stats", "timeout")
 
     def __init__(self, route: Route, suppress_envoy_headers: bool = False) -> None:
         vh = route.vhost
@@ -75,6 +76,21 @@ class RoutePlan:
                       and not (self.request_work or self.response_work or self.stats))
         self.hstats: ClusterHttpStats | None = None
         self.hstats_of: Cluster | None = None
+        # The HTTP/1.1 pools (by host) that select_pool picks from for this route's cluster
+        # and an HTTP/1.1 downstream (remember_pools); ``pools_of``: that cluster.
+        self.h1_pools: dict[Any, Http1Pool] = {}
+        self.pools_of: Cluster | None = None
+
+    def remember_pools(self, cluster: Cluster, pool: Any, priority: str) -> None:
+        """``pool`` is select_pool's answer for an HTTP/1.1 downstream: when it is one of the
+        cluster's plain HTTP/1.1 pools (``pool_for``'s, by host), later requests look the host
+        up there directly. (A pool of a host that leaves the cluster leaves that dict.)"""
+        if self.pools_of is cluster or priority != "DEFAULT" or type(pool) is not Http1Pool:
+            return
+        pools = cluster.extra.get(POOLS)
+        if pools is not None and pools.get(pool.host) is pool:
+            self.h1_pools = pools
+            self.pools_of = cluster
 
     def http_stats(self, cluster: Cluster) -> ClusterHttpStats:
         hs = self.hstats
