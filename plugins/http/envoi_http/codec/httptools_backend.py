@@ -58,6 +58,20 @@ _ERRORS: tuple[tuple[str, int, str], ...] = (
 )
 
 
+# Header names as received -> lower-case (clients repeat a few spellings); bounded: clients
+# choose the names.
+_LOWER: dict[bytes, bytes] = {}
+_LOWER_MAX = 1024
+_WS = b" \t\n\r\x0b\x0c"  # what bytes.rstrip() strips
+
+
+def _lower(name: bytes) -> bytes:
+    if len(_LOWER) >= _LOWER_MAX:
+        _LOWER.clear()
+    low = _LOWER[name] = name.lower()
+    return low
+
+
 def _classify(exc: Exception) -> tuple[int, str]:
     text = str(exc)
     for needle, hint, details in _ERRORS:
@@ -140,9 +154,14 @@ class HttptoolsCodec(Http1Codec):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        try:  # (the lower-case form of a name seen before: no call)
+            name = _LOWER[name]
+        except KeyError:
+            name = _lower(name)
         # llhttp strips leading whitespace only; Envoy and h11 strip both sides.
-        name = name.lower()
-        field = (name, value.rstrip())
+        if value[-1:] in _WS:  # (an empty value too: rstrip leaves it as it is)
+            value = value.rstrip()
+        field = (name, value)
         self._headers.append(field)
         if name in _SPECIAL:  # noted here, so the head checks need not walk every header
             self._specials.append(field)

@@ -60,7 +60,7 @@ from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterSta
 from envoi_http.codec import events as ev
 from envoi_http.hcm import internal, upgrade, xff
 from envoi_http.hcm import path_normalization as pathnorm
-from envoi_http.hcm.request_id import request_id
+from envoi_http.hcm.request_id import made_ids, request_id
 from envoi_http.hcm.stream import (
     CLOSED,
     LOCAL_DONE,
@@ -349,7 +349,8 @@ class ConnectionManager(ReadFilter):
             else:  # what _mutate_request comes to when none of its headers is set
                 raw.append((b"x-forwarded-proto", b"https" if self.tls else b"http"))
                 if cfg.generate_request_id:
-                    raw.append((b"x-request-id", request_id()))
+                    ids = made_ids  # request_id(), its usual case inline
+                    raw.append((b"x-request-id", ids.pop() if ids else request_id()))
         # The route, before the filter chain (Envoy's order: a route may change the chain).
         table = cfg.route_table
         route = table.route(headers) if table is not None else None

@@ -156,7 +156,7 @@ class FilterPath:
             except Exception as exc:  # free in 3.11 until something raises
                 stream.filter_raised(exc, fns[i])
                 return False
-            if stream.local_complete and self.decode:
+            if self.decode and stream.local_complete:
                 return False
             if end and self.buf is not None and self.stop < 0:
                 # The filter added a body to a headers-only message (add_decoded_data): later
@@ -227,7 +227,7 @@ class FilterPath:
             except Exception as exc:
                 stream.filter_raised(exc, fns[i])
                 return
-            if stream.local_complete and self.decode:
+            if self.decode and stream.local_complete:
                 return
             if st.__class__ is tuple:  # (status, the chunk as the filter changed it)
                 st, data = st
@@ -271,7 +271,7 @@ class FilterPath:
             except Exception as exc:
                 self.stream.filter_raised(exc, fns[i])
                 return
-            if self.stream.local_complete and self.decode:
+            if self.decode and self.stream.local_complete:
                 return
             if st == T_CONTINUE:
                 if self.buf is not None and self.stop < 0:
@@ -395,7 +395,7 @@ class FilterPath:
         if exc is not None:
             stream.filter_raised(exc, fn)
             return
-        if stream.local_complete and self.decode:
+        if self.decode and stream.local_complete:
             return
         st = task.result()
         if kind == "h":

@@ -28,14 +28,15 @@ def _make_request_ids() -> list[bytes]:
     return [made[i:i + 36] for i in range(0, 36 * _BATCH, 36)]
 
 
-_request_ids: list[bytes] = []
+# Ids made ahead (request_id pops one; a caller may pop one itself when the list is not empty).
+made_ids: list[bytes] = []
 
 
 def request_id() -> bytes:
-    ids = _request_ids
+    ids = made_ids
     if not ids:
         ids += _make_request_ids()
     return ids.pop()
 
 
-os.register_at_fork(after_in_child=_request_ids.clear)  # a child must not reuse the parent's
+os.register_at_fork(after_in_child=made_ids.clear)  # a child must not reuse the parent's

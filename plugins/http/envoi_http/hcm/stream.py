@@ -79,6 +79,7 @@ _SET_DECODER_CALLBACKS = StreamDecoderFilter.set_decoder_filter_callbacks
 _SET_ENCODER_CALLBACKS = StreamEncoderFilter.set_encoder_filter_callbacks
 _ON_STREAM_COMPLETE = (StreamDecoderFilter.on_stream_complete,
                        StreamEncoderFilter.on_stream_complete)
+_ON_DESTROY = (StreamDecoderFilter.on_destroy, StreamEncoderFilter.on_destroy)
 _date_cache: list[Any] = [0, b""]
 _monotonic = time.monotonic
 
@@ -280,7 +281,10 @@ class ActiveStream:
             f.encoder_callbacks = self  # what the base class's method does, without the call
         else:
             f.set_encoder_filter_callbacks(self)
-        self.enc.add(f)  # (encoders run last-added first: the path keeps them in that order)
+        enc = self._enc  # (the enc property, inline)
+        if enc is None:
+            enc = self._enc = FilterPath(self, False)
+        enc.add(f)  # (encoders run last-added first: the path keeps them in that order)
         filters = self.filters
         if not filters or (filters[-1] is not f and f not in filters):  # (add_filter: it is)
             filters.append(f)
@@ -629,7 +633,8 @@ class ActiveStream:
             if type(f).on_stream_complete not in _ON_STREAM_COMPLETE:  # (the base: nothing)
                 f.on_stream_complete()
         for f in filters:
-            f.on_destroy()
+            if type(f).on_destroy not in _ON_DESTROY:  # (the base: nothing)
+                f.on_destroy()
         filters.clear()
         if self.lone is not None:
             self.lone = None

@@ -288,12 +288,18 @@ class RouteTable:
         return self.default
 
     def route(self, h: HeaderMap) -> Route | None:
-        vh = self.vhost(h.authority)
+        vh: VirtualHost | None = self._memo.get(h.authority, _NO_VHOST)  # vhost(), inline
+        if vh is _NO_VHOST:
+            vh = self.vhost(h.authority)
         if vh is None:
             return None
         if vh.require_tls and _needs_tls_redirect(vh, h):
             return vh.tls_redirect
-        path, _, query = h.path.partition(b"?")
+        path = h.path
+        if b"?" in path:
+            path, _, query = path.partition(b"?")
+        else:
+            query = b""
         for r in vh.routes:
             prefix = r.plain_prefix
             if prefix is not None:
