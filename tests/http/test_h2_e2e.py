@@ -142,6 +142,12 @@ def test_use_downstream_protocol(kind: str, proxy_process: Callable[..., Any],
     h1 = curl(f"http://127.0.0.1:{port}/h2/anything", "--http1.1")
     assert (h2.version, json.loads(h2.body)["http_version"]) == ("2", "2"), kind
     assert (h1.version, json.loads(h1.body)["http_version"]) == ("1.1", "1.1"), kind
+    # The route plan now remembers the cluster's HTTP/1.1 pools (for HTTP/1.1 downstreams):
+    # the next HTTP/2 request still goes upstream over HTTP/2, the next HTTP/1.1 one over 1.1.
+    h2 = curl(f"http://127.0.0.1:{port}/h2/anything", "--http2-prior-knowledge")
+    h1 = curl(f"http://127.0.0.1:{port}/h2/anything", "--http1.1")
+    assert (h2.version, json.loads(h2.body)["http_version"]) == ("2", "2"), kind
+    assert (h1.version, json.loads(h1.body)["http_version"]) == ("1.1", "1.1"), kind
 
 
 @pytest.mark.parametrize("kind", KINDS)
