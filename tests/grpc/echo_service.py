@@ -2,7 +2,8 @@
 grpcio-tools when first used, served by a real grpcio server (h2c, or TLS with a certificate),
 recording what each call carried and how it ended, so tests can see cancellations arrive.
 
-* ``Unary``: answers the request's payload (or ``reply_size`` bytes), after ``sleep_ms``; sends
+* ``Unary``: answers the request's payload (or ``reply_size`` bytes), after ``sleep_ms`` (spent
+  before the response headers when the request has ``x-sleep-before-headers``); sends
   initial metadata ``x-echo`` (the request's ``x-echo``) and trailers ``x-trailer: unary`` and
   ``x-bin-bin`` (binary); ``code`` ends the call with that status (trailers-only, as grpcio
   sends an abort before any message).
@@ -54,6 +55,8 @@ class EchoServer:
         self.pb2 = pb2
         self.events: list[tuple[str, str]] = []  # (method, "ok" | "cancelled" | "aborted")
         self.metadata: list[dict[str, str | bytes]] = []
+        # the deadline each call saw (grpc-timeout as it reached the server), None: no deadline
+        self.time_remaining: list[float | None] = []
         self.cond = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                                   options=[("grpc.max_receive_message_length", 64 << 20),
@@ -91,6 +94,7 @@ class EchoServer:
     def _begin(self, method: str, context: grpc.ServicerContext) -> None:
         with self.cond:
             self.metadata.append(dict(context.invocation_metadata()))
+            self.time_remaining.append(context.time_remaining())
 
         context.add_callback(lambda: self._record(method, "terminated"))
 
@@ -126,9 +130,13 @@ class EchoServer:
         md = dict(context.invocation_metadata())
         context.set_trailing_metadata((("x-trailer", "unary"),
                                        ("x-bin-bin", b"\x00\x01\xfe\xff")))
+        early = bool(md.get("x-sleep-before-headers"))
+        if early and request.sleep_ms and not self._sleep(request.sleep_ms, context):
+            self._record("Unary", "cancelled")
+            return self.pb2.EchoReply()
         self._end("Unary", request, context)  # before any headers: a trailers-only answer
         context.send_initial_metadata((("x-echo", str(md.get("x-echo", ""))),))
-        if request.sleep_ms and not self._sleep(request.sleep_ms, context):
+        if not early and request.sleep_ms and not self._sleep(request.sleep_ms, context):
             self._record("Unary", "cancelled")
             return self.pb2.EchoReply()
         self._record("Unary", "ok")

@@ -87,14 +87,25 @@ def parse_grpc_status(value: bytes | None) -> int | None:
 
 
 def parse_timeout_ms(value: bytes | None) -> int | None:
-    """A ``grpc-timeout`` header (``<1..8 digits><H|M|S|m|u|n>``) in milliseconds, rounded up;
-    None when absent or malformed (Envoy then ignores it)."""
+    """A ``grpc-timeout`` header (``<TimeoutValue><H|M|S|m|u|n>``) in milliseconds, ``u`` and
+    ``n`` rounded up; None when absent or malformed (Envoy then ignores it). As Envoy's
+    ``getGrpcTimeout``: the value is read as ``absl::SimpleAtoi`` reads it (spaces around it and
+    one sign allowed, decimal digits only) and must be 0..99,999,999 -- the 8-digit limit is on
+    the value, so leading zeros beyond 8 digits still parse."""
     if not value or len(value) < 2:
         return None
-    digits, unit = value[:-1], value[-1]
-    if not digits.isdigit() or len(digits) > 8:
+    digits, unit = value[:-1].strip(b" \t\n\v\f\r"), value[-1]
+    if digits[:1] in (b"+", b"-"):
+        sign, digits = digits[:1], digits[1:]
+    else:
+        sign = b""
+    if not digits.isdigit():
         return None
     n = int(digits)
+    if sign == b"-" and n:
+        return None
+    if n > MAX_TIMEOUT_VALUE:
+        return None
     mult = _TIMEOUT_UNITS_MS.get(unit)
     if mult is not None:
         return n * mult

@@ -27,7 +27,7 @@ from envoi_http.hcm.stream import ServerProtocol
 from envoi_http.hcm.tracing import build_tracing
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
-from envoi_http.router.config import RouteTable, build_route_table
+from envoi_http.router.config import RouteTable, build_route_table, duration_ms
 from envoi_http.router.idle import route_idle_timeouts
 from envoi_http.router.idle import shortest as shortest_route_idle
 
@@ -52,7 +52,8 @@ implements("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilt
            "name", "typed_config", "disabled")
 # The HCM's (downstream) protocol options. Clusters use the same messages with other fields:
 # each consumer refuses in its own place what it does not act on (refuse_unlisted below).
-_COMMON_OPTIONS = ("idle_timeout", "max_headers_count", "headers_with_underscores_action")
+_COMMON_OPTIONS = ("idle_timeout", "max_headers_count", "headers_with_underscores_action",
+                   "max_stream_duration")
 _HTTP1_OPTIONS = ("accept_http_10", "enable_trailers")
 implements("envoy.config.core.v3.HttpProtocolOptions", *_COMMON_OPTIONS)
 implements("envoy.config.core.v3.Http1ProtocolOptions", *_HTTP1_OPTIONS)
@@ -207,7 +208,10 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             http2_stats=codec_stats(root),
             tracing=tracing,
             local_reply=local_reply,
+            max_stream_duration=(duration_ms(common.max_stream_duration)
+                                 if common.HasField("max_stream_duration") else 0),
         )
+        cfg.durations = bool(cfg.max_stream_duration) or route_durations(table)
 
         if rds is not None:
             hcm_rds.attach(rds, cfg, lambda rc, p: build_route_table(rc, p, ctx), _use_table)
@@ -223,3 +227,10 @@ def _use_table(cfg: HcmConfig, table: RouteTable) -> None:
     cfg.route_table = table
     cfg.route_idle = bool(route_idle_timeouts(table))
     cfg.route_idle_min = shortest_route_idle(table)
+    cfg.durations = bool(cfg.max_stream_duration) or route_durations(table)
+
+
+def route_durations(table: RouteTable | None) -> bool:
+    """Some route of ``table`` sets max_stream_duration (hcm/duration.py)."""
+    return table is not None and any(r.max_duration is not None for vh in table.virtual_hosts()
+                                     for r in vh.routes)

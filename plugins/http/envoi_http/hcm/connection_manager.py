@@ -58,7 +58,7 @@ from envoi.log import conn_debug, header_lines, stream_debug
 from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter
 
 from envoi_http.codec import events as ev
-from envoi_http.hcm import internal, upgrade, xff
+from envoi_http.hcm import duration, internal, upgrade, xff
 from envoi_http.hcm import path_normalization as pathnorm
 from envoi_http.hcm.request_id import made_ids, request_id
 from envoi_http.hcm.stream import (
@@ -358,6 +358,8 @@ class ConnectionManager(ReadFilter):
         grpc = (ctype is not None and is_grpc_request(ctype, headers.path)) if looked else None
         s = self.streams[sid] = ActiveStream(self, sid, headers, self.last_activity, route, True,
                                              grpc)
+        if cfg.durations:  # max_stream_duration: the HCM's, then the route's (hcm/duration.py)
+            duration.start(s, route, cfg.max_stream_duration)
         if cfg.tracing is not None:  # the decision and the ingress span (hcm/tracing.py)
             s.trace = cfg.tracing.start(headers, route)
         if self.debug:

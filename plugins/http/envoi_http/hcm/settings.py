@@ -54,6 +54,11 @@ class HcmConfig:
     http1_stats: Any = None
     route_idle: bool = False  # some route sets idle_timeout (router/idle.py)
     route_idle_min: float = 0.0  # the shortest non-zero one
+    # common_http_protocol_options.max_stream_duration in ms (0: none); ``durations``: it or
+    # some route's max_stream_duration is set, so streams have a duration deadline
+    # (hcm/duration.py)
+    max_stream_duration: int = 0
+    durations: bool = False
     internal_nets: tuple[Any, ...] = ()  # internal_address_config.cidr_ranges (hcm/internal.py)
     # normalize_path / merge_slashes / path_with_escaped_slashes_action (hcm/path_normalization)
     path_normalization: PathNormalization | None = None

@@ -45,7 +45,7 @@ from envoi.http.grpc import is_grpc_request
 from envoi.http.grpc import local_reply_headers as grpc_local_reply_headers
 from envoi.http.headers import HeaderMap
 
-from envoi_http.hcm import upgrade
+from envoi_http.hcm import duration, upgrade
 from envoi_http.hcm.filter_path import FilterPath
 from envoi_http.hcm.local_reply import grpc_error
 
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from envoi.stats import Counter
 
     from envoi_http.hcm.local_reply import LocalReply
+    from envoi_http.hcm.settings import HcmConfig
     from envoi_http.hcm.stats import HcmStats
     from envoi_http.hcm.tracing import StreamTrace
     from envoi_http.router.config import Route
@@ -123,6 +124,7 @@ class StreamOwner(Protocol):
     conn: Connection
     loop: asyncio.AbstractEventLoop
     stats: HcmStats
+    config: HcmConfig
     server_name: bytes
     remote_address: str
     local_address: str
@@ -345,6 +347,13 @@ class ActiveStream:
             info = self.stream_info
             info.route_name = route.name
             info.virtual_host_name = route.vhost.name
+        cfg = self.hcm.config
+        if cfg.durations:  # a new route: a new max_stream_duration (Envoy's setRoute)
+            duration.refresh(self, route, cfg.max_stream_duration)
+
+    def max_duration_reached(self) -> None:
+        """The stream's max_stream_duration deadline (hcm/duration.py)."""
+        duration.reached(self)
 
     def clear_route_cache(self) -> None:
         self._route_resolved = False
@@ -376,9 +385,11 @@ class ActiveStream:
 
     def send_local_reply(self, status: int, body: bytes | str = b"",
                          headers: dict[str, str] | None = None, details: str = "",
-                         modify_headers: ModifyHeaders | None = None, flag: str = "") -> None:
+                         modify_headers: ModifyHeaders | None = None, flag: str = "",
+                         grpc_status: int | None = None) -> None:
         """``flag``: a response flag the reply sets once made (Envoy's DPE is not yet set when
-        ``local_reply_config`` looks at a codec error's reply)."""
+        ``local_reply_config`` looks at a codec error's reply); ``grpc_status``: the status of
+        the reply to a gRPC request (default: mapped from ``status``)."""
         state = self.state
         if state & CLOSED:
             return
@@ -395,7 +406,7 @@ class ActiveStream:
             # A gRPC client reads a gRPC error: trailers-only, HTTP 200, grpc-status mapped
             # from the HTTP code and the body as grpc-message (Envoy's sendLocalReply).
             hm = HeaderMap(status=200)
-            for name, value in grpc_local_reply_headers(status, body):
+            for name, value in grpc_local_reply_headers(status, body, grpc_status):
                 hm.add_bytes(name, value)
             body = b""
         else:

@@ -57,7 +57,9 @@ implements(_R + "RouteMatch",
 implements(_R + "RouteAction",
            "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
            "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "timeout", "idle_timeout",
-           "retry_policy", "upgrade_configs", "hash_policy", "priority")
+           "retry_policy", "upgrade_configs", "hash_policy", "priority", "max_stream_duration")
+implements(_R + "RouteAction.MaxStreamDuration",
+           "max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
 # hash_policy (router/hash_policy.py refuses regex_rewrite, generated cookies, filter_state).
 implements(_R + "RouteAction.HashPolicy",
            "header", "cookie", "connection_properties", "query_parameter", "terminal")
@@ -134,6 +136,26 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class MaxStreamDuration:
+    """A route's ``max_stream_duration`` in milliseconds (None: the field is unset), which the
+    connection manager acts on (hcm/duration.py), as Envoy's "new timeouts" of the route."""
+
+    max_stream_duration: int | None = None
+    grpc_timeout_header_max: int | None = None
+    grpc_timeout_header_offset: int | None = None
+
+
+def duration_ms(d: Any) -> int:
+    """A Duration in whole milliseconds (Envoy's ``PROTOBUF_GET_OPTIONAL_MS``)."""
+    return int(d.seconds) * 1000 + int(d.nanos) // 1_000_000
+
+
+def max_stream_duration(m: Any) -> MaxStreamDuration:
+    return MaxStreamDuration(*(duration_ms(getattr(m, f)) if m.HasField(f) else None for f in (
+        "max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")))
+
+
+@dataclass(frozen=True)
 class Redirect:
     scheme: bytes | None
     host: bytes | None
@@ -202,6 +224,7 @@ class Route:
     tracing: RouteTracing | None = None  # sampling and custom tags of its own (hcm/tracing.py)
     filter_disabled: dict[str, bool] = field(default_factory=dict)  # (as the virtual host's)
     mirrors: tuple[MirrorPolicy, ...] = ()  # request_mirror_policies (router/mirror.py)
+    max_duration: MaxStreamDuration | None = None  # max_stream_duration (hcm/duration.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.match, PlainPrefix):
@@ -477,6 +500,8 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
             rt.timeout = duration_seconds(a.timeout)
         if a.HasField("idle_timeout"):
             rt.idle_timeout = duration_seconds(a.idle_timeout)
+        if a.HasField("max_stream_duration"):
+            rt.max_duration = max_stream_duration(a.max_stream_duration)
         if a.HasField("retry_policy"):
             rt.retry_policy = _collect(issues, None, _retry_policy, a.retry_policy,
                                        path + ".route.retry_policy")
