@@ -6,7 +6,8 @@ recording what each call carried and how it ended, so tests can see cancellation
   before the response headers when the request has ``x-sleep-before-headers``); sends
   initial metadata ``x-echo`` (the request's ``x-echo``) and trailers ``x-trailer: unary`` and
   ``x-bin-bin`` (binary); ``code`` ends the call with that status (trailers-only, as grpcio
-  sends an abort before any message).
+  sends an abort before any message). With ``x-fail-key: K`` and ``x-fail-times: N``, the
+  first N calls of key K fail (trailers-only) with ``x-fail-code`` (default 14, UNAVAILABLE).
 * ``ServerStream``: ``count`` replies of ``reply_size`` bytes, ``sleep_ms`` apart, then
   ``code`` (after the messages: a status in real trailers).
 * ``ClientStream``: counts the messages and bytes it gets.
@@ -55,6 +56,7 @@ class EchoServer:
         self.pb2 = pb2
         self.events: list[tuple[str, str]] = []  # (method, "ok" | "cancelled" | "aborted")
         self.metadata: list[dict[str, str | bytes]] = []
+        self.failures: dict[str, int] = {}  # x-fail-key -> calls failed so far
         # the deadline each call saw (grpc-timeout as it reached the server), None: no deadline
         self.time_remaining: list[float | None] = []
         self.cond = threading.Condition()
@@ -130,6 +132,16 @@ class EchoServer:
         md = dict(context.invocation_metadata())
         context.set_trailing_metadata((("x-trailer", "unary"),
                                        ("x-bin-bin", b"\x00\x01\xfe\xff")))
+        key = str(md.get("x-fail-key", ""))
+        if key:
+            with self.cond:
+                failed = self.failures.get(key, 0)
+                fail = failed < int(str(md.get("x-fail-times", "0")))
+                if fail:
+                    self.failures[key] = failed + 1
+            if fail:  # trailers-only, as any abort before the headers
+                context.abort(status_code(int(str(md.get("x-fail-code", "14")))),
+                              f"failure {failed + 1}")
         early = bool(md.get("x-sleep-before-headers"))
         if early and request.sleep_ms and not self._sleep(request.sleep_ms, context):
             self._record("Unary", "cancelled")

@@ -46,9 +46,17 @@ def test_status_mapping() -> None:
 def test_timeouts() -> None:
     p = grpc.parse_timeout_ms
     assert p(b"2S") == 2000 and p(b"3H") == 3 * 3600_000 and p(b"1M") == 60_000
-    assert p(b"250m") == 250 and p(b"1500u") == 2 and p(b"1n") == 1 and p(b"0m") == 0
-    for bad in (None, b"", b"S", b"123456789S", b"1x", b"-1S", b"1.5S"):
-        assert p(bad) is None
+    assert p(b"250m") == 250 and p(b"0m") == 0 and p(b"99999999m") == 99_999_999
+    # u and n round up to the next millisecond
+    assert p(b"1500u") == 2 and p(b"1000u") == 1 and p(b"1n") == 1 and p(b"0n") == 0
+    assert p(b"1000001n") == 2 and p(b"99999999H") == 99_999_999 * 3_600_000
+    # Envoy's getGrpcTimeout reads the value with absl::SimpleAtoi: a sign and spaces around
+    # it pass, and the 8-digit limit is on the value (leading zeros do not count).
+    assert p(b"000000300m") == 300 and p(b"+5S") == 5000 and p(b"-0S") == 0
+    assert p(b" 7m") == 7 and p(b"7 m") == 7
+    for bad in (None, b"", b"S", b"5", b"123456789S", b"100000000m", b"1x", b"1s", b"1h",
+                b"-1S", b"1.5S", b"0x10S", b"+S", b"--1S", b"1_0S", b"\xd9\xa1S"):
+        assert p(bad) is None, bad
     f = grpc.format_timeout
     assert f(2000) == b"2000m" and f(1000) == b"1000m"
     assert f(100_000_000) == b"100000S"

@@ -125,6 +125,13 @@ class HeaderMutations:
         return bool(self.add or self.remove)
 
 
+#: The gRPC ``retry_on`` conditions (also ``x-envoy-retry-grpc-on``) and the ``grpc-status``
+#: each retries on, when the response headers carry it (a trailers-only answer), as Envoy's
+#: ``RetryStateImpl::wouldRetryFromHeaders``.
+GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8,
+                 "internal": 13, "unavailable": 14}
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     retry_on: frozenset[str]
@@ -133,6 +140,12 @@ class RetryPolicy:
     base_interval: float
     max_interval: float
     retriable_status_codes: frozenset[int]
+    # the grpc-status codes retry_on's gRPC conditions name (worked out from retry_on)
+    grpc_codes: frozenset[int] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grpc_codes", frozenset(
+            code for name, code in GRPC_RETRY_ON.items() if name in self.retry_on))
 
 
 @dataclass(frozen=True)
@@ -400,11 +413,11 @@ def _modifiable(name: str) -> bool:
 
 
 #: The ``retry_on`` conditions the router acts on (router/filter.py ``_maybe_retry``); any other
-#: (``refused-stream``, ``retriable-headers``, the gRPC ones such as ``unavailable``...) is a
-#: config error rather than a condition silently never met.
-RETRY_ON_IMPLEMENTED = frozenset(("5xx", "gateway-error", "reset", "connect-failure",
-                                  "reset-before-request", "retriable-4xx",
-                                  "retriable-status-codes"))
+#: (``refused-stream``, ``retriable-headers``, ``http3-post-connect-failure``...) is a config
+#: error rather than a condition silently never met.
+RETRY_ON_HTTP = frozenset(("5xx", "gateway-error", "reset", "connect-failure",
+                           "reset-before-request", "retriable-4xx", "retriable-status-codes"))
+RETRY_ON_IMPLEMENTED = RETRY_ON_HTTP | frozenset(GRPC_RETRY_ON)
 
 
 def _retry_policy(rp: Any, path: str = "retry_policy") -> RetryPolicy:

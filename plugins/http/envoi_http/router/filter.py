@@ -31,6 +31,7 @@ from envoi.http.filter import (
     FilterTrailersStatus,
     StreamDecoderFilter,
 )
+from envoi.http.grpc import MAXIMUM_KNOWN, parse_grpc_status
 from envoi.http.headers import HeaderMap
 from envoi.upstream.cluster import Cluster, Host
 from envoi.upstream.lb import LoadBalancerContext
@@ -65,6 +66,16 @@ ResponseHeaders = ev.ResponseHeaders
 Body = ev.Body
 
 IDLE, WAITING, UPSTREAM, RESPONDING, TUNNEL, BETWEEN, DONE = range(7)
+
+
+def _grpc_status(raw: list[tuple[bytes, bytes]]) -> int | None:
+    """The ``grpc-status`` of response headers (Envoy's ``getGrpcStatus``: -1 when not a known
+    code, None when absent)."""
+    for k, v in raw:
+        if k == b"grpc-status":
+            code = parse_grpc_status(v)
+            return code if code is not None and code <= MAXIMUM_KNOWN else -1
+    return None
 
 
 def _body(events: list[ev.Event], i: int, first: ev.Body) -> tuple[bytes, bool, int]:
@@ -511,9 +522,10 @@ class Router(StreamDecoderFilter):
                             self.trace_status, self.route, self.headers,  # type: ignore[arg-type]
                             self.trace_flags_at, reset, flag, connected)
 
-    def _maybe_retry(self, status: int | None) -> bool:
+    def _maybe_retry(self, status: int | None, grpc: int | None = None) -> bool:
         """A retry for this failure (``status``: the response's; None: a reset or connect
-        failure) when the retry policy asks for one and one is left; the back-off starts."""
+        failure; ``grpc``: the response headers' grpc-status) when the retry policy asks for
+        one and one is left; the back-off starts."""
         rp = self.retry_policy
         if rp is None or self.response_started:
             return False
@@ -524,7 +536,8 @@ class Router(StreamDecoderFilter):
                                 "reset-before-request"})
         elif (("5xx" in on and status >= 500) or ("gateway-error" in on and status in _GATEWAY)
               or ("retriable-4xx" in on and status == 409)
-              or ("retriable-status-codes" in on and status in rp.retriable_status_codes)):
+              or ("retriable-status-codes" in on and status in rp.retriable_status_codes)
+              or grpc in rp.grpc_codes):
             wanted = True
         if not wanted:
             return False
@@ -662,9 +675,12 @@ class Router(StreamDecoderFilter):
         if host.outlier is not None:
             host.outlier.put_http_response_code(status)
         if not simple:
-            if (status >= 500 or status == 409 or (self.retry_policy is not None
-                                                  and status >= 400)) and \
-                    self._maybe_retry(status):
+            rp = self.retry_policy
+            grpc = None
+            if rp is not None and rp.grpc_codes:  # gRPC retry_on: grpc-status in the headers
+                grpc = _grpc_status(e.headers)
+            if (status >= 500 or status == 409 or (rp is not None and status >= 400)
+                    or grpc is not None) and self._maybe_retry(status, grpc):
                 hs.retry.record(status)
                 if self.trace_child is not None:  # (Envoy resets the attempt it retries)
                     self.trace_child.set_tag("canceled", "true")

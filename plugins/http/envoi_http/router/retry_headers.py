@@ -4,7 +4,9 @@ They reach the router only from internal clients (``hcm/internal.py`` removes th
 other request; by default no client is internal). Then:
 
 * ``x-envoy-retry-on`` / ``x-envoy-retry-grpc-on`` add their conditions to the route's retry
-  policy (or make one: 1 retry, 25 ms base back-off); ``x-envoy-max-retries`` sets the number of
+  policy (or make one: 1 retry, 25 ms base back-off) -- the HTTP conditions from the first, the
+  gRPC ones (``cancelled``, ``deadline-exceeded``, ``internal``, ``resource-exhausted``,
+  ``unavailable``) from the second; ``x-envoy-max-retries`` sets the number of
   retries when some retry condition applies (alone it does nothing). Unknown values are ignored.
 * ``x-envoy-upstream-rq-timeout-ms`` replaces the route timeout (``0``: none; not a number:
   ignored); ``x-envoy-upstream-rq-per-try-timeout-ms`` sets the per-try timeout, dropped when
@@ -25,7 +27,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
-from envoi_http.router.config import RetryPolicy
+from envoi_http.router.config import GRPC_RETRY_ON, RETRY_ON_HTTP, RetryPolicy
 
 if TYPE_CHECKING:
     from envoi.http.headers import HeaderMap
@@ -39,13 +41,17 @@ RQ_TIMEOUT = b"x-envoy-upstream-rq-timeout-ms"
 PER_TRY = b"x-envoy-upstream-rq-per-try-timeout-ms"
 EXPECTED = b"x-envoy-expected-rq-timeout-ms"
 ATTEMPT_COUNT = b"x-envoy-attempt-count"
+GRPC_ON = frozenset(GRPC_RETRY_ON)
 CONTROL = frozenset((RETRY_ON, RETRY_GRPC_ON, MAX_RETRIES, RQ_TIMEOUT, PER_TRY, EXPECTED))
 
 
-def _conditions(value: bytes | None) -> frozenset[str]:
+def _conditions(value: bytes | None, known: frozenset[str]) -> frozenset[str]:
+    """The conditions of ``value`` that its header knows (Envoy's ``parseRetryOn`` /
+    ``parseRetryGrpcOn``: the gRPC ones count only in x-envoy-retry-grpc-on, the HTTP ones only
+    in x-envoy-retry-on; anything else is ignored)."""
     if not value:
         return frozenset()
-    return frozenset(x.strip() for x in value.decode("latin-1").split(",") if x.strip())
+    return frozenset(x.strip() for x in value.decode("latin-1").split(",")) & known
 
 
 def _ms(value: bytes | None) -> float | None:
@@ -60,7 +66,7 @@ def _retry_policy(route: Route, h: HeaderMap) -> RetryPolicy | None:
                     (MAX_RETRIES, max_header)):
         if v is not None:
             h.remove_bytes(name)
-    extra = _conditions(on_header) | _conditions(grpc_header)
+    extra = _conditions(on_header, RETRY_ON_HTTP) | _conditions(grpc_header, GRPC_ON)
     if extra:
         rp = (RetryPolicy(retry_on=extra, num_retries=1, per_try_timeout=0.0,
                           base_interval=0.025, max_interval=0.25,
@@ -75,7 +81,13 @@ def route_timeouts(route: Route) -> tuple[float, float]:
     """The route's own (timeout, per-try timeout): what a request without x-envoy-* control
     headers gets (the router's RoutePlan keeps them)."""
     rp = route.retry_policy
-    return effective(route.timeout, rp.per_try_timeout if rp is not None else 0.0)
+    return effective(global_timeout(route), rp.per_try_timeout if rp is not None else 0.0)
+
+
+def global_timeout(route: Route) -> float:
+    """The route's ``timeout``, except that a route with ``max_stream_duration`` has none
+    (Envoy's "new timeouts": the stream's duration, hcm/duration.py, bounds it instead)."""
+    return route.timeout if route.max_duration is None else 0.0
 
 
 def effective(timeout: float, per_try: float) -> tuple[float, float]:
@@ -100,7 +112,7 @@ def setup(route: Route, h: HeaderMap, respect_expected_rq_timeout: bool,
     ``x-envoy-expected-rq-timeout-ms``."""
     rp = _retry_policy(route, h)
     per_try = rp.per_try_timeout if rp is not None else 0.0
-    timeout = route.timeout
+    timeout = global_timeout(route)
     used = None
     if respect_expected_rq_timeout:
         used = _ms(h.get_bytes(EXPECTED))
