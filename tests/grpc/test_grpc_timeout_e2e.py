@@ -227,9 +227,15 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{prefix: "/route"}}
-                route: {{cluster: silent, timeout: 0s, max_stream_duration: {{max_stream_duration: 0.2s}}}}
+                route:
+                  cluster: silent
+                  timeout: 0s
+                  max_stream_duration: {{max_stream_duration: 0.2s}}
               - match: {{prefix: "/ignored"}}
-                route: {{cluster: silent, timeout: 0.2s, max_stream_duration: {{max_stream_duration: 0.9s}}}}
+                route:
+                  cluster: silent
+                  timeout: 0.2s
+                  max_stream_duration: {{max_stream_duration: 0.9s}}
               - match: {{prefix: "/direct"}}
                 direct_response: {{status: 200, body: {{inline_string: "hi"}}}}
               - match: {{prefix: "/"}}

@@ -23,13 +23,35 @@ the connection's one timer serves it, as it serves the router's.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from envoi.http.grpc import DEADLINE_EXCEEDED, format_timeout, parse_timeout_ms
 
 if TYPE_CHECKING:
-    from envoi_http.hcm.stream import ActiveStream
+    from envoi.http.headers import HeaderMap
+
     from envoi_http.router.config import Route
+
+class ActiveStream(Protocol):
+    """What this module uses of hcm/stream.py's ActiveStream (which calls it)."""
+
+    request_headers: HeaderMap
+    deadlines: dict[Callable[[], None], float] | None
+    is_grpc: bool
+    start: float
+    hcm: Any
+
+    @property
+    def request_complete(self) -> bool: ...
+    def start_deadline(self, delay: float, callback: Callable[[], None]) -> None: ...
+    def cancel_deadline(self, callback: Callable[[], None]) -> None: ...
+    def max_duration_reached(self) -> None: ...
+    def send_local_reply(self, status: int, body: bytes | str = b"",
+                         headers: dict[str, str] | None = None, details: str = "",
+                         modify_headers: Any = None, flag: str = "",
+                         grpc_status: int | None = None) -> None: ...
+
 
 GRPC_TIMEOUT = b"grpc-timeout"
 BODY = b"downstream duration timeout"

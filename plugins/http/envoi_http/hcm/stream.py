@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from envoi.stats import Counter
 
     from envoi_http.hcm.local_reply import LocalReply
-    from envoi_http.hcm.settings import HcmConfig
     from envoi_http.hcm.stats import HcmStats
     from envoi_http.hcm.tracing import StreamTrace
     from envoi_http.router.config import Route
@@ -117,6 +116,13 @@ class ServerProtocol(Protocol):
     def on_connection_closed(self) -> None: ...
 
 
+class DurationConfig(Protocol):
+    """What a stream reads of its HCM's config (hcm/settings.py's HcmConfig)."""
+
+    durations: bool  # some max_stream_duration is set (hcm/duration.py)
+    max_stream_duration: int
+
+
 class StreamOwner(Protocol):
     """What a stream needs of its connection manager (``connection_manager.ConnectionManager``)."""
 
@@ -124,7 +130,6 @@ class StreamOwner(Protocol):
     conn: Connection
     loop: asyncio.AbstractEventLoop
     stats: HcmStats
-    config: HcmConfig
     server_name: bytes
     remote_address: str
     local_address: str
@@ -134,6 +139,8 @@ class StreamOwner(Protocol):
     deadline_timer: asyncio.TimerHandle | None
     deadline_when: float
 
+    @property
+    def config(self) -> DurationConfig: ...
     def arm_deadline(self, when: float) -> None: ...
     def route_for(self, headers: HeaderMap) -> Route | None: ...
     def response_done(self, s: ActiveStream) -> None: ...
