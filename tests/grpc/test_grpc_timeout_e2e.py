@@ -201,7 +201,7 @@ class SilentUpstream:
             c.close()
 
 
-def _plain_yaml(port: int, admin: int, upstream: int) -> str:
+def _plain_yaml(port: int, admin: int, upstream: int, log: Path) -> str:
     return f"""
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
@@ -217,6 +217,13 @@ static_resources:
             http_connection_manager.v3.HttpConnectionManager"
           stat_prefix: plain
           common_http_protocol_options: {{max_stream_duration: 0.6s}}
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format:
+                text_format: "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\\n"
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -272,13 +279,16 @@ def _h1(port: int, request: bytes) -> tuple[str, str, float]:
     return head.split(b"\r\n")[0].decode(), rest.decode(), time.monotonic() - t0
 
 
-def test_max_stream_duration_plain_http(proxy_process: Callable[..., Any]) -> None:
+def test_max_stream_duration_plain_http(proxy_process: Callable[..., Any],
+                                        tmp_path: Path) -> None:
     up = SilentUpstream()
     try:
         got: dict[str, Any] = {}
+        logs: dict[str, list[str]] = {}
         for kind in KINDS:
             port, admin = free_port(), free_port()
-            proc = proxy_process(kind, _plain_yaml(port, admin, up.port), admin)
+            log = tmp_path / f"{kind}.log"
+            proc = proxy_process(kind, _plain_yaml(port, admin, up.port, log), admin)
             get = b"GET %s HTTP/1.1\r\nhost: a\r\n\r\n"
             got[kind] = [
                 _h1(port, get % b"/hcm"),
@@ -290,6 +300,9 @@ def test_max_stream_duration_plain_http(proxy_process: Callable[..., Any]) -> No
             name = "http.plain.downstream_rq_max_duration_reached"
             wait_for(lambda p=proc, n=name: p.stats().get(n) == 4, what=f"{kind}: {name} == 4",
                      timeout=10)
+            logs[kind] = wait_for(lambda lg=log: len(lines := sorted(
+                lg.read_text().splitlines() if lg.exists() else [])) == 5 and lines,
+                what=f"{kind}: 5 access log lines", timeout=10)
         for kind in KINDS:
             hcm, route, ignored, direct, partial = got[kind]
             assert hcm[:2] == ("HTTP/1.1 504 Gateway Timeout", DEADLINE_BODY), (kind, hcm)
@@ -302,5 +315,9 @@ def test_max_stream_duration_plain_http(proxy_process: Callable[..., Any]) -> No
             assert direct[:2] == ("HTTP/1.1 200 OK", "hi"), (kind, direct)
             assert partial[:2] == ("HTTP/1.1 408 Request Timeout", DEADLINE_BODY), (kind, partial)
         assert [g[:2] for g in got["envoi"]] == [g[:2] for g in got["envoy"]]
+        # No response flag; the details say why.
+        assert logs["envoy"] == ["200 - direct_response", "408 - max_duration_timeout"] + [
+            "504 - max_duration_timeout"] * 3, logs
+        assert logs["envoi"] == logs["envoy"]
     finally:
         up.close()
