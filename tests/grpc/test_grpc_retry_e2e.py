@@ -98,3 +98,49 @@ def test_grpc_retry_conditions_equal_envoys(proxy_process: Callable[..., Any],
     assert counters["envoy"]["upstream_rq_retry"] == 8, counters
     assert counters["envoy"]["upstream_rq_total"] == 17, counters
     assert counters["envoi"] == counters["envoy"]
+
+
+_INTERNAL = """\
+          stat_prefix: grpc_in
+          use_remote_address: true
+          internal_address_config:
+            cidr_ranges: [{address_prefix: 127.0.0.1, prefix_len: 32}]
+"""
+
+
+def test_retry_grpc_on_header_from_an_internal_client(proxy_process: Callable[..., Any],
+                                                      server: EchoServer,
+                                                      protos: tuple[ModuleType, ModuleType]
+                                                      ) -> None:
+    """``x-envoy-retry-grpc-on`` (with ``x-envoy-max-retries``) from an internal client and no
+    route retry policy; a gRPC condition in ``x-envoy-retry-on`` is not one there."""
+    pb2, pb2_grpc = protos
+    answers: dict[str, list[Any]] = {}
+    retries: dict[str, Any] = {}
+    for kind in KINDS:
+        port, admin = free_port(), free_port()
+        yaml = grpc_yaml(port, admin, server.port).replace("          stat_prefix: grpc_in\n",
+                                                           _INTERNAL)
+        proc = proxy_process(kind, yaml, admin)
+        out = answers[kind] = []
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb2_grpc.EchoStub(ch)
+            for name, hdrs in (("grpc-on", {"x-envoy-retry-grpc-on": "unavailable",
+                                            "x-envoy-max-retries": "2"}),
+                               ("retry-on", {"x-envoy-retry-on": "unavailable,cancelled"}),
+                               ("grpc-on, other code", {"x-envoy-retry-grpc-on": "internal"})):
+                md = (("x-fail-key", f"hdr {kind} {name}"), ("x-fail-times", "2"),
+                      *hdrs.items())
+                try:
+                    stub.Unary(pb2.EchoRequest(payload=b"ok"), metadata=md, timeout=20)
+                    out.append((name, "OK"))
+                except grpc.RpcError as err:
+                    e: Any = err
+                    out.append((name, e.code().name, e.details()))
+        wait_for(lambda p=proc: p.stats().get("cluster.greeter.upstream_rq_completed") == 3,
+                 what=f"{kind}: 3 answers passed on", timeout=10)
+        retries[kind] = proc.stats().get("cluster.greeter.upstream_rq_retry")
+    assert answers["envoy"] == [("grpc-on", "OK"), ("retry-on", "UNAVAILABLE", "failure 1"),
+                                ("grpc-on, other code", "UNAVAILABLE", "failure 1")]
+    assert answers["envoi"] == answers["envoy"]
+    assert retries == {"envoy": 2, "envoi": 2}
