@@ -191,16 +191,26 @@ class ConnectionManager(ReadFilter):
         return STOP
 
     def drain(self) -> None:
-        """The server is draining (Envoy's drain close): an idle connection closes now, a busy
-        one answers its current request with ``connection: close`` and then closes."""
+        """The server or the listener is draining (Envoy's drain close): an idle connection
+        closes now, a busy one answers its current request with ``connection: close`` and then
+        closes. A connection that has sent nothing yet is not idle: it was accepted just
+        before the drain began and its first request is on the way (closing it would reset
+        that request). As in Envoy's drain sequence it gets ``drain_timeout`` to send it; the
+        answer says ``connection: close``, and it closes at the timeout if it sent none."""
         if self.closing or self.conn.closed:
             return
         self.drain_close = True
         self.proto.drain()
-        if not self.streams and not self.head_pending:
-            self.stats.downstream_cx_drain_close.value += 1
-            self.closing = True
-            self.close(ConnectionCloseType.FLUSH_WRITE)
+        if self.streams or self.head_pending:
+            return
+        if self.first and self.config.drain_timeout:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(self.config.drain_timeout, self._drain_timeout)
+            return
+        self.stats.downstream_cx_drain_close.value += 1
+        self.closing = True
+        self.close(ConnectionCloseType.FLUSH_WRITE)
 
     def _drain_timeout(self) -> None:
         self.timer = None

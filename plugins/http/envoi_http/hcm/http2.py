@@ -297,7 +297,7 @@ class Http2Connection:
         self.draining = True
         m = self.m
         if self.context.draining:
-            if not m.streams:  # the manager closes this idle connection now: the last word
+            if not m.streams and not m.first:  # the manager closes this idle one now
                 self.codec.go_away()
                 return
             # A busy connection (an idle one is counted by the manager): Envoy counts the
@@ -364,6 +364,8 @@ class AutoDetect:
         m = self.m
         m.proto = Http2Connection(m) if verdict else Http1Connection(m)
         m.proto.on_data(data, end_stream)
+        if m.drain_close and not m.conn.closed:
+            m.proto.drain()  # the drain began before the protocol was known
 
     # Nothing below can happen before a protocol is chosen (no stream exists yet).
 
