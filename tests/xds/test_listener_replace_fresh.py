@@ -52,6 +52,7 @@ resources:
 - "@type": type.googleapis.com/envoy.config.listener.v3.Listener
   name: replaced
   address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+{listener_filters}
   filter_chains:
   - filters:
     - name: envoy.filters.network.http_connection_manager
@@ -116,13 +117,30 @@ class FreshClients:
                 conn.close()
 
 
-@pytest.mark.parametrize("kind,concurrency", [("envoi", 1), ("envoi", 2), ("envoy", 1)])
-def test_replacements_lose_no_new_connection(tmp_path: Path, kind: str,
-                                             concurrency: int) -> None:
+INSPECTOR = """\
+  listener_filters:
+  - name: envoy.filters.listener.http_inspector
+    typed_config:
+      "@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.\\
+        HttpInspector\""""
+
+
+@pytest.mark.parametrize("kind,concurrency,inspect", [
+    ("envoi", 1, False), ("envoi", 2, False), ("envoi", 1, True), ("envoy", 1, False),
+    ("envoy", 1, True)])
+def test_replacements_lose_no_new_connection(tmp_path: Path, kind: str, concurrency: int,
+                                             inspect: bool) -> None:
+    """``inspect``: a listener filter (``http_inspector``) runs on each new connection before
+    its filter chain is chosen, so envoi accepts it itself (``envoi.network.acceptor``)."""
     port, admin = free_port(), free_port()
     lds = tmp_path / "lds.yaml"
+    extra = INSPECTOR if inspect else ""
+
+    def lds_text(version: int) -> str:
+        return LDS.format(version=version, port=port, listener_filters=extra)
+
     with EchoServer() as echo:
-        lds.write_text(LDS.format(version=1, port=port))
+        lds.write_text(lds_text(1))
         boot = BOOTSTRAP.format(admin=admin, dir=tmp_path, echo=echo.port)
         proc: EnvoiProcess | EnvoyProcess
         if kind == "envoi":
@@ -137,7 +155,7 @@ def test_replacements_lose_no_new_connection(tmp_path: Path, kind: str,
                 wait_for(lambda: clients.ok >= 20, 30, what="traffic")
                 for v in range(2, REPLACEMENTS + 2):
                     before = clients.ok
-                    move_into_place(lds, LDS.format(version=v, port=port))
+                    move_into_place(lds, lds_text(v))
                     wait_for(lambda v=v: proc.stats().get(
                         "listener_manager.lds.update_success") == v, 30, what=f"lds v{v}")
                     # Traffic meets each version's hand-over, not only some of them.
@@ -146,7 +164,8 @@ def test_replacements_lose_no_new_connection(tmp_path: Path, kind: str,
                 wait_for(lambda: f"envoi-{REPLACEMENTS + 1}" in clients.servers, 30,
                          what="the last version serves")
             st = proc.stats()
-        print(f"\n{kind}: listener replaced {REPLACEMENTS}x (concurrency {concurrency}): "
+        print(f"\n{kind}: listener replaced {REPLACEMENTS}x (concurrency {concurrency}, "
+              f"inspector {inspect}): "
               f"{clients.ok} requests ok, {len(clients.failures)} failed")
         assert st["listener_manager.listener_modified"] == REPLACEMENTS
         assert clients.failures == [], clients.failures[:10]

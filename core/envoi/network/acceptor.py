@@ -293,10 +293,16 @@ class Acceptor:
         self.sock: socket.socket | None = sock
         self.loop.add_reader(sock.fileno(), self._on_acceptable)
 
-    def stop(self) -> None:
+    def stop(self, *, abandon: bool = True) -> None:
+        """Accept no more. ``abandon=False`` (a listener draining): the sockets already
+        accepted finish their listener filters and reach the listener as usual."""
         if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock = None
+        if abandon:
+            self.abandon_pending()
+
+    def abandon_pending(self) -> None:
         for p in list(self.pending):
             p._abandon()
 

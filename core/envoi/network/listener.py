@@ -244,6 +244,10 @@ class ActiveListener:
         self.listener_filters_timeout = listener_filters_timeout
         self.continue_on_listener_filters_timeout = continue_on_listener_filters_timeout
         self._acceptor: Acceptor | None = None
+        #: Stopped while draining, with sockets still in its listener filters.
+        self._draining_acceptor: Acceptor | None = None
+        #: Replaced or removed over LDS: connections that start now are drained at once.
+        self.draining = False
         self._connecting: set[asyncio.Task[None]] = set()
         #: ``listener.<addr>.ssl.*``, made when the listener is bound (TLS chains only).
         self.ssl_stats: SslStats | None = None
@@ -356,14 +360,42 @@ class ActiveListener:
             )
         self.accepting = True
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self, *, keep_pending: bool = False) -> None:
+        """Accept no more connections. ``keep_pending``: sockets already accepted and still
+        in the listener filters go on to their filter chain (see ``drain``)."""
         if self._aserver is not None:
             self._aserver.close()
             self._aserver = None
         if self._acceptor is not None:
-            self._acceptor.stop()
+            self._acceptor.stop(abandon=not keep_pending)
+            if keep_pending:
+                self._draining_acceptor = self._acceptor
             self._acceptor = None
         self.accepting = False
+
+    def drain(self) -> None:
+        """Replaced or removed over LDS: accept no more, and drain. No connection already
+        accepted is lost: one still in the listener filters or the TLS handshake reaches its
+        filter chain, and every connection's filters are told to drain (an HTTP connection
+        answers its next request with ``connection: close``, then closes) -- the ones that
+        start later as soon as they start. What is left is closed after ``--drain-time-s``. The listening socket is not closed here
+        (its successor may hold a ``dup`` of it)."""
+        self.draining = True
+        self.stop_accepting(keep_pending=True)
+        for conn in list(self.connections):
+            _drain_filters(conn)
+
+    @property
+    def pending_sockets(self) -> int:
+        """Accepted sockets still in the listener filters of a draining listener."""
+        acceptor = self._draining_acceptor
+        return len(acceptor.pending) if acceptor is not None else 0
+
+    def abandon_pending(self) -> None:
+        """The drain time is over: close the sockets still in the listener filters."""
+        if self._draining_acceptor is not None:
+            self._draining_acceptor.abandon_pending()
+            self._draining_acceptor = None
 
     # -- called by the acceptor ----------------------------------------------------------
 
@@ -467,6 +499,8 @@ class ActiveListener:
         for factory in chain.factories:
             factory(conn)
         conn.start_filters()
+        if self.draining and not conn.closed:
+            _drain_filters(conn)  # accepted before the drain, started after it
 
     def _tls_established(self, conn: Connection, chain: FilterChain,
                          transport: asyncio.Transport) -> bool:
@@ -505,6 +539,15 @@ class ActiveListener:
             (time.monotonic() - conn.stream_info.start_monotonic) * 1000
         )
         self.server.on_connection_closed(self)
+
+
+def _drain_filters(conn: Connection) -> None:
+    for f in conn.read_filters:
+        # A filter that can end its connection gracefully (the HTTP connection manager) has
+        # ``on_listener_draining()``; the others are closed when the drain time is over.
+        drain = getattr(f, "on_listener_draining", None)
+        if drain is not None:
+            drain()
 
 
 def _is_handshake_timeout(exc: BaseException) -> bool:

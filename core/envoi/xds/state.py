@@ -62,19 +62,14 @@ class DynamicState:
         lst.accepting_wanted = False
         if lst in server.listeners:
             server.listeners.remove(lst)
-        lst.stop_accepting()
+        lst.drain()
+        # Its own descriptor only: a successor on the same address holds a dup of the
+        # listening socket, so the kernel's accept queue lives on.
         for s in (lst.sock, *lst.worker_socks):
             if s is not None and s.fileno() >= 0:
                 s.close()
         lst.worker_socks = []
-        if not lst.connections:
-            return
-        for conn in list(lst.connections):
-            for f in conn.read_filters:
-                drain = getattr(f, "drain", None)  # envoi.network.filter.DrainableFilter
-                if drain is not None:
-                    drain()
-        if not lst.connections:
+        if not lst.connections and not lst.pending_sockets:
             return
         loop = asyncio.get_running_loop()
         self.draining[lst] = loop.call_later(server.options.drain_time_s,
@@ -83,12 +78,13 @@ class DynamicState:
 
     def _drain_over(self, lst: ActiveListener) -> None:
         self.draining[lst] = None
+        lst.abandon_pending()
         for conn in list(lst.connections):
             conn.close()
         self.connection_closed(lst)
 
     def connection_closed(self, lst: ActiveListener) -> None:
-        if lst in self.draining and not lst.connections:
+        if lst in self.draining and not lst.connections and not lst.pending_sockets:
             timer = self.draining.pop(lst)
             if timer is not None:
                 timer.cancel()

@@ -123,6 +123,8 @@ class ConnectionManager(ReadFilter):
         # Draining (idle timeout after a request, or the server shutting down): the next
         # response says ``connection: close`` (HTTP/2: GOAWAY) and the connection closes after.
         self.drain_close = False
+        # The server's drain (not a listener's): an idle connection closes at once.
+        self.drain_closes_idle = False
         self.tls = False  # the connection terminates TLS (x-forwarded-proto: https)
         self.debug = False  # log stream life at debug level ([C<id>][S<id>]); see on_new_connection
         self.last_activity = 0.0
@@ -191,26 +193,29 @@ class ConnectionManager(ReadFilter):
         return STOP
 
     def drain(self) -> None:
-        """The server or the listener is draining (Envoy's drain close): an idle connection
-        closes now, a busy one answers its current request with ``connection: close`` and then
-        closes. A connection that has sent nothing yet is not idle: it was accepted just
-        before the drain began and its first request is on the way (closing it would reset
-        that request). As in Envoy's drain sequence it gets ``drain_timeout`` to send it; the
-        answer says ``connection: close``, and it closes at the timeout if it sent none."""
+        """The server is draining (Envoy's drain close): an idle connection closes now, a busy
+        one answers its current request with ``connection: close`` and then closes."""
+        if self.closing or self.conn.closed:
+            return
+        self.drain_close = self.drain_closes_idle = True
+        self.proto.drain()
+        if not self.streams and not self.head_pending:
+            self.stats.downstream_cx_drain_close.value += 1
+            self.closing = True
+            self.close(ConnectionCloseType.FLUSH_WRITE)
+
+    def on_listener_draining(self) -> None:
+        """Its listener was replaced or removed over LDS (``envoi.network.listener``). As in
+        Envoy, the connection is not closed now -- the listener closes what is left when
+        ``--drain-time-s`` is over -- but every response says ``connection: close`` and the
+        connection closes after it (HTTP/2: Envoy's GOAWAY sequence). So a request already on
+        its way, on a connection accepted just before the replacement or on an idle keep-alive
+        one, is answered instead of meeting a close (envoi used to close idle connections at
+        once, and reset such requests)."""
         if self.closing or self.conn.closed:
             return
         self.drain_close = True
         self.proto.drain()
-        if self.streams or self.head_pending:
-            return
-        if self.first and self.config.drain_timeout:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = self.loop.call_later(self.config.drain_timeout, self._drain_timeout)
-            return
-        self.stats.downstream_cx_drain_close.value += 1
-        self.closing = True
-        self.close(ConnectionCloseType.FLUSH_WRITE)
 
     def _drain_timeout(self) -> None:
         self.timer = None

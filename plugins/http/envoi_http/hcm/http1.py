@@ -50,6 +50,9 @@ class Http1Connection:
         # Events of the next pipelined request, read before the previous response ended: they
         # are dispatched from a scheduled callback, with whatever is read meanwhile after them.
         self.queued: list[ev.Event] | None = None
+        # The response being sent said ``connection: close`` (a drain that began after its
+        # head was sent lets the connection serve the next request, which is told to close).
+        self.said_close = False
 
     # -- bytes in ----------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class Http1Connection:
         if (m.closing or m.drain_close or self.conn.closed or not s.state & REMOTE_DONE) and \
                 status != 101:
             raw = [*raw, _CLOSE]
+            self.said_close = True
         if m.debug:
             stream_debug(log, self.conn.id, s.stream_id, "encoding headers via codec "
                          "(end_stream=%s):%s", str(end and data is None).lower(),
@@ -166,7 +170,9 @@ class Http1Connection:
         m = self.m
         m.last_activity = s.last_activity
         complete = bool(s.state & REMOTE_DONE)
-        if m.closing or m.drain_close or not self.codec.keep_alive or not complete:
+        said_close, self.said_close = self.said_close, False
+        if m.closing or not self.codec.keep_alive or not complete or (
+                m.drain_close and (said_close or m.drain_closes_idle)):
             if m.drain_close and not m.closing:
                 self.stats.downstream_cx_drain_close.value += 1
             m.closing = True

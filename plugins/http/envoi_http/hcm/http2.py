@@ -297,7 +297,7 @@ class Http2Connection:
         self.draining = True
         m = self.m
         if self.context.draining:
-            if not m.streams and not m.first:  # the manager closes this idle one now
+            if not m.streams:  # the manager closes this idle connection now: the last word
                 self.codec.go_away()
                 return
             # A busy connection (an idle one is counted by the manager): Envoy counts the
@@ -365,7 +365,7 @@ class AutoDetect:
         m.proto = Http2Connection(m) if verdict else Http1Connection(m)
         m.proto.on_data(data, end_stream)
         if m.drain_close and not m.conn.closed:
-            m.proto.drain()  # the drain began before the protocol was known
+            m.proto.drain()  # the listener began draining before the protocol was known
 
     # Nothing below can happen before a protocol is chosen (no stream exists yet).
 
