@@ -14,6 +14,7 @@ request then met a reset (2-3 of ~700 requests per run)."""
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 from pathlib import Path
 
@@ -169,3 +170,58 @@ def test_replacements_lose_no_new_connection(tmp_path: Path, kind: str, concurre
               f"{clients.ok} requests ok, {len(clients.failures)} failed")
         assert st["listener_manager.listener_modified"] == REPLACEMENTS
         assert clients.failures == [], clients.failures[:10]
+
+
+def _reply(s: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and headers of one reply on ``s`` (the echo body is read whole)."""
+    f = s.makefile("rb")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = f.readline()
+        assert line, f"closed after {head!r}"
+        head += line
+    length = next(int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+                  if k.strip().lower() == b"content-length")
+    f.read(length)
+    return head.split(b"\r\n", 1)[0], head.lower()
+
+
+@pytest.mark.parametrize("kind", ["envoi", "envoy"])
+def test_open_connections_stay_until_the_drain_time(tmp_path: Path, kind: str) -> None:
+    """An idle keep-alive connection and one that has sent nothing yet, open when the listener
+    is replaced: both are still served by the old filter chain (``server: envoi-1``), and a
+    connection nobody uses is closed when ``--drain-time-s`` is over, as in Envoy."""
+    port, admin = free_port(), free_port()
+    lds = tmp_path / "lds.yaml"
+    with EchoServer() as echo:
+        lds.write_text(LDS.format(version=1, port=port, listener_filters=""))
+        boot = BOOTSTRAP.format(admin=admin, dir=tmp_path, echo=echo.port)
+        proc: EnvoiProcess | EnvoyProcess
+        if kind == "envoi":
+            proc = EnvoiProcess.from_yaml(boot, tmp_path, admin, args=("--drain-time-s", "3"))
+        else:
+            (tmp_path / "envoy.yaml").write_text(boot)
+            proc = EnvoyProcess(tmp_path / "envoy.yaml", admin, tmp_path / "envoy.log",
+                                args=("--drain-time-s", "3"))
+        get = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"
+        with proc, socket.create_connection(("127.0.0.1", port), timeout=10) as used, \
+                socket.create_connection(("127.0.0.1", port), timeout=10) as fresh, \
+                socket.create_connection(("127.0.0.1", port), timeout=10) as unused:
+            used.sendall(get)
+            assert _reply(used)[0] == b"HTTP/1.1 200 OK"
+            wait_for(lambda: proc.stats().get("listener.127.0.0.1_%d.downstream_cx_active"
+                                              % port) == 3, 10, what="3 connections")
+            move_into_place(lds, LDS.format(version=2, port=port, listener_filters=""))
+            wait_for(lambda: proc.stats().get("listener_manager.lds.update_success") == 2, 30,
+                     what="lds v2")
+            for s in (used, fresh):
+                s.sendall(get)
+                status, head = _reply(s)
+                assert status == b"HTTP/1.1 200 OK"
+                assert b"server: envoi-1\r\n" in head
+            # Nobody uses the third: it is closed when the drain time is over, not before.
+            unused.settimeout(1.5)
+            with pytest.raises(TimeoutError):
+                unused.recv(1)
+            unused.settimeout(10)
+            assert unused.recv(1) == b""
