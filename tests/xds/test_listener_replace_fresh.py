@@ -209,8 +209,8 @@ def test_open_connections_stay_until_the_drain_time(tmp_path: Path, kind: str) -
                 socket.create_connection(("127.0.0.1", port), timeout=10) as unused:
             used.sendall(get)
             assert _reply(used)[0] == b"HTTP/1.1 200 OK"
-            wait_for(lambda: proc.stats().get("listener.127.0.0.1_%d.downstream_cx_active"
-                                              % port) == 3, 10, what="3 connections")
+            active = f"listener.127.0.0.1_{port}.downstream_cx_active"
+            wait_for(lambda: proc.stats().get(active) == 3, 10, what="3 connections")
             move_into_place(lds, LDS.format(version=2, port=port, listener_filters=""))
             wait_for(lambda: proc.stats().get("listener_manager.lds.update_success") == 2, 30,
                      what="lds v2")

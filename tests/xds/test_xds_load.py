@@ -183,8 +183,8 @@ def test_twenty_changes_under_traffic(tmp_path: Path, cp: ControlPlane) -> None:
             st = pair.envoi.stats()
 
         print(f"\nxds load: {traffic.total} requests, {traffic.ok} ok, "
-              f"{len(traffic.failures)} failed; changes: {', '.join(done)}; RSS {rss_start / 2**20:.1f} "
-              f"-> {rss_end / 2**20:.1f} MiB")
+              f"{len(traffic.failures)} failed; changes: {', '.join(done)}; "
+              f"RSS {rss_start / 2**20:.1f} -> {rss_end / 2**20:.1f} MiB")
         assert traffic.failures == [], traffic.failures[:20]
         assert traffic.total < MAX_REQUESTS, "the loop hit its bound before the changes ended"
         # Every change was in force for the traffic: the final endpoints, routes and listener.

@@ -378,8 +378,8 @@ class ActiveListener:
         accepted is lost: one still in the listener filters or the TLS handshake reaches its
         filter chain, and every connection's filters are told to drain (an HTTP connection
         answers its next request with ``connection: close``, then closes) -- the ones that
-        start later as soon as they start. What is left is closed after ``--drain-time-s``. The listening socket is not closed here
-        (its successor may hold a ``dup`` of it)."""
+        start later as soon as they start. What is left is closed after ``--drain-time-s``.
+        The listening socket is not closed here (its successor may hold a ``dup`` of it)."""
         self.draining = True
         self.stop_accepting(keep_pending=True)
         for conn in list(self.connections):
