@@ -2,10 +2,11 @@
 
 A replaced listener on the same address hands its listening socket to its successor (a
 ``dup``), so the kernel's accept queue is never closed: new connections go to the new listener
-at once while the old one's connections drain (``ActiveListener.drain``: no accepted connection
-is lost; HTTP connections answer their next request with ``connection: close``, as Envoy's) for
-up to ``--drain-time-s``, after which the rest are closed. A listener on a new address binds first; a port in use refuses that
-listener (the update is NACKed, the rest of it applies, as Envoy does).
+at once while the old one's connections drain (``ActiveListener.drain``: no accepted
+connection is lost; HTTP connections answer their next request with ``connection: close``, as
+Envoy's) for up to ``--drain-time-s``, after which the rest are closed. A listener on a new
+address binds first; a port in use refuses that listener (the update is NACKed, the rest of it
+applies, as Envoy does).
 
 With worker processes the main process binds nothing for LDS listeners: it checks that the port
 is free (a plain bind, closed again) and every worker binds its own ``SO_REUSEPORT`` socket when
