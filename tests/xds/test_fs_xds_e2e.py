@@ -133,7 +133,7 @@ def test_filesystem_lds_cds_eds(tmp_path: Path, echo_pair: tuple[int, int]) -> N
     (tmp_path / "eds.yaml").write_text(_eds("1", [a, b]))
     (tmp_path / "lds.yaml").write_text(LDS.format(version="1", port=port))
     boot = BOOTSTRAP.format(admin=admin, dir=tmp_path)
-    with EnvoiProcess.from_yaml(boot, tmp_path, admin).start() as proc:
+    with EnvoiProcess.from_yaml(boot, tmp_path, admin) as proc:
         st = proc.stats()
         assert st["listener_manager.lds.update_success"] == 1
         assert st["cluster_manager.cds.update_success"] == 1
@@ -211,7 +211,7 @@ def test_a_hundred_clusters_at_once(tmp_path: Path, echo_pair: tuple[int, int]) 
 
     (tmp_path / "cds.yaml").write_text(hundred("1", a))
     boot = BOOTSTRAP.format(admin=admin, dir=tmp_path)
-    with EnvoiProcess.from_yaml(boot, tmp_path, admin).start() as proc:
+    with EnvoiProcess.from_yaml(boot, tmp_path, admin) as proc:
         assert proc.stats()["cluster_manager.active_clusters"] == 100
         move_into_place(tmp_path / "cds.yaml", hundred("2", b))
         proc.wait_stat("cluster_manager.cds.update_success", 2)

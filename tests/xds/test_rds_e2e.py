@@ -241,7 +241,7 @@ def test_rds_from_a_file(tmp_path: Path) -> None:
         clusters = "".join(STATIC_CLUSTER.format(name=n, port=p)
                            for n, p in (("svc", a.port), ("other", b.port)))
         boot = RDS_BOOTSTRAP.format(admin=admin, port=port, dir=tmp_path, clusters=clusters)
-        with EnvoiProcess.from_yaml(boot, tmp_path, admin).start() as proc:
+        with EnvoiProcess.from_yaml(boot, tmp_path, admin) as proc:
             assert get(port) == (200, a.port)
             st = proc.stats()
             assert st["http.ads_http.rds.routes.update_success"] == 1
