@@ -12,8 +12,15 @@ whether a change to the hot path helps before running the peer benchmark.
 ``example.filters.http.add_header``, from ``examples/third_party_http_filter``): what one such
 filter costs on top of the router alone.
 
+``--tracing PCT`` adds the connection manager's ``tracing`` with ``envoy.tracers.opentelemetry``
+(OTLP/gRPC to a collector cluster that is never reached: spans wait in the exporter's bounded
+buffer, then are dropped and counted) and ``random_sampling`` PCT: what tracing costs a request
+at 1 % or 100 % sampling. ``--calls`` prints the Python function calls per request (cProfile's
+count over one repetition) and the bytecode instructions run per request (``sys.settrace``
+with opcode events): both independent of the machine's load, unlike the timings.
+
     .venv/bin/python bench/http_hot_path.py [-n 20000] [--reps 5] [--config FILE] [--filter]
-                                            [--profile]
+                                            [--tracing PCT] [--calls] [--profile]
 """
 
 from __future__ import annotations
@@ -40,6 +47,30 @@ ADD_HEADER = """\
               value: added-by-plugin
 """
 CALLS_N = 2000  # requests of the profiled repetition that counts calls per request
+TRACING = """\
+          tracing:
+            random_sampling: {{value: {pct}}}
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                grpc_service: {{envoy_grpc: {{cluster_name: otel_collector}}}}
+                service_name: bench
+"""
+COLLECTOR = """\
+  - name: otel_collector
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: otel_collector
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 4317}}}
+"""
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:19000\r\n\r\n"  # what wrk sends
 BODY = b"x" * 100
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 24 Nov 2026 14:17:41 GMT\r\n"
@@ -82,6 +113,26 @@ class FakeTransport:
         return True
 
 
+def count_opcodes(run: Any, n: int) -> float:
+    """Bytecode instructions per request over ``n`` requests."""
+    count = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "call":
+            frame.f_trace_opcodes = True
+        elif event == "opcode":
+            count += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        run(n)
+    finally:
+        sys.settrace(None)
+    return count / n
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=20000, help="requests per repetition")
@@ -89,17 +140,29 @@ async def main() -> None:
     ap.add_argument("--config", default=str(Path(__file__).with_name("http_hot_path.yaml")))
     ap.add_argument("--filter", action="store_true",
                     help="one extra sync header-only filter (add_header) before the router")
+    ap.add_argument("--tracing", type=float, metavar="PCT",
+                    help="OpenTelemetry tracing with random_sampling PCT (0-100)")
+    ap.add_argument("--calls", action="store_true",
+                    help="print Python function calls per request (one repetition)")
     ap.add_argument("--profile", action="store_true", help="cProfile one repetition instead")
     args = ap.parse_args()
 
     config = args.config
-    if args.filter:
+    if args.filter or args.tracing is not None:
         text = Path(config).read_text()
         marker = "          - name: envoy.filters.http.router\n"
-        if marker not in text:
-            sys.exit(f"--filter: no router entry to put the filter before in {config}")
+        if args.filter:
+            if marker not in text:
+                sys.exit(f"--filter: no router entry to put the filter before in {config}")
+            text = text.replace(marker, ADD_HEADER + marker)
+        if args.tracing is not None:
+            filters = "          http_filters:\n"
+            if filters not in text or "  clusters:\n" not in text:
+                sys.exit(f"--tracing: no http_filters or clusters to extend in {config}")
+            text = text.replace(filters, TRACING.format(pct=args.tracing) + filters, 1)
+            text = text.replace("  clusters:\n", "  clusters:\n" + COLLECTOR, 1)
         tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)  # noqa: SIM115
-        tmp.write(text.replace(marker, ADD_HEADER + marker))
+        tmp.write(text)
         tmp.close()
         config = tmp.name
     server = Server(Options(config_path=config))
@@ -140,10 +203,16 @@ async def main() -> None:
             feed_down(REQUEST)
             feed_up(RESPONSE)
 
-    if args.profile:
+    if args.profile or args.calls:
         prof = cProfile.Profile()
         prof.runcall(run, args.n)
-        pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+        stats = pstats.Stats(prof)
+        if args.calls:
+            ops = count_opcodes(run, min(args.n, 2000))
+            print(f"Python calls per request: {stats.total_calls / args.n:.1f}, "  # type: ignore[attr-defined]
+                  f"bytecode instructions per request: {ops:.0f} ({args.n} requests)")
+            return
+        stats.sort_stats("tottime").print_stats(40)
         return
     # Python calls per request (functions and builtins, as cProfile counts them): independent of
     # the machine's load, so the figure to compare changes by.

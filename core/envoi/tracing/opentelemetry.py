@@ -25,16 +25,25 @@ instead of sending spans the collector cannot read.
 
 from __future__ import annotations
 
+import time
 import urllib.parse
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from envoi import __version__
 from envoi.config import ConfigError, ConfigIssue, duration_seconds, implements
 from envoi.stats import Counter, Scope, StatsGroup
 from envoi.tracing.export import BatchExporter, GrpcPoster, HttpPoster, PostResult
-from envoi.tracing.propagation import Getter, Setter, extract_w3c, inject_w3c
-from envoi.tracing.span import Span, SpanKind, new_id
+from envoi.tracing.ids import unsampled_traceparent
+from envoi.tracing.propagation import (
+    Getter,
+    Setter,
+    extract_w3c,
+    format_traceparent,
+    inject_w3c,
+    parse_traceparent,
+)
+from envoi.tracing.span import HeaderBytes, Span, SpanKind, new_id, new_span_id, set_pair
 
 __all__ = ["OpenTelemetryTracer", "build_request", "otlp_protos"]
 
@@ -182,6 +191,39 @@ class OpenTelemetryTracer:
 
     def inject(self, span: Span, set_header: Setter) -> None:
         inject_w3c(set_header, span.trace_id, span.span_id, span.sampled, span.tracestate)
+
+    # -- the connection manager's fast path (span.RequestTracer) ------------------------------
+
+    def begin(self, name: str, kind: SpanKind, headers: HeaderBytes,
+              fields: Mapping[bytes, bytes], traced: bool) -> tuple[Span | None, object]:
+        """``start_span``, without a span when the request is not sampled: its context is then
+        ``(traceparent, tracestate)`` as header bytes."""
+        raw = fields.get(b"traceparent")
+        parent = None if raw is None else parse_traceparent(raw.decode("latin-1"))
+        if parent is None:
+            if traced:
+                return Span(name, kind, new_id(16), new_id(8), "", True, "", time.time_ns(),
+                            sink=self.exporter, tracer=self), None
+            return None, (unsampled_traceparent(), b"")  # a new trace
+        tracestate = fields.get(b"tracestate") or b""
+        if parent.sampled and traced:  # as start_span: the caller and the decision agree
+            return Span(name, kind, parent.trace_id, new_id(8), parent.parent_id, True,
+                        tracestate.decode("latin-1"), time.time_ns(), sink=self.exporter,
+                        tracer=self), None
+        return None, (b"00-%s-%s-00" % (parent.trace_id.encode(), new_span_id()), tracestate)
+
+    def inject_headers(self, span: Span, headers: HeaderBytes) -> None:
+        set_pair(headers, b"traceparent",
+                 format_traceparent(span.trace_id, span.span_id, span.sampled).encode(),
+                 b"tracestate", span.tracestate.encode("latin-1"))
+
+    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool) -> None:
+        traceparent, tracestate = cast("tuple[bytes, bytes]", context)
+        if child:  # (the child's span id: it is never sent, but the upstream sees it)
+            traceparent = traceparent[:36] + new_span_id() + b"-00"
+        set_pair(headers, b"traceparent", traceparent, b"tracestate", tracestate)
+
+
 
 
 def _check_cluster(cm: Any, name: str, path: str) -> None:

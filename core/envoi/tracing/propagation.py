@@ -22,6 +22,7 @@ __all__ = [
     "format_traceparent",
     "inject_b3",
     "inject_w3c",
+    "parse_traceparent",
 ]
 
 Getter = Callable[[str], "str | None"]
@@ -53,6 +54,16 @@ def extract_w3c(get: Getter) -> TraceParent | None:
     value = get(TRACEPARENT)
     if value is None:
         return None
+    parent = parse_traceparent(value)
+    if parent is None:
+        return None
+    tracestate = get(TRACESTATE)
+    return TraceParent(parent.trace_id, parent.parent_id, parent.sampled, tracestate) \
+        if tracestate else parent
+
+
+def parse_traceparent(value: str) -> TraceParent | None:
+    """A ``traceparent`` header's value (without ``tracestate``), or None when invalid."""
     m = _TRACEPARENT.match(value.strip())
     if m is None:
         return None
@@ -60,8 +71,7 @@ def extract_w3c(get: Getter) -> TraceParent | None:
     if version == "ff" or (version == "00" and rest) or trace_id == _ZERO_TRACE \
             or parent_id == _ZERO_SPAN:
         return None
-    sampled = bool(int(flags, 16) & 1)
-    return TraceParent(trace_id, parent_id, sampled, get(TRACESTATE) or "")
+    return TraceParent(trace_id, parent_id, bool(int(flags, 16) & 1))
 
 
 def format_traceparent(trace_id: str, span_id: str, sampled: bool) -> str:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import enum
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from envoi.tracing.propagation import Getter, Setter
 
-__all__ = ["Span", "SpanKind", "SpanSink", "Tracer", "new_id"]
+__all__ = ["HeaderBytes", "RequestTracer", "Span", "SpanKind", "SpanSink", "Tracer", "new_id",
+           "new_span_id", "set_pair"]
 
 _getrandbits = random.getrandbits
 
@@ -40,6 +41,14 @@ def new_id(nbytes: int = 8) -> str:
         value = _getrandbits(bits)
         if value:
             return f"{value:0{nbytes * 2}x}"
+
+
+def new_span_id() -> bytes:
+    """A random non-zero 8-byte span id in lower-case hex, as bytes (for a header)."""
+    while True:
+        value = _getrandbits(64)
+        if value:
+            return b"%016x" % value
 
 
 class SpanSink(Protocol):
@@ -112,6 +121,53 @@ class Tracer(Protocol):
     def child(self, parent: Span, name: str, start_ns: int) -> Span: ...
 
     def inject(self, span: Span, set_header: Setter) -> None: ...
+
+
+class HeaderBytes(Protocol):
+    """What a tracer's fast path reads and writes of a request's headers (``HeaderMap``)."""
+
+    headers: list[tuple[bytes, bytes]]  # the regular fields, lower-case names
+
+    def get(self, name: str, default: str | None = None) -> str | None: ...
+
+    def get_bytes(self, name: bytes) -> bytes | None: ...
+
+    def set_bytes(self, name: bytes, value: bytes) -> None: ...
+
+
+def set_pair(headers: HeaderBytes, name1: bytes, value1: bytes, name2: bytes,
+             value2: bytes) -> None:
+    """``set_bytes`` of two regular fields (trace context headers), in one pass over the
+    fields when neither is there yet (the usual case: appended)."""
+    hs = headers.headers
+    present = dict(hs)  # (a C-level pass)
+    if name1 in present or name2 in present:
+        headers.set_bytes(name1, value1)
+        headers.set_bytes(name2, value2)
+        return
+    hs.append((name1, value1))
+    hs.append((name2, value2))
+
+
+class RequestTracer(Tracer, Protocol):
+    """A tracer with a fast path for the HTTP connection manager (the built-in ones): a request
+    that is not sampled gets no :class:`Span`, only the context the upstream must see, read and
+    written as header bytes. A tracer without these methods is driven through
+    :class:`Tracer`'s (a span per request, sampled or not)."""
+
+    def begin(self, name: str, kind: SpanKind, headers: HeaderBytes,
+              fields: Mapping[bytes, bytes], traced: bool) -> tuple[Span | None, object]:
+        """The request's ingress span when it is sampled (``(span, None)``), else
+        ``(None, context)``: what :meth:`inject_unsampled` writes upstream. ``fields`` are the
+        request's regular fields, each name with its first value; ``traced`` is Envoy's
+        decision, which the tracer may overrule from the request's headers."""
+
+    def inject_headers(self, span: Span, headers: HeaderBytes) -> None:
+        """:meth:`Tracer.inject` straight into a header map."""
+
+    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool) -> None:
+        """Write an unsampled request's context into an upstream request's headers (``child``:
+        as the context of a child span of it, the router's egress span, would be)."""
 
 
 SpanFactory = Callable[..., Span]

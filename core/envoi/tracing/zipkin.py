@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from envoi.config import ConfigError, ConfigIssue, implements
 from envoi.stats import Counter, StatsGroup
 from envoi.tracing.export import BatchExporter, HttpPoster, PostResult
 from envoi.tracing.propagation import Getter, Setter, extract_b3, inject_b3
-from envoi.tracing.span import Span, SpanKind, new_id
+from envoi.tracing.span import HeaderBytes, Span, SpanKind, new_id
 
 __all__ = ["ZipkinTracer", "encode_spans"]
 
@@ -141,25 +142,27 @@ class ZipkinTracer:
         # Envoy's Zipkin tracer names the ingress span after the request's host (a route
         # decorator renames it afterwards).
         name = get_header(":authority") or get_header("host") or name
+        trace_id, span_id, parent, sampled, shared = self._context(kind, get_header, traced)
+        span = Span(name, kind, trace_id, span_id, parent, sampled, "", start_ns,
+                    sink=self.exporter, tracer=self)
+        span.extra = {"shared": shared}
+        return span
+
+    def _context(self, kind: SpanKind, get_header: Getter,
+                 traced: bool) -> tuple[str, str, str, bool, bool]:
+        """The ingress span's trace id, span id, parent id, sampled and shared flags."""
         ctx = extract_b3(get_header)
-        # An egress operation (an OUTBOUND listener's, kind CLIENT) is a span of its own, never
-        # shared with the caller's.
-        shared = self.shared and kind is SpanKind.SERVER
         if ctx is not None and ctx.trace_id:
-            sampled = traced if ctx.sampled is None else ctx.sampled
-            span_id = ctx.span_id if shared else new_id(8)
-            parent = ctx.parent_id if shared else ctx.span_id
-            span = Span(name, kind, ctx.trace_id, span_id, parent, sampled, "", start_ns,
-                        sink=self.exporter, tracer=self)
-            span.extra = {"shared": shared}
-            return span
+            # An egress operation (an OUTBOUND listener's, kind CLIENT) is a span of its own,
+            # never shared with the caller's.
+            shared = self.shared and kind is SpanKind.SERVER
+            return (ctx.trace_id, ctx.span_id if shared else new_id(8),
+                    ctx.parent_id if shared else ctx.span_id,
+                    traced if ctx.sampled is None else ctx.sampled, shared)
         if ctx is not None and ctx.sampled is not None:  # a sampling decision alone
             traced = ctx.sampled
         trace_id = new_id(16 if self.trace_id_128 else 8)
-        span = Span(name, kind, trace_id, trace_id[-16:], "", traced, "", start_ns,
-                    sink=self.exporter, tracer=self)
-        span.extra = {"shared": kind is SpanKind.SERVER}
-        return span
+        return trace_id, trace_id[-16:], "", traced, kind is SpanKind.SERVER
 
     def child(self, parent: Span, name: str, start_ns: int) -> Span:
         # Envoy 1.39's Zipkin egress span shares its parent's context.
@@ -170,3 +173,35 @@ class ZipkinTracer:
 
     def inject(self, span: Span, set_header: Setter) -> None:
         inject_b3(set_header, span.trace_id, span.span_id, span.parent_id, span.sampled)
+
+    # -- the connection manager's fast path (span.RequestTracer) ------------------------------
+
+    def begin(self, name: str, kind: SpanKind, headers: HeaderBytes,
+              fields: Mapping[bytes, bytes], traced: bool) -> tuple[Span | None, object]:
+        """``start_span``, without a span when the request is not sampled: its context is then
+        ``(trace id, span id, parent id)`` as header bytes (the egress span shares it)."""
+        get = headers.get
+        trace_id, span_id, parent, sampled, shared = self._context(kind, get, traced)
+        if not sampled:
+            return None, (trace_id.encode(), span_id.encode(), parent.encode())
+        span = Span(get(":authority") or name, kind, trace_id, span_id, parent, True, "",
+                    time.time_ns(), sink=self.exporter, tracer=self)
+        span.extra = {"shared": shared}
+        return span, None
+
+    def inject_headers(self, span: Span, headers: HeaderBytes) -> None:
+        set_bytes = headers.set_bytes
+        set_bytes(b"x-b3-traceid", span.trace_id.encode())
+        set_bytes(b"x-b3-spanid", span.span_id.encode())
+        if span.parent_id:
+            set_bytes(b"x-b3-parentspanid", span.parent_id.encode())
+        set_bytes(b"x-b3-sampled", b"1" if span.sampled else b"0")
+
+    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool) -> None:
+        trace_id, span_id, parent = cast("tuple[bytes, bytes, bytes]", context)
+        set_bytes = headers.set_bytes
+        set_bytes(b"x-b3-traceid", trace_id)
+        set_bytes(b"x-b3-spanid", span_id)
+        if parent:
+            set_bytes(b"x-b3-parentspanid", parent)
+        set_bytes(b"x-b3-sampled", b"0")

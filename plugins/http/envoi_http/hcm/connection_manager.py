@@ -527,7 +527,7 @@ class ConnectionManager(ReadFilter):
         st.downstream_rq_time.record((now - s.start) * 1000)
         s.destroy()
         trace = s.trace
-        if trace is not None:  # (after destroy: the router's egress spans end first)
+        if trace is not None and trace.span is not None:  # (after destroy: egress spans first)
             trace.tracing.finish(trace, s)
         logs = self.config.access_logs
         if logs:
@@ -547,7 +547,7 @@ class ConnectionManager(ReadFilter):
         st.downstream_rq_time.record((now - s.start) * 1000)
         s.destroy()
         trace = s.trace
-        if trace is not None:
+        if trace is not None and trace.span is not None:  # (unsampled: nothing to finish)
             trace.tracing.finish(trace, s)
         for logger in self.config.access_logs:
             logger.log(s)

@@ -611,8 +611,8 @@ class ActiveStream:
         drop = upgrade.RESP_DROP_101 if status == 101 else _RESP_DROP
         raw = [kv for kv in headers.headers if kv[0] not in drop]
         trace = self.trace
-        if trace is not None:  # x-envoy-decorator-operation (hcm/tracing.py)
-            trace.response_head(raw)
+        if trace is not None and (trace.response_operation or trace.tracing.egress):
+            trace.response_head(raw)  # x-envoy-decorator-operation (hcm/tracing.py)
         raw.append((b"date", http_date()))
         raw.append((b"server", self.hcm.server_name))
         headers.headers = raw

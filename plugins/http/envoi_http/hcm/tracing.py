@@ -24,13 +24,16 @@ both on one config):
   tags (the connection manager's, then the route's) and is finished: a sampled one goes to the
   tracer's exporter, off the request path.
 
-An unsampled request still gets a span: it propagates ``sampled=0`` upstream, and is never sent.
+A request that is not sampled gets no span object (with the built-in tracers): its tracer keeps
+the context it propagates upstream (``sampled=0``, as Envoy) as header bytes, and the sampling
+percentages with the runtime's overrides are worked out once per runtime snapshot, so an
+unsampled request costs a few header reads and writes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +41,8 @@ from envoi.config import ConfigError, ConfigIssue, implements
 from envoi.extensions import FactoryContext, TracerFactory
 from envoi.stats import Counter, Scope, StatsGroup
 from envoi.tracing.propagation import Getter, Setter
-from envoi.tracing.sampling import Percent, SamplingConfig, decision, mutate_request_id
-from envoi.tracing.span import Span, SpanKind, Tracer
+from envoi.tracing.sampling import Percent, SamplingConfig
+from envoi.tracing.span import RequestTracer, Span, SpanKind, Tracer
 from envoi.tracing.tags import (
     DEFAULT_MAX_PATH_TAG_LENGTH,
     CustomTag,
@@ -147,15 +150,19 @@ def route_tracing(msg: Any, path: str) -> RouteTracing:
 
 
 class StreamTrace:
-    """One stream's tracing: its ingress span and what the response and the router need."""
+    """One stream's tracing: its ingress span (None when the request is not sampled: then
+    ``context`` is what its tracer propagates upstream) and what the response and the router
+    need."""
 
-    __slots__ = ("response_operation", "span", "tracing")
+    __slots__ = ("context", "response_operation", "span", "tracing")
 
-    def __init__(self, tracing: HttpTracing, span: Span, response_operation: str) -> None:
+    def __init__(self, tracing: HttpTracing, span: Span | None, response_operation: str,
+                 context: object = None) -> None:
         self.tracing = tracing
         self.span = span
         #: x-envoy-decorator-operation for the response ("" for none; ingress only)
         self.response_operation = response_operation
+        self.context = context
 
     def response_head(self, raw: list[tuple[bytes, bytes]]) -> None:
         """The response head's fields as they leave (in place): the decorator's operation for
@@ -168,7 +175,7 @@ class StreamTrace:
         for i in range(len(raw) - 1, -1, -1):
             if raw[i][0] == DECORATOR_BYTES:
                 value = raw.pop(i)[1]
-                if value:
+                if value and self.span is not None:
                     self.span.set_operation(value.decode("latin-1"))
 
     @property
@@ -182,6 +189,43 @@ class StreamTrace:
         return self.tracing.custom_tags + rt.custom_tags
 
 
+# The trace reason in x-request-id's version digit (envoi.tracing.sampling), as a byte.
+_SAMPLED, _FORCED, _CLIENT, _NOT_TRACED = 0x39, 0x61, 0x62, 0x34  # '9' 'a' 'b' '4'
+_TRACED = frozenset((_SAMPLED, _FORCED, _CLIENT))
+_DENOMINATOR_NAMES = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+# (numerator, denominator) of client, random and overall sampling
+Thresholds = tuple[int, int, int, int, int, int]
+
+
+def _effective(percent: Percent, override: Any) -> tuple[int, int]:
+    """``sampling._feature_enabled``'s percentage: the runtime's value when the key is set."""
+    if isinstance(override, dict):
+        return (int(override.get("numerator", 0)),
+                _DENOMINATOR_NAMES.get(str(override.get("denominator", "HUNDRED")), 100))
+    if isinstance(override, int | float) and not isinstance(override, bool):
+        return int(override), 100
+    return percent.numerator, percent.denominator
+
+
+class _FallbackTracer:
+    """A tracer with only :class:`Tracer`'s methods, driven as a :class:`RequestTracer`: a
+    span per request, sampled or not."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def begin(self, name: str, kind: SpanKind, headers: HeaderMap, fields: Mapping[bytes, bytes],
+              traced: bool) -> tuple[Span | None, object]:
+        return self.tracer.start_span(name, kind, header_getter(headers), traced,
+                                      time.time_ns()), None
+
+    def inject_headers(self, span: Span, headers: HeaderMap) -> None:
+        self.tracer.inject(span, header_setter(headers))
+
+    def inject_unsampled(self, context: object, headers: HeaderMap, child: bool) -> None:
+        raise AssertionError("a fallback tracer always makes a span")  # pragma: no cover
+
+
 class HttpTracing:
     """A connection manager's ``tracing``, made once at config time."""
 
@@ -190,6 +234,10 @@ class HttpTracing:
                  spawn_upstream_span: bool, stats: TracingStats, runtime: Any,
                  node_id: str, zone: str, egress: bool = False) -> None:
         self.tracer = tracer
+        #: the tracer's fast path (span.RequestTracer), or Tracer's methods behind it
+        self.fast: RequestTracer | _FallbackTracer = (
+            tracer if hasattr(tracer, "begin") and hasattr(tracer, "inject_unsampled")
+            else _FallbackTracer(tracer))  # type: ignore[assignment]
         self.sampling = sampling
         self.custom_tags = custom_tags
         self.max_path_tag_length = max_path_tag_length
@@ -200,49 +248,107 @@ class HttpTracing:
         self.zone = zone
         #: on an OUTBOUND listener: Envoy's egress operation (span name, decorator headers)
         self.egress = egress
+        self.kind = SpanKind.CLIENT if egress else SpanKind.SERVER
+        #: the counter of each value of x-request-id's trace digit (a byte)
+        self.by_reason = [stats.not_traceable] * 256
+        self.by_reason[_SAMPLED] = stats.random_sampling
+        self.by_reason[_FORCED] = stats.service_forced
+        self.by_reason[_CLIENT] = stats.client_enabled
+        # The sampling thresholds with the runtime's overrides, per runtime snapshot (a
+        # runtime change makes a new snapshot), not per request.
+        self._snapshot: object = getattr(runtime, "snapshot", self)  # (the runtime's dict)
+        self._live = hasattr(runtime, "snapshot")  # (else: thresholds() per request)
+        self._thresholds: Thresholds = self._compute(sampling)
+        self._route_thresholds: dict[int, tuple[SamplingConfig, Thresholds]] = {}
+
+    def thresholds(self, sampling: SamplingConfig | None) -> Thresholds:
+        """The client, random and overall percentages in force (``sampling`` a route's, or
+        None for the connection manager's)."""
+        # (A runtime without snapshots, a test's, is read per request.)
+        runtime = self.runtime
+        snapshot = None if runtime is None else getattr(runtime, "snapshot", self)
+        if snapshot is not self._snapshot or snapshot is self:
+            self._snapshot = snapshot
+            self._route_thresholds.clear()
+            self._thresholds = self._compute(self.sampling)
+        if sampling is None:
+            return self._thresholds
+        cached = self._route_thresholds.get(id(sampling))
+        if cached is None or cached[0] is not sampling:
+            cached = self._route_thresholds[id(sampling)] = (sampling, self._compute(sampling))
+        return cached[1]
+
+    def _compute(self, sampling: SamplingConfig) -> Thresholds:
+        runtime = self.runtime
+        get = runtime.get if runtime is not None else (lambda key: None)
+        return (_effective(sampling.client, get("tracing.client_enabled"))
+                + _effective(sampling.random, get("tracing.random_sampling"))
+                + _effective(sampling.overall, get("tracing.global_enabled")))
 
     def start(self, headers: HeaderMap, route: Any) -> StreamTrace:
         """The request's tracing decision and ingress span (the headers are the request's, as
-        routed; the decision is written into their ``x-request-id``)."""
-        rt: RouteTracing | None = getattr(route, "tracing", None) if route is not None else None
-        raw_rid = headers.get_bytes(b"x-request-id")
-        rid = None if raw_rid is None else raw_rid.decode("latin-1")
-        if rid is not None:
-            new = mutate_request_id(
-                rid, rt.sampling if rt is not None else self.sampling, self.runtime,
-                client_trace_id=headers.get_bytes(b"x-client-trace-id") is not None,
-                force_trace=headers.get_bytes(b"x-envoy-force-trace") is not None)
-            if new is not None and new != rid:
-                headers.set_bytes(b"x-request-id", new.encode())
-                rid = new
-        d = decision(rid)
-        getattr(self.stats, d.reason.stat).inc()
+        routed; the decision is written into their ``x-request-id``). The decision is
+        :func:`envoi.tracing.sampling.mutate_request_id`'s, on the request id's bytes."""
+        # The regular fields, each with its first value (as get_bytes): one C-level pass.
+        fields = dict(reversed(headers.headers))
+        rid = fields.get(b"x-request-id")
+        reason = _NOT_TRACED
+        if rid is not None and len(rid) == 36:  # (else the decision leaves it alone)
+            reason = rid[14]
+            try:
+                value = int(rid[:8], 16) % 10_000
+            except ValueError:
+                pass  # not a UUID: left alone, its digit says
+            else:
+                rt: RouteTracing | None = getattr(route, "tracing", None)
+                if rt is None and self._live and self.runtime.snapshot is self._snapshot:
+                    cn, cd, rn, rd, on, od = self._thresholds
+                else:
+                    cn, cd, rn, rd, on, od = self.thresholds(
+                        rt.sampling if rt is not None else None)
+                was = reason
+                if reason not in _TRACED:
+                    if b"x-client-trace-id" in fields and value % cd < cn:
+                        reason = _CLIENT
+                    elif b"x-envoy-force-trace" in fields:
+                        reason = _FORCED
+                    elif value % rd < rn:
+                        reason = _SAMPLED
+                if value % od >= on:
+                    reason = _NOT_TRACED
+                if reason != was:
+                    headers.set_bytes(b"x-request-id", rid[:14] + bytes((reason,)) + rid[15:])
+        traced = reason in _TRACED
+        self.by_reason[reason].value += 1
         egress = self.egress
-        name = "egress " + headers.authority.decode("latin-1") if egress else "ingress"
-        span = self.tracer.start_span(name, SpanKind.CLIENT if egress else SpanKind.SERVER,
-                                      header_getter(headers), d.traced, time.time_ns())
+        span, context = self.fast.begin(
+            "egress " + headers.authority.decode("latin-1") if egress else "ingress",
+            self.kind, headers, fields, traced)
         operation = ""
-        dec: Decorator | None = getattr(route, "decorator", None) if route is not None else None
+        dec: Decorator | None = getattr(route, "decorator", None)
         if dec is not None and dec.operation:
-            span.set_operation(dec.operation)
+            if span is not None:
+                span.set_operation(dec.operation)
             if dec.propagate:
                 operation = dec.operation
         if egress:
             if operation:  # for the upstream's own span
                 headers.set_bytes(DECORATOR_BYTES, operation.encode())
-            return StreamTrace(self, span, "")
-        override = headers.get_bytes(DECORATOR_BYTES)
+            return StreamTrace(self, span, "", context)
+        override = fields.get(DECORATOR_BYTES)
         if override is not None:
             if override:
-                span.set_operation(override.decode("latin-1"))
+                if span is not None:
+                    span.set_operation(override.decode("latin-1"))
                 operation = ""
             headers.remove_bytes(DECORATOR_BYTES)
-        return StreamTrace(self, span, operation)
+        return StreamTrace(self, span, operation, context)
 
     def finish(self, trace: StreamTrace, s: Any) -> None:
         """The stream ended: the ingress span's tags, then the span is finished (a span that
         is not sampled goes nowhere: it gets no tags)."""
-        if not trace.span.sampled:
+        span = trace.span
+        if span is None or not span.sampled:
             return
         h = s.request_headers
         info = s.stream_info
@@ -256,7 +362,7 @@ class HttpTracing:
             peer = peer.rsplit(":", 1)[0]
         route = s._route
         downstream_tags(
-            trace.span, node_id=self.node_id, zone=self.zone,
+            span, node_id=self.node_id, zone=self.zone,
             request_id=h.get("x-request-id") or "", url=url,
             method=h.method.decode("latin-1"),
             downstream_cluster=h.get("x-envoy-downstream-service-cluster") or "",
@@ -266,7 +372,7 @@ class HttpTracing:
             status=info.response_code, response_flags=",".join(info.response_flags),
             custom=trace.custom_tags(route), get_header=h.get,
             client_trace_id=h.get("x-client-trace-id") or "")
-        trace.span.finish()
+        span.finish()
 
 
 def build_tracing(config: Any, path: str, context: FactoryContext, stat_prefix: str,

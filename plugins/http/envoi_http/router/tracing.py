@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 from envoi.tracing.span import Span
 from envoi.tracing.tags import upstream_tags
 
-from envoi_http.hcm.tracing import header_setter
-
 if TYPE_CHECKING:
     from envoi.http.headers import HeaderMap
 
@@ -30,16 +28,22 @@ __all__ = ["end_attempt", "start_attempt"]
 def start_attempt(trace: StreamTrace, start_child_span: bool, cluster: str,
                   headers: HeaderMap, retries: int) -> Span | None:
     """An upstream attempt begins (after ``retries`` others): its egress span (None without
-    one; a retry's is tagged ``retry.count``), and the context of that span, or of the ingress
-    span, written into the upstream request's headers."""
+    one, or when the request is not sampled; a retry's is tagged ``retry.count``), and the
+    context of that span, or of the ingress span, written into the upstream request's
+    headers."""
     parent = trace.span
-    if start_child_span or trace.spawn_upstream_span:
+    tracing = trace.tracing
+    child_wanted = start_child_span or tracing.spawn_upstream_span
+    if parent is None:  # not sampled: only the context goes upstream
+        tracing.fast.inject_unsampled(trace.context, headers, child_wanted)
+        return None
+    if child_wanted:
         child = parent.spawn_child(f"router {cluster} egress")
         if retries:
             child.set_tag("retry.count", str(retries))
-        child.inject(header_setter(headers))
+        tracing.fast.inject_headers(child, headers)
         return child
-    parent.inject(header_setter(headers))
+    tracing.fast.inject_headers(parent, headers)
     return None
 
 

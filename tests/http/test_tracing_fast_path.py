@@ -1,0 +1,198 @@
+"""The connection manager's tracing fast path (``hcm/tracing.py``, the built-in tracers'
+``begin``/``inject_unsampled``) against the reference functions it must agree with: the same
+``x-request-id`` decision and counters as :func:`envoi.tracing.sampling.mutate_request_id` for
+random request ids, headers, route percentages and runtime overrides (which take effect on the
+next request after ``/runtime_modify``), no span object for a request that is not sampled, and
+the context that goes upstream as ``start_span``/``inject`` would send it."""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from typing import Any
+
+import pytest
+from envoi.http.headers import HeaderMap
+from envoi.stats import Store
+from envoi.testing import StandaloneServer, factory_context
+from envoi.tracing import sampling as smp
+from envoi.tracing.ids import unsampled_traceparent
+from envoi.tracing.opentelemetry import OpenTelemetryTracer
+from envoi.tracing.span import SpanKind
+from envoi.tracing.zipkin import ZipkinTracer
+from envoi.upstream.cluster import Cluster, ClusterStats
+from envoi.upstream.host import Host
+from envoi.upstream.lb import LbParams, RoundRobin
+from envoi_http.hcm.tracing import HttpTracing, RouteTracing, TracingStats
+from envoi_http.router import tracing as router_tracing
+from envoy.config.trace.v3 import opentelemetry_pb2, zipkin_pb2
+from google.protobuf import json_format
+
+TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-0([01])$")
+
+
+def _context() -> Any:
+    stats = Store()
+    c = Cluster(name="collector", stats=ClusterStats(stats.root.scope("cluster.collector")))
+    c.lb = RoundRobin([], LbParams(), c)
+    c.set_hosts([Host("127.0.0.1", 9)])
+    return factory_context(server=StandaloneServer(stats=stats, clusters={"collector": c}))
+
+
+def _otel(ctx: Any) -> OpenTelemetryTracer:
+    return OpenTelemetryTracer(json_format.ParseDict(
+        {"grpc_service": {"envoy_grpc": {"cluster_name": "collector"}}},
+        opentelemetry_pb2.OpenTelemetryConfig()), ctx)
+
+
+def _zipkin(ctx: Any) -> ZipkinTracer:
+    return ZipkinTracer(json_format.ParseDict(
+        {"collector_cluster": "collector", "collector_endpoint": "/api/v2/spans",
+         "collector_endpoint_version": "HTTP_JSON"}, zipkin_pb2.ZipkinConfig()), ctx)
+
+
+def _tracing(ctx: Any, tracer: Any, sampling: smp.SamplingConfig,
+             spawn: bool = False) -> HttpTracing:
+    return HttpTracing(tracer, sampling, (), 256, spawn,
+                       TracingStats(ctx.stats.root.scope("http.test.tracing")), ctx.runtime,
+                       "node", "")
+
+
+def _request(rid: str | None, **extra: str) -> HeaderMap:
+    fields = [(b"x-forwarded-proto", b"http")]
+    for k, v in extra.items():
+        fields.append((k.replace("_", "-").encode(), v.encode()))
+    if rid is not None:
+        fields.append((b"x-request-id", rid.encode("latin-1")))
+    return HeaderMap(fields, method=b"GET", path=b"/", authority=b"example.com",
+                     scheme=b"http")
+
+
+class Route:
+    def __init__(self, tracing: RouteTracing | None = None) -> None:
+        self.tracing = tracing
+        self.decorator = None
+
+
+def _rids(rng: random.Random) -> list[str | None]:
+    out: list[str | None] = [None, "short", "not-a-uuid-but-36-characters-long!!!",
+                             "zzzzzzzz-6f55-44ba-ad80-413f09f48a28"]
+    for _ in range(300):
+        rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        out.append(rid[:14] + rng.choice("49abx") + rid[15:])
+    return out
+
+
+@pytest.mark.parametrize("runtime_values", [
+    {}, {"tracing.random_sampling": 30}, {"tracing.global_enabled": 60},
+    {"tracing.client_enabled": {"numerator": 5000, "denominator": "TEN_THOUSAND"}},
+])
+def test_the_decision_is_mutate_request_ids(runtime_values: dict[str, Any]) -> None:
+    ctx = _context()
+    if runtime_values:
+        assert ctx.runtime.modify({k: str(v) if not isinstance(v, dict) else
+                                   __import__("json").dumps(v)
+                                   for k, v in runtime_values.items()}) is None
+    sampling = smp.SamplingConfig(client=smp.Percent(40, 100),
+                                  random=smp.Percent.from_percent(25.5),
+                                  overall=smp.Percent.from_percent(80))
+    route_sampling = smp.SamplingConfig(random=smp.Percent(3, 100))
+    tracing = _tracing(ctx, _otel(ctx), sampling)
+    rng = random.Random(7)
+    expected_counts: dict[str, int] = {}
+    for rid in _rids(rng):
+        for extra in ({}, {"x_client_trace_id": "c"}, {"x_envoy_force_trace": "1"},
+                      {"x_client_trace_id": "c", "x_envoy_force_trace": "1"}):
+            for route in (None, Route(), Route(RouteTracing(route_sampling))):
+                h = _request(rid, **extra)
+                tracing.start(h, route)
+                cfg = route.tracing.sampling if route is not None and \
+                    route.tracing is not None else sampling
+                want = smp.mutate_request_id(
+                    rid, cfg, ctx.runtime, client_trace_id="x_client_trace_id" in extra,
+                    force_trace="x_envoy_force_trace" in extra)
+                assert h.get("x-request-id") == want, (rid, extra, route)
+                reason = smp.decision(want).reason.stat
+                expected_counts[reason] = expected_counts.get(reason, 0) + 1
+    stats = tracing.stats
+    assert {name: getattr(stats, name).value for name in expected_counts} == expected_counts
+    assert sum(expected_counts.values()) == sum(
+        getattr(stats, n).value for n in ("random_sampling", "service_forced",
+                                          "client_enabled", "not_traceable"))
+
+
+def test_a_runtime_change_applies_to_the_next_request() -> None:
+    ctx = _context()
+    tracing = _tracing(ctx, _otel(ctx), smp.SamplingConfig())  # 100 %
+    rid = "125a4afb-6f55-44ba-ad80-413f09f48a28"
+    h = _request(rid)
+    assert tracing.start(h, None).span is not None
+    ctx.runtime.modify({"tracing.random_sampling": "0"})
+    h = _request(rid)
+    assert tracing.start(h, None).span is None
+    assert h.get("x-request-id") == rid  # not traced: the plain v4 digit stays
+    ctx.runtime.modify({"tracing.random_sampling": ""})
+    assert tracing.start(_request(rid), None).span is not None
+
+
+def test_unsampled_requests_get_no_span_and_propagate_sampled_0() -> None:
+    ctx = _context()
+    tracing = _tracing(ctx, _otel(ctx), smp.SamplingConfig(random=smp.Percent(0, 100)))
+    # A new trace: a fresh trace id per request, the same context on every attempt.
+    h = _request(str(uuid.uuid4()))
+    trace = tracing.start(h, None)
+    assert trace.span is None
+    router_tracing.start_attempt(trace, False, "web", h, 0)
+    first = h.get_bytes(b"traceparent")
+    assert first is not None and TRACEPARENT.match(first)
+    assert TRACEPARENT.match(first).group(3) == b"0"  # type: ignore[union-attr]
+    assert h.get_all("tracestate") == [""]
+    router_tracing.start_attempt(trace, False, "web", h, 1)  # a retry: the same context
+    assert h.get_all("traceparent") == [first.decode()]
+    other = _request(str(uuid.uuid4()))
+    t2 = tracing.start(other, None)
+    router_tracing.start_attempt(t2, False, "web", other, 0)
+    assert other.get_bytes(b"traceparent")[3:35] != first[3:35]  # type: ignore[index]
+    # start_child_span: the child's own span id, the same trace, on every attempt a new one.
+    router_tracing.start_attempt(trace, True, "web", h, 0)
+    child = h.get_bytes(b"traceparent")
+    assert child is not None and child[:36] == first[:36] and child != first
+    # A caller's context: its trace id and tracestate go on, with a span id of ours.
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    h = _request(str(uuid.uuid4()), traceparent=caller, tracestate="k=v")
+    trace = tracing.start(h, None)
+    assert trace.span is None
+    router_tracing.start_attempt(trace, False, "web", h, 0)
+    sent = h.get_bytes(b"traceparent")
+    m = TRACEPARENT.match(sent or b"")
+    assert m is not None and m.group(1) == b"0af7651916cd43dd8448eb211c80319c"
+    assert m.group(2) != b"b7ad6b7169203331" and m.group(3) == b"0"
+    assert h.get_all("traceparent") == [sent.decode()]  # type: ignore[union-attr]
+    assert h.get_all("tracestate") == ["k=v"]
+
+
+def test_zipkin_unsampled_context_is_start_spans() -> None:
+    ctx = _context()
+    tracer = _zipkin(ctx)
+    tracing = _tracing(ctx, tracer, smp.SamplingConfig(random=smp.Percent(0, 100)))
+    caller = {"x_b3_traceid": "463ac35c9f6413ad", "x_b3_spanid": "a2fb4a1d1a96d312",
+              "x_b3_parentspanid": "0020000000000001"}
+    h = _request(str(uuid.uuid4()), **caller)
+    trace = tracing.start(h, None)
+    assert trace.span is None
+    router_tracing.start_attempt(trace, True, "web", h, 0)
+    # The reference: start_span's span injected the usual way.
+    ref = tracer.start_span("ingress", SpanKind.SERVER, _request(None, **caller).get, False, 0)
+    want: dict[str, str] = {}
+    tracer.inject(ref.spawn_child("router web egress"), want.__setitem__)
+    assert {k: h.get(k) for k in want} == want and want["x-b3-sampled"] == "0"
+
+
+def test_unsampled_traceparents_are_valid_and_distinct() -> None:
+    values = [unsampled_traceparent() for _ in range(1000)]
+    assert len(set(values)) == 1000
+    for v in values:
+        m = TRACEPARENT.match(v)
+        assert m is not None and m.group(3) == b"0"
+        assert m.group(1) != b"0" * 32 and m.group(2) != b"0" * 16
