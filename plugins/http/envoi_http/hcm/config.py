@@ -24,6 +24,7 @@ from envoi_http.hcm.route_chain import RouteChains, terminal_disabled, toggled_n
 from envoi_http.hcm.settings import HcmConfig
 from envoi_http.hcm.stats import HcmStats, Http1CodecStats
 from envoi_http.hcm.stream import ServerProtocol
+from envoi_http.hcm.tap import TAP_POINT
 from envoi_http.hcm.tracing import build_tracing
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
@@ -210,6 +211,7 @@ class HttpConnectionManagerFactory(NetworkFilterFactory):
             local_reply=local_reply,
             max_stream_duration=(duration_ms(common.max_stream_duration)
                                  if common.HasField("max_stream_duration") else 0),
+            tap=context.tap_point(TAP_POINT),
         )
         cfg.durations = bool(cfg.max_stream_duration) or route_durations(table)
 

@@ -60,6 +60,7 @@ from envoi.network.filter import ConnectionCloseType, ConnectionEvent, FilterSta
 from envoi_http.codec import events as ev
 from envoi_http.hcm import duration, internal, upgrade, xff
 from envoi_http.hcm import path_normalization as pathnorm
+from envoi_http.hcm import tap as hcm_tap
 from envoi_http.hcm.request_id import made_ids, request_id
 from envoi_http.hcm.stream import (
     CLOSED,
@@ -346,6 +347,11 @@ class ConnectionManager(ReadFilter):
                 st.downstream_rq_non_relative_path.value += 1
         headers = HeaderMap(raw, method=e.method, path=path, authority=e.authority,
                             scheme=e.scheme)
+        tap = cfg.tap
+        if tap is not None and tap.active:  # the request head on the live tap (hcm/tap.py)
+            hcm_tap.publish_request(tap, self.conn.id, e.stream_id, "HTTP/2" if version == b"2"
+                                    else "HTTP/1.0" if version == b"1.0" else "HTTP/1.1",
+                                    headers)
         norm = cfg.path_normalization
         if norm is not None and path[:1] == b"/":
             # Before routing and filters: all see the path the upstream sees.
@@ -529,6 +535,9 @@ class ConnectionManager(ReadFilter):
         trace = s.trace
         if trace is not None and trace.span is not None:  # (after destroy: egress spans first)
             trace.tracing.finish(trace, s)
+        tap = self.config.tap
+        if tap is not None and tap.active:
+            hcm_tap.publish_response(tap, self.conn.id, s, now)
         logs = self.config.access_logs
         if logs:
             for logger in logs:
@@ -549,6 +558,9 @@ class ConnectionManager(ReadFilter):
         trace = s.trace
         if trace is not None and trace.span is not None:  # (unsampled: nothing to finish)
             trace.tracing.finish(trace, s)
+        tap = self.config.tap
+        if tap is not None and tap.active:
+            hcm_tap.publish_response(tap, self.conn.id, s, now, reset=True)
         for logger in self.config.access_logs:
             logger.log(s)
 

@@ -11,6 +11,7 @@ from typing import Any
 from envoi.extensions import AccessLogger, FactoryContext
 from envoi.http.filter import HttpFilterFactoryCb
 from envoi.stats import Scope
+from envoi.tap import TapPoint
 
 from envoi_http.codec import Backend
 from envoi_http.codec.h2_options import DEFAULT_OPTIONS, Http2Options
@@ -69,6 +70,7 @@ class HcmConfig:
     http2_options: Http2Options = DEFAULT_OPTIONS  # http2_protocol_options (codec/h2_options)
     http2_stats: Any = None  # http2.* at the root (codec/h2_stats.py)
     tracing: HttpTracing | None = None  # ``tracing`` (hcm/tracing.py)
+    tap: TapPoint | None = None  # HTTP heads on the live tap (hcm/tap.py)
     _listener_stats: dict[int, ListenerHttpStats] = field(default_factory=dict)
     filter_names: tuple[str, ...] = ()  # the config name of each of filter_factories
     # Routes turn filters on or off (hcm/route_chain.py); None: every stream runs them all.
