@@ -61,6 +61,11 @@ class AutoPool:
         known: dict[Host, str] = self.cluster.extra.setdefault(_KEY, {})
         return known.get(self.host)
 
+    @property
+    def protocol(self) -> str:
+        """What the host speaks, once known (an egress span's http.protocol)."""
+        return "HTTP/2" if self.chosen == "h2" else "HTTP/1.1"
+
     def pool(self, alpn: str) -> Http1Pool | H2Pool:
         if alpn == "h2":
             return h2_pool_for(self.cluster, self.host, self.options, self.max_requests,

@@ -520,7 +520,8 @@ class Router(StreamDecoderFilter):
         self.trace_child = None
         tracing.end_attempt(self.trace, child, self.decoder_callbacks.stream_info,  # type: ignore[arg-type]
                             self.trace_status, self.route, self.headers,  # type: ignore[arg-type]
-                            self.trace_flags_at, reset, flag, connected)
+                            self.trace_flags_at, reset, flag,
+                            getattr(self.pool, "protocol", "HTTP/1.1") if connected else "-")
 
     def _maybe_retry(self, status: int | None, grpc: int | None = None) -> bool:
         """A retry for this failure (``status``: the response's; None: a reset or connect

@@ -346,6 +346,8 @@ class H2UpstreamConnection(asyncio.Protocol):
 
 
 class H2Pool:
+    protocol = "HTTP/2"  # (an egress span's http.protocol, router/tracing.py)
+
     def __init__(self, cluster: Cluster, host: Host, options: Http2Options = DEFAULT_OPTIONS,
                  max_requests: int = 0, priority: str = "DEFAULT", *, max_headers_kb: int = 60,
                  max_headers_count: int = 100) -> None:

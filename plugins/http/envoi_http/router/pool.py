@@ -171,6 +171,8 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class Http1Pool:
+    protocol = "HTTP/1.1"  # (an egress span's http.protocol, router/tracing.py)
+
     def __init__(self, cluster: Cluster, host: Host, backend: Backend,
                  max_requests: int, priority: str = "DEFAULT") -> None:
         self.cluster = cluster

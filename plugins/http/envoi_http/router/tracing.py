@@ -49,11 +49,12 @@ def start_attempt(trace: StreamTrace, start_child_span: bool, cluster: str,
 
 def end_attempt(trace: StreamTrace, child: Span, info: Any, status: int, route: Any,
                 headers: HeaderMap, flags_at: int, reset: str = "", flag: str = "",
-                connected: bool = True) -> None:
+                protocol: str = "HTTP/1.1") -> None:
     """The attempt is over (answered with ``status``; 0: reset, timed out, never connected):
     the egress span's tags (its flags: the stream's from ``flags_at`` on, and ``flag``; a
-    ``reset`` reason is Envoy's ``error.reason``; ``http.protocol`` is ``-`` when no
-    connection was made), then it is finished."""
+    ``reset`` reason is Envoy's ``error.reason``; ``protocol`` is the upstream's,
+    ``HTTP/1.1`` or ``HTTP/2`` as Envoy writes ``http.protocol``, ``-`` when no connection was
+    made), then it is finished."""
     if not child.sampled:
         return
     if reset:
@@ -64,7 +65,7 @@ def end_attempt(trace: StreamTrace, child: Span, info: Any, status: int, route: 
     flags = [f for f in info.response_flags[flags_at:] if f != "URX"]
     if flag:
         flags.append(flag)
-    upstream_tags(child, protocol="HTTP/1.1" if connected else "-",
+    upstream_tags(child, protocol=protocol,
                   upstream_address=info.upstream_host or "",
                   upstream_cluster=info.upstream_cluster or "", status=status,
                   response_flags=",".join(flags),
