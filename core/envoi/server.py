@@ -38,6 +38,7 @@ from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup, Store
 from envoi.stats.sink import StatsFlusher, StatsSink
 from envoi.stats.statsd import close_sinks
 from envoi.tap import TapHub, WorkerTaps
+from envoi.tracing.export import flush_exporters
 from envoi.upstream import health_sync  # registers the host_health worker operation
 from envoi.upstream.cluster_manager import ClusterManager
 from envoi.upstream.host import health_flags_string
@@ -554,6 +555,7 @@ class Server:
         await self._stop_event.wait()
         self._flush_handle.cancel()
         await self._drain()
+        await flush_exporters()  # the last requests' spans, before their clusters stop
         if self.worker_index is None:
             self.plugins.pm.hook.envoi_stopped(server=self.view)
         if self.admin is not None:

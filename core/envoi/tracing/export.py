@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -28,12 +29,26 @@ from envoi.tracing.span import Span
 
 log = logging.getLogger("envoi.tracing")
 
-__all__ = ["BatchExporter", "GrpcPoster", "HttpPoster", "PostResult"]
+__all__ = ["BatchExporter", "GrpcPoster", "HttpPoster", "PostResult", "flush_exporters"]
 
 #: A report's fate: True sent and accepted, False refused by the collector (a non-2xx
 #: answer), None not delivered (no host, connection failure, timeout).
 PostResult = bool | None
 Send = Callable[[list[Span]], Awaitable[PostResult]]
+
+
+#: Every exporter alive in this process, for the last flush at shutdown (weak: a tracer that a
+#: config change replaced goes with its exporter).
+_EXPORTERS: weakref.WeakSet[BatchExporter] = weakref.WeakSet()
+
+
+async def flush_exporters(timeout: float = 2.0) -> None:
+    """Graceful shutdown, after the connections closed: every exporter sends the spans it still
+    holds, all at once, waiting at most ``timeout`` seconds (a collector that is down costs
+    that long, once)."""
+    exporters = [e for e in _EXPORTERS if e.spans or e.in_flight]
+    if exporters:
+        await asyncio.gather(*(e.close(timeout) for e in exporters))
 
 
 class BatchExporter:
@@ -55,6 +70,7 @@ class BatchExporter:
         self.spans: list[Span] = []
         self.in_flight: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        _EXPORTERS.add(self)
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -130,13 +146,20 @@ class BatchExporter:
             self.on_dropped(n)
 
     async def close(self, timeout: float = 1.0) -> None:
-        """Send what is left and wait (bounded) for the reports on the way."""
+        """Send what is left and wait (at most ``timeout`` seconds) for the reports on the
+        way; spans that wait for a free report slot go as soon as one is."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.flush()
-        if self.in_flight:
-            await asyncio.wait(set(self.in_flight), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self.flush()
+            remaining = deadline - loop.time()
+            if not self.in_flight or remaining <= 0:
+                break
+            await asyncio.wait(set(self.in_flight), timeout=remaining,
+                               return_when=asyncio.FIRST_COMPLETED)
 
 
 # -- HTTP/1.1 ---------------------------------------------------------------------------------
