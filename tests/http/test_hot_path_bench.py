@@ -23,3 +23,12 @@ def test_hot_path_bench_runs_with_one_extra_filter() -> None:
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "per request (process CPU): min" in out.stdout
+
+
+def test_hot_path_bench_with_tracing_counts_calls() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "http_hot_path.py"), "-n", "300",
+                          "--tracing", "1", "--calls"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "Python calls per request: " in out.stdout
+    assert "bytecode instructions per request: " in out.stdout
