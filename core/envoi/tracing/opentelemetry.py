@@ -221,7 +221,14 @@ class OpenTelemetryTracer:
         traceparent, tracestate = cast("tuple[bytes, bytes]", context)
         if child:  # (the child's span id: it is never sent, but the upstream sees it)
             traceparent = traceparent[:36] + new_span_id() + b"-00"
-        set_pair(headers, b"traceparent", traceparent, b"tracestate", tracestate)
+        hs = headers.headers  # (set_pair, inline: once per unsampled request)
+        present = dict(hs)
+        if b"traceparent" in present or b"tracestate" in present:
+            headers.set_bytes(b"traceparent", traceparent)
+            headers.set_bytes(b"tracestate", tracestate)
+        else:
+            hs.append((b"traceparent", traceparent))
+            hs.append((b"tracestate", tracestate))
 
 
 
