@@ -196,3 +196,31 @@ def test_unsampled_traceparents_are_valid_and_distinct() -> None:
         m = TRACEPARENT.match(v)
         assert m is not None and m.group(3) == b"0"
         assert m.group(1) != b"0" * 32 and m.group(2) != b"0" * 16
+
+
+class PlainTracer:
+    """A third-party tracer with only ``Tracer``'s methods (no fast path)."""
+
+    def __init__(self, inner: OpenTelemetryTracer) -> None:
+        self.inner = inner
+
+    def start_span(self, *args: Any) -> Any:
+        return self.inner.start_span(*args)
+
+    def child(self, *args: Any) -> Any:
+        return self.inner.child(*args)
+
+    def inject(self, *args: Any) -> None:
+        self.inner.inject(*args)
+
+
+def test_a_tracer_without_the_fast_path_gets_a_span_per_request() -> None:
+    ctx = _context()
+    tracing = _tracing(ctx, PlainTracer(_otel(ctx)),
+                       smp.SamplingConfig(random=smp.Percent(0, 100)))
+    h = _request(str(uuid.uuid4()))
+    trace = tracing.start(h, None)
+    assert trace.span is not None and not trace.span.sampled  # as before the fast path
+    assert router_tracing.start_attempt(trace, True, "web", h, 0) is not None
+    m = TRACEPARENT.match(h.get_bytes(b"traceparent") or b"")
+    assert m is not None and m.group(1).decode() == trace.span.trace_id and m.group(3) == b"0"

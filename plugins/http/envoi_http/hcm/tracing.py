@@ -236,7 +236,8 @@ class HttpTracing:
         self.tracer = tracer
         #: the tracer's fast path (span.RequestTracer), or Tracer's methods behind it
         self.fast: RequestTracer | _FallbackTracer = (
-            tracer if hasattr(tracer, "begin") and hasattr(tracer, "inject_unsampled")
+            tracer if all(hasattr(tracer, m) for m in ("begin", "inject_headers",
+                                                       "inject_unsampled"))
             else _FallbackTracer(tracer))  # type: ignore[assignment]
         self.sampling = sampling
         self.custom_tags = custom_tags
