@@ -187,6 +187,30 @@ def test_reset_stream_gives_connection_window_back() -> None:
     assert s.stats.tx_reset.value == 1
 
 
+def test_send_response_head_and_body_in_one_call() -> None:
+    s, p, _ = server(stream_buffer_limit=20000)
+    sid, raw = p.request()
+    talk(s, p, raw)
+    headers = [(b"content-type", b"text/plain"), (b"date", b"Tue, 24 Nov 2026 01:29:16 GMT")]
+    assert s.send_response(sid, 200, headers, b"hello", True) is False
+    data = s.data_to_send()
+    out = p.parse(data)
+    assert out.types() == ["Headers", "Data"] and out.data(sid) == b"hello"
+    assert out.headers(sid) == [[(b":status", b"200"), *headers]]
+    # date goes as a never-indexed literal (RFC 7541 6.2.3: 0001 prefix, name index 33 =
+    # 0x1f 0x12) and stays out of the dynamic table; the caller's list is left as it was
+    assert type(headers[1]) is tuple
+    assert b"\x1f\x12" in data
+    assert [n for n, _ in p.dec.header_table.dynamic_entries] == [b"content-type"]
+    assert s.open_streams == 0
+    # a head without a body; then a body the peer's window cannot take: blocked comes back
+    s.receive(SettingsFrame(0, settings={4: 1000}).serialize())
+    sid, raw = p.request()
+    talk(s, p, raw)
+    assert s.send_response(sid, 204, [], None, False) is False
+    assert s.send_data(sid, b"a" * 30000, False) is True and s.send_blocked(sid)
+
+
 def test_send_waits_for_window_and_reports_writable() -> None:
     s, p, _ = server(stream_buffer_limit=20000)
     s.receive(SettingsFrame(0, settings={4: 1000}).serialize())

@@ -20,12 +20,13 @@ import h2.config
 import h2.connection
 import h2.exceptions
 import h2.settings
+from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from . import events as ev
 from . import h2_events as hev
 from .h2_guard import OUTBOUND_FLOOD, PREFACE, InboundGuard, OutboundCounter
-from .h2_hpack import MemoDecoder, MemoEncoder
+from .h2_hpack import NEVER_INDEX, MemoDecoder, MemoEncoder
 from .h2_options import DEFAULT_OPTIONS, Http2Options, local_settings
 from .h2_stats import Http2CodecStats, detached_stats
 
@@ -195,6 +196,29 @@ class H2Sender:
         if end_stream:
             self._local_end(stream_id)
 
+    def send_response(self, stream_id: int, status: int, headers: ev.Headers,
+                      data: bytes | memoryview | None, end_stream: bool) -> bool:
+        """Server: a final response head and, unless ``data`` is None, its first body bytes, in
+        one call (``send_response_head`` + ``send_data``); the volatile fields of ``NEVER_INDEX``
+        go as never-indexed literals (``headers`` itself is not changed). Returns
+        ``send_blocked``."""
+        if stream_id not in self._open or self.dead:
+            return False
+        block: list[tuple[bytes, bytes]] = [(b":status", b"%d" % status), *headers]
+        for i in range(1, len(block)):
+            h = block[i]
+            if h[0] in NEVER_INDEX:
+                block[i] = NeverIndexedHeaderTuple(*h)
+        if data is None:
+            self._conn.send_headers(stream_id, block, end_stream)
+            self._frames += 1
+            if end_stream:
+                self._local_end(stream_id)
+            return False
+        self._conn.send_headers(stream_id, block, False)
+        self._frames += 1
+        return self.send_data(stream_id, data, end_stream)
+
     def send_informational(self, stream_id: int, status: int, headers: ev.Headers) -> None:
         if stream_id in self._open and not self.dead:
             self._conn.send_headers(stream_id, [(b":status", b"%d" % status), *headers], False)
@@ -217,11 +241,11 @@ class H2Sender:
         self.stats.streams_active.inc()
         return sid
 
-    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None:
-        """Queue body bytes; what does not fit the peer's windows waits in the stream's buffer
-        (``send_blocked`` says when that buffer is over the limit)."""
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> bool:
+        """Queue body bytes; what does not fit the peer's windows waits in the stream's buffer.
+        Returns ``send_blocked(stream_id)``: True while that buffer is over the limit."""
         if stream_id not in self._open or self.dead:
-            return
+            return False
         if stream_id not in self._pending:
             conn = self._conn
             n = len(data)
@@ -236,7 +260,7 @@ class H2Sender:
                     self._guard.outbound_data_frames += 1
                     if end_stream:
                         self._local_end(stream_id)
-                    return
+                    return False
             elif n <= conn.local_flow_control_window(stream_id):
                 # the windows take it all: frame by frame, no buffer (slices, no copies)
                 view = data if type(data) is memoryview else memoryview(data)
@@ -248,7 +272,7 @@ class H2Sender:
                 self._guard.outbound_data_frames += frames
                 if end_stream:
                     self._local_end(stream_id)
-                return
+                return False
         p = self._pending.get(stream_id)
         if p is None:
             p = self._pending[stream_id] = _Pending()
@@ -260,6 +284,7 @@ class H2Sender:
         self._flush_stream(stream_id, p)
         if stream_id in self._pending and p.size > self.buffer_limit:
             p.blocked = True
+        return p.blocked and stream_id in self._pending
 
     def send_trailers(self, stream_id: int, headers: ev.Headers) -> None:
         """Trailers end the stream; they wait behind any buffered DATA."""

@@ -40,7 +40,6 @@ from envoi_http.codec.h2_codec import (
     TOO_MANY_HEADERS,
     H2Codec,
 )
-from envoi_http.codec.h2_hpack import never_indexed
 from envoi_http.h2_keepalive import Keepalive
 from envoi_http.hcm.premature_reset import LIFETIME_KEY, TOTAL_KEY, PrematureResets
 from envoi_http.hcm.stream import REMOTE_DONE, ActiveStream
@@ -196,20 +195,16 @@ class Http2Connection:
 
     def write_head(self, s: ActiveStream, headers: HeaderMap, data: bytes | None,
                    end: bool) -> None:
-        codec = self.codec
-        sid = s.stream_id
-        if data is None:
-            codec.send_response_head(sid, headers.status, never_indexed(headers.headers), end)
-        else:
-            codec.send_response_head(sid, headers.status, never_indexed(headers.headers), False)
-            codec.send_data(sid, data, end)
-            self._check_blocked(s)
-        self._written()
+        if self.codec.send_response(s.stream_id, headers.status, headers.headers, data, end):
+            self._blocked(s)
+        if not self.flush_pending:
+            self._written()
 
     def write_data(self, s: ActiveStream, data: bytes, end: bool) -> None:
-        self.codec.send_data(s.stream_id, data, end)
-        self._check_blocked(s)
-        self._written()
+        if self.codec.send_data(s.stream_id, data, end):
+            self._blocked(s)
+        if not self.flush_pending:
+            self._written()
 
     def write_trailers(self, s: ActiveStream, trailers: HeaderMap) -> None:
         self.codec.send_trailers(s.stream_id, trailers.headers)
@@ -221,9 +216,10 @@ class Http2Connection:
 
     # -- per-stream flow control -------------------------------------------------------------
 
-    def _check_blocked(self, s: ActiveStream) -> None:
+    def _blocked(self, s: ActiveStream) -> None:
+        """The codec holds more of this stream than its buffer limit."""
         sid = s.stream_id
-        if sid not in self.blocked and self.codec.send_blocked(sid):
+        if sid not in self.blocked:
             self.blocked.add(sid)
             s.above_write_buffer_high_watermark()
 
