@@ -187,12 +187,12 @@ def test_reset_stream_gives_connection_window_back() -> None:
     assert s.stats.tx_reset.value == 1
 
 
-def test_send_response_head_and_body_in_one_call() -> None:
+def test_queue_response_head_and_body_in_one_call() -> None:
     s, p, _ = server(stream_buffer_limit=20000)
     sid, raw = p.request()
     talk(s, p, raw)
     headers = [(b"content-type", b"text/plain"), (b"date", b"Tue, 24 Nov 2026 01:29:16 GMT")]
-    assert s.send_response(sid, 200, headers, b"hello", True) is False
+    assert s.queue_response(sid, 200, headers, b"hello", True) is False
     data = s.data_to_send()
     out = p.parse(data)
     assert out.types() == ["Headers", "Data"] and out.data(sid) == b"hello"
@@ -207,7 +207,7 @@ def test_send_response_head_and_body_in_one_call() -> None:
     s.receive(SettingsFrame(0, settings={4: 1000}).serialize())
     sid, raw = p.request()
     talk(s, p, raw)
-    assert s.send_response(sid, 204, [], None, False) is False
+    assert s.queue_response(sid, 204, [], None, False) is False
     assert s.send_data(sid, b"a" * 30000, False) is True and s.send_blocked(sid)
 
 

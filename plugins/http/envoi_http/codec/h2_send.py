@@ -196,8 +196,8 @@ class H2Sender:
         if end_stream:
             self._local_end(stream_id)
 
-    def send_response(self, stream_id: int, status: int, headers: ev.Headers,
-                      data: bytes | memoryview | None, end_stream: bool) -> bool:
+    def queue_response(self, stream_id: int, status: int, headers: ev.Headers,
+                        data: bytes | memoryview | None, end_stream: bool) -> bool:
         """Server: a final response head and, unless ``data`` is None, its first body bytes, in
         one call (``send_response_head`` + ``send_data``); the volatile fields of ``NEVER_INDEX``
         go as never-indexed literals (``headers`` itself is not changed). Returns

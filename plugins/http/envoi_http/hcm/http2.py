@@ -195,7 +195,7 @@ class Http2Connection:
 
     def write_head(self, s: ActiveStream, headers: HeaderMap, data: bytes | None,
                    end: bool) -> None:
-        if self.codec.send_response(s.stream_id, headers.status, headers.headers, data, end):
+        if self.codec.queue_response(s.stream_id, headers.status, headers.headers, data, end):
             self._blocked(s)
         if not self.flush_pending:
             self._written()
