@@ -10,30 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from envoi.testing import free_port, wait_for
+from http_peers import ROUTER_ONLY, hcm_listener
 
 HERE = Path(__file__).parent
 
 # The admin and one HCM listener ``web_in`` (router only, every path to one route) of the
 # upstream tests, format fields ``admin`` and ``listen``: a test follows it with the route's
 # action (at 16 spaces) and its clusters.
-WEB_LISTENER = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: web_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+WEB_LISTENER = hcm_listener("web_in", "listen") + """\
           stat_prefix: web
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""" + ROUTER_ONLY + """\
           route_config:
             virtual_hosts:
             - name: web

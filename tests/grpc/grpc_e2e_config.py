@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.connection
 import h2.events
+from http_peers import hcm_listener
 
 _WEB = """\
           - name: envoy.filters.http.grpc_web
@@ -46,19 +47,7 @@ def grpc_yaml(port: int, admin: int, upstream: int, *, listener_tls: str = "",
     ``h2_options``: the downstream ``http2_protocol_options`` of ``grpc.yaml``."""
     filters = _STATS + _WEB if stats_first else _WEB + _STATS
     h2 = _H2_OPTIONS if h2_options else ""
-    return f"""
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: grpc_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+    return hcm_listener("grpc_in").format(admin=admin, port=port) + f"""\
           codec_type: AUTO
           stat_prefix: grpc_in
 {h2}          http_filters:

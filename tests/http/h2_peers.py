@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envoi.testing import free_port
+from http_peers import hcm_listener
 
 HERE = Path(__file__).parent
 
@@ -167,19 +168,7 @@ def proxy_yaml(port: int, admin: int, h1_port: int, h2_port: int, *,
     to the HTTP/2 one (prefix rewritten to ``/``), ``/direct`` answered by the proxy.
     ``listener_tls``: the filter chain's ``transport_socket`` (indented 6); ``h2_cluster_extra``:
     more of the HTTP/2 cluster (its ``transport_socket``, indented 4)."""
-    return f"""
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: h2_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+    return hcm_listener("h2_in").format(admin=admin, port=port) + f"""\
           stat_prefix: h2_in
           codec_type: AUTO{extra_hcm}
           route_config:

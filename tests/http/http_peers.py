@@ -60,22 +60,28 @@ class EchoServer:
         self.httpd.server_close()
 
 
-# The start of an envoi config with one HCM listener (format fields ``admin`` and ``port``): a
-# test appends the HCM's own fields (stat_prefix, route_config, ...) and its clusters.
-HCM_LISTENER = """
+def hcm_listener(name: str = "http_in", port_field: str = "port") -> str:
+    """The start of a config template: the admin (format field ``admin``) and one listener
+    ``name`` (on field ``port_field``) with the http_connection_manager; a test appends the
+    HCM's own fields (stat_prefix, route_config, ...) at 10 spaces, then its clusters."""
+    return """
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 static_resources:
   listeners:
-  - name: http_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+  - name: NAME
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {PORT}}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
             http_connection_manager.v3.HttpConnectionManager"
-"""
+""".replace("NAME", name).replace("{PORT}", "{" + port_field + "}")
+
+
+# The start of an envoi config with one HCM listener (format fields ``admin`` and ``port``).
+HCM_LISTENER = hcm_listener()
 
 
 def router_config(listen: int, admin: int, echo_a: int, echo_b: int) -> str:

@@ -1,15 +1,22 @@
-"""A raw HTTP/1.1 upstream whose answers a test scripts byte by byte, and a raw client.
+"""The e2e test kit: raw upstreams a test scripts byte by byte, a raw client, and the proxy
+under test started on a config's free ports.
 
-The upstream reads each request (head, and a ``content-length`` body), records it, and asks the
-test's ``answer(request, attempt)`` for the writes to make: a list of ``(bytes, delay)`` pairs,
-each sent with its own ``sendall`` after sleeping ``delay`` seconds. One write holding a head and
-its body is what a real server's short answer looks like on the wire (one read at the proxy).
+* :class:`TcpUpstream`: a loopback server on a free port, one thread per connection running
+  ``serve(conn)``, ``close()`` ends them all; every raw upstream of the e2e tests builds on it
+  (a test whose upstream needs its own shape - silence, a half-sent body, an upgrade - writes
+  only ``serve``). :func:`read_head` and :func:`parse_head` read and split one request head.
+* :class:`ScriptedUpstream`: the general one. It reads each request (head, and a
+  ``content-length`` or chunked body), records it, and asks the test's ``answer(request,
+  attempt)`` for the writes to make: a list of ``(bytes, delay)`` pairs, each sent with its own
+  ``sendall`` after sleeping ``delay`` seconds. One write holding a head and its body is what a
+  real server's short answer looks like on the wire (one read at the proxy).
+* :func:`exchange` / :func:`read_reply`: one request on a new connection, one parsed reply.
+* :func:`start_config`: a config template on free ports under Envoy or envoi (``PROXIES``, with
+  the ``proxy_process`` fixture), as a :class:`Proxy` (``port``, ``stats()``, ``wait_stat``).
+  :func:`distinct_ports` for a config with many listeners.
 
-The kit every raw upstream of the e2e tests builds on: :class:`TcpUpstream` (a loopback server
-on a free port, one thread per connection, ``close()`` ends them) and :func:`read_head` (the bytes
-of one request head). :class:`ScriptedUpstream` is the general one; a test whose upstream needs
-its own shape (silence, a half-sent body, an upgrade) subclasses :class:`TcpUpstream` and writes
-only ``serve``.
+Config pieces (the HCM listener, the router-only filter list, the cluster ``up``) are in
+``http_peers``.
 """
 
 from __future__ import annotations
@@ -290,14 +297,27 @@ class Proxy:
     admin: int
     process: Any
 
+    ports: dict[str, int] = field(default_factory=dict)  # start_config's ``more_ports``
+
     def stats(self) -> dict[str, Any]:
         return dict(self.process.stats())
 
+    def wait_stat(self, name: str, want: Any, timeout: float = 5.0) -> dict[str, Any]:
+        """Wait until stat ``name`` is ``want`` (a stat not there yet counts as 0) and return
+        the stats that showed it; fail with the last value after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (st := self.stats()).get(name, 0) != want:
+            assert time.monotonic() < deadline, (self.kind, name, st.get(name))
+            time.sleep(0.02)
+        return st
+
 
 def start_config(kind: str, template: str, proxy_process: Callable[..., Any],
-                 **fields: Any) -> Proxy:
-    """``template.format(port=..., admin=..., **fields)`` on two free ports, started under
-    ``kind`` with the ``proxy_process`` fixture (which stops it after the test)."""
-    port, admin = free_port(), free_port()
-    text = template.format(port=port, admin=admin, **fields)
-    return Proxy(kind, port, admin, proxy_process(kind, text, admin))
+                 more_ports: tuple[str, ...] = (), **fields: Any) -> Proxy:
+    """``template.format(port=..., admin=..., **fields)`` on free ports, started under ``kind``
+    with the ``proxy_process`` fixture (which stops it after the test). Each name in
+    ``more_ports`` is one more free port, a format field and an entry of ``Proxy.ports``."""
+    port, admin, *more = distinct_ports(2 + len(more_ports))
+    ports = dict(zip(more_ports, more, strict=True))
+    text = template.format(port=port, admin=admin, **ports, **fields)
+    return Proxy(kind, port, admin, proxy_process(kind, text, admin), ports)

@@ -100,17 +100,10 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
 
 
-def stats(server: Proxy) -> dict[str, Any]:
-    return {k: v for k, v in server.stats().items()
-            if k.startswith(("http.t.", "cluster.up.upstream_rq"))}
-
-
 def wait_stat(server: Proxy, name: str, want: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while (st := stats(server)).get(name) != want:
-        assert time.monotonic() < deadline, (server.kind, name, st.get(name))
-        time.sleep(0.02)
-    return st
+    """The HCM's and the cluster's request stats once ``name`` is ``want``."""
+    return {k: v for k, v in server.wait_stat(name, want).items()
+            if k.startswith(("http.t.", "cluster.up.upstream_rq"))}
 
 
 STREAM_TIMEOUT_504 = b"HTTP/1.1 504 Gateway Timeout"
@@ -130,7 +123,7 @@ def test_longer_route_idle_timeout_outlasts_the_hcm_one(server: Proxy) -> None:
     out, _, first, _ = exchange(server.port, get("/long/late"), wait=2.5)
     assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"ok"), out
     assert first > 1.3
-    assert stats(server).get("http.t.downstream_rq_idle_timeout", 0) == 0
+    assert server.stats().get("http.t.downstream_rq_idle_timeout", 0) == 0
 
 
 def test_hcm_stream_idle_timeout_applies_without_a_route_one(server: Proxy) -> None:
@@ -152,7 +145,7 @@ def test_response_bytes_restart_the_idle_timer(server: Proxy) -> None:
     # One byte every 0.25 s for 2 s against a 0.4 s route idle timeout: never idle.
     out, _, _, _ = exchange(server.port, get("/short/drip"), wait=2.8)
     assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"\r\n\r\nxxxxxxxx"), out
-    assert stats(server).get("http.t.downstream_rq_idle_timeout", 0) == 0
+    assert server.stats().get("http.t.downstream_rq_idle_timeout", 0) == 0
 
 
 def test_idle_before_the_request_ends_is_408(server: Proxy) -> None:

@@ -101,13 +101,6 @@ def stat(server: Proxy, name: str) -> Any:
     return server.stats().get(f"http.t.{name}")
 
 
-def wait_stat(server: Proxy, name: str, want: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while stat(server, name) != want:
-        assert time.monotonic() < deadline, (server.kind, name, stat(server, name))
-        time.sleep(0.02)
-
-
 def neighbours(port: int, stop: threading.Event, answers: list[bytes]) -> None:
     """Other clients, each on a new connection, while the slow one trickles."""
     while not stop.is_set():
@@ -132,7 +125,7 @@ def test_slowloris_request_headers_timeout(server: Proxy) -> None:
     assert status == b"HTTP/1.1 408 Request Timeout", (server.kind, out)
     assert body == b"request header timeout" and hdrs[b"connection"] == b"close"
     assert closed
-    wait_stat(server, "downstream_rq_header_timeout", 1)
+    server.wait_stat("http.t.downstream_rq_header_timeout", 1)
     assert stat(server, "downstream_rq_4xx") == 1
     assert stat(server, "downstream_cx_protocol_error") == 0
     # The other clients were served all along.

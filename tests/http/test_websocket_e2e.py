@@ -10,24 +10,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from envoi.testing import free_port
+from http_peers import hcm_listener
+from scripted_upstream import Proxy, start_config
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from ws_peers import RawUpgradeEcho, WsEcho
 
-CONFIG = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: ws_hcm
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+CONFIG = hcm_listener("ws_hcm") + """\
           stat_prefix: ws
           upgrade_configs: [{{upgrade_type: websocket}}]
           http_filters:
@@ -93,18 +82,6 @@ static_resources:
 """
 
 
-class Proxy:
-    def __init__(self, kind: str, port: int, port2: int,
-                 stats: Callable[[], dict[str, Any]]) -> None:
-        self.kind, self.port, self.port2, self.stats = kind, port, port2, stats
-
-    def wait_stat(self, name: str, want: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.stats().get(name, 0) != want:
-            assert time.monotonic() < deadline, (self.kind, name, self.stats().get(name))
-            time.sleep(0.02)
-
-
 @pytest.fixture
 def peers() -> Iterator[tuple[WsEcho, RawUpgradeEcho]]:
     with WsEcho() as ws, RawUpgradeEcho() as raw:
@@ -114,10 +91,9 @@ def peers() -> Iterator[tuple[WsEcho, RawUpgradeEcho]]:
 @pytest.fixture(params=["envoy", "envoi"])
 def proxy(request: pytest.FixtureRequest, peers: tuple[WsEcho, RawUpgradeEcho],
           proxy_process: Callable[[str, str, int], Any]) -> Iterator[Proxy]:
-    port, port2, admin = free_port(), free_port(), free_port()
     ws, raw = peers
-    text = CONFIG.format(port=port, port2=port2, admin=admin, ws=ws.port, raw=raw.port)
-    yield Proxy(request.param, port, port2, proxy_process(request.param, text, admin).stats)
+    yield start_config(request.param, CONFIG, proxy_process, ("port2",), ws=ws.port,
+                       raw=raw.port)
 
 
 def raw_exchange(port: int, data: bytes, until: bytes = b"", wait: float = 3.0,
@@ -198,7 +174,7 @@ def test_upstream_closes_the_tunnel(proxy: Proxy) -> None:
     ("plain", "/x", False),  # neither
 ])
 def test_upgrade_configs_hcm_and_route(proxy: Proxy, listener: str, path: str, ok: bool) -> None:
-    port = proxy.port if listener == "ws" else proxy.port2
+    port = proxy.port if listener == "ws" else proxy.ports["port2"]
     if ok:
         with connect(f"ws://127.0.0.1:{port}{path}", open_timeout=5) as c:
             c.send("hi")

@@ -16,7 +16,7 @@ import pytest
 from control_plane import ControlPlane
 from envoi.testing import EnvoiProcess, free_port, wait_for
 from google.protobuf import json_format
-from http_peers import EchoServer
+from http_peers import HCM_LISTENER, EchoServer
 from xds_pair import (
     CDS,
     EDS,
@@ -179,19 +179,7 @@ def test_rds_over_its_own_grpc_stream(tmp_path: Path, cp: ControlPlane, api_type
             assert _short(pair.dump("envoi")) == _short(pair.dump("envoy"))
 
 
-RDS_BOOTSTRAP = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: http_in
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+RDS_BOOTSTRAP = HCM_LISTENER + """\
           stat_prefix: ads_http
           rds:
             route_config_name: routes
