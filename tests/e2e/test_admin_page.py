@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from envoi.testing import free_port, wait_for
 from headless_chromium import Chromium
-from http_peers import EchoServer
+from http_peers import ALL_ROUTES, EchoServer
 from mongo_peers import secantusdb
 from pymongo import MongoClient
 
@@ -37,11 +37,7 @@ static_resources:
           "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
             http_connection_manager.v3.HttpConnectionManager"
           stat_prefix: web
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: backend}}
           http_filters:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port
+from http_peers import ALL_ROUTES
 
 CONFIG = """
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
@@ -32,11 +33,7 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 direct_response: {{status: 200}}
 """

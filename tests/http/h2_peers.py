@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envoi.testing import free_port
-from http_peers import hcm_listener
+from http_peers import ALL_ROUTES, hcm_listener
 
 HERE = Path(__file__).parent
 
@@ -171,11 +171,7 @@ def proxy_yaml(port: int, admin: int, h1_port: int, h2_port: int, *,
     return hcm_listener("h2_in").format(admin=admin, port=port) + f"""\
           stat_prefix: h2_in
           codec_type: AUTO{extra_hcm}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + f"""\
               - match: {{prefix: "/direct"}}
                 direct_response: {{status: 200, body: {{inline_string: "direct"}}}}
               - match: {{prefix: "/h1/"}}

@@ -3,6 +3,8 @@ with a file access log; the same YAML runs through Envoy 1.39.3 and envoi."""
 
 from __future__ import annotations
 
+from http_peers import ALL_ROUTES
+
 LISTENER = """
   - name: {name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
@@ -25,11 +27,7 @@ LISTENER = """
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 {router}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/direct"}}
                 direct_response: {{status: 200, body: {{inline_string: "direct\\n"}}}}
               - match: {{prefix: "/dead"}}

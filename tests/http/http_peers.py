@@ -124,3 +124,13 @@ static_resources:
 """ + UP_CLUSTER + """\
   listeners:
 """
+
+# The HCM's route_config with one virtual host ``all`` for every domain, up to its ``routes:``
+# (10-space indent, as ROUTER_ONLY): a test follows it with its routes (items at 14 spaces).
+ALL_ROUTES = """\
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+"""

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port, wait_for
-from http_peers import HCM_LISTENER
+from http_peers import ALL_ROUTES, HCM_LISTENER
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: dc
@@ -20,11 +20,7 @@ CONFIG = HCM_LISTENER + """\
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 direct_response: {{status: 200}}
 """

@@ -21,17 +21,12 @@ from typing import Any, NamedTuple
 
 import pytest
 from envoi.testing import EnvoiProcess, free_port, wait_for
-from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from http_peers import ALL_ROUTES, HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import TcpUpstream, read_head
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: exp
-""" + ROUTER_ONLY + """\
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
               - match: {{prefix: "/slow"}}
                 route: {{cluster: up, timeout: 0.3s}}
               - match: {{prefix: "/"}}

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port, wait_for
-from http_peers import HCM_LISTENER, UP_CLUSTER
+from http_peers import ALL_ROUTES, HCM_LISTENER, UP_CLUSTER
 from scripted_upstream import Request, ScriptedUpstream, read_reply, response
 
 HERE = Path(__file__).parent
@@ -38,11 +38,7 @@ CONFIG = HCM_LISTENER + """\
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:

@@ -17,17 +17,12 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port
-from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from http_peers import ALL_ROUTES, HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import Request, ScriptedUpstream, response
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: st
-""" + ROUTER_ONLY + """\
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:

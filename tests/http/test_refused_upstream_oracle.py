@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port, wait_for
-from http_peers import HCM_LISTENER
+from http_peers import ALL_ROUTES, HCM_LISTENER
 from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_config
 
 CONFIG = HCM_LISTENER + """\
@@ -36,11 +36,7 @@ CONFIG = HCM_LISTENER + """\
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/refused"}}
                 route: {{cluster: refused}}
               - match: {{prefix: "/"}}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import ROUTER_ONLY, UP_THEN_LISTENERS
+from http_peers import ALL_ROUTES, ROUTER_ONLY, UP_THEN_LISTENERS
 from scripted_upstream import PROXIES, Request, ScriptedUpstream, distinct_ports, exchange, response
 
 HEAD = UP_THEN_LISTENERS
@@ -28,12 +28,7 @@ LISTENER = """
             http_connection_manager.v3.HttpConnectionManager"
           stat_prefix: {name}
           {extra}
-""" + ROUTER_ONLY + """\
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
 """

@@ -12,17 +12,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from http_peers import ALL_ROUTES, HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, response, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: rr
-""" + ROUTER_ONLY + """\
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
               - match: {{prefix: "/5xx/"}}
                 route:
                   cluster: up

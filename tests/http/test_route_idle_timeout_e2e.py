@@ -10,18 +10,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from http_peers import ALL_ROUTES, HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import Proxy, TcpUpstream, read_head, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
           stream_idle_timeout: 1s
-""" + ROUTER_ONLY + """\
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
               - match: {{prefix: "/short/"}}
                 route: {{cluster: up, idle_timeout: 0.4s, prefix_rewrite: "/"}}
               - match: {{prefix: "/long/"}}

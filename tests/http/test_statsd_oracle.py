@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from envoi.testing import free_port, wait_for
-from http_peers import EchoServer
+from http_peers import ALL_ROUTES, EchoServer
 from scripted_upstream import read_reply
 
 N_REQUESTS = 7
@@ -53,11 +53,7 @@ static_resources:
           "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
             http_connection_manager.v3.HttpConnectionManager"
           stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: web}}
           http_filters:

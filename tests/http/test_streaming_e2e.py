@@ -19,7 +19,7 @@ import h11
 import httpx
 import pytest
 from envoi.testing import EnvoiProcess, free_port, wait_for
-from http_peers import HCM_LISTENER
+from http_peers import ALL_ROUTES, HCM_LISTENER
 from scripted_upstream import TcpUpstream
 
 SIZE = 100 * 1024 * 1024
@@ -54,11 +54,7 @@ ENVOI = HCM_LISTENER + """\
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/count"}}
                 route: {{cluster: counter, timeout: 120s}}
               - match: {{prefix: "/"}}

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
+from http_peers import ALL_ROUTES, HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
 from scripted_upstream import Proxy, TcpUpstream, start_config
 
 CONFIG = HCM_LISTENER + """\
@@ -22,12 +22,7 @@ CONFIG = HCM_LISTENER + """\
           stream_idle_timeout: 1s
           drain_timeout: 0.5s
           common_http_protocol_options: {{idle_timeout: 0.6s}}
-""" + ROUTER_ONLY + """\
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
               - match: {{prefix: "/slow"}}
                 route: {{cluster: up, timeout: 0.3s}}
               - match: {{prefix: "/hang"}}

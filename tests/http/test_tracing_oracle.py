@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 from envoi.testing import free_port
+from http_peers import ALL_ROUTES
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tsg
 from scripted_upstream import Request, ScriptedUpstream, exchange, response
@@ -140,11 +141,7 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
               start_child_span: {child}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/dec"}}
                 route: {{cluster: up}}
                 decorator: {{operation: my-op}}

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import hcm_listener
+from http_peers import ALL_ROUTES, hcm_listener
 from scripted_upstream import Proxy, start_config
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -23,11 +23,7 @@ CONFIG = hcm_listener("ws_hcm") + """\
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/off"}}
                 route:
                   cluster: ws
@@ -49,11 +45,7 @@ CONFIG = hcm_listener("ws_hcm") + """\
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + """\
               - match: {{prefix: "/on"}}
                 route:
                   cluster: ws

@@ -3,6 +3,7 @@ fed unchanged to envoi and to the real Envoy."""
 
 from __future__ import annotations
 
+from http_peers import ALL_ROUTES
 from tls_certs import CertFiles, Pki
 
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -196,11 +197,7 @@ def upstream_routing(admin_port: int, port: int, clusters: dict[str, tuple[int, 
         typed_config:
           "@type": {HCM_TYPE}
           stat_prefix: in
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+""" + ALL_ROUTES + f"""\
 {routes}\
           http_filters:
           - name: envoy.filters.http.router
