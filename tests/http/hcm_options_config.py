@@ -3,17 +3,9 @@ with a file access log; the same YAML runs through Envoy 1.39.3 and envoi."""
 
 from __future__ import annotations
 
-from http_peers import ALL_ROUTES
+from http_peers import ALL_ROUTES, hcm_listener_item
 
-LISTENER = """
-  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+LISTENER = "\n" + hcm_listener_item("{name}") + """\
           stat_prefix: {name}
 {extra}
           access_log:

@@ -60,15 +60,11 @@ class EchoServer:
         self.httpd.server_close()
 
 
-def hcm_listener(name: str = "http_in", port_field: str = "port") -> str:
-    """The start of a config template: the admin (format field ``admin``) and one listener
-    ``name`` (on field ``port_field``) with the http_connection_manager; a test appends the
-    HCM's own fields (stat_prefix, route_config, ...) at 10 spaces, then its clusters."""
-    return """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
+def hcm_listener_item(name: str = "http_in", port_field: str = "port") -> str:
+    """One listener (an item of ``static_resources.listeners``, at 2 spaces) ``name`` on format
+    field ``port_field``, with the http_connection_manager: a test appends the HCM's own fields
+    (stat_prefix, route_config, ...) at 10 spaces."""
+    return """\
   - name: NAME
     address: {{socket_address: {{address: 127.0.0.1, port_value: {PORT}}}}}
     filter_chains:
@@ -78,6 +74,17 @@ static_resources:
           "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
             http_connection_manager.v3.HttpConnectionManager"
 """.replace("NAME", name).replace("{PORT}", "{" + port_field + "}")
+
+
+def hcm_listener(name: str = "http_in", port_field: str = "port") -> str:
+    """The start of a config template: the admin (format field ``admin``) and
+    :func:`hcm_listener_item`; a test appends the HCM's own fields, then its clusters."""
+    return """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+""" + hcm_listener_item(name, port_field)
 
 
 # The start of an envoi config with one HCM listener (format fields ``admin`` and ``port``).

@@ -26,7 +26,7 @@ from scripted_upstream import TcpUpstream, read_head
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: exp
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/slow"}}
                 route: {{cluster: up, timeout: 0.3s}}
               - match: {{prefix: "/"}}

@@ -22,7 +22,7 @@ from scripted_upstream import Request, ScriptedUpstream, response
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: st
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:

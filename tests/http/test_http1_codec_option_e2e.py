@@ -18,7 +18,7 @@ from scripted_upstream import TcpUpstream, read_head
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/up"}}
                 route: {{cluster: up}}
               - match: {{prefix: "/"}}

@@ -13,22 +13,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import ALL_ROUTES, ROUTER_ONLY, UP_THEN_LISTENERS
+from http_peers import ALL_ROUTES, ROUTER_ONLY, UP_THEN_LISTENERS, hcm_listener_item
 from scripted_upstream import PROXIES, Request, ScriptedUpstream, distinct_ports, exchange, response
 
 HEAD = UP_THEN_LISTENERS
-LISTENER = """
-  - name: l_{name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+LISTENER = "\n" + hcm_listener_item("l_{name}") + """\
           stat_prefix: {name}
           {extra}
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
 """

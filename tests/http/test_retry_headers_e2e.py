@@ -21,19 +21,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_peers import UP_THEN_LISTENERS
+from http_peers import UP_THEN_LISTENERS, hcm_listener_item
 from scripted_upstream import TcpUpstream, distinct_ports, parse_head, read_head
 
 HEAD = UP_THEN_LISTENERS
-LISTENER = """
-  - name: l_{name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
-            http_connection_manager.v3.HttpConnectionManager"
+LISTENER = "\n" + hcm_listener_item("l_{name}") + """\
           stat_prefix: {name}
           use_remote_address: {ura}
           {internal}

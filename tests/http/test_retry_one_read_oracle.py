@@ -17,7 +17,7 @@ from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, resp
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: rr
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/5xx/"}}
                 route:
                   cluster: up

@@ -16,7 +16,7 @@ from scripted_upstream import Proxy, TcpUpstream, read_head, start_config
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
           stream_idle_timeout: 1s
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/short/"}}
                 route: {{cluster: up, idle_timeout: 0.4s, prefix_rewrite: "/"}}
               - match: {{prefix: "/long/"}}

@@ -23,7 +23,7 @@ from scripted_upstream import Request, ScriptedUpstream, read_reply, response
 CONFIG = HCM_LISTENER + """\
           stat_prefix: sd
           {extra}
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:

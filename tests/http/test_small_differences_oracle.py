@@ -20,7 +20,7 @@ from scripted_upstream import PROXIES, Request, ScriptedUpstream, exchange, resp
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: sm
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:

@@ -22,7 +22,7 @@ CONFIG = HCM_LISTENER + """\
           stream_idle_timeout: 1s
           drain_timeout: 0.5s
           common_http_protocol_options: {{idle_timeout: 0.6s}}
-""" + ROUTER_ONLY + """""" + ALL_ROUTES + """\
+""" + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/slow"}}
                 route: {{cluster: up, timeout: 0.3s}}
               - match: {{prefix: "/hang"}}
