@@ -22,6 +22,7 @@ from xds_pair import (
     get_port,
     listener,
     summary,
+    wait_nacks,
 )
 
 
@@ -65,7 +66,7 @@ def test_ads_envoi_and_envoy(tmp_path: Path, cp: ControlPlane, api_type: str) ->
                 {"name": "m", "transport_socket": {"name": "envoy.transport_sockets.raw_buffer"}}
             ])})
             ei.wait_stat("cluster_manager.cds.update_rejected", 2)
-            nacks = [r for r in cp.requests("envoi") if r.HasField("error_detail")]
+            nacks = wait_nacks(cp, "envoi", 2)
             assert "transport_socket_matches" in nacks[-1].error_detail.message
             assert "connect_timeout" in nacks[0].error_detail.message
 

@@ -27,6 +27,7 @@ from xds_pair import (
     get,
     listener,
     route_config,
+    wait_nacks,
 )
 
 BATCH = 40  # new connections per check: all on one worker by chance is 2**-39
@@ -94,7 +95,7 @@ def test_updates_reach_every_worker_or_none(tmp_path: Path, cp: ControlPlane) ->
             pair.set_listeners("4", refused)
             pair.envoi.wait_stat("listener_manager.lds.update_rejected", 1)
             assert ledger.exists()
-            (nack,) = [r for r in cp.requests("envoi") if r.HasField("error_detail")]
+            (nack,) = wait_nacks(cp, "envoi", 1)
             assert f"worker pid {ledger.read_text()} refuses this listener" in \
                 nack.error_detail.message
             assert acks(cp.requests("envoi"), "Listener")[-1] == ("2", True)

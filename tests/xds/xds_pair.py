@@ -150,6 +150,16 @@ def acks(requests: list[Any], kind: str) -> list[tuple[str, bool]]:
     return [(v, nack) for t, v, n, nack in summary(requests) if t == kind and n]
 
 
+def wait_nacks(cp: ControlPlane, node: str, count: int, timeout: float = 20) -> list[Any]:
+    """The requests carrying an ``error_detail`` once the control plane holds ``count`` of them:
+    a proxy counts ``update_rejected`` before its NACK reaches the control plane, so a test that
+    waited for the stat must still wait for the message."""
+    def nacks() -> list[Any]:
+        return [r for r in cp.requests(node) if r.HasField("error_detail")]
+    wait_for(lambda: len(nacks()) >= count, timeout, what=f"{node}: {count} NACK(s)")
+    return nacks()
+
+
 def dump_resources(text: str) -> dict[str, Any]:
     """Names and versions of the dynamic resources in a /config_dump."""
     out: dict[str, Any] = {}
