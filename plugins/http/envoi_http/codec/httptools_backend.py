@@ -62,7 +62,7 @@ _ERRORS: tuple[tuple[str, int, str], ...] = (
 # choose the names.
 _LOWER: dict[bytes, bytes] = {}
 _LOWER_MAX = 1024
-_WS = b" \t\n\r\x0b\x0c"  # what bytes.rstrip() strips
+_WS = frozenset(b" \t\n\r\x0b\x0c")  # what bytes.rstrip() strips, as ints
 
 
 def _lower(name: bytes) -> bytes:
@@ -159,7 +159,7 @@ class HttptoolsCodec(Http1Codec):
         except KeyError:
             name = _lower(name)
         # llhttp strips leading whitespace only; Envoy and h11 strip both sides.
-        if value[-1:] in _WS:  # (an empty value too: rstrip leaves it as it is)
+        if value and value[-1] in _WS:  # (an int test: ``bytes in bytes`` costs a TypeError)
             value = value.rstrip()
         field = (name, value)
         self._headers.append(field)

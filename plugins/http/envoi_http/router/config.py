@@ -332,7 +332,7 @@ class RouteTable:
         if vh.require_tls and _needs_tls_redirect(vh, h):
             return vh.tls_redirect
         path = h.path
-        if b"?" in path:
+        if 63 in path:  # b"?" (an int: ``bytes in bytes`` raises and clears a TypeError first)
             path, _, query = path.partition(b"?")
         else:
             query = b""
