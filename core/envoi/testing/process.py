@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,12 +21,47 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the kernel picks it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+# Ports handed out by free_port in this process: a test that asks for several ports before
+# binding any gets distinct ones.
+_HANDED_OUT: set[int] = set()
+_PICK = random.Random()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago, never one handed out before in this process.
+
+    Picked below the kernel's ephemeral range: a port taken with ``bind(0)`` is one the kernel
+    may give the next moment to an outgoing connection (of the test's own clients or proxies),
+    and a server started on it then fails with "address already in use"."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low, high = 20000, _ephemeral_low()
+    for _ in range(200 if high - low >= 1000 else 0):
+        port = _PICK.randrange(low, high)
+        if port not in _HANDED_OUT and _bindable(family, host, port):
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:  # no usable range: the kernel picks
         s.bind((host, 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.02,
