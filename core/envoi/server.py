@@ -1,191 +1,42 @@
-"""The server: loads the config, builds clusters and listeners, serves, drains and stops."""
+"""The server: one envoi process (or the main process of several) that serves its listeners,
+runs the clusters' checks and stats flushes, drains and stops. What it is built from is in
+:mod:`envoi.server_config`, what it reports to the admin in :mod:`envoi.server_admin`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import functools
 import logging
 import os
-import resource
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from envoi import __version__
 from envoi.access_log import set_flush_interval
-from envoi.config import (
-    ConfigError,
-    ConfigIssue,
-    duration_seconds,
-    implements,
-    load_bootstrap,
-    parse_bootstrap,
-    unimplemented_fields,
-    validate_message,
-)
+from envoi.config import ConfigError, ConfigIssue
 from envoi.context import LocalInfo
-from envoi.extensions import StatsSinkFactory
 from envoi.factory_context import FactoryContextImpl
-from envoi.network.builder import build_listener
 from envoi.network.listener import ActiveListener
 from envoi.plugins import Plugins
 from envoi.runtime import Runtime
-from envoi.stats import Counter, Gauge, Histogram, Scope, StatsGroup, Store
-from envoi.stats.sink import StatsFlusher, StatsSink
+from envoi.server_admin import ListenerManagerStats, ServerStats, WorkerPoolApi
+from envoi.server_config import BootstrapLoader
+from envoi.server_options import Options, command_line_options, flush_interval_s
+from envoi.stats import Store
+from envoi.stats.sink import StatsFlusher
 from envoi.stats.statsd import close_sinks
 from envoi.tap import TapHub, WorkerTaps
 from envoi.tracing.export import flush_exporters
 from envoi.upstream import health_sync  # registers the host_health worker operation
 from envoi.upstream.cluster_manager import ClusterManager
-from envoi.upstream.host import health_flags_string
 from envoi.xds.routes import RouteConfigProviders
 from envoi.xds.state import DynamicState
 
+__all__ = ["Options", "Server", "ServerView", "WorkerPoolApi", "flush_interval_s"]
+
 log = logging.getLogger("envoi")
-
-# The Bootstrap fields the server acts on (envoi.config.implemented refuses the others).
-# node: the local info, and shown in /server_info and /config_dump as Envoy shows it.
-implements("envoy.config.bootstrap.v3.Bootstrap",
-           "admin", "static_resources", "layered_runtime", "stats_flush_interval", "node",
-           "stats_sinks")
-implements("envoy.config.metrics.v3.StatsSink", "name", "typed_config")
-implements("envoy.config.bootstrap.v3.Bootstrap.StaticResources", "listeners", "clusters")
-implements("envoy.config.core.v3.Node", "id", "cluster", "metadata", "locality")
-implements("envoy.config.core.v3.Locality", "region", "zone", "sub_zone")
-# admin.address (its port can be overridden with --admin-port); the admin access log, profile
-# path and socket options are not implemented.
-implements("envoy.config.bootstrap.v3.Admin", "address")
-
-STATE_CODES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
-
-
-def _merge_issues(unimplemented: list[ConfigIssue],
-                  built: list[ConfigIssue]) -> list[ConfigIssue]:
-    """Both lists, without a builder's complaint about a field already reported as not
-    implemented (or about something inside it), and without repeats."""
-    refused = [i.path for i in unimplemented]
-    out = list(unimplemented)
-    seen = {(i.path, i.message) for i in out}
-    for issue in built:
-        if any(_within(issue.path, p) for p in refused):
-            continue
-        if (issue.path, issue.message) in seen:
-            continue
-        seen.add((issue.path, issue.message))
-        out.append(issue)
-    return out
-
-
-def _within(path: str, ancestor: str) -> bool:
-    return path == ancestor or path.startswith((ancestor + ".", ancestor + "["))
-
-
-@dataclass
-class Options:
-    config_path: str = ""
-    mode: str = "serve"
-    log_level: str = "info"
-    drain_time_s: float = 600.0
-    concurrency: int = 1
-    admin_port_override: int | None = None
-    blocked_plugins: list[str] = field(default_factory=list)
-    extra_plugins: list[str] = field(default_factory=list)
-    autoload: bool | None = None
-    #: Values of the options plugins added with ``envoi_addoption``.
-    plugin_options: argparse.Namespace = field(default_factory=argparse.Namespace)
-    #: Inline YAML merged over the file's bootstrap (Envoy's ``--config-yaml``).
-    config_yaml: str = ""
-    component_log_level: str = ""
-    log_path: str = ""
-    log_format: str = ""
-    service_cluster: str = ""
-    service_node: str = ""
-    service_zone: str = ""
-    file_flush_interval_ms: int | None = None
-    #: ``--event-loop``: auto (uvloop when installed), uvloop or asyncio.
-    event_loop: str = "auto"
-
-
-def flush_interval_s(options: Options) -> float:
-    """Access-log files are flushed this often: ``--file-flush-interval-msec``, else 0.2 s
-    (Envoy's default is 10 s; envoi's shorter one is a documented difference)."""
-    ms = options.file_flush_interval_ms
-    return 0.2 if ms is None else ms / 1000
-
-
-def _duration_text(seconds: float) -> str:
-    """``10s``, ``0.200s``: a Duration as /server_info writes it."""
-    return f"{seconds:g}s" if seconds == int(seconds) else f"{seconds:.3f}s"
-
-
-class ServerStats(StatsGroup):
-    live: Gauge
-    state: Gauge
-    uptime: Gauge
-    concurrency: Gauge
-    total_connections: Gauge
-    memory_allocated: Gauge
-    memory_heap_size: Gauge
-    memory_physical_size: Gauge
-    version: Gauge
-    hot_restart_epoch: Gauge
-    parent_connections: Gauge
-    days_until_first_cert_expiring: Gauge
-    dynamic_unknown_fields: Counter
-    static_unknown_fields: Counter
-    envoy_bug_failures: Counter
-    debug_assertion_failures: Counter
-    #: envoi's own: worker processes started again after one died (``--concurrency`` > 1).
-    worker_restarts: Counter
-    dropped_stat_flushes: Counter
-    envoy_notifications: Counter
-    wip_protos: Counter
-    seconds_until_first_ocsp_response_expiring: Gauge
-    initialization_time_ms: Histogram
-
-    def __init__(self, scope: Scope) -> None:
-        super().__init__(scope)
-        scope.gauge("compilation_settings.fips_mode").set(0)  # not a FIPS build, as Envoy's
-
-
-class ListenerManagerStats(StatsGroup):
-    listener_added: Counter
-    listener_modified: Counter
-    listener_removed: Counter
-    listener_stopped: Counter
-    listener_in_place_updated: Counter
-    listener_create_success: Counter
-    listener_create_failure: Counter
-    total_listeners_active: Gauge
-    total_listeners_warming: Gauge
-    total_listeners_draining: Gauge
-    total_filter_chains_draining: Gauge
-    workers_started: Gauge
-    workers_pinned: Gauge
-
-
-class WorkerPoolApi(Protocol):
-    """What the main process asks of its worker processes (``envoi.workers.WorkerPool``)."""
-
-    count: int
-
-    @property
-    def alive(self) -> int: ...
-    async def supervise(self, poll_interval: float) -> None: ...
-    async def wait_ready(self) -> None: ...
-    async def stop(self, grace: float) -> None: ...
-    def broadcast(self, msg: dict[str, Any]) -> None: ...
-    def apply_update(self, name: str, payload: Any) -> str | None: ...
-    def kill(self) -> None: ...
-    def merged_stats(self) -> Store: ...
-    def host_counters(self) -> dict[str, list[list[int]]]: ...
-    def counter_reported(self, name: str) -> bool: ...
-    def reset_counters(self) -> None: ...
-    def drain_listeners(self, graceful: bool, inbound_only: bool) -> None: ...
 
 
 class ServerView:
@@ -237,7 +88,7 @@ class ServerView:
         return f"<envoi server {self._server.state}>"
 
 
-class Server:
+class Server(BootstrapLoader):
     """One envoi process. Implements :class:`envoi.admin.api.AdminServerApi` for the admin."""
 
     def __init__(self, options: Options, plugins: Plugins | None = None) -> None:
@@ -287,175 +138,7 @@ class Server:
         self.tap_hub = TapHub.create(self.stats.root)
         #: The ``stats_sinks``, fed every flush interval (``envoi.stats.sink``).
         self.stats_flusher = StatsFlusher()
-        self.command_line_options: dict[str, Any] = {
-            "config_path": options.config_path,
-            "mode": options.mode.capitalize(),
-            "log_level": options.log_level,
-            "drain_time": f"{options.drain_time_s:g}s",
-            "concurrency": options.concurrency,
-            "config_yaml": options.config_yaml,
-            "component_log_level": options.component_log_level,
-            "log_path": options.log_path,
-            "log_format": options.log_format,
-            "service_cluster": options.service_cluster,
-            "service_node": options.service_node,
-            "service_zone": options.service_zone,
-            "file_flush_interval": _duration_text(flush_interval_s(options)),
-        }
-
-    # -- config ------------------------------------------------------------------------------
-
-    def load(self) -> None:
-        """Parse and build everything; raises ConfigError with every problem found."""
-        t0 = time.monotonic()
-        try:
-            self.bootstrap = self._load_bootstrap()
-        except ConfigError as exc:
-            raise self._with_type_hints(exc) from None
-        # Envoy's validation rules and the fields envoi does not implement are reported
-        # together; the builders run only on a config that passes the rules.
-        problems = validate_message(self.bootstrap)
-        if problems:
-            unimplemented = unimplemented_fields(
-                self.bootstrap, known_type_urls=self.plugins.config_type_urls)
-            raise self._with_type_hints(ConfigError(_merge_issues(unimplemented, problems)))
-        self.build()
-        self.server_stats.initialization_time_ms.record((time.monotonic() - t0) * 1000)
-
-    def _load_bootstrap(self) -> Any:
-        """``-c`` and/or ``--config-yaml``: the inline YAML is merged over the file as Envoy
-        merges it (protobuf MergeFrom: scalars set there win, lists are appended)."""
-        opts, urls = self.options, self.plugins.plugin_type_urls
-        # Validated by load() once merged (validate_message), with the unimplemented fields.
-        bootstrap = (load_bootstrap(opts.config_path, plugin_type_urls=urls, validate=False)
-                     if opts.config_path else None)
-        if opts.config_yaml:
-            inline = parse_bootstrap(opts.config_yaml, source="--config-yaml",
-                                     plugin_type_urls=urls, validate=False)
-            if bootstrap is None:
-                return inline
-            bootstrap.MergeFrom(inline)
-        return bootstrap
-
-    def _with_type_hints(self, exc: ConfigError) -> ConfigError:
-        """An unknown ``@type`` gets the closest known type and the plugins' types."""
-        issues = []
-        for issue in exc.errors:
-            if issue.message.startswith("could not find @type '"):
-                url = issue.message.split("'")[1]
-                issue = ConfigIssue(issue.path, f"{issue.message}; "
-                                    f"{self.plugins.unknown_type_hint(url)}")
-            issues.append(issue)
-        return ConfigError(issues, source=exc.source)
-
-    def build(self) -> None:
-        bs = self.bootstrap
-        # Every set field that no part of envoi implements, first: the builders below then
-        # report only the problems that are not about such a field (see _merge_issues).
-        unimplemented = unimplemented_fields(bs, known_type_urls=self.plugins.config_type_urls)
-        issues: list[ConfigIssue] = []
-        self.cluster_manager.resolve_names = self.options.mode != "validate"
-        try:
-            self.runtime = Runtime(
-                bs.layered_runtime if bs.HasField("layered_runtime") else None, self.stats.root
-            )
-        except ConfigError as exc:
-            issues.extend(exc.errors)
-        if bs.HasField("stats_flush_interval"):
-            self._flush_interval = duration_seconds(bs.stats_flush_interval) or 5.0
-        # --service-* override the bootstrap's node, as in Envoy (and /server_info shows it).
-        opts = self.options
-        if opts.service_node:
-            bs.node.id = opts.service_node
-        if opts.service_cluster:
-            bs.node.cluster = opts.service_cluster
-        if opts.service_zone:
-            bs.node.locality.zone = opts.service_zone
-        node = bs.node
-        self.local_info = LocalInfo(node_id=node.id, cluster=node.cluster,
-                                    zone=node.locality.zone)
-        try:
-            self.cluster_manager.add_static(bs.static_resources.clusters, self.factory_context)
-        except ConfigError as exc:
-            issues.extend(exc.errors)
-        issues += self._build_stats_sinks(bs.stats_sinks)
-        dynamic = bs.HasField("dynamic_resources") and bool(bs.dynamic_resources.ListFields())
-        if dynamic and bs.dynamic_resources.HasField("cds_config"):
-            self.cluster_manager.dynamic_clusters = True  # clusters may arrive over CDS
-        names: set[str] = set()
-        for i, lcfg in enumerate(bs.static_resources.listeners):
-            path = f"static_resources.listeners[{i}]"
-            if lcfg.name and lcfg.name in names:
-                issues.append(ConfigIssue(path + ".name",
-                                          f"duplicate listener name '{lcfg.name}'"))
-                continue
-            names.add(lcfg.name)
-            try:
-                self.listeners.append(self.route_configs.build_listener(functools.partial(
-                    build_listener, self.factory_context, self, lcfg, path,
-                    reuse_port=self.options.concurrency > 1)))
-                self.lm_stats.listener_added.inc()
-            except ConfigError as exc:
-                self.lm_stats.listener_create_failure.inc()
-                issues.extend(exc.errors)
-        if not issues and (dynamic or self.route_configs.providers or any(
-                c.config.type == c.config.EDS for c in self.cluster_manager.clusters.values())):
-            from envoi.xds.manager import XdsManager
-
-            self.xds_manager = XdsManager(self)
-            try:
-                self.xds_manager.configure(bs)
-            except ConfigError as exc:
-                issues.extend(exc.errors)
-        if bs.HasField("admin") and bs.admin.HasField("address"):
-            sa = bs.admin.address.socket_address
-            self.admin_address = (sa.address, sa.port_value)
-        issues = _merge_issues(unimplemented, issues)
-        if issues:
-            raise self._with_type_hints(ConfigError(issues))
-        self._update_cert_expiry()
-        self.plugins.pm.hook.envoi_configured(server=self.view)
-
-    def _build_stats_sinks(self, entries: Any) -> list[ConfigIssue]:
-        """``stats_sinks``: each through its factory (``envoi_stats_sinks``), after the clusters
-        (a TCP statsd sink names one)."""
-        issues: list[ConfigIssue] = []
-        sinks: list[StatsSink] = []
-        for i, entry in enumerate(entries):
-            path = f"stats_sinks[{i}]"
-            try:
-                factory, config = self.factory_context.resolve_extension(
-                    StatsSinkFactory, entry, path)  # type: ignore[type-abstract]
-                ctx = self.factory_context.with_path(path + ".typed_config")
-                sinks.append(ctx.run_factory(
-                    factory, lambda: factory.create_sink(config, ctx)))  # noqa: B023
-            except ConfigError as exc:
-                issues.extend(exc.errors)
-        self.stats_flusher = StatsFlusher(sinks)
-        self.stats.set_histogram_observer(self.stats_flusher.histogram_observer())
-        return issues
-
-    @property
-    def tls_contexts(self) -> list[Any]:
-        """Every TLS context of the config: the clusters', then the listeners' chains'."""
-        out = [c.tls for c in self.cluster_manager.clusters.values() if c.tls is not None]
-        for lst in self.listeners:
-            out += [ch.tls for ch in lst.all_chains if ch.tls is not None]
-        return out
-
-    def _update_cert_expiry(self) -> None:
-        """``server.days_until_first_cert_expiring``: the fewest days any certificate in the
-        config (a chain or a trusted CA) has left; the largest uint32 without TLS."""
-        contexts = self.tls_contexts
-        if not contexts:
-            return
-        from datetime import UTC, datetime
-
-        now = datetime.now(UTC)
-        days = min((c.days_until_expiration(now) for ctx in contexts
-                    for c in (*ctx.cert_chain, *ctx.ca_certs)), default=None)
-        if days is not None:  # TLS without any certificate (a client with no CA): unchanged
-            self.server_stats.days_until_first_cert_expiring.set(days)
+        self.command_line_options = command_line_options(options)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -720,121 +403,3 @@ class Server:
         self._update_server_gauges()
         if self.worker_index is None and self.stats_flusher.sinks:
             self.stats_flusher.flush(self.stats_snapshot(), time.time())
-
-    def _update_server_gauges(self) -> None:
-        if self.worker_index is not None:
-            return  # the main process reports the server's state; worker gauges are summed
-        s = self.server_stats
-        s.uptime.set(int(time.monotonic() - self.started_monotonic))
-        s.state.set(STATE_CODES.get(self.state, 0))
-        s.live.set(1 if self.state == "LIVE" else 0)
-        s.concurrency.set(self.options.concurrency)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        s.memory_allocated.set(rss)
-        s.memory_heap_size.set(rss)
-        s.memory_physical_size.set(rss)
-
-    # -- AdminServerApi ---------------------------------------------------------------------
-
-    @property
-    def state(self) -> str:
-        """Envoy's server state; a failed health check reports DRAINING, as Envoy does."""
-        return "DRAINING" if self.healthcheck_failed else self._state
-
-    def listeners_info(self) -> list[Any]:
-        from envoi.admin.api import ListenerInfo
-
-        return [ListenerInfo(name=lst.name, host=lst.host, port=lst.port)
-                for lst in self.listeners]
-
-    def clusters_info(self) -> list[Any]:
-        from envoi.admin.api import CircuitBreakerThresholds, ClusterInfo, HostInfo
-
-        out = []
-        # With worker processes the host counters live in the workers.
-        worker_hosts = self.pool.host_counters() if self.pool is not None else {}
-        for c in self.cluster_manager.clusters.values():
-            extra = worker_hosts.get(c.name, [])
-            th = {
-                prio: CircuitBreakerThresholds(t.max_connections, t.max_pending_requests,
-                                               t.max_requests, t.max_retries)
-                for prio, t in c.thresholds.items()
-            }
-            hosts = []
-            for i, h in enumerate(c.hosts):
-                own = (h.cx_active, h.cx_connect_fail, h.cx_total, h.rq_active, h.rq_error,
-                       h.rq_success, h.rq_timeout, h.rq_total, h.rq_pending_active)
-                n = [a + b for a, b in zip(own, extra[i], strict=True)] if i < len(extra) \
-                    else list(own)
-                hosts.append(HostInfo(
-                    host=h.address, port=h.port, hostname=h.hostname,
-                    health_flags=health_flags_string(h.health_flags),
-                    success_rate=h.success_rate,
-                    local_origin_success_rate=h.local_origin_success_rate,
-                    weight=h.weight, priority=h.priority, region=h.locality[0],
-                    zone=h.locality[1], sub_zone=h.locality[2], cx_active=n[0],
-                    cx_connect_fail=n[1], cx_total=n[2], rq_active=n[3], rq_error=n[4],
-                    rq_success=n[5], rq_timeout=n[6], rq_total=n[7], rq_pending_active=n[8],
-                ))
-            det = c.outlier_detector
-            out.append(ClusterInfo(
-                name=c.name, observability_name=c.observability_name,
-                added_via_api=c.added_via_api, default_priority=th["DEFAULT"],
-                high_priority=th["HIGH"], hosts=hosts,
-                outlier=None if det is None else (*det.success_rate_nums,
-                                                  *det.local_success_rate_nums),
-            ))
-        return out
-
-    def certs_info(self) -> list[Any]:
-        """Every TLS context's certificates, in config order (``/certs``)."""
-        from envoi.admin.api import CertificateInfo
-
-        return [CertificateInfo(cert_chain=list(ctx.cert_chain), ca_certs=list(ctx.ca_certs[:1]))
-                for ctx in self.tls_contexts]
-
-    def runtime_json(self) -> str:
-        return self.runtime.to_json()
-
-    def runtime_modify(self, updates: dict[str, str]) -> str | None:
-        if self.pool is not None:  # every worker, or none (envoi.workers.updates)
-            return self.pool.apply_update("runtime_modify", updates)
-        return self.runtime.modify(updates)
-
-    def stats_snapshot(self) -> Store:
-        return self.pool.merged_stats() if self.pool is not None else self.stats
-
-    def reset_counters(self) -> None:
-        self.stats.reset_counters()
-        if self.pool is not None:
-            self.pool.reset_counters()
-
-    def healthcheck_fail(self) -> None:
-        self.healthcheck_failed = True
-        self._update_server_gauges()
-        if self.pool is not None:
-            self.pool.broadcast({"op": "healthcheck", "failed": True})
-
-    def healthcheck_ok(self) -> None:
-        self.healthcheck_failed = False
-        self._update_server_gauges()
-        if self.pool is not None:
-            self.pool.broadcast({"op": "healthcheck", "failed": False})
-
-    def drain_listeners(self, graceful: bool, inbound_only: bool) -> None:
-        if self.pool is not None:
-            self.pool.drain_listeners(graceful, inbound_only)
-            self.lm_stats.listener_stopped.inc(sum(
-                1 for lst in self.listeners
-                if not inbound_only or lst.traffic_direction == "INBOUND"))
-            return
-        for lst in self.listeners:
-            if inbound_only and lst.traffic_direction != "INBOUND":
-                continue
-            if lst.accepting:
-                lst.stop_accepting()
-                self.lm_stats.listener_stopped.inc()
-
-    @property
-    def version(self) -> str:
-        return __version__
