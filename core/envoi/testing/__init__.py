@@ -18,7 +18,8 @@
 from envoi.testing.context import StandaloneServer, factory_context
 from envoi.testing.driver import FakeTransport, NetworkFilterDriver, StatsDelta
 from envoi.testing.envoy import EnvoyProcess, envoy_binary, envoy_validate
-from envoi.testing.http_driver import HttpFilterDriver, LocalReply, Message
+from envoi.testing.filter_manager_model import LocalReply, Message
+from envoi.testing.http_driver import HttpFilterDriver
 from envoi.testing.process import EnvoiProcess, free_port, wait_for
 
 __all__ = [
