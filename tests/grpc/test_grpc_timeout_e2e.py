@@ -91,7 +91,7 @@ def test_reference_config_deadline_shorter_than_the_server(
 
 _ROUTE_MAX = """\
                   max_stream_duration:
-                    grpc_timeout_header_max: 2s
+                    grpc_timeout_header_max: 5s
                     grpc_timeout_header_offset: 0.1s"""
 
 
@@ -101,7 +101,7 @@ def _raw_cases(port: int, hold: HoldServer) -> list[Any]:
     out: list[Any] = []
     for name, hdrs in (
             ("300m less 100m offset", {"grpc-timeout": "300m"}),
-            ("capped at 2s, less 100m", {"grpc-timeout": "1H"}),
+            ("capped at 5s, less 100m", {"grpc-timeout": "1H"}),
             ("9 digits with leading zeros", {"grpc-timeout": "000000300m"}),
             ("0 ends at once", {"grpc-timeout": "0m"}),
             ("the offset not below it: 0", {"grpc-timeout": "100000u"}),
@@ -141,7 +141,7 @@ def test_grpc_timeout_header_sets_the_stream_deadline(
     answered = {":status": "200", "content-type": "application/grpc", "grpc-status": "0"}
     want = {  # name: (headers, reset, grpc-timeout upstream)
         "300m less 100m offset": (deadline, False, "200m"),
-        "capped at 2s, less 100m": (deadline, False, "1900m"),
+        "capped at 5s, less 100m": (deadline, False, "4900m"),
         "9 digits with leading zeros": (deadline, False, "200m"),
         "0 ends at once": (deadline, False, "(not reached)"),
         "the offset not below it: 0": (deadline, False, "(not reached)"),
@@ -156,12 +156,14 @@ def test_grpc_timeout_header_sets_the_stream_deadline(
             assert (h, t, reset) == (w_h, {}, w_reset), (kind, name, h, t, reset)
             if w_seen != "(not reached)":
                 assert seen == w_seen, (kind, name, seen)
+            # (0.2 s, 4.9 s and at once: the upper bounds leave a loaded box room and still
+            # tell each from the next longer one)
             if name.startswith(("300m", "9 digits", "response")):
-                assert 0.15 < elapsed < 1.5, (kind, name, elapsed)
+                assert 0.15 < elapsed < 4, (kind, name, elapsed)
             elif name.startswith("capped"):
-                assert 1.7 < elapsed < 3.5, (kind, name, elapsed)
+                assert 4.7 < elapsed < 15, (kind, name, elapsed)
             else:
-                assert elapsed < 1, (kind, name, elapsed)
+                assert elapsed < 3, (kind, name, elapsed)
     assert [c[:4] for c in got["envoi"]] == [c[:4] for c in got["envoy"]]
 
 
@@ -216,7 +218,7 @@ static_resources:
           "@type": "type.googleapis.com/envoy.extensions.filters.network.\\
             http_connection_manager.v3.HttpConnectionManager"
           stat_prefix: plain
-          common_http_protocol_options: {{max_stream_duration: 0.6s}}
+          common_http_protocol_options: {{max_stream_duration: 1.2s}}
           access_log:
           - name: envoy.access_loggers.file
             typed_config:
@@ -242,7 +244,7 @@ static_resources:
                 route:
                   cluster: silent
                   timeout: 0.2s
-                  max_stream_duration: {{max_stream_duration: 0.9s}}
+                  max_stream_duration: {{max_stream_duration: 1.8s}}
               - match: {{prefix: "/direct"}}
                 direct_response: {{status: 200, body: {{inline_string: "hi"}}}}
               - match: {{prefix: "/"}}
@@ -306,12 +308,14 @@ def test_max_stream_duration_plain_http(proxy_process: Callable[..., Any],
         for kind in KINDS:
             hcm, route, ignored, direct, partial = got[kind]
             assert hcm[:2] == ("HTTP/1.1 504 Gateway Timeout", DEADLINE_BODY), (kind, hcm)
-            assert 0.45 < hcm[2] < 3, (kind, hcm)
+            # (the timers: HCM 1.2 s, /route 0.2 s, /ignored 1.8 s, far enough apart that a
+            # loaded box does not blur them; the upper bounds leave it room)
+            assert 1.1 < hcm[2] < 8, (kind, hcm)
             assert route[:2] == ("HTTP/1.1 504 Gateway Timeout", DEADLINE_BODY), (kind, route)
-            assert route[2] < 0.5, (kind, route)
+            assert route[2] < 1.0, (kind, route)
             # A route with max_stream_duration has no route timeout (Envoy's "new timeouts").
             assert ignored[:2] == ("HTTP/1.1 504 Gateway Timeout", DEADLINE_BODY), kind
-            assert ignored[2] > 0.75, (kind, ignored)
+            assert ignored[2] > 1.5, (kind, ignored)
             assert direct[:2] == ("HTTP/1.1 200 OK", "hi"), (kind, direct)
             assert partial[:2] == ("HTTP/1.1 408 Request Timeout", DEADLINE_BODY), (kind, partial)
         assert [g[:2] for g in got["envoi"]] == [g[:2] for g in got["envoy"]]

@@ -28,7 +28,7 @@ CONFIG = HCM_LISTENER + """\
           stat_prefix: exp
 """ + ROUTER_ONLY + ALL_ROUTES + """\
               - match: {{prefix: "/slow"}}
-                route: {{cluster: up, timeout: 0.3s}}
+                route: {{cluster: up, timeout: 2s}}
               - match: {{prefix: "/"}}
                 route: {{cluster: up}}
   clusters:
@@ -109,7 +109,8 @@ class ScriptedUpstream(TcpUpstream):
                 pass
             return False
         elif path == "/slow":
-            time.sleep(1.0)
+            # Well after the route's 2 s timeout, even when a loaded box fires it late.
+            time.sleep(6.0)
             c.sendall(b"HTTP/1.1 200 OK\r\n" + common
                       + b"content-length: %d\r\n\r\n" % len(PLAIN_BODY) + PLAIN_BODY)
         elif path == "/500":
@@ -146,7 +147,7 @@ class Client:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.settimeout(5)
+        self.sock.settimeout(15)
         self.buf = b""
         self.raw = b""
         self.eof = False
@@ -269,11 +270,11 @@ def pipelined(first: str, second: str) -> Step:
 
 def abandon(target: str, rst: bool) -> Step:
     """GET /slow..., and close (FIN, or RST with ``rst``) once the upstream has the request:
-    before the route's 0.3 s timeout, with the exchange in flight upstream."""
+    before the route's 2 s timeout, with the exchange in flight upstream."""
     def go(c: Client, up: ScriptedUpstream) -> list[int]:
         c.send(get(target))
-        # Close as soon as the upstream has it (well before the 0.3 s route timeout).
-        wait_for(lambda: up.received(target), 5, interval=0.002, what=f"upstream got {target}")
+        # Close as soon as the upstream has it (well before the 2 s route timeout).
+        wait_for(lambda: up.received(target), 20, interval=0.002, what=f"upstream got {target}")
         if rst:
             c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         c.sock.close()

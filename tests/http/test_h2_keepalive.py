@@ -4,6 +4,8 @@ when neither the ACK nor any other frame arrives within the timeout; config as E
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from envoi.upstream.cluster import Host
 from envoi_http.codec.h2_options import Http2Options, KeepaliveOptions, from_proto
@@ -29,43 +31,71 @@ def test_options_from_config() -> None:
                                       "p.connection_keepalive.timeout"]
 
 
+class FakeTimers:
+    """The ``call_later`` of an event loop on a fake clock: ``advance`` fires the timers that
+    fall due, in order (a real loop on a loaded box fires them late, and together)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, int, Callable[[], object], list[bool]]] = []
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Any:
+        cancelled = [False]
+        self.timers.append((self.now + delay, len(self.timers), callback, cancelled))
+
+        class Handle:
+            def cancel(self) -> None:
+                cancelled[0] = True
+        return Handle()
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while due := sorted(t for t in self.timers if t[0] <= end and not t[3][0]):
+            when, _, callback, cancelled = due[0]
+            self.now, cancelled[0] = when, True
+            callback()
+        self.now = end
+
+
 def test_driver_pings_and_expires() -> None:
-    async def go() -> None:
-        loop = asyncio.get_running_loop()
-        pings: list[bytes] = []
-        expired: list[bool] = []
-        k = Keepalive(loop, KeepaliveOptions(0.05, 0.1, 0), pings.append,
-                      lambda: expired.append(True))
-        await asyncio.sleep(0.08)
-        assert len(pings) == 1 and len(pings[0]) == 8
-        k.acked()  # answered: the next one an interval later
-        await asyncio.sleep(0.08)
-        assert len(pings) == 2 and not expired
-        for _ in range(4):  # other frames keep extending the deadline
-            await asyncio.sleep(0.05)
-            k.received()
-        assert not expired and len(pings) == 2  # no second PING while one is unanswered
-        await asyncio.sleep(0.15)
-        assert expired == [True]
-        k.close()
-    run(go)
+    timers = FakeTimers()
+    pings: list[bytes] = []
+    expired: list[bool] = []
+    k = Keepalive(timers, KeepaliveOptions(0.05, 0.1, 0),  # type: ignore[arg-type]
+                  pings.append, lambda: expired.append(True))
+    timers.advance(0.08)
+    assert len(pings) == 1 and len(pings[0]) == 8
+    k.acked()  # answered: the next one an interval later
+    timers.advance(0.08)
+    assert len(pings) == 2 and not expired
+    for _ in range(4):  # other frames keep extending the deadline
+        timers.advance(0.05)
+        k.received()
+    assert not expired and len(pings) == 2  # no second PING while one is unanswered
+    timers.advance(0.09)
+    assert not expired  # (the deadline: 0.1 s after the last frame)
+    timers.advance(0.02)
+    assert expired == [True]
+    k.close()
 
 
 def test_pool_closes_a_connection_that_stops_answering() -> None:
     async def go() -> None:
         async with H2TestServer() as srv:
             cluster = make_cluster()
-            opts = Http2Options(keepalive=KeepaliveOptions(0.05, 0.15, 0))
+            # A timeout a loaded box cannot miss between a PING and its ACK (both ends run on
+            # this loop), and a wait longer than interval + timeout.
+            opts = Http2Options(keepalive=KeepaliveOptions(0.05, 1.0, 0))
             pool = H2Pool(cluster, Host("127.0.0.1", srv.port), opts)
             r = Req(b"/x")
             pool.request(r)
             await r.done.wait()
-            await asyncio.sleep(0.3)  # PINGs answered: the connection stays
+            await asyncio.sleep(1.5)  # PINGs answered: the connection stays
             assert len(pool.conns) == 1 and pool.codec_stats.keepalive_timeout.value == 0
             for c in srv.conns:
                 assert c.transport is not None
                 c.transport.pause_reading()  # the peer stops answering
-            await until(lambda: not pool.conns, 3.0)
+            await until(lambda: not pool.conns, 15.0)
             assert pool.codec_stats.keepalive_timeout.value == 1
             again = Req(b"/again")
             pool.request(again)

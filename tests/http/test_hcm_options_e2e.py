@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from envoi.testing import EnvoiProcess, EnvoyProcess, free_port
+from envoi.testing import EnvoiProcess, EnvoyProcess, free_port, wait_for
 from hcm_options_config import LISTENERS, config
 from http_peers import EchoServer
 
@@ -91,12 +90,9 @@ def run(kind: str, tmp: Path, echo: EchoServer) -> dict[str, Any]:
             if body.startswith(b"{"):
                 seen = json.loads(body)["headers"]
             answers.append((status, headers, body if seen is None else b"", seen))
-        time.sleep(0.5)
-        deadline = time.monotonic() + 5
         want = {"deflog": 7, "text": 8, "json": 7}
-        while time.monotonic() < deadline and any(
-                len(Path(logs[n]).read_text().splitlines()) < k for n, k in want.items()):
-            time.sleep(0.1)
+        wait_for(lambda: all(len(Path(logs[n]).read_text().splitlines()) >= k
+                             for n, k in want.items()), 30, what=f"{kind}: access log lines")
         return {"answers": answers, "stats": proc.stats(),
                 "logs": {n: Path(logs[n]).read_text().splitlines() for n in LISTENERS}}
     finally:

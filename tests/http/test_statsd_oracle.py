@@ -10,7 +10,6 @@ import fnmatch
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,6 +222,12 @@ def count(parsed: list[tuple[str, float, str, str]], name: str, kind: str,
                if n == name and k == kind and (tags is None or t == tags))
 
 
+def flushes(lines: list[str]) -> int:
+    """How many flushes a sink has sent: every flush carries the server.uptime gauge once."""
+    return sum(1 for line in lines if line.split(":", 1)[0].endswith("server.uptime")
+               and "|g" in line)
+
+
 def traffic(port: int) -> None:
     """A keep-alive client that sends N_REQUESTS requests, then closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -263,7 +268,11 @@ def run(kind: str, echo: EchoServer, start: Callable[..., Any]
                          "|#envoy.http_conn_manager_prefix:ingress_http") >= N_REQUESTS
 
         wait_for(settled, 30, what=f"{kind}: the traffic in every sink")
-        time.sleep(1.2)  # two more flushes (0.5 s): the gauges after the traffic
+        # Two more flushes on every sink (counted, not timed: a loaded box flushes late), so
+        # the gauges after the traffic are in too.
+        seen = {k: flushes(rx.got.lines(k)) for k in ("udp", "dog", "tcp")}
+        wait_for(lambda: all(flushes(rx.got.lines(k)) >= n + 2 for k, n in seen.items()), 30,
+                 what=f"{kind}: two more flushes on every sink")
         proc.stop()
         return {k: parse(rx.got.lines(k), port) for k in ("udp", "dog", "tcp")}
     finally:
