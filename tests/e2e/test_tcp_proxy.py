@@ -52,7 +52,9 @@ def test_curl_through_tcp_proxy_bytes_identical(
     assert big.returncode == 0, big.stderr
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(
         (root / "big.bin").read_bytes()).digest()
-    stats = proc.wait_stat("listener.tcp_in.downstream_cx_destroy", 2)
+    proc.wait_stat("listener.tcp_in.downstream_cx_destroy", 2)
+    # (the upstream side closes a moment after the downstream one)
+    proc.wait_stat("cluster.echo.upstream_cx_destroy", 2)
     stats = proc.stats()
     assert stats["tcp.tcp_echo.downstream_cx_total"] == 2
     assert stats["listener.tcp_in.downstream_cx_total"] == 2
@@ -156,11 +158,12 @@ def test_backpressure_keeps_memory_bounded(envoi_process: Start,
 def test_idle_timeout_closes_connection(envoi_process: Start, peer: Callable[[str], int]) -> None:
     up = peer("echo")
     admin, port = free_port(), free_port()
-    proc = envoi_process(tcp_proxy_yaml(admin, port, up, idle_timeout="0.3s"), admin)
+    # (long enough that the echo's answer, a peer process on a loaded box, comes within it)
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up, idle_timeout="2s"), admin)
     with connect(port) as s:
         s.sendall(b"a")
         assert s.recv(1) == b"a"
-        s.settimeout(10)
+        s.settimeout(20)
         assert s.recv(1) == b""  # closed by the idle timeout
     assert proc.wait_stat("tcp.tcp_echo.idle_timeout", 1) == 1
 
@@ -249,11 +252,12 @@ def test_max_downstream_connection_duration(envoi_process: Start,
                                             peer: Callable[[str], int]) -> None:
     up = peer("echo")
     admin, port = free_port(), free_port()
-    proc = envoi_process(tcp_proxy_yaml(admin, port, up, max_duration="0.5s"), admin)
+    # (long enough that the echo's answer, a peer process on a loaded box, comes within it)
+    proc = envoi_process(tcp_proxy_yaml(admin, port, up, max_duration="3s"), admin)
     with connect(port) as s:
         s.sendall(b"a")
         assert s.recv(1) == b"a"
-        s.settimeout(10)
+        s.settimeout(20)
         with contextlib.suppress(ConnectionResetError):
             assert s.recv(1) == b""
     assert proc.wait_stat("tcp.tcp_echo.max_downstream_connection_duration", 1) == 1

@@ -43,8 +43,10 @@ def config(admin: int, listen: int, ports: list[int], *, cluster_extra: str = ""
 """
 
 
+# The check timeout: a loaded box answers a healthy check in time (unhealthy_threshold 1 would
+# take a slow answer for a failure).
 HTTP_HC = """    health_checks:
-    - timeout: 0.5s
+    - timeout: 2s
       interval: 0.2s
       no_traffic_interval: 0.2s
       unhealthy_threshold: 1
@@ -190,7 +192,7 @@ def test_backend_that_never_answers(envoi_process: Callable[..., EnvoiProcess]) 
     try:
         proc = envoi_process(config(
             admin, listen, [hang.port, ok.port], hc=HTTP_HC,
-            route_extra="                  timeout: 0.3s",
+            route_extra="                  timeout: 5s",  # (the healthy one answers in it)
             cluster_extra="    outlier_detection: {consecutive_5xx: 100, "
                           "consecutive_gateway_failure: 2, "
                           "enforcing_consecutive_gateway_failure: 100, "
@@ -382,23 +384,28 @@ def test_workers_check_once_per_server_and_all_see_health_changes(
         proc = envoi_process(config(admin, listen, ports, hc=hc), admin, concurrency=2)
         get = lambda p: proc.get(p)[1]  # noqa: E731
         wait_flags(get, "web", dict.fromkeys(ports, "healthy"))
+        t0 = time.monotonic()
         before = backends[0].control("health?status=200")["checks"]
-        time.sleep(2.5)
+        time.sleep(4)  # the rate being measured
         checks = backends[0].control("health?status=200")["checks"] - before
-        assert 6 <= checks <= 13, checks  # ~10 in 2.5 s at 0.25 s; two checkers would be ~20
+        one = (time.monotonic() - t0) / 0.25  # at most one per interval: ~16 in 4 s
+        # A loaded box checks late (fewer), never more often; two checkers would be ~32.
+        assert 3 <= checks <= one * 1.25 + 2, (checks, one)
         backends[0].set_health(503)
         wait_flags(get, "web", {ports[0]: "/failed_active_hc", ports[1]: "healthy"})
-        deadline = time.monotonic() + 3  # the merge window: the first change goes at once
+        # The merge window (1 s): the first change goes at once; the bound is loose, for a
+        # loaded box, and still tells that from a host that stays in a worker's balancer.
+        deadline = time.monotonic() + 10
 
         def only_healthy() -> bool:
             got = {backend_port(request(listen)[1]) for _ in range(12)}
             return got == {ports[1]}
 
-        wait_for(only_healthy, 3, what="every worker to drop the failed host")
+        wait_for(only_healthy, 10, what="every worker to drop the failed host")
         assert time.monotonic() < deadline + 0.5
         backends[0].set_health(200)
         wait_flags(get, "web", dict.fromkeys(ports, "healthy"))
-        wait_for(lambda: ports[0] in {backend_port(request(listen)[1]) for _ in range(12)}, 5,
+        wait_for(lambda: ports[0] in {backend_port(request(listen)[1]) for _ in range(12)}, 20,
                  what="traffic back on the recovered host")
         stats = proc.stats()
         assert stats["cluster.web.health_check.healthy"] == 2

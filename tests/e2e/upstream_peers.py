@@ -100,6 +100,6 @@ def host_flags(clusters_text: str, cluster: str) -> dict[int, str]:
     return out
 
 
-def wait_flags(get: Any, cluster: str, want: dict[int, str], timeout: float = 15) -> None:
+def wait_flags(get: Any, cluster: str, want: dict[int, str], timeout: float = 30) -> None:
     wait_for(lambda: host_flags(get("/clusters"), cluster) == want, timeout,
              what=f"{cluster} health flags {want}")

@@ -50,7 +50,7 @@ static_resources:
 
 def http_get(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -136,9 +136,10 @@ def test_pymongo_through_envoi_wire_compatible_server(envoi_to_secantus: Envoi) 
     assert st["cmd.unknown_command.total"] >= 2  # the handshake, notARealCommand, endSessions
     assert st["op_msg"] >= sum(v for k, v in st.items() if k.startswith("cmd.") and
                                k.endswith(".total") and k != "cmd.unknown_command.total")
-    # The access log is written within a second or two, not after Envoy's 10 s flush.
+    # The access log is written within a second or two (here: 6 s, for a loaded box), not
+    # after Envoy's 10 s flush.
     # Binary values (session ids) are written as raw bytes, as Envoy does: read bytes.
     wait_until(lambda: e.log.exists() and b'"notARealCommand": 1' in e.log.read_bytes(),
-               timeout=3, what="access log line")
+               timeout=6, what="access log line")
     first = json.loads(e.log.read_bytes().splitlines()[0].decode("utf-8", "replace"))
     assert first["message"]["opcode"] == "OP_MSG"
