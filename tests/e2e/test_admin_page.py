@@ -167,7 +167,7 @@ def test_admin_home_page_in_chromium(peers: tuple[int, int],
 
             wait_for(moving, 30, what="the charts to move")
             before = page.eval("window.__envoi.series.requests.length")
-            wait_for(lambda: page.eval("window.__envoi.series.requests.length") > before, 10,
+            wait_for(lambda: page.eval("window.__envoi.series.requests.length") > before, 30,
                      what="a new point on the requests chart")
             # The page's figures are the admin's: requests per second near what we sent.
             assert page.eval("document.getElementById('val-requests').textContent").endswith("/s")
@@ -177,28 +177,28 @@ def test_admin_home_page_in_chromium(peers: tuple[int, int],
                       f"o => o.textContent === 'db · {MONGO}').selected = true")
             page.eval("document.getElementById('tap-match').value = 'collection=pets'")
             page.eval("document.getElementById('tap-toggle').click()")
-            wait_for(lambda: proc.stats().get("envoi.tap.sessions") == 1, 10,
+            wait_for(lambda: proc.stats().get("envoi.tap.sessions") == 1, 30,
                      what="the page's tap session")
             with MongoClient(f"mongodb://127.0.0.1:{ports['db']}/?directConnection=true") as c:
                 for i in range(3):
                     c.pagetest.pets.insert_one({"i": i})
                     c.pagetest.other.insert_one({"i": i})
             wait_for(lambda: page.eval("document.getElementById('tap-log').textContent")
-                     .count("collection=pets") == 3, 15, what="the commands in the tap view")
+                     .count("collection=pets") == 3, 30, what="the commands in the tap view")
             log = page.eval("document.getElementById('tap-log').textContent")
             assert "mongo.command" in log and "command=insert" in log
             assert "collection=other" not in log
             # A chart with some history, and the hosts' counters refreshed, for the picture.
-            wait_for(lambda: page.eval("window.__envoi.series.requests.length") >= 12, 20,
+            wait_for(lambda: page.eval("window.__envoi.series.requests.length") >= 12, 60,
                      what="a minute's worth of the chart, nearly")
             wait_for(lambda: page.eval(
                 "document.querySelector('[data-cluster=backend] tr[data-host$=\":"
-                f"{echo}\"] td:nth-child(4)').textContent") not in ("0", None), 10,
+                f"{echo}\"] td:nth-child(4)').textContent") not in ("0", None), 30,
                 what="the healthy host's request count")
             shot = page.screenshot(artifact_dir() / "admin-home.png")
             assert shot.stat().st_size > 20_000
             page.eval("document.getElementById('tap-toggle').click()")
-            wait_for(lambda: proc.stats().get("envoi.tap.sessions") == 0, 10,
+            wait_for(lambda: proc.stats().get("envoi.tap.sessions") == 0, 30,
                      what="the tap session closed by the page")
         finally:
             load.stopping.set()

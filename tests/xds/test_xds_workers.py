@@ -131,7 +131,9 @@ def test_health_checks_of_a_cds_cluster_reach_every_worker(tmp_path: Path,
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
                                                               "port_value": p}}}}
                 for p in (a.port, dead)]}]},
-            "health_checks": [{"timeout": "1s", "interval": "0.2s", "unhealthy_threshold": 1,
+            # (a check timeout the in-process echo answers in on a loaded box: one slow
+            # answer would mark it unhealthy)
+            "health_checks": [{"timeout": "5s", "interval": "0.2s", "unhealthy_threshold": 1,
                                "healthy_threshold": 1, "http_health_check": {"path": "/"}}],
         }, cluster("x").__class__())
         cp.set(CDS, "1", {"checked": checked})
