@@ -213,7 +213,7 @@ class Reply:
         return None
 
 
-def read_reply(s: socket.socket, timeout: float = 5.0, head_request: bool = False) -> Reply:
+def read_reply(s: socket.socket, timeout: float = 15.0, head_request: bool = False) -> Reply:
     """Read one response (content-length or chunked framing, or close-delimited) from ``s``;
     a proxy that never answers fails the test with ``TimeoutError`` after ``timeout``."""
     s.settimeout(timeout)
@@ -265,7 +265,7 @@ def read_reply(s: socket.socket, timeout: float = 5.0, head_request: bool = Fals
     return Reply(status, headers, body, closed)
 
 
-def exchange(port: int, request: bytes, timeout: float = 5.0,
+def exchange(port: int, request: bytes, timeout: float = 15.0,
              head_request: bool = False) -> Reply:
     """Send one request on a new connection and read the reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

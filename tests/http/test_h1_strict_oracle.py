@@ -65,7 +65,7 @@ def upstream() -> Iterator[ScriptedUpstream]:
         yield up
 
 
-def first_line(port: int, data: bytes, wait: float = 3.0) -> bytes:
+def first_line(port: int, data: bytes, wait: float = 15.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
         s.sendall(data)
         try:
@@ -107,7 +107,7 @@ def test_random_bytes_are_refused_at_once_on_every_connection(
     rng = random.Random(40)
     conns = []
     for _ in range(40):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s = socket.create_connection(("127.0.0.1", port), timeout=20)
         junk = bytes(rng.randrange(256) for _ in range(2048))
         s.sendall(junk.replace(b"\r\n\r\n", b"").replace(b"\n\n", b""))  # never a blank line
         conns.append(s)
@@ -120,5 +120,7 @@ def test_random_bytes_are_refused_at_once_on_every_connection(
             answers.append(repr(exc).encode())
         s.close()
     assert answers == [b"HTTP/1.1 400 Bad Request"] * 40, (kind, answers)
-    assert time.monotonic() - t0 < 5, kind  # at once, not after a timeout
+    # At once, not after a timeout (the request-headers and idle timeouts are minutes); the
+    # bound leaves a loaded box room for 40 answers.
+    assert time.monotonic() - t0 < 20, kind
     assert proc.stats()["http.st.downstream_cx_protocol_error"] == 40
