@@ -4,10 +4,12 @@
 
 * ``hold`` (default): never answers;
 * ``headers``: sends response headers (200, ``application/grpc``) and nothing more;
-* ``answer``: answers trailers-only ``grpc-status: 0`` at once.
+* ``answer``: answers trailers-only ``grpc-status: 0`` at once;
+* ``reset``: resets the stream (RST_STREAM, the error code in ``x-reset-code``, default
+  INTERNAL_ERROR) without answering.
 
 Every request's ``grpc-timeout`` (None: absent) is recorded in ``timeouts`` under its ``x-case``
-header.
+header, and every request's (``x-case``, ``grpc-timeout``) in ``seen`` (retries too).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class HoldServer:
         self.sock.listen(16)
         self.port: int = self.sock.getsockname()[1]
         self.timeouts: dict[str, str | None] = {}
+        self.seen: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -52,6 +55,7 @@ class HoldServer:
                         hdrs = {str(k): str(v) for k, v in e.headers}
                         with self.lock:
                             self.timeouts[hdrs.get("x-case", "")] = hdrs.get("grpc-timeout")
+                            self.seen.append((hdrs.get("x-case", ""), hdrs.get("grpc-timeout")))
                         mode = hdrs.get("x-mode", "hold")
                         if mode == "headers":
                             conn.send_headers(e.stream_id, [(":status", "200"),
@@ -60,6 +64,8 @@ class HoldServer:
                             conn.send_headers(e.stream_id, [
                                 (":status", "200"), ("content-type", "application/grpc"),
                                 ("grpc-status", "0")], end_stream=True)
+                        elif mode == "reset":
+                            conn.reset_stream(e.stream_id, int(hdrs.get("x-reset-code", "2")))
                     elif isinstance(e, h2.events.DataReceived):
                         conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
                 c.sendall(conn.data_to_send())

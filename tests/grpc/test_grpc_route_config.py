@@ -85,3 +85,73 @@ def test_implemented_retry_conditions_pass(tmp_path: Path) -> None:
                     retry_on: "5xx,connect-failure,reset,retriable-status-codes"
                     retriable_status_codes: [409]""")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _grpc_route(cap: int | None, offset: int | None = None, new: bool = False) -> Any:
+    return SimpleNamespace(max_grpc_timeout=cap, grpc_timeout_offset=offset,
+                           max_duration=object() if new else None, retry_policy=None,
+                           timeout=15.0)
+
+
+def test_max_grpc_timeout_sets_a_grpc_requests_timeout() -> None:
+    """Envoy's finalTimeout under the deprecated max_grpc_timeout (the oracle runs the same
+    cases in test_upstream_limits_e2e.py): the offset only when below the header, the cap
+    unless 0, no header -> the cap; not for non-gRPC requests nor with max_stream_duration."""
+    from envoi.http.headers import HeaderMap
+    from envoi_http.router.retry_headers import grpc_timeout, grpc_timeouts
+
+    def req(timeout: bytes | None, ct: bytes = b"application/grpc") -> HeaderMap:
+        raw = [(b"content-type", ct)] + ([(b"grpc-timeout", timeout)] if timeout else [])
+        return HeaderMap(raw, method=b"POST", path=b"/s/M")
+
+    assert grpc_timeout(_grpc_route(500, 100), req(b"1S")) == 0.5
+    assert grpc_timeout(_grpc_route(500, 100), req(b"300m")) == 0.2
+    assert grpc_timeout(_grpc_route(500, 100), req(b"100m")) == 0.1  # offset not below it
+    assert grpc_timeout(_grpc_route(500, 100), req(None)) == 0.5
+    assert grpc_timeout(_grpc_route(500), req(b"bogus")) == 0.5  # unparseable: as absent
+    assert grpc_timeout(_grpc_route(0), req(b"2S")) == 2.0
+    assert grpc_timeout(_grpc_route(0), req(None)) == 0.0  # no cap, no header: none
+    assert grpc_timeout(_grpc_route(500), req(b"1S", b"application/json")) is None
+    assert grpc_timeout(_grpc_route(500), req(b"1S", b"application/grpc+proto")) == 0.5
+    assert grpc_timeout(_grpc_route(500, new=True), req(b"1S")) is None
+    assert grpc_timeout(_grpc_route(None), req(b"1S")) is None
+    h = req(b"1S")
+    assert grpc_timeouts(_grpc_route(500), h, False) == (0.5, 0.0)
+    assert h.get_bytes(b"grpc-timeout") == b"500m"
+    assert h.get_bytes(b"x-envoy-expected-rq-timeout-ms") == b"500"
+    h = req(b"1S")
+    grpc_timeouts(_grpc_route(500), h, True)  # suppress_envoy_headers: grpc-timeout only
+    assert h.get_bytes(b"grpc-timeout") == b"500m"
+    assert h.get_bytes(b"x-envoy-expected-rq-timeout-ms") is None
+    h = req(None)
+    assert grpc_timeouts(_grpc_route(0), h, False) == (0.0, 0.0)
+    assert h.get_bytes(b"grpc-timeout") is None
+
+
+def test_max_grpc_timeout_is_accepted(tmp_path: Path) -> None:
+    out = _validate(tmp_path, """\
+                  max_grpc_timeout: 2s
+                  grpc_timeout_offset: 0.05s""")
+    assert out.returncode == 0, out.stdout + out.stderr
+    hcm = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+    assert f"Deprecated field: {hcm}.{ROUTE}.max_grpc_timeout" in out.stderr, out.stderr
+
+
+def test_cluster_max_stream_duration_is_read() -> None:
+    from envoi_http.router.upstream_protocol import from_cluster
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+
+    c = cluster_pb2.Cluster(name="c")
+    opts = hpo.HttpProtocolOptions()
+    opts.explicit_http_config.http2_protocol_options.SetInParent()
+    opts.common_http_protocol_options.max_stream_duration.FromNanoseconds(1_500_999_999)
+    c.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(opts)
+    proto, issues = from_cluster(c, "clusters[0]")
+    assert issues == [] and proto.max_stream_duration == 1.5 and proto.kind == "http2"
+    legacy = cluster_pb2.Cluster(name="c")
+    legacy.common_http_protocol_options.max_stream_duration.FromSeconds(-1)
+    _, issues = from_cluster(legacy, "clusters[0]")
+    assert issues == [("clusters[0].common_http_protocol_options.max_stream_duration",
+                       "must not be negative")]

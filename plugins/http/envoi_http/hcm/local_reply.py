@@ -177,16 +177,18 @@ class LocalReply:
         return body, formatted
 
 
-def grpc_error(headers: HeaderMap, body: bytes) -> bytes:
+def grpc_error(headers: HeaderMap, body: bytes, grpc_status: int | None = None) -> bytes:
     """A rewritten local reply to a gRPC request as Envoy sends it: HTTP 200,
-    ``application/grpc``, ``grpc-status`` from the (rewritten) status unless a header set one,
-    the body as ``grpc-message``; no body, no content-length. (One case differs: Envoy drops
+    ``application/grpc``, ``grpc-status`` unless a header set one: the reply's own
+    (``grpc_status``: the stream's duration timeout says DEADLINE_EXCEEDED) or mapped from the
+    (rewritten) status, the body as ``grpc-message``; no body, no content-length. (One case
+    differs: Envoy drops
     the newline of a JSON ``body_format`` when a mapper also set a content-type; envoi keeps
     it, as Envoy does otherwise.)"""
     code = headers.status
     headers.status = 200
     headers.remove_bytes(b"content-length")
-    for name, value in grpc_local_reply_headers(code, body):
+    for name, value in grpc_local_reply_headers(code, body, grpc_status):
         if name == b"grpc-status" and headers.get_bytes(name) is not None:
             continue
         headers.set_bytes(name, value)

@@ -429,7 +429,7 @@ class ActiveStream:
         if rewrite is not None:  # local_reply_config (hcm/local_reply.py)
             body, _ = rewrite.apply(self.stream_info, self.request_headers, hm, body)
             if self.is_grpc:  # the rewritten reply becomes the gRPC error, as in Envoy
-                body = grpc_error(hm, body)
+                body = grpc_error(hm, body, grpc_status)
         if flag:
             self.stream_info.response_flags.append(flag)
         enc = self._enc

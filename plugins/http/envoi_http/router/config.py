@@ -6,6 +6,7 @@ comparisons and precompiled regexes -- no protobuf on the hot path.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from envoi_http.router.mirror import MirrorPolicy, mirror_policies
 from envoi_http.router.re2_rewrite import RegexRewrite
 from envoi_http.router.stats import RequestStats
 
+_log = logging.getLogger(__name__)
+
 # -- what of the route table envoi acts on (envoi.config.implemented refuses the rest) -------
 _R = "envoy.config.route.v3."
 implements(_R + "RouteConfiguration",
@@ -57,7 +60,8 @@ implements(_R + "RouteMatch",
 implements(_R + "RouteAction",
            "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
            "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "timeout", "idle_timeout",
-           "retry_policy", "upgrade_configs", "hash_policy", "priority", "max_stream_duration")
+           "retry_policy", "upgrade_configs", "hash_policy", "priority", "max_stream_duration",
+           "max_grpc_timeout", "grpc_timeout_offset")
 implements(_R + "RouteAction.MaxStreamDuration",
            "max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
 # hash_policy (router/hash_policy.py refuses regex_rewrite, generated cookies, filter_state).
@@ -238,6 +242,9 @@ class Route:
     filter_disabled: dict[str, bool] = field(default_factory=dict)  # (as the virtual host's)
     mirrors: tuple[MirrorPolicy, ...] = ()  # request_mirror_policies (router/mirror.py)
     max_duration: MaxStreamDuration | None = None  # max_stream_duration (hcm/duration.py)
+    # the deprecated max_grpc_timeout / grpc_timeout_offset in ms (router/retry_headers.py)
+    max_grpc_timeout: int | None = None
+    grpc_timeout_offset: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.match, PlainPrefix):
@@ -515,6 +522,11 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
             rt.idle_timeout = duration_seconds(a.idle_timeout)
         if a.HasField("max_stream_duration"):
             rt.max_duration = max_stream_duration(a.max_stream_duration)
+        for name in ("max_grpc_timeout", "grpc_timeout_offset"):  # deprecated, still obeyed
+            if a.HasField(name):
+                setattr(rt, name, duration_ms(getattr(a, name)))
+                _log.warning("Deprecated field: %s.route.%s (use max_stream_duration's "
+                             "grpc_timeout_header_max / grpc_timeout_header_offset)", path, name)
         if a.HasField("retry_policy"):
             rt.retry_policy = _collect(issues, None, _retry_policy, a.retry_policy,
                                        path + ".route.retry_policy")

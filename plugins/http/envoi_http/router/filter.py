@@ -59,7 +59,17 @@ H_CONTINUE = FilterHeadersStatus.CONTINUE
 D_CONTINUE = FilterDataStatus.CONTINUE
 T_CONTINUE = FilterTrailersStatus.CONTINUE
 RESET_BEFORE = "upstream connect error or disconnect/reset before headers. reset reason: "
+_RESET_RETRIED = ("upstream connect error or disconnect/reset before headers. retried and the "
+                  "latest reset reason: ")
 _GATEWAY = frozenset((502, 503, 504))
+# The upstream reset the stream (codec StreamReset reasons): Envoy's reset reason text and the
+# UR response flag (Filter::streamResetReasonToResponseFlag); any other reason is the
+# connection's end (UC, "connection termination").
+_REMOTE_RESETS = {"remote_reset": "remote reset",
+                  "remote_refused_stream_reset": "remote refused stream reset",
+                  "connect_error": "remote error with CONNECT request"}
+# retry_on conditions that retry a stream the router reset itself (Envoy's LocalReset)
+_RESET_RETRIES = frozenset(("5xx", "gateway-error", "reset"))
 _SERVICE_TIME = b"x-envoy-upstream-service-time"
 _monotonic = time.monotonic
 ResponseHeaders = ev.ResponseHeaders
@@ -114,6 +124,9 @@ class Router(StreamDecoderFilter):
     retry_policy: RetryPolicy | None = None
     retries_left = 0
     retry_exhausted = False  # a retry was wanted but none was left: not a retry success
+    # the cluster's common_http_protocol_options.max_stream_duration: each attempt's limit
+    upstream_duration = 0.0
+    grpc_timeout = False  # the timeout is max_grpc_timeout's: grpc-timeout goes with it
     retry_reserved = False  # holds one of the cluster's max_retries while a retry is pending
     attempt_count_in_response = False
     watching = False  # registered for the downstream's watermarks (_watch_downstream)
@@ -208,6 +221,8 @@ class Router(StreamDecoderFilter):
                 rr = retry_headers.setup(route, headers, cfg.respect_expected_rq_timeout,
                                          cfg.suppress_envoy_headers)
                 self.timeout, self.per_try, rp = rr.timeout, rr.per_try, rr.policy
+                if rr.grpc:
+                    self.grpc_timeout = True
                 if rp is not None:
                     self.retry_policy = rp
                     self.retries_left = rp.num_retries
@@ -227,6 +242,14 @@ class Router(StreamDecoderFilter):
             if not plan.plain:
                 self.count_attempts = plan.count_attempts
                 self.attempt_count_in_response = plan.attempt_count_in_response
+                if plan.grpc_timeouts:  # (deprecated max_grpc_timeout: a gRPC request's own)
+                    tt = retry_headers.grpc_timeouts(route, headers, cfg.suppress_envoy_headers)
+                    if tt is not None:
+                        self.timeout, self.per_try = tt
+                        self.grpc_timeout = True
+        if plan.upstream_duration:  # (the plan's, read for this cluster above)
+            self.upstream_duration = plan.upstream_duration
+            self.simple = False  # on_pool_ready starts its timer
         self.headers = headers
         self.request_end = end_stream
         trace = getattr(cb, "trace", None)  # (the connection manager's streams have one)
@@ -338,7 +361,7 @@ class Router(StreamDecoderFilter):
             retry_headers.on_attempt(self.headers, attempts, self.count_attempts,  # type: ignore[arg-type]
                                      self.timeout, self.per_try,
                                      self.decoder_callbacks.stream_info.start_monotonic,
-                                     self.config.suppress_envoy_headers)
+                                     self.config.suppress_envoy_headers, self.grpc_timeout)
         if self.trace is not None:
             self.trace_status = 0
             self.trace_flags_at = len(self.decoder_callbacks.stream_info.response_flags)
@@ -447,6 +470,9 @@ class Router(StreamDecoderFilter):
                 conn.send(ev.Trailers(0, self.trailers.headers))
         if self.per_try:
             self.decoder_callbacks.start_deadline(self.per_try, self._on_per_try_timeout)
+        if self.upstream_duration:
+            self.decoder_callbacks.start_deadline(self.upstream_duration,
+                                                  self._on_upstream_duration)
 
     def on_pool_failure(self, reason: str, host: Host, detail: str = "") -> None:
         if self.state != WAITING:
@@ -472,8 +498,15 @@ class Router(StreamDecoderFilter):
             # Envoy adds the transport's failure reason: the socket error of the connect.
             details = "remote_connection_failure" + (
                 "|delayed_connect_error:_" + detail.replace(" ", "_") if detail else "")
-        self._fail(503, (RESET_BEFORE + why).encode(),
+        self._fail(503, self._reset_body(why),
                    "upstream_reset_before_response_started{" + details + "}")
+
+    def _reset_body(self, reason: str) -> bytes:
+        """The local reply's body for an upstream that failed before its response (Envoy's
+        ``onUpstreamReset``: it says when the request was retried)."""
+        if self.attempts > 1:
+            return (_RESET_RETRIED + reason).encode()
+        return (RESET_BEFORE + reason).encode()
 
     def _charge_abort(self, code: int) -> None:
         """Envoy's ``chargeUpstreamAbort``: a local answer for an upstream that failed before
@@ -506,6 +539,8 @@ class Router(StreamDecoderFilter):
             self.state = BETWEEN
             if self.per_try:
                 self.decoder_callbacks.cancel_deadline(self._on_per_try_timeout)
+            if self.upstream_duration:
+                self.decoder_callbacks.cancel_deadline(self._on_upstream_duration)
             assert self.cluster is not None and self.host is not None
             self.cluster.stats.upstream_rq_active.value -= 1  # (inc()ed: marked used)
             self.cluster.resources[self.route.priority].requests.dec()  # type: ignore[union-attr]
@@ -640,7 +675,16 @@ class Router(StreamDecoderFilter):
                 assert self.cluster is not None
                 self.cluster.stats.upstream_cx_protocol_error.value += 1
                 self._upstream_reset("protocol error")
-            elif t is ev.StreamReset or t is ev.ConnectionClosed:
+            elif t is ev.StreamReset:
+                why: str = e.reason  # type: ignore[union-attr,assignment]
+                remote = _REMOTE_RESETS.get(why)
+                if remote is None:
+                    self._upstream_reset("connection termination")
+                else:
+                    if why == "remote_reset":
+                        self.cluster.stats.upstream_rq_rx_reset.value += 1  # type: ignore[union-attr]
+                    self._upstream_reset(remote, "UR")
+            elif t is ev.ConnectionClosed:
                 self._upstream_reset("connection termination")
             elif t is ev.UpgradeRequested and self.upgrade:
                 self._open_tunnel(e.data)  # type: ignore[union-attr]
@@ -734,6 +778,8 @@ class Router(StreamDecoderFilter):
             cluster.stats.upstream_rq_active.value -= 1  # type: ignore[union-attr]
             cluster.resources[self.route.priority].requests.dec()  # type: ignore[union-attr]
             self.host.rq_active -= 1  # type: ignore[union-attr]
+            if self.upstream_duration:
+                self.decoder_callbacks.cancel_deadline(self._on_upstream_duration)
             if self.trace_child is not None:
                 self._end_trace()
         # DONE: a deadline still pending (the request timeout, the attempt's) finds nothing to
@@ -750,7 +796,9 @@ class Router(StreamDecoderFilter):
                 up.transport.resume_reading()
             up.release()
 
-    def _upstream_reset(self, reason: str) -> None:
+    def _upstream_reset(self, reason: str, flag: str = "UC") -> None:
+        """The upstream stream ended before its response did: ``reason`` is Envoy's reset reason
+        (its words), ``flag`` the response flag it maps to."""
         started = self.response_started
         up = self.upstream
         self.upstream = None
@@ -764,15 +812,15 @@ class Router(StreamDecoderFilter):
         if started:
             self.state = DONE
             self._cancel_timers()
-            cb.stream_info.response_flags.append("UC")
+            cb.stream_info.response_flags.append(flag)
             self.config.stats.rq_reset_after_downstream_response_started.value += 1
             cb.reset_stream()
             return
         if self._maybe_retry(None):
             return
-        cb.stream_info.response_flags.append("UC")
+        cb.stream_info.response_flags.append(flag)
         self._charge_abort(503)
-        self._fail(503, (RESET_BEFORE + reason).encode(),
+        self._fail(503, self._reset_body(reason),
                    "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}")
 
     def on_upstream_closed(self) -> None:
@@ -830,6 +878,29 @@ class Router(StreamDecoderFilter):
             return
         self._timeout(per_try=True)
 
+    def _on_upstream_duration(self) -> None:
+        """The cluster's ``max_stream_duration`` ran out for this attempt (Envoy's
+        ``onStreamMaxDurationReached``): the upstream stream is reset, a ``reset`` (or 5xx,
+        gateway-error) retry policy retries, else 504 (408 while the request is unfinished)
+        "upstream max stream duration reached", flag UMSDR, no upstream code charged; a
+        response that started is reset."""
+        if not UPSTREAM <= self.state <= TUNNEL:
+            return
+        cluster = self.cluster
+        assert cluster is not None
+        cluster.stats.upstream_rq_max_duration_reached.value += 1
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.abort()
+        self._end_attempt(success=False)
+        rp = self.retry_policy
+        if rp is not None and rp.retry_on & _RESET_RETRIES and self._maybe_retry(None):
+            return
+        self.decoder_callbacks.stream_info.response_flags.append("UMSDR")
+        self._fail(504 if self.request_end else 408, b"upstream max stream duration reached",
+                   "upstream_max_stream_duration_reached")
+
     def _timeout(self, per_try: bool) -> None:
         if self.state == DONE:
             return
@@ -862,7 +933,7 @@ class Router(StreamDecoderFilter):
             cb.reset_stream()
             return
         assert self.hstats is not None
-        self.hstats.codes.record(504)
+        self.hstats.answered(504)  # (Envoy charges the external codes too)
         self._fail(504, b"upstream request timeout", "response_timeout")
 
     def _cancel_timers(self) -> None:
@@ -872,6 +943,8 @@ class Router(StreamDecoderFilter):
             cb.cancel_deadline(self.on_global_timeout)
         if self.per_try:
             cb.cancel_deadline(self._on_per_try_timeout)
+        if self.upstream_duration:
+            cb.cancel_deadline(self._on_upstream_duration)
         if self.retry_policy is not None:
             cb.cancel_deadline(self._retry)
         self._release_retry()

@@ -116,7 +116,8 @@ class H2Stream:
         self.handler = None
         self.reset_active = True
         conn = self.conn
-        if self.stream_id in conn.streams:
+        # (a stream the upstream reset is not reset again, nor counted)
+        if self.stream_id in conn.streams and conn.codec.is_open(self.stream_id):
             conn.codec.reset_stream(self.stream_id)
             conn.stats.upstream_rq_tx_reset.value += 1
         conn.stream_done(self)

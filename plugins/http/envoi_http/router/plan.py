@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from envoi.config import ConfigError
 from envoi.upstream.cluster import Cluster
 
 from envoi_http.codec import Backend
 from envoi_http.router.pool import POOLS, Http1Pool
+from envoi_http.router.pools import upstream_protocol
 from envoi_http.router.retry_headers import route_timeouts
 from envoi_http.router.stats import ClusterHttpStats, RouterStats
 
@@ -44,9 +46,10 @@ class RoutePlan:
     """What a route's requests need beyond plain forwarding, decided once per route, and the
     lookup a request would repeat (the cluster's HTTP stats), memoized."""
 
-    __slots__ = ("attempt_count_in_response", "count_attempts", "expected", "h1_pools",
-                 "hstats", "hstats_of", "per_try", "plain", "pools_of", "request_work",
-                 "response_work", "retries", "stats", "timeout")
+    __slots__ = ("attempt_count_in_response", "count_attempts", "expected", "grpc_timeouts",
+                 "h1_pools", "hstats", "hstats_of", "per_try", "plain", "pools_of",
+                 "request_work", "response_work", "retries", "stats", "timeout",
+                 "upstream_duration")
 
     def __init__(self, route: Route, suppress_envoy_headers: bool = False) -> None:
         vh = route.vhost
@@ -67,15 +70,19 @@ class RoutePlan:
         self.response_work = bool(
             route.response_mutations or vh.response_mutations or vh.config_response_mutations)
         self.stats = route.stats is not None or bool(vh.vclusters)
+        # the deprecated max_grpc_timeout: a gRPC request's timeouts are its own
+        self.grpc_timeouts = route.max_grpc_timeout is not None and route.max_duration is None
         # Nothing but forwarding: no retries, mutations, rewrites, route stats, attempt counts,
         # hash policy or priority.
         self.plain = (route.kind == "cluster" and route.retry_policy is None
                       and route.hash_policy is None and route.priority == "DEFAULT"
                       and not vh.include_request_attempt_count
-                      and not vh.include_attempt_count_in_response
+                      and not vh.include_attempt_count_in_response and not self.grpc_timeouts
                       and not (self.request_work or self.response_work or self.stats))
         self.hstats: ClusterHttpStats | None = None
         self.hstats_of: Cluster | None = None
+        # hstats_of's common_http_protocol_options.max_stream_duration (0: none)
+        self.upstream_duration = 0.0
         # The HTTP/1.1 pools (by host) that select_pool picks from for this route's cluster
         # and an HTTP/1.1 downstream (remember_pools); ``pools_of``: that cluster.
         self.h1_pools: dict[Any, Http1Pool] = {}
@@ -97,6 +104,10 @@ class RoutePlan:
         if self.hstats_of is not cluster or hs is None:  # (a cluster replaced by CDS: its own)
             hs = self.hstats = cluster_http_stats(cluster)
             self.hstats_of = cluster
+            try:
+                self.upstream_duration = upstream_protocol(cluster).max_stream_duration
+            except ConfigError:  # (a CDS cluster's bad options: select_pool says so)
+                self.upstream_duration = 0.0
         return hs
 
 

@@ -17,6 +17,12 @@ other request; by default no client is internal). Then:
 * All the used ones are removed before the request goes upstream. ``x-envoy-expected-rq-timeout-ms``
   is set to the per-try or global timeout (the time left on a retry) unless
   ``suppress_envoy_headers`` (then an incoming one passes).
+* A route's deprecated ``max_grpc_timeout`` (Envoy 1.39.3 still obeys it, with a warning; not
+  on a route with ``max_stream_duration``): a gRPC request's timeout is its ``grpc-timeout``
+  less ``grpc_timeout_offset`` (when the offset is below it), capped at ``max_grpc_timeout``
+  (``0s``: no cap; no header: the cap), instead of the route's ``timeout``; the header goes
+  upstream as the per-try or global timeout (the time left on a retry), as Envoy's
+  ``setTimeoutHeaders`` writes it.
 * Virtual host ``include_request_attempt_count``: ``x-envoy-attempt-count: N`` on each attempt
   (even with ``suppress_envoy_headers``); ``include_attempt_count_in_response``: on the response.
 """
@@ -26,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from typing import TYPE_CHECKING, NamedTuple
+
+from envoi.http.grpc import format_timeout, is_grpc_request, parse_timeout_ms
 
 from envoi_http.router.config import GRPC_RETRY_ON, RETRY_ON_HTTP, RetryPolicy
 
@@ -41,6 +49,7 @@ RQ_TIMEOUT = b"x-envoy-upstream-rq-timeout-ms"
 PER_TRY = b"x-envoy-upstream-rq-per-try-timeout-ms"
 EXPECTED = b"x-envoy-expected-rq-timeout-ms"
 ATTEMPT_COUNT = b"x-envoy-attempt-count"
+GRPC_TIMEOUT = b"grpc-timeout"
 GRPC_ON = frozenset(GRPC_RETRY_ON)
 CONTROL = frozenset((RETRY_ON, RETRY_GRPC_ON, MAX_RETRIES, RQ_TIMEOUT, PER_TRY, EXPECTED))
 
@@ -97,12 +106,57 @@ def effective(timeout: float, per_try: float) -> tuple[float, float]:
     return timeout, per_try
 
 
+def grpc_timeout(route: Route, h: HeaderMap) -> float | None:
+    """The global timeout the deprecated ``max_grpc_timeout`` gives a gRPC request (Envoy's
+    ``finalTimeout``); None when it does not apply (unset, a route with
+    ``max_stream_duration``, not a gRPC request)."""
+    cap = route.max_grpc_timeout
+    if cap is None or route.max_duration is not None or \
+            not is_grpc_request(h.get_bytes(b"content-type"), h.path):
+        return None
+    ms = parse_timeout_ms(h.get_bytes(GRPC_TIMEOUT)) or 0
+    offset = route.grpc_timeout_offset
+    if offset is not None and offset < ms:  # (never down to 0, which is no timeout)
+        ms -= offset
+    if cap and (ms == 0 or ms > cap):
+        ms = cap
+    return ms / 1000
+
+
+def grpc_timeouts(route: Route, h: HeaderMap, suppress_envoy_headers: bool
+                  ) -> tuple[float, float] | None:
+    """A request without x-envoy-* control headers on a route with ``max_grpc_timeout``:
+    (timeout, per-try) and its timeout headers when it is gRPC, else None (the route's
+    own)."""
+    timeout = grpc_timeout(route, h)
+    if timeout is None:
+        return None
+    rp = route.retry_policy
+    timeout, per_try = effective(timeout, rp.per_try_timeout if rp is not None else 0.0)
+    _timeout_headers(h, per_try or timeout, suppress_envoy_headers, True)
+    return timeout, per_try
+
+
+def _timeout_headers(h: HeaderMap, expected: float, suppress_envoy_headers: bool,
+                     grpc: bool) -> None:
+    """``x-envoy-expected-rq-timeout-ms`` and, under ``max_grpc_timeout``, ``grpc-timeout``:
+    the time the upstream has (Envoy's ``setTimeoutHeaders``)."""
+    if not expected:
+        return
+    if not suppress_envoy_headers:
+        h.set_bytes(EXPECTED, b"%d" % int(expected * 1000))
+    if grpc:
+        h.set_bytes(GRPC_TIMEOUT, format_timeout(round(expected * 1000)))
+
+
 class RequestRetry(NamedTuple):
-    """What the route and the request's x-envoy-* headers make of retries and timeouts."""
+    """What the route and the request's x-envoy-* headers make of retries and timeouts
+    (``grpc``: the timeout is max_grpc_timeout's, ``grpc-timeout`` follows it)."""
 
     policy: RetryPolicy | None
     timeout: float
     per_try: float
+    grpc: bool = False
 
 
 def setup(route: Route, h: HeaderMap, respect_expected_rq_timeout: bool,
@@ -112,7 +166,8 @@ def setup(route: Route, h: HeaderMap, respect_expected_rq_timeout: bool,
     ``x-envoy-expected-rq-timeout-ms``."""
     rp = _retry_policy(route, h)
     per_try = rp.per_try_timeout if rp is not None else 0.0
-    timeout = global_timeout(route)
+    grpc = grpc_timeout(route, h)
+    timeout = global_timeout(route) if grpc is None else grpc
     used = None
     if respect_expected_rq_timeout:
         used = _ms(h.get_bytes(EXPECTED))
@@ -130,20 +185,19 @@ def setup(route: Route, h: HeaderMap, respect_expected_rq_timeout: bool,
         if pt is not None:
             per_try = pt
     timeout, per_try = effective(timeout, per_try)
-    expected = per_try or timeout
-    if expected and not suppress_envoy_headers:
-        h.set_bytes(EXPECTED, b"%d" % int(expected * 1000))
-    return RequestRetry(rp, timeout, per_try)
+    _timeout_headers(h, per_try or timeout, suppress_envoy_headers, grpc is not None)
+    return RequestRetry(rp, timeout, per_try, grpc is not None)
 
 
 def on_attempt(h: HeaderMap, attempts: int, count_attempts: bool, timeout: float,
-               per_try: float, started: float, suppress_envoy_headers: bool) -> None:
+               per_try: float, started: float, suppress_envoy_headers: bool,
+               grpc: bool = False) -> None:
     """Before attempt ``attempts`` goes upstream (retries and counted attempts): the attempt
-    count, and the time left as ``x-envoy-expected-rq-timeout-ms`` (``started``: the
-    request's monotonic start)."""
+    count, and the time left as ``x-envoy-expected-rq-timeout-ms`` (and ``grpc-timeout`` when
+    ``grpc``: max_grpc_timeout's) (``started``: the request's monotonic start)."""
     if count_attempts:
         h.set_bytes(ATTEMPT_COUNT, b"%d" % attempts)
-    if attempts > 1 and timeout and not suppress_envoy_headers:
+    if attempts > 1 and timeout:
         left = max(0.0, timeout - (time.monotonic() - started))
         expected = per_try if per_try and per_try < left else left
-        h.set_bytes(EXPECTED, b"%d" % int(expected * 1000))
+        _timeout_headers(h, expected or 0.001, suppress_envoy_headers, grpc)

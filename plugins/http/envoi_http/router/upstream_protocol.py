@@ -9,9 +9,10 @@ fields Envoy 1.39.3 still accepts (``http2_protocol_options``, ``protocol_select
   requires;
 - no options at all: HTTP/1.1.
 
-``common_http_protocol_options.max_requests_per_connection`` and ``.max_headers_count`` apply to
-both; any other field that is set is a config error naming its path (nothing is silently
-ignored). HTTP/3 is not implemented.
+``common_http_protocol_options.max_requests_per_connection``, ``.max_headers_count`` and
+``.max_stream_duration`` (each upstream request's limit, the router's timer) apply to both; any
+other field that is set is a config error naming its path (nothing is silently ignored). HTTP/3
+is not implemented.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ TYPE_NAME = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 Kind = Literal["http1", "http2", "downstream", "auto"]
 Issue = tuple[str, str]
 
-_COMMON_OK = ("max_requests_per_connection", "max_headers_count")
+_COMMON_OK = ("max_requests_per_connection", "max_headers_count", "max_stream_duration")
 _HTTP1_OK = ("enable_trailers",)
 
 # Declarations for envoi.config.implemented, from the same lists the checks here use. The
@@ -57,6 +58,9 @@ class UpstreamProtocol:
     http1_enable_trailers: bool = False
     max_requests_per_connection: int = 0
     max_headers_count: int = 100
+    # common_http_protocol_options.max_stream_duration in seconds, whole milliseconds as Envoy
+    # reads it (0: none): an upstream request's limit, from its connection on (router/filter.py)
+    max_stream_duration: float = 0.0
     # with ``use_downstream_protocol_config``/``auto_config``: which protocols were configured
     allowed: tuple[str, ...] = field(default=("http1",))
 
@@ -76,7 +80,11 @@ def _http1(msg: Any, path: str, issues: list[Issue]) -> bool:
 
 def _common(msg: Any, path: str, issues: list[Issue], out: dict[str, Any]) -> None:
     for f, value in msg.ListFields():
-        if f.name in _COMMON_OK:
+        if f.name == "max_stream_duration":
+            out[f.name] = (int(value.seconds) * 1000 + int(value.nanos) // 1_000_000) / 1000
+            if out[f.name] < 0:
+                issues.append((f"{path}.{f.name}", "must not be negative"))
+        elif f.name in _COMMON_OK:
             out[f.name] = int(value.value)
         else:
             issues.append((f"{path}.{f.name}", "is not implemented by envoi"))
