@@ -84,6 +84,7 @@ async def main() -> None:
     ap.add_argument("--body", type=int, default=0, help="response body bytes (0: nginx's 100)")
     ap.add_argument("--read", type=int, default=65536, help="upstream bytes per read (--body)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--dump", help="also write the profile (pstats) to this file")
     ap.add_argument("--sort", default="tottime", help="profile order (pstats key)")
     ap.add_argument("--top", type=int, default=40, help="profile lines")
     args = ap.parse_args()
@@ -138,6 +139,8 @@ async def main() -> None:
         prof.enable()
         await run(reads)
         prof.disable()
+        if args.dump:
+            prof.dump_stats(args.dump)
         pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
         return
     results = []

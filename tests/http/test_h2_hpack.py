@@ -1,9 +1,10 @@
-"""The remembering HPACK coder gives exactly what hpack gives, block for block."""
+"""The remembering HPACK coder gives exactly what hpack gives, block for block (never-indexed
+fields coded without Huffman)."""
 
 from __future__ import annotations
 
 from envoi_http.codec.h2_hpack import MemoDecoder, MemoEncoder, never_indexed
-from hpack import Decoder, Encoder
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,8 @@ def test_same_bytes_and_headers_as_hpack(blocks: list[list[tuple[bytes, bytes]]]
             plain_e.header_table_size = memo_e.header_table_size = size
             continue
         headers = never_indexed(list(blocks[step % len(blocks)]))
-        a = plain_e.encode(headers, huffman)
+        a = b"".join(plain_e.encode([h], huffman and type(h) is not NeverIndexedHeaderTuple)
+                     for h in headers)
         b = memo_e.encode(headers, huffman)
         assert a == b
         assert plain_d.decode(a, raw=True) == memo_d.decode(b, raw=True)
@@ -59,3 +61,11 @@ def test_repeated_block_is_remembered() -> None:
     got = d.decode(second, raw=True)
     assert d.decode(second, raw=True) is got
     assert [(bytes(k), bytes(v)) for k, v in got] == hs
+
+
+def test_never_indexed_fields_are_not_huffman_coded() -> None:
+    value = b"3f8a1c52-0b6e-4c4e-9d1a-7f0e2b9c6d11"
+    block = MemoEncoder().encode(never_indexed([(b"x-request-id", value)]))
+    # 0x10: literal never indexed, new name; then the name and the value as plain strings
+    assert block == b"\x10\x0cx-request-id\x24" + value
+    assert Decoder().decode(block, raw=True) == [(b"x-request-id", value)]
