@@ -75,12 +75,12 @@ def test_signal_with_an_idle_keep_alive_client_exits_at_once(
         assert read_reply(idle).status == 200  # served; now idle, kept alive
         t0 = time.monotonic()
         send_signal(proc, sig)
-        assert proc.proc.wait(10) == 0  # (envoi's --drain-time-s is 600 s here)
+        assert proc.proc.wait(30) == 0  # (envoi's --drain-time-s is 600 s here)
         took = time.monotonic() - t0
         assert sees_close(idle, 5)
     # Well under a second for both (Envoy ~0.05 s); the bound only tells "at once" from
-    # "after the drain time" on a loaded machine.
-    assert took < 5, (kind, took)
+    # "after the drain time" (600 s), with room for a loaded machine's slow exit.
+    assert took < 20, (kind, took)
 
 
 def test_drain_answers_the_busy_request_with_connection_close(
@@ -105,8 +105,9 @@ def test_drain_answers_the_busy_request_with_connection_close(
     assert proc.wait(10) == 0
 
 
-# A drain window a loaded box does not miss between seeing the idle timeout and the request.
-IDLE = "common_http_protocol_options: {idle_timeout: 0.3s}\n          drain_timeout: 4s"
+# A drain window a loaded box does not miss between the idle timeout and the request (seeing
+# the stat can take a few slow admin polls).
+IDLE = "common_http_protocol_options: {idle_timeout: 0.3s}\n          drain_timeout: 10s"
 
 
 @pytest.mark.parametrize("kind", ["envoy", "envoi"])
@@ -120,7 +121,7 @@ def test_a_request_in_the_idle_drain_window_gets_connection_close(
         assert read_reply(s).header("connection") is None
         wait_for(lambda: proc.stats().get("http.sd.downstream_cx_idle_timeout") == 1, 10,
                  what="the idle timeout")
-        s.sendall(GET)  # inside the 4 s drain window
+        s.sendall(GET)  # inside the 10 s drain window
         r = read_reply(s)
         assert (r.status, r.body, r.header("connection")) == (200, b"ok", "close")
-        assert sees_close(s, 15)  # (Envoy closes it when the drain window ends)
+        assert sees_close(s, 30)  # (Envoy closes it when the drain window ends)
