@@ -57,11 +57,15 @@ class _Samples:
                 j = bisect_right(raw, 0.0, i)
             else:
                 key = float(f"{v:.2g}")
-                # Every value below the midpoint to the next two-digit key rounds to ``key``;
-                # check both ends of the run (float edges), else take this value alone.
-                j = bisect_left(raw, key + 0.5 * 10.0 ** (floor(log10(key)) - 1), i)
-                if j <= i or float(f"{raw[j - 1]:.2g}") != key or (
-                        j < n and float(f"{raw[j]:.2g}") == key):
+                # Every value below the midpoint to the next two-digit key rounds to ``key``.
+                # The computed midpoint is a few ulps from the decimal one: only a run end
+                # that close to it is checked by rounding it (a format and a parse each, the
+                # cost this loop saves), else this value is taken alone.
+                mid = key + 0.5 * 10.0 ** (floor(log10(key)) - 1)
+                j = bisect_left(raw, mid, i)
+                near = mid * 1e-9
+                if j <= i or (mid - raw[j - 1] <= near and float(f"{raw[j - 1]:.2g}") != key) \
+                        or (j < n and raw[j] - mid <= near and float(f"{raw[j]:.2g}") == key):
                     j = i + 1
             values[key] = values.get(key, 0) + (j - i)
             i = j

@@ -82,8 +82,10 @@ class HeadInfo:
                 self.te = value if self.te is None else self.te + b"," + value
             elif kind == _CONNECTION:
                 low = value.lower()
-                self.close = self.close or b"close" in low
-                self.conn_upgrade = self.conn_upgrade or b"upgrade" in low
+                # find, not ``in``: ``bytes in bytes`` tries the needle as an int first and
+                # formats and clears a TypeError (~2,000 instructions each, per request)
+                self.close = self.close or low.find(b"close") >= 0
+                self.conn_upgrade = self.conn_upgrade or low.find(b"upgrade") >= 0
             elif kind == _EXPECT:
                 self.expect = value.lower() == b"100-continue"
             else:

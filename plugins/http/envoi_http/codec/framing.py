@@ -58,7 +58,7 @@ def status_line(status: int, reason: bytes) -> bytes:
 
 
 def _has_close(value: bytes) -> bool:
-    return b"close" in value.lower()
+    return value.lower().find(b"close") >= 0  # (not ``in``: see HeadInfo in base.py)
 
 
 def frame_response(

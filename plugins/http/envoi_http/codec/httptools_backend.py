@@ -256,7 +256,9 @@ class HttptoolsCodec(Http1Codec):
                 framed = True
             elif kind == _CONNECTION:
                 connection = True
-                close = close or b"close" in value.lower()
+                # find, not ``in``: ``bytes in bytes`` formats and clears a TypeError first
+                # (nginx says connection: keep-alive on every response)
+                close = close or value.lower().find(b"close") >= 0
             elif kind == _UPGRADE:
                 upgrade = value.lower()
         # As for requests (above): no connection header and kept alive by llhttp is HTTP/1.1.
