@@ -122,6 +122,87 @@ def test_the_decision_is_mutate_request_ids(runtime_values: dict[str, Any]) -> N
                                           "client_enabled", "not_traceable"))
 
 
+@pytest.mark.parametrize("runtime_values", [
+    {}, {"tracing.random_sampling": "30"}, {"tracing.global_enabled": "60"}])
+def test_start_new_decides_as_start(runtime_values: dict[str, str]) -> None:
+    """The short path (the connection manager made the id, the request has none of the
+    headers the decision reads) takes the decision start() takes, and counts it the same."""
+    ctx = _context()
+    if runtime_values:
+        assert ctx.runtime.modify(runtime_values) is None
+    sampling = smp.SamplingConfig(random=smp.Percent.from_percent(25.5),
+                                  overall=smp.Percent.from_percent(80))
+    route_sampling = smp.SamplingConfig(random=smp.Percent(3, 100))
+    short, ref = (_tracing(ctx, _otel(ctx), sampling) for _ in range(2))
+    rng = random.Random(11)
+    for _ in range(400):
+        rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        for route in (None, Route(), Route(RouteTracing(route_sampling))):
+            h, want = _request(rid), _request(rid)
+            trace = short.start_new(h, route)
+            ref_trace = ref.start(want, route)
+            assert h.get("x-request-id") == want.get("x-request-id"), (rid, route)
+            assert (trace.span is None) == (ref_trace.span is None)
+            if trace.span is None:
+                assert trace is short.unsampled  # nothing made for it
+    for name in ("random_sampling", "service_forced", "client_enabled", "not_traceable"):
+        assert getattr(short.stats, name).value == getattr(ref.stats, name).value, name
+    assert short.stats.random_sampling.value > 0 and short.stats.not_traceable.value > 0
+
+
+def test_the_shared_unsampled_trace_keeps_its_context_across_attempts() -> None:
+    """A new unsampled trace has no state of its own: the first attempt draws its ids, a retry
+    keeps them (a child span: a new span id in the same trace), and a traceparent a filter
+    wrote before the first attempt is replaced (Envoy injects its span's context)."""
+    ctx = _context()
+    for tracer in (_otel(ctx), _zipkin(ctx)):
+        tracing = _tracing(ctx, tracer, smp.SamplingConfig(random=smp.Percent(0, 100)))
+        name = b"traceparent" if isinstance(tracer, OpenTelemetryTracer) \
+            else b"x-b3-traceid"
+        h = _request(str(uuid.uuid4()))
+        trace = tracing.start_new(h, None)
+        assert trace is tracing.unsampled
+        assert router_tracing.start_attempt(trace, False, "web", h, 0) is None
+        first = h.get_bytes(name)
+        assert first is not None
+        router_tracing.start_attempt(trace, False, "web", h, 1)
+        assert h.get_bytes(name) == first and len(h.get_all(name.decode())) == 1
+        router_tracing.start_attempt(trace, True, "web", h, 2)
+        again = h.get_bytes(name)
+        if name == b"traceparent":
+            assert again is not None and again[:36] == first[:36] and again != first
+            assert h.get_all("tracestate") == [""]
+        else:  # (Zipkin's egress span shares the ingress span's context)
+            assert again == first and h.get("x-b3-sampled") == "0"
+        other = _request(str(uuid.uuid4()))
+        router_tracing.start_attempt(tracing.start_new(other, None), False, "web", other, 0)
+        assert other.get_bytes(name) != first  # a new trace per request
+        filtered = _request(str(uuid.uuid4()))
+        trace = tracing.start_new(filtered, None)
+        filtered.set_bytes(name, b"written-by-a-filter")
+        router_tracing.start_attempt(trace, False, "web", filtered, 0)
+        assert filtered.get_all(name.decode()) != ["written-by-a-filter"]
+        assert len(filtered.get_all(name.decode())) == 1
+
+
+def test_zipkin_reads_b3_from_the_fields_not_through_headers_get(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = _context()
+    tracing = _tracing(ctx, _zipkin(ctx), smp.SamplingConfig(random=smp.Percent(0, 100)))
+
+    def no_get(*args: Any) -> Any:
+        raise AssertionError("HeaderMap.get on the unsampled path")
+
+    h = _request(str(uuid.uuid4()), x_b3_traceid="463ac35c9f6413ad",
+                 x_b3_spanid="a2fb4a1d1a96d312")
+    monkeypatch.setattr(HeaderMap, "get", no_get)
+    trace = tracing.start(h, None)
+    router_tracing.start_attempt(trace, False, "web", h, 0)
+    monkeypatch.undo()
+    assert trace.span is None
+    assert h.get("x-b3-traceid") == "463ac35c9f6413ad" and h.get("x-b3-sampled") == "0"
+
+
 def test_a_runtime_change_applies_to_the_next_request() -> None:
     ctx = _context()
     tracing = _tracing(ctx, _otel(ctx), smp.SamplingConfig())  # 100 %

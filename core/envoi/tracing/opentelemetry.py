@@ -194,6 +194,8 @@ class OpenTelemetryTracer:
 
     # -- the connection manager's fast path (span.RequestTracer) ------------------------------
 
+    context_headers = frozenset((b"traceparent", b"tracestate"))
+
     def begin(self, name: str, kind: SpanKind, headers: HeaderBytes,
               fields: Mapping[bytes, bytes], traced: bool) -> tuple[Span | None, object]:
         """``start_span``, without a span when the request is not sampled: its context is then
@@ -217,12 +219,21 @@ class OpenTelemetryTracer:
                  format_traceparent(span.trace_id, span.span_id, span.sampled).encode(),
                  b"tracestate", span.tracestate.encode("latin-1"))
 
-    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool) -> None:
-        traceparent, tracestate = cast("tuple[bytes, bytes]", context)
-        if child:  # (the child's span id: it is never sent, but the upstream sees it)
-            traceparent = traceparent[:36] + new_span_id() + b"-00"
+    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool,
+                         retries: int = 0) -> None:
         hs = headers.headers  # (set_pair, inline: once per unsampled request)
-        present = dict(hs)
+        present = dict(hs)  # (a C-level pass)
+        if context is None:  # a new trace: drawn now, or kept from the first attempt
+            kept = present.get(b"traceparent") if retries else None
+            if kept is not None and len(kept) == 55:
+                if child:  # (the retry's own child span id, in the same trace)
+                    headers.set_bytes(b"traceparent", kept[:36] + new_span_id() + b"-00")
+                return
+            traceparent, tracestate = unsampled_traceparent(), b""
+        else:
+            traceparent, tracestate = cast("tuple[bytes, bytes]", context)
+            if child:  # (the child's span id: it is never sent, but the upstream sees it)
+                traceparent = traceparent[:36] + new_span_id() + b"-00"
         if b"traceparent" in present or b"tracestate" in present:
             headers.set_bytes(b"traceparent", traceparent)
             headers.set_bytes(b"tracestate", tracestate)

@@ -155,6 +155,11 @@ class RequestTracer(Tracer, Protocol):
     written as header bytes. A tracer without these methods is driven through
     :class:`Tracer`'s (a span per request, sampled or not)."""
 
+    #: the request headers (lower-case bytes) :meth:`begin` reads: a request with none of
+    #: them (and none the sampling decision reads) starts a new trace, and when it is not
+    #: sampled it gets no per-request state at all (``inject_unsampled`` without a context)
+    context_headers: frozenset[bytes]
+
     def begin(self, name: str, kind: SpanKind, headers: HeaderBytes,
               fields: Mapping[bytes, bytes], traced: bool) -> tuple[Span | None, object]:
         """The request's ingress span when it is sampled (``(span, None)``), else
@@ -165,9 +170,12 @@ class RequestTracer(Tracer, Protocol):
     def inject_headers(self, span: Span, headers: HeaderBytes) -> None:
         """:meth:`Tracer.inject` straight into a header map."""
 
-    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool) -> None:
+    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool,
+                         retries: int = 0) -> None:
         """Write an unsampled request's context into an upstream request's headers (``child``:
-        as the context of a child span of it, the router's egress span, would be)."""
+        as the context of a child span of it, the router's egress span, would be; ``retries``:
+        the attempts before this one). ``context`` None: a new trace, whose ids the first
+        attempt draws and writes, and a retry keeps from the headers it left."""
 
 
 SpanFactory = Callable[..., Span]

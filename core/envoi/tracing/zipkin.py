@@ -37,6 +37,10 @@ from envoi.tracing.span import HeaderBytes, Span, SpanKind, new_id
 
 __all__ = ["ZipkinTracer", "encode_spans"]
 
+# The B3 headers a request's context is read from (propagation.extract_b3).
+_B3_NAMES = frozenset((b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
+                       b"x-b3-sampled", b"x-b3-flags"))
+
 implements("envoy.config.trace.v3.ZipkinConfig", "collector_cluster", "collector_endpoint",
            "trace_id_128bit", "shared_span_context", "collector_endpoint_version",
            "collector_hostname")
@@ -176,16 +180,21 @@ class ZipkinTracer:
 
     # -- the connection manager's fast path (span.RequestTracer) ------------------------------
 
+    context_headers = _B3_NAMES
+
     def begin(self, name: str, kind: SpanKind, headers: HeaderBytes,
               fields: Mapping[bytes, bytes], traced: bool) -> tuple[Span | None, object]:
         """``start_span``, without a span when the request is not sampled: its context is then
         ``(trace id, span id, parent id)`` as header bytes (the egress span shares it)."""
-        get = headers.get
+        def get(name: str) -> str | None:  # (B3's names, from the fields the HCM read)
+            v = fields.get(name.encode())
+            return None if v is None else v.decode("latin-1")
+
         trace_id, span_id, parent, sampled, shared = self._context(kind, get, traced)
         if not sampled:
             return None, (trace_id.encode(), span_id.encode(), parent.encode())
-        span = Span(get(":authority") or name, kind, trace_id, span_id, parent, True, "",
-                    time.time_ns(), sink=self.exporter, tracer=self)
+        span = Span(headers.get(":authority") or name, kind, trace_id, span_id, parent, True,
+                    "", time.time_ns(), sink=self.exporter, tracer=self)
         span.extra = {"shared": shared}
         return span, None
 
@@ -197,7 +206,20 @@ class ZipkinTracer:
             set_bytes(b"x-b3-parentspanid", span.parent_id.encode())
         set_bytes(b"x-b3-sampled", b"1" if span.sampled else b"0")
 
-    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool) -> None:
+    def inject_unsampled(self, context: object, headers: HeaderBytes, child: bool,
+                         retries: int = 0) -> None:
+        if context is None:  # a new trace (the egress span shares the context: child or not)
+            hs = headers.headers
+            present = dict(hs)  # (a C-level pass)
+            if retries and b"x-b3-traceid" in present:
+                return  # (the first attempt's)
+            new = new_id(16 if self.trace_id_128 else 8).encode()
+            if _B3_NAMES.isdisjoint(present):
+                hs.append((b"x-b3-traceid", new))
+                hs.append((b"x-b3-spanid", new[-16:]))
+                hs.append((b"x-b3-sampled", b"0"))
+                return
+            context = (new, new[-16:], b"")
         trace_id, span_id, parent = cast("tuple[bytes, bytes, bytes]", context)
         set_bytes = headers.set_bytes
         set_bytes(b"x-b3-traceid", trace_id)

@@ -86,8 +86,7 @@ _monotonic = time.monotonic
 _REQ_DROP = frozenset((b"host", b"connection", b"keep-alive", b"proxy-connection",
                        b"transfer-encoding", b"upgrade", b"http2-settings", b"te", b"expect"))
 # Request headers that xff.mutate or the request id look at (or remove).
-_MUTATE_READS = internal.INTERNAL_ONLY | {b"x-forwarded-proto", b"x-forwarded-for",
-                                         b"x-request-id"}
+_MUTATE_READS = internal.MUTATE_READS
 
 
 # This process's open HTTP connections, for the server's drain (plugin.envoi_draining).
@@ -360,11 +359,15 @@ class ConnectionManager(ReadFilter):
                 self._path_local_reply(e, headers, action)
                 return
         client = None
+        tracing = cfg.tracing
+        new_id = False  # (the request id is ours, and no header tracing reads is there)
         if cfg.use_remote_address:
             client = self._mutate_request(headers)
         else:
+            # (with tracing, its headers too: hcm/tracing.py HttpTracing.reads)
+            reads = _MUTATE_READS if tracing is None else tracing.reads or _MUTATE_READS
             for k, _ in raw:
-                if k in _MUTATE_READS:
+                if k in reads:
                     client = self._mutate_request(headers)
                     break
             else:  # what _mutate_request comes to when none of its headers is set
@@ -372,6 +375,7 @@ class ConnectionManager(ReadFilter):
                 if cfg.generate_request_id:
                     ids = made_ids  # request_id(), its usual case inline
                     raw.append((b"x-request-id", ids.pop() if ids else request_id()))
+                    new_id = tracing is not None and tracing.reads is not None
         # The route, before the filter chain (Envoy's order: a route may change the chain).
         table = cfg.route_table
         route = table.route(headers) if table is not None else None
@@ -381,8 +385,9 @@ class ConnectionManager(ReadFilter):
                                              grpc)
         if cfg.durations:  # max_stream_duration: the HCM's, then the route's (hcm/duration.py)
             duration.start(s, route, cfg.max_stream_duration)
-        if cfg.tracing is not None:  # the decision and the ingress span (hcm/tracing.py)
-            s.trace = cfg.tracing.start(headers, route)
+        if tracing is not None:  # the decision and the ingress span (hcm/tracing.py)
+            s.trace = tracing.start_new(headers, route) if new_id else tracing.start(headers,
+                                                                                   route)
         if self.debug:
             conn_debug(log, self.conn.id, "new stream")
         if version == b"2":

@@ -27,7 +27,13 @@ both on one config):
 A request that is not sampled gets no span object (with the built-in tracers): its tracer keeps
 the context it propagates upstream (``sampled=0``, as Envoy) as header bytes, and the sampling
 percentages with the runtime's overrides are worked out once per runtime snapshot, so an
-unsampled request costs a few header reads and writes.
+unsampled request costs a few header reads and writes. The usual request, with none of the
+headers tracing reads (:attr:`HttpTracing.reads`, looked for in the connection manager's own
+pass over the request's fields) and an ``x-request-id`` the connection manager made, takes
+:meth:`HttpTracing.start_new`: the decision from that id's random hex digits, and when it is
+not sampled one shared :class:`StreamTrace` and nothing made for it; the router's first attempt
+draws its new trace's ids straight into the upstream request (``inject_unsampled`` without a
+context), and a retry keeps them.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from envoi.tracing.tags import (
     http_url,
     parse_custom_tags,
 )
+
+from envoi_http.hcm.internal import MUTATE_READS
 
 if TYPE_CHECKING:
     from envoi.http.headers import HeaderMap
@@ -192,6 +200,9 @@ class StreamTrace:
 # The trace reason in x-request-id's version digit (envoi.tracing.sampling), as a byte.
 _SAMPLED, _FORCED, _CLIENT, _NOT_TRACED = 0x39, 0x61, 0x62, 0x34  # '9' 'a' 'b' '4'
 _TRACED = frozenset((_SAMPLED, _FORCED, _CLIENT))
+_NO_FIELDS: Mapping[bytes, bytes] = {}
+# What the decision reads besides x-request-id (and the decorator override, ingress).
+_DECISION_READS = frozenset((b"x-client-trace-id", b"x-envoy-force-trace", DECORATOR_BYTES))
 _DENOMINATOR_NAMES = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 # (numerator, denominator) of client, random and overall sampling
 Thresholds = tuple[int, int, int, int, int, int]
@@ -222,7 +233,8 @@ class _FallbackTracer:
     def inject_headers(self, span: Span, headers: HeaderMap) -> None:
         self.tracer.inject(span, header_setter(headers))
 
-    def inject_unsampled(self, context: object, headers: HeaderMap, child: bool) -> None:
+    def inject_unsampled(self, context: object, headers: HeaderMap, child: bool,
+                         retries: int = 0) -> None:
         raise AssertionError("a fallback tracer always makes a span")  # pragma: no cover
 
 
@@ -261,6 +273,17 @@ class HttpTracing:
         self._live = hasattr(runtime, "snapshot")  # (else: thresholds() per request)
         self._thresholds: Thresholds = self._compute(sampling)
         self._route_thresholds: dict[int, tuple[SamplingConfig, Thresholds]] = {}
+        #: the request headers the connection manager's own header pass looks for: its own
+        #: (``internal.MUTATE_READS``), the decision's and the tracer's; a request with none
+        #: of them and the id the connection manager made takes :meth:`start_new` (None: a
+        #: tracer that does not say what it reads never does)
+        names = getattr(tracer, "context_headers", None)
+        self.reads: frozenset[bytes] | None = (
+            None if names is None or isinstance(self.fast, _FallbackTracer)
+            else MUTATE_READS | _DECISION_READS | names)
+        #: the trace of every request without a span nor per-request state: not sampled, in a
+        #: new trace (the router's first attempt draws its ids), on a route without decorator
+        self.unsampled = StreamTrace(self, None, "")
 
     def thresholds(self, sampling: SamplingConfig | None) -> Thresholds:
         """The client, random and overall percentages in force (``sampling`` a route's, or
@@ -319,8 +342,35 @@ class HttpTracing:
                     reason = _NOT_TRACED
                 if reason != was:
                     headers.set_bytes(b"x-request-id", rid[:14] + bytes((reason,)) + rid[15:])
-        traced = reason in _TRACED
         self.by_reason[reason].value += 1
+        return self._begin(headers, route, fields, reason in _TRACED)
+
+    def start_new(self, headers: HeaderMap, route: Any) -> StreamTrace:
+        """:meth:`start` for a request in which the connection manager's header pass found
+        none of :attr:`reads`, and whose ``x-request-id`` it has just made (the last field):
+        the decision comes from that id's random hex digits (Envoy's, with no client or forced
+        trace to consider), and an unsampled request on a route without a decorator gets the
+        shared :attr:`unsampled` trace: no span, no header written, nothing per request."""
+        raw = headers.headers
+        rid = raw[-1][1]
+        rt: RouteTracing | None = getattr(route, "tracing", None)
+        if rt is None and self._live and self.runtime.snapshot is self._snapshot:
+            _, _, rn, rd, on, od = self._thresholds
+        else:
+            _, _, rn, rd, on, od = self.thresholds(rt.sampling if rt is not None else None)
+        value = int(rid[:8], 16) % 10_000
+        if value % rd < rn and value % od < on:
+            raw[-1] = (b"x-request-id", rid[:14] + b"9" + rid[15:])  # (_SAMPLED)
+            self.stats.random_sampling.value += 1
+            return self._begin(headers, route, _NO_FIELDS, True)
+        self.stats.not_traceable.value += 1
+        if getattr(route, "decorator", None) is None:
+            return self.unsampled
+        return self._begin(headers, route, _NO_FIELDS, False)
+
+    def _begin(self, headers: HeaderMap, route: Any, fields: Mapping[bytes, bytes],
+               traced: bool) -> StreamTrace:
+        """The decision is made: the stream's span (or unsampled context) and decorator."""
         egress = self.egress
         span, context = self.fast.begin(
             "egress " + headers.authority.decode("latin-1") if egress else "ingress",

@@ -35,7 +35,7 @@ def start_attempt(trace: StreamTrace, start_child_span: bool, cluster: str,
     tracing = trace.tracing
     child_wanted = start_child_span or tracing.spawn_upstream_span
     if parent is None:  # not sampled: only the context goes upstream
-        tracing.fast.inject_unsampled(trace.context, headers, child_wanted)
+        tracing.fast.inject_unsampled(trace.context, headers, child_wanted, retries)
         return None
     if child_wanted:
         child = parent.spawn_child(f"router {cluster} egress")
