@@ -16,7 +16,7 @@ import os
 __all__ = ["unsampled_traceparent"]
 
 _BATCH = 256
-_TEMPLATE = b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-00"  # 55 bytes
+_TEMPLATE = b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-00 "  # 55 bytes and a separator
 _WIDTH = len(_TEMPLATE)
 # Where the 48 hex digits of a trace id and span id go in a traceparent value.
 _COLUMNS = list(range(3, 35)) + list(range(36, 52))
@@ -29,8 +29,8 @@ def _make() -> list[bytes]:
     out = bytearray(_TEMPLATE * _BATCH)
     for src, dst in enumerate(_COLUMNS):
         out[dst::_WIDTH] = hexed[src::48]
-    made = bytes(out)
-    values = [made[i:i + _WIDTH] for i in range(0, _WIDTH * _BATCH, _WIDTH)]
+    made = bytes(out[:-1])
+    values = made.split(b" ")  # (one C loop)
     if _ZERO_SPAN in made:  # (almost never: then check each)
         values = [v for v in values if v[3:35] != _ZERO_TRACE and v[36:52] != _ZERO_SPAN]
     return values

@@ -54,6 +54,7 @@ implements("envoy.config.core.v3.GrpcService.EnvoyGrpc", "cluster_name")
 implements("envoy.config.core.v3.HttpService", "http_uri", "request_headers_to_add")
 implements("envoy.config.core.v3.HttpUri", "uri", "cluster", "timeout")
 
+_EMPTY_TRACESTATE = (b"tracestate", b"")
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 USER_AGENT = f"OTel-OTLP-Exporter-envoi/{__version__}"
 
@@ -224,6 +225,10 @@ class OpenTelemetryTracer:
         hs = headers.headers  # (set_pair, inline: once per unsampled request)
         present = dict(hs)  # (a C-level pass)
         if context is None:  # a new trace: drawn now, or kept from the first attempt
+            if not retries and b"traceparent" not in present and b"tracestate" not in present:
+                # (the usual request; a child span's id would be as random as this one)
+                hs += ((b"traceparent", unsampled_traceparent()), _EMPTY_TRACESTATE)
+                return
             kept = present.get(b"traceparent") if retries else None
             if kept is not None and len(kept) == 55:
                 if child:  # (the retry's own child span id, in the same trace)

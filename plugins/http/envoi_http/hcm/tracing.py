@@ -208,6 +208,13 @@ _DENOMINATOR_NAMES = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_0
 Thresholds = tuple[int, int, int, int, int, int]
 
 
+def _sampled_table(thresholds: Thresholds) -> bytes:
+    """Whether each decision value (an x-request-id's, 0-9999) is sampled by random and
+    overall sampling (``mutate_request_id`` with neither client nor forced trace)."""
+    _, _, rn, rd, on, od = thresholds
+    return bytes(v % rd < rn and v % od < on for v in range(10_000))
+
+
 def _effective(percent: Percent, override: Any) -> tuple[int, int]:
     """``sampling._feature_enabled``'s percentage: the runtime's value when the key is set."""
     if isinstance(override, dict):
@@ -273,6 +280,11 @@ class HttpTracing:
         self._live = hasattr(runtime, "snapshot")  # (else: thresholds() per request)
         self._thresholds: Thresholds = self._compute(sampling)
         self._route_thresholds: dict[int, tuple[SamplingConfig, Thresholds]] = {}
+        #: per value of an x-request-id's decision (0-9999): is a request that only random
+        #: and overall sampling decide sampled (start_new), for the percentages in force
+        self._sampled = _sampled_table(self._thresholds)
+        self._route_tables: dict[Thresholds, bytes] = {}
+        self._not_traceable = stats.not_traceable
         #: the request headers the connection manager's own header pass looks for: its own
         #: (``internal.MUTATE_READS``), the decision's and the tracer's; a request with none
         #: of them and the id the connection manager made takes :meth:`start_new` (None: a
@@ -294,7 +306,10 @@ class HttpTracing:
         if snapshot is not self._snapshot or snapshot is self:
             self._snapshot = snapshot
             self._route_thresholds.clear()
-            self._thresholds = self._compute(self.sampling)
+            thresholds = self._compute(self.sampling)
+            if thresholds != self._thresholds:
+                self._sampled = _sampled_table(thresholds)
+            self._thresholds = thresholds
         if sampling is None:
             return self._thresholds
         cached = self._route_thresholds.get(id(sampling))
@@ -355,18 +370,28 @@ class HttpTracing:
         rid = raw[-1][1]
         rt: RouteTracing | None = getattr(route, "tracing", None)
         if rt is None and self._live and self.runtime.snapshot is self._snapshot:
-            _, _, rn, rd, on, od = self._thresholds
+            table = self._sampled
         else:
-            _, _, rn, rd, on, od = self.thresholds(rt.sampling if rt is not None else None)
-        value = int(rid[:8], 16) % 10_000
-        if value % rd < rn and value % od < on:
+            self.thresholds(rt.sampling if rt is not None else None)  # (a new snapshot?)
+            table = self._sampled if rt is None else self._sampled_of(rt.sampling)
+        if table[int(rid[:8], 16) % 10_000]:
             raw[-1] = (b"x-request-id", rid[:14] + b"9" + rid[15:])  # (_SAMPLED)
             self.stats.random_sampling.value += 1
             return self._begin(headers, route, _NO_FIELDS, True)
-        self.stats.not_traceable.value += 1
+        self._not_traceable.value += 1
         if getattr(route, "decorator", None) is None:
             return self.unsampled
         return self._begin(headers, route, _NO_FIELDS, False)
+
+    def _sampled_of(self, sampling: SamplingConfig) -> bytes:
+        """:func:`_sampled_table` of a route's percentages in force (cached per snapshot)."""
+        thresholds = self.thresholds(sampling)
+        cached = self._route_tables.get(thresholds)
+        if cached is None:
+            if len(self._route_tables) >= 64:  # (bounded: runtime changes make new ones)
+                self._route_tables.clear()
+            cached = self._route_tables[thresholds] = _sampled_table(thresholds)
+        return cached
 
     def _begin(self, headers: HeaderMap, route: Any, fields: Mapping[bytes, bytes],
                traced: bool) -> StreamTrace:

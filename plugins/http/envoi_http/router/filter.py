@@ -363,11 +363,12 @@ class Router(StreamDecoderFilter):
                                      self.decoder_callbacks.stream_info.start_monotonic,
                                      self.config.suppress_envoy_headers, self.grpc_timeout)
         if self.trace is not None:
-            self.trace_status = 0
-            self.trace_flags_at = len(self.decoder_callbacks.stream_info.response_flags)
-            self.trace_child = tracing.start_attempt(
+            child = self.trace_child = tracing.start_attempt(
                 self.trace, self.config.start_child_span, cluster.name,
                 self.headers, attempts - 1)  # type: ignore[arg-type]
+            if child is not None:  # (an egress span: what its tags need)
+                self.trace_status = 0
+                self.trace_flags_at = len(self.decoder_callbacks.stream_info.response_flags)
         self.attempt_start = _monotonic()
         cluster.stats.upstream_rq_active.inc()
         host.rq_active += 1
