@@ -150,6 +150,18 @@ def test_start_new_decides_as_start(runtime_values: dict[str, str]) -> None:
     assert short.stats.random_sampling.value > 0 and short.stats.not_traceable.value > 0
 
 
+def test_a_runtime_change_applies_to_the_short_path_too() -> None:
+    ctx = _context()
+    route = Route(RouteTracing(smp.SamplingConfig(random=smp.Percent(20, 100))))
+    tracing = _tracing(ctx, _otel(ctx), smp.SamplingConfig())  # 100 %
+    rid = "125a4afb-6f55-44ba-ad80-413f09f48a28"  # (0x125a4afb % 10,000 = 7,323)
+    for runtime, hcm, on_route in (("", True, False), ("0", False, False),
+                                   ("30", True, True), ("", True, False)):
+        ctx.runtime.modify({"tracing.random_sampling": runtime})
+        assert (tracing.start_new(_request(rid), None).span is not None) is hcm, runtime
+        assert (tracing.start_new(_request(rid), route).span is not None) is on_route, runtime
+
+
 def test_the_shared_unsampled_trace_keeps_its_context_across_attempts() -> None:
     """A new unsampled trace has no state of its own: the first attempt draws its ids, a retry
     keeps them (a child span: a new span id in the same trace), and a traceparent a filter
