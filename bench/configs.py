@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 #: What the backend answers on ``GET /``: exactly 100 bytes.
@@ -67,6 +68,48 @@ def http_proxy(admin: int, listen: int, backend: int) -> str:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
 """ + _cluster("backend", backend)
+
+
+def _refused_port() -> int:
+    """A loopback port nothing listens on (bound once, then closed): a collector that refuses
+    every connection, so an exporter's cost is its attempts, the same for both proxies."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_traced(pct: float) -> Callable[[int, int, int], str]:
+    """:func:`http_proxy` with the connection manager's ``tracing`` (OpenTelemetry, OTLP/gRPC
+    to a collector cluster that refuses connections: the spans of each report are dropped and
+    counted) at ``random_sampling`` ``pct``; reports of at most 100 spans
+    (``tracing.opentelemetry.min_flush_spans``, in both proxies' runtime)."""
+    def config(admin: int, listen: int, backend: int) -> str:
+        text = http_proxy(admin, listen, backend)
+        text = text.replace("          http_filters:\n", f"""\
+          tracing:
+            random_sampling: {{value: {pct}}}
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                grpc_service: {{envoy_grpc: {{cluster_name: otel_collector}}}}
+                service_name: bench
+          http_filters:
+""", 1)
+        runtime = """layered_runtime:
+  layers:
+  - name: static
+    static_layer: {tracing.opentelemetry.min_flush_spans: 100}
+"""
+        h2 = """    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+"""
+        return runtime + text + _cluster("otel_collector", _refused_port(), h2)
+    return config
 
 
 def tcp_proxy(admin: int, listen: int, backend: int) -> str:

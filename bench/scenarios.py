@@ -170,6 +170,12 @@ LARGE = _verify_http("/64k", configs.LARGE_SIZE)
 SCENARIOS: list[Scenario] = [
     Scenario("h1-small", "HTTP/1.1 GET, 100-byte response (HCM + router), wrk keep-alive",
              "http", configs.http_proxy, _wrk("/"), SMALL),
+    # Tracing's cost: h1-small with the connection manager's tracing (OpenTelemetry) at 1 %
+    # and 100 % sampling; compare each with h1-small of the same run.
+    Scenario("h1-small-trace1", "h1-small with tracing (OpenTelemetry, OTLP/gRPC) at 1 % "
+             "random sampling", "http", configs.http_traced(1), _wrk("/"), SMALL),
+    Scenario("h1-small-trace100", "h1-small with tracing (OpenTelemetry) at 100 % sampling",
+             "http", configs.http_traced(100), _wrk("/"), SMALL),
     Scenario("h1-64k", "HTTP/1.1 GET, 64 KiB response (HCM + router), wrk keep-alive",
              "http", configs.http_proxy, _wrk("/64k"), LARGE),
     Scenario("tcp_proxy", "the h1-small load through tcp_proxy (bytes only)",
