@@ -28,9 +28,10 @@ from envoi_http.hcm.tap import TAP_POINT
 from envoi_http.hcm.tracing import build_tracing
 from envoi_http.hcm.upgrade import upgrade_map
 from envoi_http.options import http1_codec
-from envoi_http.router.config import RouteTable, build_route_table, duration_ms
+from envoi_http.router.config import RouteTable, build_route_table
 from envoi_http.router.idle import route_idle_timeouts
 from envoi_http.router.idle import shortest as shortest_route_idle
+from envoi_http.router.route_policies import duration_ms
 
 ROUTER_NAME = "envoy.filters.http.router"
 

@@ -28,7 +28,7 @@ from envoi.http.headers import HeaderMap
 from envoi.stream_info import StreamInfo
 
 from envoi_http.access_log_filter import LogFilter, build_filter
-from envoi_http.router.config import header_mutations
+from envoi_http.router.route_policies import header_mutations
 
 _H = "envoy.extensions.filters.network.http_connection_manager.v3."
 implements(_H + "LocalReplyConfig", "mappers", "body_format")
@@ -123,7 +123,7 @@ class Mapper:
         self.filter = filt
         self.status_code = status_code
         self.body = body
-        self.headers = headers  # router.config.HeaderMutations (or None)
+        self.headers = headers  # router.route_policies.HeaderMutations (or None)
         self.body_format = body_format
 
 

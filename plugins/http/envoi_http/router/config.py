@@ -10,7 +10,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from envoi.config import (
     NOT_IMPLEMENTED,
@@ -35,6 +35,16 @@ from envoi_http.router.matchers import (
 )
 from envoi_http.router.mirror import MirrorPolicy, mirror_policies
 from envoi_http.router.re2_rewrite import RegexRewrite
+from envoi_http.router.route_policies import (
+    HeaderMutations,
+    MaxStreamDuration,
+    collect,
+    duration_ms,
+    max_stream_duration,
+    retry_policy,
+    route_mutations,
+)
+from envoi_http.router.route_policies import RetryPolicy as RetryPolicy  # (router/filter.py)
 from envoi_http.router.stats import RequestStats
 
 _log = logging.getLogger(__name__)
@@ -62,8 +72,6 @@ implements(_R + "RouteAction",
            "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "timeout", "idle_timeout",
            "retry_policy", "upgrade_configs", "hash_policy", "priority", "max_stream_duration",
            "max_grpc_timeout", "grpc_timeout_offset")
-implements(_R + "RouteAction.MaxStreamDuration",
-           "max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
 # hash_policy (router/hash_policy.py refuses regex_rewrite, generated cookies, filter_state).
 implements(_R + "RouteAction.HashPolicy",
            "header", "cookie", "connection_properties", "query_parameter", "terminal")
@@ -74,10 +82,6 @@ implements(_R + "RouteAction.HashPolicy.QueryParameter", "name")
 implements(_R + "RouteAction.UpgradeConfig", "upgrade_type", "enabled")
 implements(_R + "WeightedCluster", "clusters")
 implements(_R + "WeightedCluster.ClusterWeight", "name", "weight")
-implements(_R + "RetryPolicy",
-           "retry_on", "num_retries", "per_try_timeout", "retry_back_off",
-           "retriable_status_codes")
-implements(_R + "RetryPolicy.RetryBackOff", "base_interval", "max_interval")
 implements(_R + "DirectResponseAction", "status", "body")
 implements(_R + "RedirectAction",
            "https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
@@ -93,83 +97,6 @@ implements("envoy.type.matcher.v3.StringMatcher",
 implements("envoy.type.matcher.v3.RegexMatcher", "regex")
 implements("envoy.type.matcher.v3.RegexMatchAndSubstitute", "pattern", "substitution")
 implements("envoy.type.v3.Int64Range", "start", "end")
-implements("envoy.config.core.v3.HeaderValueOption",
-           "header", "append", "append_action", "keep_empty_value")
-implements("envoy.config.core.v3.HeaderValue", "key", "value")
-APPEND, ADD_IF_ABSENT, OVERWRITE_OR_ADD, OVERWRITE_IF_EXISTS = range(4)
-
-
-@dataclass(frozen=True)
-class HeaderMutations:
-    # (name, value or formatter, append action, keep_empty_value)
-    add: tuple[tuple[bytes, bytes | Callable[[Any], str], int, bool], ...] = ()
-    remove: tuple[bytes, ...] = ()
-
-    def apply(self, h: HeaderMap, ctx: Any) -> None:
-        for name in self.remove:
-            h.remove_bytes(name)
-        for name, value, action, keep_empty in self.add:
-            v = value if isinstance(value, bytes) else value(ctx).encode("latin-1")
-            if not v and not keep_empty:
-                continue  # Envoy drops a header whose value is empty unless keep_empty_value
-            if action == APPEND:
-                if name[:1] == b":":
-                    h.set_bytes(name, v)
-                else:
-                    h.add_bytes(name, v)
-            elif action == OVERWRITE_OR_ADD:
-                h.set_bytes(name, v)
-            elif action == ADD_IF_ABSENT:
-                if h.get_bytes(name) is None:
-                    h.set_bytes(name, v)
-            elif h.get_bytes(name) is not None:
-                h.set_bytes(name, v)
-
-    def __bool__(self) -> bool:
-        return bool(self.add or self.remove)
-
-
-#: The gRPC ``retry_on`` conditions (also ``x-envoy-retry-grpc-on``) and the ``grpc-status``
-#: each retries on, when the response headers carry it (a trailers-only answer), as Envoy's
-#: ``RetryStateImpl::wouldRetryFromHeaders``.
-GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8,
-                 "internal": 13, "unavailable": 14}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    retry_on: frozenset[str]
-    num_retries: int
-    per_try_timeout: float
-    base_interval: float
-    max_interval: float
-    retriable_status_codes: frozenset[int]
-    # the grpc-status codes retry_on's gRPC conditions name (worked out from retry_on)
-    grpc_codes: frozenset[int] = field(init=False, default=frozenset())
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "grpc_codes", frozenset(
-            code for name, code in GRPC_RETRY_ON.items() if name in self.retry_on))
-
-
-@dataclass(frozen=True)
-class MaxStreamDuration:
-    """A route's ``max_stream_duration`` in milliseconds (None: the field is unset), which the
-    connection manager acts on (hcm/duration.py), as Envoy's "new timeouts" of the route."""
-
-    max_stream_duration: int | None = None
-    grpc_timeout_header_max: int | None = None
-    grpc_timeout_header_offset: int | None = None
-
-
-def duration_ms(d: Any) -> int:
-    """A Duration in whole milliseconds (Envoy's ``PROTOBUF_GET_OPTIONAL_MS``)."""
-    return int(d.seconds) * 1000 + int(d.nanos) // 1_000_000
-
-
-def max_stream_duration(m: Any) -> MaxStreamDuration:
-    return MaxStreamDuration(*(duration_ms(getattr(m, f)) if m.HasField(f) else None for f in (
-        "max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")))
 
 
 @dataclass(frozen=True)
@@ -366,87 +293,6 @@ _TLS_ALL = 2
 
 # -- building ------------------------------------------------------------------------------
 
-_ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": APPEND, "ADD_IF_ABSENT": ADD_IF_ABSENT,
-            "OVERWRITE_IF_EXISTS_OR_ADD": OVERWRITE_OR_ADD,
-            "OVERWRITE_IF_EXISTS": OVERWRITE_IF_EXISTS}
-
-
-def _mutations(msg: Any, which: str, path: str, ctx: FactoryContext) -> HeaderMutations:
-    """``<which>_headers_to_add`` / ``<which>_headers_to_remove`` of a route, virtual host or
-    route config."""
-    return header_mutations(getattr(msg, f"{which}_headers_to_add"),
-                            getattr(msg, f"{which}_headers_to_remove"),
-                            f"{path}.{which}_headers_to_add", f"{path}.{which}_headers_to_remove",
-                            ctx)
-
-
-def header_mutations(add: Any, remove: Any, path_add: str, path_remove: str,
-                     ctx: FactoryContext) -> HeaderMutations:
-    """A list of ``HeaderValueOption`` to add (values may hold command operators) and of names
-    to remove. As in Envoy, a pseudo-header or ``host`` may be neither added nor removed."""
-    issues = []
-    for i, opt in enumerate(add):
-        if not _modifiable(opt.header.key):
-            issues.append(ConfigIssue(f"{path_add}[{i}].header.key",
-                                      f"{opt.header.key!r}: :-prefixed or host headers may not "
-                                      "be modified"))
-    for i, name in enumerate(remove):
-        if not _modifiable(name):
-            issues.append(ConfigIssue(f"{path_remove}[{i}]",
-                                      f"{name!r}: :-prefixed or host headers may not be "
-                                      "removed"))
-    out = []
-    for i, opt in enumerate(add):
-        action_name = opt.DESCRIPTOR.fields_by_name["append_action"].enum_type.values_by_number[
-            opt.append_action].name
-        action = _ACTIONS[action_name]
-        if opt.HasField("append"):
-            action = APPEND if opt.append.value else OVERWRITE_OR_ADD
-        value_s = opt.header.value
-        value: bytes | Callable[[Any], str]
-        if "%" in value_s:
-            value = _collect(issues, b"", ctx.format_string, value_s,
-                             f"{path_add}[{i}].header.value")
-        else:
-            value = value_s.encode()
-        out.append((opt.header.key.lower().encode(), value, action, opt.keep_empty_value))
-    if issues:
-        raise ConfigError(issues)
-    return HeaderMutations(tuple(out), tuple(n.lower().encode() for n in remove))
-
-
-def _modifiable(name: str) -> bool:
-    return not name.startswith(":") and name.lower() != "host"
-
-
-#: The ``retry_on`` conditions the router acts on (router/filter.py ``_maybe_retry``); any other
-#: (``refused-stream``, ``retriable-headers``, ``http3-post-connect-failure``...) is a config
-#: error rather than a condition silently never met.
-RETRY_ON_HTTP = frozenset(("5xx", "gateway-error", "reset", "connect-failure",
-                           "reset-before-request", "retriable-4xx", "retriable-status-codes"))
-RETRY_ON_IMPLEMENTED = RETRY_ON_HTTP | frozenset(GRPC_RETRY_ON)
-
-
-def _retry_policy(rp: Any, path: str = "retry_policy") -> RetryPolicy:
-    conditions = [x.strip() for x in rp.retry_on.split(",") if x.strip()]
-    unknown = [c for c in conditions if c not in RETRY_ON_IMPLEMENTED]
-    if unknown:
-        raise ConfigError([ConfigIssue(f"{path}.retry_on", f"{', '.join(unknown)}: not "
-                                       "implemented by envoi (it retries on "
-                                       f"{', '.join(sorted(RETRY_ON_IMPLEMENTED))})")])
-    base = duration_seconds(rp.retry_back_off.base_interval) if rp.HasField(
-        "retry_back_off") and rp.retry_back_off.HasField("base_interval") else 0.025
-    mx = duration_seconds(rp.retry_back_off.max_interval) if rp.HasField(
-        "retry_back_off") and rp.retry_back_off.HasField("max_interval") else base * 10
-    return RetryPolicy(
-        retry_on=frozenset(conditions),
-        num_retries=rp.num_retries.value if rp.HasField("num_retries") else 1,
-        per_try_timeout=duration_seconds(rp.per_try_timeout) if rp.HasField(
-            "per_try_timeout") else 0.0,
-        base_interval=base, max_interval=mx,
-        retriable_status_codes=frozenset(rp.retriable_status_codes),
-    )
-
 
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 
@@ -465,9 +311,9 @@ class _BuildContext:
 def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
     ctx = bctx.factory
     issues: list[ConfigIssue] = []
-    match, prefix = _collect(issues, (_NEVER, None), route_matcher, r.match, path + ".match")
-    request_mutations = _collect(issues, HeaderMutations(), _mutations, r, "request", path, ctx)
-    response_mutations = _collect(issues, HeaderMutations(), _mutations, r, "response", path,
+    match, prefix = collect(issues, (_NEVER, None), route_matcher, r.match, path + ".match")
+    request_mutations = collect(issues, HeaderMutations(), route_mutations, r, "request", path, ctx)
+    response_mutations = collect(issues, HeaderMutations(), route_mutations, r, "response", path,
                                   ctx)
     rt = Route(name=r.name, vhost=vh, match=match, kind="cluster", prefix=prefix,
                request_mutations=request_mutations, response_mutations=response_mutations)
@@ -477,7 +323,7 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
     if r.HasField("decorator"):
         rt.decorator = route_decorator(r.decorator)
     if r.HasField("tracing"):
-        rt.tracing = _collect(issues, None, route_tracing, r.tracing, path + ".tracing")
+        rt.tracing = collect(issues, None, route_tracing, r.tracing, path + ".tracing")
     action = r.WhichOneof("action")
     if action == "route":
         a = r.route
@@ -510,7 +356,7 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
         if a.prefix_rewrite:
             rt.prefix_rewrite = a.prefix_rewrite.encode()
         if a.HasField("regex_rewrite"):
-            rx = _collect(issues, None, regex, a.regex_rewrite.pattern.regex,
+            rx = collect(issues, None, regex, a.regex_rewrite.pattern.regex,
                           path + ".route.regex_rewrite.pattern.regex")
             if rx is not None:
                 rt.regex_rewrite = RegexRewrite(rx, a.regex_rewrite.substitution.encode())
@@ -528,17 +374,17 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
                 _log.warning("Deprecated field: %s.route.%s (use max_stream_duration's "
                              "grpc_timeout_header_max / grpc_timeout_header_offset)", path, name)
         if a.HasField("retry_policy"):
-            rt.retry_policy = _collect(issues, None, _retry_policy, a.retry_policy,
+            rt.retry_policy = collect(issues, None, retry_policy, a.retry_policy,
                                        path + ".route.retry_policy")
         else:
             rt.retry_policy = vh.retry_policy
         if a.hash_policy:
-            rt.hash_policy = _collect(issues, None, build_hash_policy, a.hash_policy,
+            rt.hash_policy = collect(issues, None, build_hash_policy, a.hash_policy,
                                       path + ".route.hash_policy")
         if a.priority == 1:
             rt.priority = "HIGH"
         if a.request_mirror_policies:
-            rt.mirrors = _collect(issues, (), mirror_policies, a.request_mirror_policies,
+            rt.mirrors = collect(issues, (), mirror_policies, a.request_mirror_policies,
                                   path + ".route.request_mirror_policies", known,
                                   _runtime(ctx), ctx.stats.root)
         if a.upgrade_configs:
@@ -550,7 +396,7 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
         rt.direct_status = r.direct_response.status
         if r.direct_response.HasField("body"):
             bpath = path + ".direct_response.body"
-            rt.direct_body = _collect(issues, b"", data_source_bytes, r.direct_response.body,
+            rt.direct_body = collect(issues, b"", data_source_bytes, r.direct_response.body,
                                       bpath)
             if len(rt.direct_body) > bctx.max_body:
                 issues.append(ConfigIssue(bpath, f"response body size is {len(rt.direct_body)} "
@@ -578,24 +424,11 @@ def _route(r: Any, vh: VirtualHost, path: str, bctx: _BuildContext) -> Route:
     return rt
 
 
-_T = TypeVar("_T")
-
-
 def _runtime(ctx: FactoryContext) -> Any:
     try:
         return ctx.runtime
     except Exception:  # a context without a server (unit tests): no runtime keys
         return None
-
-
-def _collect(issues: list[ConfigIssue], fallback: Any, fn: Callable[..., _T], *args: Any) -> _T:
-    """``fn(*args)``, or ``fallback`` with its ConfigError's issues added to ``issues``: one
-    bad piece of a route must not hide the problems in the rest of the config."""
-    try:
-        return fn(*args)
-    except ConfigError as exc:
-        issues.extend(exc.errors)
-        return fallback  # type: ignore[no-any-return]
 
 
 def _never(h: HeaderMap, path: bytes, query: bytes) -> bool:
@@ -659,18 +492,18 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
     bctx = _BuildContext(ctx, known, rc.max_direct_response_body_size_bytes.value
                          if rc.HasField("max_direct_response_body_size_bytes") else 4096)
     top_per_filter, top_disabled = _per_filter(rc, path, ctx, issues)
-    table_request = _collect(issues, HeaderMutations(), _mutations, rc, "request", path, ctx)
-    table_response = _collect(issues, HeaderMutations(), _mutations, rc, "response", path, ctx)
+    table_request = collect(issues, HeaderMutations(), route_mutations, rc, "request", path, ctx)
+    table_response = collect(issues, HeaderMutations(), route_mutations, rc, "response", path, ctx)
     for i, v in enumerate(rc.virtual_hosts):
         vpath = f"{path}.virtual_hosts[{i}]"
         v_per_filter, v_disabled = _per_filter(v, vpath, ctx, issues)
         vh = VirtualHost(
             name=v.name,
-            request_mutations=_collect(issues, HeaderMutations(), _mutations, v, "request",
+            request_mutations=collect(issues, HeaderMutations(), route_mutations, v, "request",
                                        vpath, ctx),
-            response_mutations=_collect(issues, HeaderMutations(), _mutations, v, "response",
+            response_mutations=collect(issues, HeaderMutations(), route_mutations, v, "response",
                                         vpath, ctx),
-            retry_policy=_collect(issues, None, _retry_policy, v.retry_policy,
+            retry_policy=collect(issues, None, retry_policy, v.retry_policy,
                                   vpath + ".retry_policy") if v.HasField("retry_policy") else None,
             include_request_attempt_count=v.include_request_attempt_count,
             include_attempt_count_in_response=v.include_attempt_count_in_response,
@@ -689,7 +522,7 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
         if v.virtual_clusters:
             vcs = []
             for j, vc in enumerate(v.virtual_clusters):
-                hms = [_collect(issues, _no_header, header_matcher, h,
+                hms = [collect(issues, _no_header, header_matcher, h,
                                 f"{vpath}.virtual_clusters[{j}].headers[{k}]")
                        for k, h in enumerate(vc.headers)]
                 vcs.append((vc.name, (lambda h, p, q, hms=hms: all(f(h) for f in hms)),
@@ -697,7 +530,7 @@ def build_route_table(rc: Any, path: str, ctx: FactoryContext) -> RouteTable:
             vh.vclusters = tuple(vcs)
             vh.vcluster_other = RequestStats(root.scope(f"vhost.{v.name}.vcluster.other"))
         for j, r in enumerate(v.routes):
-            route = _collect(issues, None, _route, r, vh, f"{vpath}.routes[{j}]", bctx)
+            route = collect(issues, None, _route, r, vh, f"{vpath}.routes[{j}]", bctx)
             if route is not None:
                 vh.routes.append(route)
         for k, d in enumerate(v.domains):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from envoi.http.grpc import format_timeout, is_grpc_request, parse_timeout_ms
 
-from envoi_http.router.config import GRPC_RETRY_ON, RETRY_ON_HTTP, RetryPolicy
+from envoi_http.router.route_policies import GRPC_RETRY_ON, RETRY_ON_HTTP, RetryPolicy
 
 if TYPE_CHECKING:
     from envoi.http.headers import HeaderMap
