@@ -11,6 +11,9 @@ under test started on a config's free ports.
   ``sendall`` after sleeping ``delay`` seconds. One write holding a head and its body is what a
   real server's short answer looks like on the wire (one read at the proxy).
 * :func:`exchange` / :func:`read_reply`: one request on a new connection, one parsed reply.
+* :func:`send_then_read` / :func:`read_until_close`: raw bytes in (paced if need be), then
+  everything until the proxy closes or a wait ends, with when the first and last bytes came
+  (timeouts, bad input, upgrades).
 * :func:`start_config`: a config template on free ports under Envoy or envoi (``PROXIES``, with
   the ``proxy_process`` fixture), as a :class:`Proxy` (``port``, ``stats()``, ``wait_stat``).
   :func:`distinct_ports` for a config with many listeners.
@@ -271,6 +274,59 @@ def exchange(port: int, request: bytes, timeout: float = 15.0,
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
         return read_reply(s, timeout, head_request)
+
+
+@dataclass
+class Received:
+    """What a raw client read: the bytes, whether the peer closed (EOF or a reset), and the
+    seconds from ``start`` to the first byte (0.0: none) and to the last byte or the close."""
+
+    data: bytes
+    closed: bool
+    first: float
+    last: float
+
+
+def read_until_close(s: socket.socket, wait: float, *, until: bytes = b"",
+                     start: float | None = None, poll: float = 0.05) -> Received:
+    """Read until the peer closes, ``until`` is seen, or ``wait`` seconds pass; a test that
+    times the proxy reads with a short ``poll`` so the times are close to when bytes came."""
+    t0 = time.monotonic() if start is None else start
+    s.settimeout(poll)
+    out, closed, first, last = b"", False, 0.0, 0.0
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not (until and until in out):
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:  # a reset
+            chunk = b""
+        last = time.monotonic() - t0
+        if not chunk:
+            closed = True
+            break
+        first = first or last
+        out += chunk
+    return Received(out, closed, first, last)
+
+
+def send_then_read(port: int, *steps: bytes | tuple[bytes, float], wait: float = 5.0,
+                   until: bytes = b"", poll: float = 0.05) -> Received:
+    """On a new connection send each step (bytes, or ``(bytes, pause)``: the client's own
+    pacing, which is what a slow-client test tests), stop sending once the peer refuses more,
+    then :func:`read_until_close`. Times count from before the connect."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        for step in steps:
+            data, pause = step if isinstance(step, tuple) else (step, 0.0)
+            try:
+                s.sendall(data)
+            except OSError:
+                break
+            if pause:
+                time.sleep(pause)
+        return read_until_close(s, wait, until=until, start=t0, poll=poll)
 
 
 # The proxies an oracle test runs: the real Envoy and envoi.

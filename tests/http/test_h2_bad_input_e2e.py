@@ -5,9 +5,7 @@ moves), with a well-behaved connection opened meanwhile still served."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +16,7 @@ from h2_frames import Peer, request_block
 from h2_peers import curl, proxy_yaml
 from http_peers import EchoServer
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
+from scripted_upstream import send_then_read
 
 KINDS = ["envoy", "envoi"]
 
@@ -68,28 +67,8 @@ class Outcome:
 def attack(proc: Any, port: int, payload: bytes, wait: float = 2.0) -> Outcome:
     before = proc.stats()
     peer = Peer()
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(peer.hello())
-    with contextlib.suppress(OSError):
-        s.sendall(payload)
-    s.settimeout(0.2)
-    buf = b""
-    closed = False
-    end = time.monotonic() + wait
-    while time.monotonic() < end:
-        try:
-            d = s.recv(65536)
-        except TimeoutError:
-            continue
-        except OSError:
-            closed = True
-            break
-        if not d:
-            closed = True
-            break
-        buf += d
-    s.close()
-    out = peer.parse(buf)
+    got = send_then_read(port, peer.hello(), payload, wait=wait, poll=0.2)
+    closed, out = got.closed, peer.parse(got.data)
     after = proc.stats()
     delta = {k: after[k] - before.get(k, 0) for k in after
              if isinstance(after[k], int) and after[k] != before.get(k, 0)}

@@ -5,13 +5,12 @@ it off), restarts on response bytes, and answers as the stream idle timeout does
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from http_peers import ALL_ROUTES, HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
-from scripted_upstream import Proxy, TcpUpstream, read_head, start_config
+from scripted_upstream import Proxy, TcpUpstream, read_head, send_then_read, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
@@ -67,28 +66,8 @@ def server(request: pytest.FixtureRequest, upstream: ScriptedUpstream,
 def exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, bool, float, float]:
     """Send, read until the peer closes or ``wait`` passes. Returns (bytes, closed, seconds to
     the first byte, seconds to the last byte or the close)."""
-    t0 = time.monotonic()
-    first = last = 0.0
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(data)
-        s.settimeout(0.02)
-        out = b""
-        closed = False
-        deadline = t0 + wait
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                chunk = b""
-            last = time.monotonic() - t0
-            if not chunk:
-                closed = True
-                break
-            first = first or last
-            out += chunk
-    return out, closed, first, last
+    got = send_then_read(port, data, wait=wait, poll=0.02)
+    return got.data, got.closed, got.first, got.last
 
 
 def get(path: str) -> bytes:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from http_peers import ALL_ROUTES, HCM_LISTENER, ROUTER_ONLY, UP_CLUSTER
-from scripted_upstream import Proxy, TcpUpstream, start_config
+from scripted_upstream import Proxy, TcpUpstream, send_then_read, start_config
 
 CONFIG = HCM_LISTENER + """\
           stat_prefix: t
@@ -56,33 +55,9 @@ def server(request: pytest.FixtureRequest, upstream: SilentUpstream,
 def exchange(port: int, steps: list[tuple[bytes, float]], wait: float = 5.0) -> tuple[bytes, bool,
                                                                                       float]:
     """Send each chunk then pause; read until the peer closes or ``wait`` passes. Returns
-    (bytes read, whether the peer closed, seconds from connect to the end of the read)."""
-    t0 = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        for data, pause in steps:
-            try:
-                s.sendall(data)
-            except OSError:
-                break
-            if pause:
-                time.sleep(pause)  # the client's own pacing (what is being tested), not a wait
-        s.settimeout(0.05)
-        out = b""
-        closed = False
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            out += chunk
-        return out, closed, time.monotonic() - t0
+    (bytes read, whether the peer closed, seconds from connect to the close)."""
+    got = send_then_read(port, *steps, wait=wait)
+    return got.data, got.closed, got.last
 
 
 def head(out: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:

@@ -4,14 +4,12 @@ config: the same answers and the same stats from both."""
 
 from __future__ import annotations
 
-import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from http_peers import ALL_ROUTES, hcm_listener
-from scripted_upstream import Proxy, start_config
+from scripted_upstream import Proxy, send_then_read, start_config
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from ws_peers import RawUpgradeEcho, WsEcho
@@ -91,21 +89,8 @@ def proxy(request: pytest.FixtureRequest, peers: tuple[WsEcho, RawUpgradeEcho],
 def raw_exchange(port: int, data: bytes, until: bytes = b"", wait: float = 3.0,
                  ) -> tuple[bytes, bool]:
     """Send ``data``; read until ``until`` was seen, the peer closed, or ``wait`` passed."""
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(data)
-        s.settimeout(0.05)
-        out, closed = b"", False
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and not (until and until in out):
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                closed = True
-                break
-            out += chunk
-        return out, closed
+    got = send_then_read(port, data, wait=wait, until=until)
+    return got.data, got.closed
 
 
 def test_websocket_echo_both_ways(proxy: Proxy, peers: tuple[WsEcho, RawUpgradeEcho]) -> None:
