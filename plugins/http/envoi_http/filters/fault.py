@@ -42,9 +42,13 @@ def _fraction(p: Any) -> float:
     return float(p.numerator / _DENOM.get(p.denominator, 100))
 
 
-class FaultConfig:
-    def __init__(self, config: Any, stats: FaultStats) -> None:
-        self.stats = stats
+class FaultSettings:
+    """One ``HTTPFault``: the filter's own, or a route's (virtual host's, route config's)
+    ``typed_per_filter_config``, which replaces the filter's for that route's requests. A
+    delay or abort without a ``percentage`` happens to 0 % of requests, as in Envoy (an unset
+    FractionalPercent is 0/100)."""
+
+    def __init__(self, config: Any) -> None:
         self.delay: float | None = None
         self.delay_header = False
         self.delay_pct = 1.0
@@ -53,18 +57,26 @@ class FaultConfig:
         self.abort_pct = 1.0
         if config.HasField("delay"):
             d = config.delay
-            self.delay_pct = _fraction(d.percentage) if d.HasField("percentage") else 1.0
+            self.delay_pct = _fraction(d.percentage)
             if d.HasField("header_delay"):
                 self.delay_header = True
             else:
                 self.delay = duration_seconds(d.fixed_delay)
         if config.HasField("abort"):
             a = config.abort
-            self.abort_pct = _fraction(a.percentage) if a.HasField("percentage") else 1.0
+            self.abort_pct = _fraction(a.percentage)
             if a.HasField("header_abort"):
                 self.abort_header = True
             else:
                 self.abort = a.http_status or None
+
+
+class FaultConfig(FaultSettings):
+    """The filter's settings and its stats (a route's settings count here too, as Envoy's)."""
+
+    def __init__(self, config: Any, stats: FaultStats) -> None:
+        super().__init__(config)
+        self.stats = stats
 
 
 class FaultFilter(StreamDecoderFilter):
@@ -74,7 +86,12 @@ class FaultFilter(StreamDecoderFilter):
         self.abort: int | None = None
 
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> Any:
-        cfg = self.cfg
+        cfg: FaultSettings = self.cfg
+        route = self.decoder_callbacks.route()
+        if route is not None:  # the most specific per-route HTTPFault, as Envoy's
+            per_route = route.per_filter_config(FaultFactory.name)
+            if isinstance(per_route, FaultSettings):
+                cfg = per_route
         delay = cfg.delay
         if cfg.delay_header:
             v = headers.get_bytes(b"x-envoy-fault-delay-request")
@@ -86,8 +103,8 @@ class FaultFilter(StreamDecoderFilter):
         if abort is not None and random.random() >= cfg.abort_pct:
             abort = None
         if delay is not None and random.random() < cfg.delay_pct:
-            cfg.stats.delays_injected.value += 1
-            cfg.stats.active_faults.inc()
+            self.cfg.stats.delays_injected.value += 1
+            self.cfg.stats.active_faults.inc()
             self.decoder_callbacks.stream_info.response_flags.append("DI")
             self.abort = abort
             self.handle = asyncio.get_running_loop().call_later(delay, self._after_delay)
@@ -121,6 +138,10 @@ class FaultFilter(StreamDecoderFilter):
 class FaultFactory(HttpFilterFactory):
     name = "envoy.filters.http.fault"
     type_urls = ("envoy.extensions.filters.http.fault.v3.HTTPFault",)
+    route_type_urls = type_urls
+
+    def create_route_config(self, config: Any, context: FactoryContext) -> object:
+        return FaultSettings(config)
 
     def create_filter_factory(self, config: Any, context: FactoryContext) -> HttpFilterFactoryCb:
         prefix = context.stat_prefix
