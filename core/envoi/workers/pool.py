@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -127,6 +128,8 @@ class WorkerPool:
 
     def start(self) -> None:
         """Fork the first workers (before any event loop exists)."""
+        # What start-up left for the collector goes now, and the rest is frozen (see spawn).
+        gc.collect()
         for i in range(self.count):
             self.spawn(i)
 
@@ -134,6 +137,10 @@ class WorkerPool:
         """Fork worker ``index``. Call it with no event loop running; in the child this never
         returns."""
         parent_end, child_end = socket.socketpair()
+        # Every object so far leaves the collector's generations, in this process and (forked)
+        # in the worker: a collection writes to the header of each object it visits, which
+        # would copy every page of the shared heap into whichever process collected first.
+        gc.freeze()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SIGNALS)
         pid = os.fork()
         if pid == 0:
