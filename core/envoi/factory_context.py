@@ -258,13 +258,12 @@ def _join(base: str, rel: str) -> str:
 
 def default_config(factory: ExtensionFactory) -> Any:
     """The empty config of a factory named without ``typed_config`` (its first proto type)."""
-    from google.protobuf import symbol_database
+    from envoi.config.protos import find_message_type, message_class
 
     for url in factory.type_urls:
-        try:
-            return symbol_database.Default().GetSymbol(strip_type_url(url))()
-        except KeyError:
-            continue
+        descriptor = find_message_type(strip_type_url(url))
+        if descriptor is not None:
+            return message_class(descriptor)()
     return None
 
 

@@ -24,7 +24,7 @@ from .compat import envoy_json_compat
 from .errors import ConfigError, describe_value
 from .jsonparse import parse_dict_into
 from .pgv import validate_message
-from .protos import ensure_protos_loaded
+from .protos import ensure_config_protos
 from .typed import wrap_plugin_types
 
 if TYPE_CHECKING:
@@ -106,9 +106,9 @@ def parse_bootstrap(
     validate: bool = True,
 ) -> Bootstrap:
     """Parse and validate a Bootstrap from YAML/JSON text; ``source`` names it in errors."""
-    ensure_protos_loaded()
+    ensure_config_protos()
     # Imported here, not at module level: the Bootstrap module pulls in much of Envoy's API, and
-    # ensure_protos_loaded() is the one place that decides when that cost is paid.
+    # ensure_config_protos() is the one place that decides when that cost is paid.
     from envoy.config.bootstrap.v3 import bootstrap_pb2
 
     data = load_config_text(text, source=source)
@@ -170,7 +170,7 @@ def parse_config_data(
     Used for the Bootstrap and for xDS resources (Listener, Cluster, ...) read from files;
     ``path`` prefixes every error path (e.g. ``resources[2]``).
     """
-    ensure_protos_loaded()
+    ensure_config_protos()
     if not isinstance(data, dict):
         where = path or source or ""
         raise ConfigError.at(

@@ -256,6 +256,9 @@ def _parse_config(factory: HttpFilterFactory, config: Any, context: FactoryConte
             raise ConfigError([ConfigIssue(context.path, str(exc))]) from exc
     from google.protobuf import json_format, symbol_database
 
+    from envoi.config import ensure_protos_loaded
+
+    ensure_protos_loaded()
     message = symbol_database.Default().GetSymbol(type_url)()
     json_format.ParseDict(dict(config), message)
     return message
