@@ -73,6 +73,11 @@ def tree_rss(pid: int) -> int:
     return sum(_status_kib(p, "VmRSS:") for p in tree(pid)) * 1024
 
 
+def max_process_rss(pid: int) -> int:
+    """Resident bytes of the tree's largest process (the issue's per-worker memory target)."""
+    return max((_status_kib(p, "VmRSS:") for p in tree(pid)), default=0) * 1024
+
+
 def tree_pss(pid: int) -> int:
     """Proportional set size of the tree: shared pages divided among their sharers."""
     total = 0

@@ -8,7 +8,7 @@ from typing import Any
 MIB = 1024 * 1024
 NA = "-"
 COLUMNS = ("scenario", "--concurrency", "peer", "req/s", "p50", "p99", "CPU µs/req", "RSS",
-           "PSS", "req/s ÷ Envoy", "CPU ÷ Envoy", "RSS ÷ Envoy", "errors")
+           "PSS", "RSS/process", "req/s ÷ Envoy", "CPU ÷ Envoy", "RSS ÷ Envoy", "errors")
 MEM_COLUMNS = ("test", "--concurrency", "peer", "load", "RSS before", "RSS with load", "growth",
                "growth ÷ Envoy's")
 
@@ -40,13 +40,14 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
         ref = envoy.get((r["scenario"], r["concurrency"]), {})
         if r["error"]:
             out.append([r["scenario"], str(r["concurrency"]), r["peer"], "error: " + r["error"]
-                        .splitlines()[0][:80], *[""] * 9])
+                        .splitlines()[0][:80], *[""] * 10])
             continue
         proxy = r["peer"] != "direct"
         out.append([
             r["scenario"], str(r["concurrency"]), r["peer"], _num(r["rps"]), _ms(r["p50_ms"]),
             _ms(r["p99_ms"]), _num(r["cpu_us_per_req"]) if proxy else NA,
             _mib(r["rss_bytes"]) if proxy else NA, _mib(r["pss_bytes"]) if proxy else NA,
+            _mib(r.get("rss_max_process_bytes")) if proxy else NA,
             _ratio(r["rps"], ref.get("rps")),
             _ratio(r["cpu_us_per_req"], ref.get("cpu_us_per_req")) if proxy else NA,
             _ratio(r["rss_bytes"], ref.get("rss_bytes")) if proxy else NA,

@@ -55,6 +55,13 @@ class Run:
     worker_cx: list[int] = field(default_factory=list)
     worker_cpu_share: list[float] = field(default_factory=list)
     idle_share: float = 0.0
+    #: CPU µs per request of the main process (envoi) or of the threads that are not workers
+    #: (Envoy's main thread and the rest).
+    main_us: float = 0.0
+    #: Context switches of the workers per request: voluntary (waiting for events) and
+    #: involuntary (preempted: another process wanted the core).
+    voluntary_cs: float = 0.0
+    involuntary_cs: float = 0.0
 
 
 def _machine_jiffies() -> tuple[int, int]:
@@ -76,6 +83,24 @@ def _worker_cpu(peer: str, pid: int) -> list[float]:
                 f = (task / "stat").read_text().rsplit(")", 1)[1].split()
                 out.append((int(f[11]) + int(f[12])) / CLK_TCK)
     return out
+
+
+def _switches(peer: str, pid: int) -> tuple[int, int]:
+    """Context switches of the workers so far: (voluntary, involuntary)."""
+    if peer == "envoi":
+        tasks = [Path(f"/proc/{p}") for p in tree(pid) if p != pid] or [Path(f"/proc/{pid}")]
+    else:
+        tasks = [t for t in Path(f"/proc/{pid}/task").glob("*")
+                 if (t / "comm").read_text().startswith("wrk:worker")]
+    vol = invol = 0
+    for t in tasks:
+        with contextlib.suppress(OSError):
+            for line in (t / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    invol += int(line.split()[1])
+    return vol, invol
 
 
 def _worker_connections(admin: int) -> list[int]:
@@ -100,14 +125,14 @@ def one_run(peer: str, layout: str, proxy_pid: int, admin: int, nginx_pid: int, 
                    wrk_cpus)
     cx0 = _worker_connections(admin)
     p0, n0, c0 = tree_cpu(proxy_pid), tree_cpu(nginx_pid), _children_cpu()
-    w0 = _worker_cpu(peer, proxy_pid)
+    w0, s0 = _worker_cpu(peer, proxy_pid), _switches(peer, proxy_pid)
     busy0, idle0 = _machine_jiffies()
     # taskset execs wrk: the one child reaped in this window, so the children's rusage grows
     # by exactly wrk's CPU.
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     busy1, idle1 = _machine_jiffies()
     p1, n1, c1 = tree_cpu(proxy_pid), tree_cpu(nginx_pid), _children_cpu()
-    w1 = _worker_cpu(peer, proxy_pid)
+    w1, s1 = _worker_cpu(peer, proxy_pid), _switches(peer, proxy_pid)
     cx1 = _worker_connections(admin)
     if out.returncode != 0:
         raise BenchError(f"wrk failed: {out.stderr or out.stdout}")
@@ -122,7 +147,9 @@ def one_run(peer: str, layout: str, proxy_pid: int, admin: int, nginx_pid: int, 
                wrk_s / requests * 1e6, nginx_s / requests * 1e6, other_s / requests * 1e6,
                worker_cx=[b - a for a, b in zip(cx0, cx1, strict=False)],
                worker_cpu_share=[round(w / total, 3) for w in workers_s],
-               idle_share=(idle1 - idle0) / max(1, (busy1 - busy0) + (idle1 - idle0)))
+               idle_share=(idle1 - idle0) / max(1, (busy1 - busy0) + (idle1 - idle0)),
+               main_us=max(0.0, proxy_s - sum(workers_s)) / requests * 1e6,
+               voluntary_cs=(s1[0] - s0[0]) / requests, involuntary_cs=(s1[1] - s0[1]) / requests)
 
 
 #: name -> (concurrency, proxy CPUs, load-side CPUs): the suite's two layouts.
@@ -190,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{peer:6s} {name:10s} {r.rps:8.0f} req/s (ceiling {ceil[name]:6.0f}, "
                       f"{r.rps / ceil[name]:4.0%}) µs/req: proxy {r.proxy_us:5.1f} wrk "
                       f"{r.wrk_us:5.1f} nginx {r.nginx_us:5.1f} others {r.other_us:5.1f}; "
-                      f"idle {r.idle_share:4.0%}; workers: cx {r.worker_cx} "
-                      f"CPU {r.worker_cpu_share}")
+                      f"idle {r.idle_share:4.0%}; main {r.main_us:4.1f} µs/req; workers: cx "
+                      f"{r.worker_cx} CPU {r.worker_cpu_share}, switches/req "
+                      f"{r.voluntary_cs:.2f} + {r.involuntary_cs:.2f} preempted")
             if {"c1-pinned", "c2-shared"} <= runs.keys():
                 c1, c2 = runs["c1-pinned"], runs["c2-shared"]
                 print(f"{peer:6s} c2 / c1: measured {c2.rps / c1.rps:.2f}x; ceilings "

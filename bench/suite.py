@@ -37,6 +37,7 @@ from bench.procs import (
     BenchError,
     Proc,
     http_get,
+    max_process_rss,
     pin,
     running,
     tree_pss,
@@ -81,6 +82,8 @@ class Row:
     reps: list[dict[str, Any]] = field(default_factory=list)
     rss: int = 0
     pss: int = 0
+    #: The largest process's RSS (the main process or one worker; the whole proxy at c1).
+    rss_max: int = 0
     error: str = ""
 
     def median(self, key: str) -> float | None:
@@ -95,7 +98,8 @@ class Row:
         return {"scenario": self.scenario, "concurrency": self.concurrency, "peer": self.peer,
                 "rps": self.median("rps"), "p50_ms": self.median("p50_ms"),
                 "p99_ms": self.median("p99_ms"), "cpu_us_per_req": self.median("cpu_us_per_req"),
-                "rss_bytes": self.rss, "pss_bytes": self.pss, "errors": self.errors,
+                "rss_bytes": self.rss, "pss_bytes": self.pss,
+                "rss_max_process_bytes": self.rss_max, "errors": self.errors,
                 "error": self.error, "reps": self.reps}
 
 
@@ -338,6 +342,7 @@ def measure(scenario: Scenario, layout: Layout, peer: str, backends: Backends,
                 row.reps.append(res.as_dict())
                 row.rss = max(row.rss, tree_rss(p.pid))
                 row.pss = max(row.pss, tree_pss(p.pid))
+                row.rss_max = max(row.rss_max, max_process_rss(p.pid))
             if p.popen.poll() is not None:
                 raise BenchError(f"{name} exited during the run:\n{p.log_tail()}")
     except (BenchError, OSError, subprocess.SubprocessError, ValueError) as exc:
