@@ -1,6 +1,6 @@
 """Where the CPU of an h1-small run goes, and what ``--concurrency 2`` can reach on this machine.
 
-    .venv/bin/python -m bench.scaling                  # envoy and envoi, c1 pinned and c2, 3 x 5 s
+    .venv/bin/python -m bench.scaling        # envoy, envoi: c1 pinned, c1 shared, c2; 3 x 5 s
     .venv/bin/python -m bench.scaling --peers envoi --seconds 3 --reps 1 --json out.json
 
 The suite (``python -m bench``) gives req/s and the proxy's CPU per request. On a machine with
@@ -152,9 +152,12 @@ def one_run(peer: str, layout: str, proxy_pid: int, admin: int, nginx_pid: int, 
                voluntary_cs=(s1[0] - s0[0]) / requests, involuntary_cs=(s1[1] - s0[1]) / requests)
 
 
-#: name -> (concurrency, proxy CPUs, load-side CPUs): the suite's two layouts.
+#: name -> (concurrency, proxy CPUs, load-side CPUs): the suite's two layouts, and c1 with
+#: nothing pinned, which shows what sharing the cores with wrk and nginx costs one process
+#: (the proxy's CPU per request against c1-pinned's) without a second worker.
 LAYOUTS: dict[str, tuple[int, set[int] | None, set[int] | None]] = {
     "c1-pinned": (1, {0}, {1}),
+    "c1-shared": (1, None, None),
     "c2-shared": (2, None, None),
 }
 
@@ -164,10 +167,11 @@ def ceiling(runs: dict[str, Run], cores: int) -> dict[str, float]:
     out = {}
     for name, r in runs.items():
         load = r.wrk_us + r.nginx_us
-        if name.startswith("c1"):
+        if name == "c1-pinned":
             out[name] = 1e6 / max(r.proxy_us, load)
         else:
-            out[name] = cores * 1e6 / (r.proxy_us + load)
+            busy = 1 if name.startswith("c1") else cores  # one worker keeps one core busy
+            out[name] = min(busy * 1e6 / r.proxy_us, cores * 1e6 / (r.proxy_us + load))
     return out
 
 

@@ -43,6 +43,9 @@ def test_short_benchmark_suite_runs_everything(tmp_path: Path) -> None:
         assert not r["error"] and r["errors"] == 0 and r["rps"] > 0, r
         if r["peer"] != "direct":
             assert r["cpu_us_per_req"] > 0 and r["rss_bytes"] > 0, r
+            assert 0 < r["rss_max_process_bytes"] <= r["rss_bytes"], r
+            if r["concurrency"] == 1 and r["peer"] != "envoy":
+                assert r["rss_max_process_bytes"] == r["rss_bytes"], r
     tests = {(m["test"], m["concurrency"], m["peer"]) for m in doc["memory"]}
     assert {("idle", 1, "envoi"), ("idle", 2, "envoi"), ("upload", 1, "envoi"),
             ("idle", 1, "envoy"), ("upload", 1, "envoy")} <= tests
@@ -50,3 +53,23 @@ def test_short_benchmark_suite_runs_everything(tmp_path: Path) -> None:
     table = out_md.read_text()
     assert "| h1-small |" in table and "Envoy" in table
     assert "dynamodb --concurrency 1: the filter costs" in table
+
+
+@pytest.mark.timeout(300)
+def test_scaling_breakdown_runs(tmp_path: Path) -> None:
+    """``python -m bench.scaling``: CPU per request of the proxy, wrk and nginx, connections and
+    CPU per worker (two workers: each accepted some of wrk's 64 connections), and the ceilings."""
+    out_json = tmp_path / "scaling.json"
+    run = subprocess.run([sys.executable, "-m", "bench.scaling", "--peers", "envoi",
+                          "--layouts", "c1-pinned,c2-shared", "--seconds", "1", "--reps", "1",
+                          "--json", str(out_json)], capture_output=True, text=True,
+                         timeout=280, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    runs = {r["layout"]: r for r in json.loads(out_json.read_text())}
+    assert runs.keys() == {"c1-pinned", "c2-shared"}
+    for r in runs.values():
+        assert r["rps"] > 0 and r["proxy_us"] > 0 and r["wrk_us"] > 0 and r["nginx_us"] > 0, r
+    c2 = runs["c2-shared"]
+    assert len(c2["worker_cx"]) == 2 and sum(c2["worker_cx"]) >= 64, c2
+    assert len(c2["worker_cpu_share"]) == 2, c2
+    assert "c2 / c1: measured" in run.stdout and "ceilings" in run.stdout
