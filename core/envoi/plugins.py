@@ -89,7 +89,12 @@ class PluginError(Exception):
 
 
 def _proto_message_names() -> list[str]:
-    """Every top-level message of the loaded Envoy/xds config protos (to suggest a type)."""
+    """Every top-level message of the Envoy/xds config protos (to suggest a type)."""
+    from envoi.config.protos import ensure_protos_loaded
+
+    # A config imports only the protos it names; a suggestion is looked for among all of them
+    # (an error path: the ~0.3 s do not matter).
+    ensure_protos_loaded()
     names: list[str] = []
     for modname, module in list(sys.modules.items()):
         if not modname.endswith("_pb2") or not modname.startswith(("envoy.", "xds.", "udpa.")):

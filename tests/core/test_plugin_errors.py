@@ -166,6 +166,19 @@ def test_misspelled_envoy_type_suggests_the_envoy_type(tmp_path: Path) -> None:
     no_traceback(out)
 
 
+def test_unknown_type_suggests_a_type_of_a_package_the_config_never_named(
+        tmp_path: Path) -> None:
+    """A config imports only the protos it names; the suggestion still looks at all of them."""
+    out = validate(tmp_path, HTTP_CONFIG.replace(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "envoy.extensions.filters.network.kafka_broker.v3.KafkaBroker")
+        % "example.filters.http.add_header.v1.AddHeader")
+    assert out.returncode == 1
+    assert "did you mean 'type.googleapis.com/envoy.config.filter.network.kafka_broker." \
+           "v2alpha1.KafkaBroker'?" in out.stderr
+    no_traceback(out)
+
+
 def test_crash_in_a_config_parser_names_plugin_path_and_exception(tmp_path: Path) -> None:
     site = tmp_path / "site"
     write_plugin(site, "acme_parser", """\
