@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{peer:6s} c2 / c1: measured {c2.rps / c1.rps:.2f}x; ceilings "
                       f"{ceil['c2-shared'] / ceil['c1-pinned']:.2f}x ({cores} cores x 1e6 / "
                       f"(proxy + wrk + nginx) at c2 over 1e6 / proxy at c1)")
+    except BenchError as exc:  # a peer missing, a process that died, load errors
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         backends.stop()
     if args.json:
